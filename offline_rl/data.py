@@ -1,0 +1,60 @@
+"""Views of an offline dataset as training examples, and their collation into tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt_id: str
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    behavior_logprobs: list[float] | None = None
+    reward: float = 1.0
+
+
+def sampled_examples(dataset, accepted_only: bool) -> list[Example]:
+    """The stored samples as examples, exact token ids as sampled (never re-tokenised)."""
+    rows = dataset.select_columns(["prompt_id", "prompt_token_ids", "response_token_ids", "behavior_logprobs", "reward"])
+    return [
+        Example(r["prompt_id"], r["prompt_token_ids"], r["response_token_ids"], r["behavior_logprobs"], r["reward"])
+        for r in rows
+        if r["response_token_ids"] and (not accepted_only or r["reward"] == 1.0)
+    ]
+
+
+def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+response sequences with next-token targets.
+
+    ``targets[b, t]`` is the token at ``t + 1``; ``response_mask[b, t]`` is 1 where that
+    target is a response token, so a learner's loss covers exactly the response.
+    """
+    sequences = [e.prompt_token_ids + e.response_token_ids for e in examples]
+    width = max(map(len, sequences))
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)  # [B, T]
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)  # [B, T]
+    targets = torch.full((len(examples), width), pad_token_id, dtype=torch.long)  # [B, T]
+    response_mask = torch.zeros((len(examples), width))  # [B, T]
+    behavior_logprobs = torch.zeros((len(examples), width))  # [B, T]
+    rewards = torch.tensor([e.reward for e in examples], dtype=torch.float)  # [B]
+    for b, (e, seq) in enumerate(zip(examples, sequences, strict=True)):
+        n_prompt, n_resp = len(e.prompt_token_ids), len(e.response_token_ids)
+        input_ids[b, : len(seq)] = torch.tensor(seq)
+        attention_mask[b, : len(seq)] = 1
+        targets[b, : len(seq) - 1] = torch.tensor(seq[1:])
+        response_mask[b, n_prompt - 1 : n_prompt - 1 + n_resp] = 1.0
+        if e.behavior_logprobs is not None:
+            behavior_logprobs[b, n_prompt - 1 : n_prompt - 1 + n_resp] = torch.tensor(e.behavior_logprobs)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": targets,
+            "response_mask": response_mask, "behavior_logprobs": behavior_logprobs, "rewards": rewards}
+
+
+def token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log pi(target_t | prefix) for every position, in float32: [B, T]."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
+    return -torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), batch["targets"].flatten(), reduction="none"
+    ).view_as(batch["targets"])

@@ -1,0 +1,30 @@
+"""RFT: rejection-sampling fine-tuning, NLL on the policy's own accepted samples.
+
+Yuan et al., "Scaling Relationship on Learning Mathematical Reasoning with Large
+Language Models" (arXiv 2308.01825). Samples whose verified reward is 1 are kept
+and trained on with plain maximum likelihood.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from offline_rl.data import sampled_examples
+
+
+@dataclass
+class Config:
+    pass
+
+
+def examples(dataset, context):
+    return sampled_examples(dataset, accepted_only=True)
+
+
+def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+    mask = batch["response_mask"]  # [B, T]
+    nll_sum = -(logprobs * mask).sum()
+    n_tokens = mask.sum()
+    return nll_sum, n_tokens, {"nll_sum": nll_sum.detach()}

@@ -1,0 +1,186 @@
+"""``bin/train``: one training loop for every learner, on accelerate.
+
+Read it top to bottom: load the offline dataset and the learner's view of it,
+then AdamW with warm-up + cosine, gradient accumulation and clipping; every
+learner returns a token-level loss sum and a token count, and :func:`token_mean`
+divides once per optimizer step across micro-batches and data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from tqdm.auto import tqdm
+
+from offline_rl.data import collate, token_logprobs
+from offline_rl.learners import LEARNERS
+from rollout.cli import UsageError, parse_config, print_config, save_config
+from rollout.collect import resolve_model
+from rollout.dataset import load_offline_dataset, read_manifest
+
+
+@dataclass
+class TrainConfig:
+    learner: str = field(default="dft", metadata={"help": f"learner: {', '.join(LEARNERS)}"})
+    data: str = field(default=None, metadata={"help": "offline dataset directory made by bin/collect (required)"})
+    out: str = field(default=None, metadata={"help": "output directory: final model here, metrics and config beside it (required)"})
+    model: str = field(default=None, metadata={"help": "initial checkpoint (default: the model that collected the data)"})
+    max_steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --max-steps is unset"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch per process"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    seed: int = field(default=0, metadata={"help": "seed for data order and any sampling"})
+    log_every: int = field(default=10, metadata={"help": "steps between metric records"})
+
+
+def token_mean(loss_sum: torch.Tensor, step_tokens: torch.Tensor, num_processes: int) -> torch.Tensor:
+    """The per-token mean over a whole optimizer step, as this micro-batch's share.
+
+    ``step_tokens`` counts the step's tokens over all micro-batches and ranks; DDP
+    averages gradients over ranks, so each rank's share is scaled back up by their number.
+    """
+    return loss_sum * num_processes / step_tokens.clamp(min=1)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def main(argv: list[str] | None) -> dict:
+    cfg = parse_config(TrainConfig, argv, "train", __doc__)
+    if cfg.learner not in LEARNERS:
+        raise UsageError(f"unknown learner {cfg.learner!r}; known: {', '.join(LEARNERS)}")
+    if cfg.data is None or cfg.out is None:
+        raise UsageError("--data and --out are required")
+    try:
+        manifest = read_manifest(cfg.data)
+        dataset = load_offline_dataset(cfg.data)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    model_path = resolve_model(cfg.model or manifest["model"])
+    print_config(cfg)
+    return train(cfg, manifest, dataset, model_path)
+
+
+def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    learner = LEARNERS[cfg.learner]
+    learner_cfg = learner.Config()
+    on_gpu = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
+    set_seed(cfg.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest)
+    examples = learner.examples(dataset, context)
+    if not examples:
+        counts = manifest.get("counts", {})
+        raise UsageError(
+            f"no training examples for {cfg.learner} in {cfg.data}: pass rate {manifest.get('pass_rate', 0):.3f} "
+            f"({counts.get('accepted', 0)} accepted of {counts.get('responses', len(dataset))} responses)")
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.config.use_cache = False
+    per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / per_step))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps))))
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "train_config.json")
+    metrics_file = (out / "metrics.jsonl").open("w") if accelerator.is_main_process else None
+    tensorboard = None
+    if accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tensorboard = SummaryWriter(str(out / "tensorboard"))
+
+    # data order: one seeded permutation per epoch, identical on every rank; each rank takes its slice
+    def batches():
+        rng = random.Random(cfg.seed)
+        while True:
+            order = rng.sample(range(len(examples)), len(examples))
+            for begin in range(0, len(order) - per_step + 1, per_step):
+                chunk = order[begin : begin + per_step]
+                mine = chunk[accelerator.process_index :: accelerator.num_processes]
+                yield [mine[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(cfg.grad_accum)]
+            if len(order) < per_step:  # fewer examples than one step: cycle with replacement
+                yield [[rng.randrange(len(examples)) for _ in range(cfg.batch_size)] for _ in range(cfg.grad_accum)]
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.train()
+    start, tokens_seen = time.time(), 0
+    bar = tqdm(range(total_steps), desc=f"train {cfg.learner}", unit="step", disable=not accelerator.is_main_process)
+    data = batches()
+    for step in bar:
+        micro = [collate([examples[i] for i in idx], pad) for idx in next(data)]
+        local_tokens = sum(b["response_mask"].sum() for b in micro)
+        step_tokens = accelerator.reduce(local_tokens.to(accelerator.device), reduction="sum")
+        totals: dict[str, float] = {}
+        for i, batch in enumerate(micro):
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                loss_sum, _, metrics = learner.loss(token_logprobs(model, batch), batch, learner_cfg)
+                accelerator.backward(token_mean(loss_sum, step_tokens, accelerator.num_processes))
+            for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += int(step_tokens)
+
+        record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                  "tokens": int(step_tokens), "tokens_per_s": tokens_seen / (time.time() - start)}
+        record.update({k.removesuffix("_sum"): v / max(1.0, float(local_tokens)) for k, v in totals.items()})
+        bar.set_postfix(loss=f"{record['loss']:.4f}", nll=f"{record.get('nll', float('nan')):.3f}",
+                        tok_s=f"{record['tokens_per_s']:.0f}")
+        if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            for k, v in record.items():
+                if k != "step":
+                    tensorboard.add_scalar(f"train/{k}", v, step + 1)
+        if not math.isfinite(record["loss"]):
+            raise RuntimeError(f"loss became {record['loss']} at step {step + 1}")
+
+    accelerator.wait_for_everyone()
+    summary = {"learner": cfg.learner, "steps": total_steps, "examples": len(examples),
+               "seconds": round(time.time() - start, 2), "tokens_per_s": round(tokens_seen / (time.time() - start), 1)}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.config.use_cache = True
+        unwrapped.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        metrics_file.close()
+        tensorboard.close()
+        print(f"trained {cfg.learner} for {total_steps} steps on {len(examples)} examples "
+              f"({summary['tokens_per_s']:.0f} tokens/s) -> {out}")
+    return summary
+

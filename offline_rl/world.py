@@ -1,0 +1,124 @@
+"""The embedded math world: seeded multi-step arithmetic word problems.
+
+Each problem is a chain of additions and subtractions told as a story
+("Mia has 23 marbles. She finds 9 more. ...") with a gold integer answer and a
+reference chain-of-thought solution ending in ``\\boxed{answer}``.
+
+Splits (all disjoint by question text):
+  train      1-3 steps; prompts for collection, reference solutions for SFT
+  test-id    1-3 steps; same distribution as train
+  test-ood   4-5 steps; longer chains than training ever shows (a generalisation probe)
+  pretrain   1-3 steps; the corpus ``bin/make-base`` trains the base model on.
+             A fraction of its solutions carry one careless arithmetic slip, so
+             the base model learns to be only partly reliable, as web-trained
+             base models are.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rollout.templates import render
+
+WORLD_SEED = 20250805  # the paper's arXiv month; changing it changes every split
+
+NAMES = [
+    "Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Lily", "Ben",
+    "Emma", "Noah", "Ella", "Liam", "Ruby", "Jack", "Nora", "Owen", "Lucy", "Finn",
+]
+PRONOUN = {n: ("She" if n in {"Mia", "Ava", "Zoe", "Ivy", "Lily", "Emma", "Ella", "Ruby", "Nora", "Lucy"} else "He") for n in NAMES}
+ITEMS = [
+    "apples", "marbles", "stickers", "coins", "books", "shells", "pencils", "cards",
+    "cookies", "stamps", "balloons", "candies", "beads", "rocks", "toys", "flowers",
+]
+GAIN = ["buys {k} more {item}", "finds {k} more {item}", "gets {k} more {item}", "receives {k} more {item}"]
+LOSS = ["gives away {k} {item}", "loses {k} {item}", "sells {k} {item}", "uses {k} {item}"]
+CONNECT = ["", "Then ", "After that, ", "Later, "]
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    gold: str
+    solution: str
+    steps: int
+
+    @property
+    def prompt(self) -> str:
+        return render("world", self.question)
+
+
+def _make_problem(rng: random.Random, steps: int, slip_rate: float = 0.0) -> tuple[str, str, str]:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    value = rng.randint(5, 60)
+    sentences = [f"{name} has {value} {item}."]
+    lines = [f"{name} starts with {value} {item}."]
+    slip_step = rng.randrange(steps) if rng.random() < slip_rate else -1
+    true_value, shown = value, value
+    for s in range(steps):
+        pronoun = PRONOUN[name]
+        if true_value > 3 and rng.random() < 0.5:
+            k = rng.randint(1, min(true_value - 1, 40))
+            verb, sign = rng.choice(LOSS), -1
+        else:
+            k = rng.randint(1, 40)
+            verb, sign = rng.choice(GAIN), 1
+        connect = CONNECT[0] if s == 0 else rng.choice(CONNECT)
+        subject = pronoun if not connect else pronoun.lower()
+        sentences.append(f"{connect}{subject} {verb.format(k=k, item=item)}.")
+        true_value += sign * k
+        result = shown + sign * k
+        if s == slip_step:  # a careless slip: off by a little, and carried on from there
+            result += rng.choice([-10, -2, -1, 1, 2, 10])
+        op = "+" if sign > 0 else "-"
+        lines.append(f"{shown} {op} {k} = {result}.")
+        shown = result
+    sentences.append(f"How many {item} does {name} have now?")
+    lines.append(f"The answer is \\boxed{{{shown}}}.")
+    return " ".join(sentences), str(true_value), "\n".join(lines)
+
+
+SPLITS = {
+    # name: (number of problems, min steps, max steps, slip rate, seed offset)
+    "test-id": (300, 1, 3, 0.0, 1),
+    "test-ood": (300, 4, 5, 0.0, 2),
+    "train": (3000, 1, 3, 0.0, 3),
+    "pretrain": (40000, 1, 3, 0.35, 4),
+}
+
+
+def load_split(split: str, seed: int = WORLD_SEED) -> list[Problem]:
+    """All problems of one split, deterministically; splits never share a question."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown world split {split!r}; known: {', '.join(SPLITS)}")
+    taken: set[str] = set()
+    for name in SPLITS:  # earlier splits claim their questions first, so later ones avoid them
+        problems = _generate(name, seed, taken)
+        if name == split:
+            return problems
+        taken.update(p.question for p in problems)
+    raise AssertionError("unreachable")
+
+
+def _generate(split: str, seed: int, taken: set[str]) -> list[Problem]:
+    count, lo, hi, slip_rate, offset = SPLITS[split]
+    rng = random.Random(seed * 1000 + offset)
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    while len(problems) < count:
+        steps = rng.randint(lo, hi)
+        question, gold, solution = _make_problem(rng, steps, slip_rate)
+        if question in taken or question in seen:
+            continue
+        seen.add(question)
+        problems.append(Problem(f"{split}-{len(problems):05d}", question, gold, solution, steps))
+    return problems
+
+
+def reference_solutions(source: dict) -> dict[str, str] | None:
+    """Reference solutions by prompt id, when a dataset's prompts came from the world."""
+    if source.get("kind") != "world":
+        return None
+    return {p.id: p.solution for p in load_split(source["split"])}

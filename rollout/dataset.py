@@ -1,0 +1,102 @@
+"""The offline dataset on disk: ``manifest.json`` plus ``data/*.parquet`` shards.
+
+Shards are written to a temporary name and renamed into place, and the manifest
+is rewritten the same way after each shard, so a crash leaves either the old or
+the new state, never half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("question", pa.string()),
+    ("gold", pa.string()),
+    ("prompt", pa.string()),
+    ("prompt_token_ids", pa.list_(pa.int32())),
+    ("response_token_ids", pa.list_(pa.int32())),
+    ("response", pa.string()),
+    ("behavior_logprobs", pa.list_(pa.float32())),
+    ("sample_idx", pa.int32()),
+    ("finish_reason", pa.string()),
+    ("pred", pa.string()),
+    ("reward", pa.float32()),
+])
+COLUMNS = SCHEMA.names
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+class DatasetWriter:
+    """Appends shards to an offline dataset directory and keeps its manifest current."""
+
+    def __init__(self, out: Path, manifest: dict):
+        self.out = Path(out)
+        self.data_dir = self.out / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest = dict(manifest)
+        self.manifest.setdefault("counts", {"prompts": 0, "responses": 0, "accepted": 0})
+        self.manifest.setdefault("shards", [])
+        write_json(self.out / "manifest.json", self.manifest)
+
+    def write_shard(self, rows: list[dict]) -> Path:
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        path = self.data_dir / f"shard-{len(self.manifest['shards']):05d}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        atomic_write_bytes(path, sink.getvalue().to_pybytes())
+        counts = self.manifest["counts"]
+        counts["prompts"] += len({r["prompt_id"] for r in rows})
+        counts["responses"] += len(rows)
+        counts["accepted"] += sum(1 for r in rows if r["reward"] == 1.0)
+        self.manifest["pass_rate"] = counts["accepted"] / max(1, counts["responses"])
+        self.manifest["shards"].append(path.name)
+        write_json(self.out / "manifest.json", self.manifest)
+        return path
+
+    def finish(self, **fields) -> dict:
+        self.manifest.update(fields, complete=True)
+        write_json(self.out / "manifest.json", self.manifest)
+        return self.manifest
+
+
+def read_manifest(path: str | Path) -> dict:
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{path} is not an offline dataset (no manifest.json)")
+    return json.loads(manifest.read_text())
+
+
+def load_offline_dataset(path: str | Path):
+    """The dataset's rows as a ``datasets.Dataset`` (one row per sampled response)."""
+    import datasets
+
+    manifest = read_manifest(path)
+    files = [str(Path(path) / "data" / name) for name in manifest.get("shards", [])]
+    if not files:
+        raise FileNotFoundError(f"{path} holds no data shards")
+    return datasets.load_dataset("parquet", data_files=files, split="train")

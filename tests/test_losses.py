@@ -1,0 +1,81 @@
+import math
+
+import torch
+
+from offline_rl.data import Example, collate, token_logprobs
+from offline_rl.learners import LEARNERS, dft, rft
+from offline_rl.train import token_mean
+
+
+def hand_batch(probs):
+    logprobs = torch.tensor([probs]).log().requires_grad_(True)  # [1, 3]
+    return logprobs, {"response_mask": torch.ones(1, len(probs))}
+
+
+def test_dft_loss_hand_worked():
+    # p = (1/2, 1/4, 1): NLL = ln2 + ln4 + 0 = 3 ln2; DFT = 1/2 ln2 + 1/4 ln4 + 0 = ln2
+    logprobs, batch = hand_batch([0.5, 0.25, 1.0])
+    loss_sum, n_tokens, metrics = dft.loss(logprobs, batch, dft.Config())
+    assert math.isclose(loss_sum.item(), math.log(2), rel_tol=1e-6)
+    assert math.isclose(metrics["nll_sum"].item(), 3 * math.log(2), rel_tol=1e-6)
+    assert n_tokens.item() == 3
+    # d/d logp_t of -sg(p_t) * logp_t is -p_t: the weight gets no gradient of its own
+    loss_sum.backward()
+    assert torch.allclose(logprobs.grad, -torch.tensor([[0.5, 0.25, 1.0]]))
+
+
+def test_rft_loss_is_masked_nll():
+    logprobs, batch = hand_batch([0.5, 0.25, 1.0])
+    batch["response_mask"] = torch.tensor([[1.0, 0.0, 1.0]])
+    loss_sum, n_tokens, _ = rft.loss(logprobs, batch, rft.Config())
+    assert math.isclose(loss_sum.item(), math.log(2), rel_tol=1e-6) and n_tokens.item() == 2
+
+
+def tiny_batch(tokenizer):
+    examples = [
+        Example("a", tokenizer("Question: Mia has 3 apples.\nAnswer:")["input_ids"], tokenizer(" 3 + 4 = 7.")["input_ids"]),
+        Example("b", tokenizer("Question: Tom has 12 cards.\nAnswer:")["input_ids"], tokenizer(" The answer is \\boxed{12}.")["input_ids"]),
+    ]
+    return collate(examples, tokenizer.eos_token_id)
+
+
+def test_dft_token_loss_and_gradient_on_a_model(tiny_model):
+    model, tokenizer = tiny_model
+    batch = tiny_batch(tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    positions = batch["response_mask"].nonzero().tolist()
+    for b, t in positions[:: max(1, len(positions) // 4)]:  # a few response tokens, one at a time
+        only = torch.zeros_like(batch["response_mask"])
+        only[b, t] = 1.0
+        one = {**batch, "response_mask": only}
+
+        nll = -(token_logprobs(model, one) * only).sum()
+        grad_nll = torch.autograd.grad(nll, params)
+        p = math.exp(-nll.item())
+
+        dft_loss, _, _ = dft.loss(token_logprobs(model, one), one, dft.Config())
+        assert math.isclose(dft_loss.item(), p * nll.item(), rel_tol=1e-5)  # loss_t = NLL_t * sg(p_t)
+        grad_dft = torch.autograd.grad(dft_loss, params)
+        for g_dft, g_nll in zip(grad_dft, grad_nll, strict=True):
+            assert torch.allclose(g_dft, p * g_nll, atol=1e-7, rtol=1e-4)  # grad = p_t * grad NLL_t
+
+
+def test_collate_masks_exactly_the_response():
+    e = Example("a", [1, 2, 3], [4, 5])
+    batch = collate([e, Example("b", [1], [9, 9, 9, 9])], pad_token_id=0)
+    # targets at t are tokens at t + 1; the response [4, 5] is predicted from positions 2 and 3
+    assert batch["targets"][0].tolist()[:4] == [2, 3, 4, 5]
+    assert batch["response_mask"][0].tolist() == [0, 0, 1, 1, 0]
+    assert batch["response_mask"][1].tolist() == [1, 1, 1, 1, 0]
+
+
+def test_token_mean_over_micro_batches_equals_full_batch():
+    sums, counts = torch.tensor([3.0, 5.0, 1.0]), torch.tensor([2.0, 4.0, 1.0])
+    total = sum(token_mean(s, counts.sum(), 1) for s in sums)
+    assert math.isclose(total.item(), 9.0 / 7.0, rel_tol=1e-6)
+
+
+def test_every_learner_is_registered_by_name():
+    assert {"sft", "rft", "dft"} <= set(LEARNERS)
+    for module in LEARNERS.values():
+        assert callable(module.loss) and callable(module.examples) and module.Config
