@@ -83,11 +83,14 @@ def build_model(tokenizer, hidden_size: int, num_layers: int, seed: int):
 def make_base(cfg: MakeBaseConfig) -> dict:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    corpus = [p.prompt + " " + p.solution for p in world.load_split("pretrain")]
-    tokenizer = train_tokenizer(corpus[:5000], cfg.vocab_size)
+    problems = world.load_split("pretrain")
+    tokenizer = train_tokenizer([p.prompt + " " + p.solution for p in problems[:5000]], cfg.vocab_size)
     model = build_model(tokenizer, cfg.hidden_size, cfg.num_layers, cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    encoded = [ids + [tokenizer.eos_token_id] for ids in tokenizer(corpus)["input_ids"]]
+    # (prompt, solution) token ids; the loss covers the solution only, where the arithmetic is
+    prompts = tokenizer([p.prompt for p in problems])["input_ids"]
+    solutions = tokenizer([" " + p.solution for p in problems])["input_ids"]
+    encoded = [(q, a + [tokenizer.eos_token_id]) for q, a in zip(prompts, solutions, strict=True)]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, cfg.steps // 20)
@@ -106,13 +109,14 @@ def make_base(cfg: MakeBaseConfig) -> dict:
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(encoded)), len(encoded))
         batch = [encoded[order.pop()] for _ in range(cfg.batch_size)]
-        width = max(map(len, batch))
-        input_ids = torch.full((len(batch), width), tokenizer.eos_token_id)
-        labels = torch.full((len(batch), width), -100)
-        for i, ids in enumerate(batch):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            labels[i, : len(ids)] = torch.tensor(ids)
-        attention_mask = (labels != -100).long()
+        width = max(len(q) + len(a) for q, a in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.eos_token_id)  # [B, T]
+        labels = torch.full((len(batch), width), -100)  # [B, T]
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)  # [B, T]
+        for i, (q, a) in enumerate(batch):
+            input_ids[i, : len(q) + len(a)] = torch.tensor(q + a)
+            labels[i, len(q) : len(q) + len(a)] = torch.tensor(a)
+            attention_mask[i, : len(q) + len(a)] = 1
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -52,18 +52,18 @@ class Problem:
 
 def _make_problem(rng: random.Random, steps: int, slip_rate: float = 0.0) -> tuple[str, str, str]:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    value = rng.randint(5, 60)
+    value = rng.randint(5, 30)
     sentences = [f"{name} has {value} {item}."]
     lines = [f"{name} starts with {value} {item}."]
     slip_step = rng.randrange(steps) if rng.random() < slip_rate else -1
     true_value, shown = value, value
     for s in range(steps):
         pronoun = PRONOUN[name]
-        if true_value > 3 and rng.random() < 0.5:
-            k = rng.randint(1, min(true_value - 1, 40))
+        if true_value > 2 and rng.random() < 0.5:
+            k = rng.randint(1, min(true_value - 1, 9))
             verb, sign = rng.choice(LOSS), -1
         else:
-            k = rng.randint(1, 40)
+            k = rng.randint(1, 9)
             verb, sign = rng.choice(GAIN), 1
         connect = CONNECT[0] if s == 0 else rng.choice(CONNECT)
         subject = pronoun if not connect else pronoun.lower()
@@ -71,7 +71,7 @@ def _make_problem(rng: random.Random, steps: int, slip_rate: float = 0.0) -> tup
         true_value += sign * k
         result = shown + sign * k
         if s == slip_step:  # a careless slip: off by a little, and carried on from there
-            result += rng.choice([-10, -2, -1, 1, 2, 10])
+            result += rng.choice([-2, -1, 1, 2])
         op = "+" if sign > 0 else "-"
         lines.append(f"{shown} {op} {k} = {result}.")
         shown = result
