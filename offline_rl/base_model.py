@@ -29,8 +29,8 @@ DEFAULT_BASE_MODEL = Path(__file__).resolve().parent / "assets" / "base-model"
 class MakeBaseConfig:
     out: str = field(default=str(DEFAULT_BASE_MODEL), metadata={"help": "where to write the checkpoint"})
     seed: int = field(default=0, metadata={"help": "seed for tokenizer order, init and data order"})
-    steps: int = field(default=1500, metadata={"help": "optimizer steps of pretraining"})
-    batch_size: int = field(default=64, metadata={"help": "sequences per step"})
+    steps: int = field(default=1000, metadata={"help": "optimizer steps of pretraining"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate (warm-up then cosine)"})
     vocab_size: int = field(default=384, metadata={"help": "BPE vocabulary size"})
     hidden_size: int = field(default=256, metadata={"help": "model width"})

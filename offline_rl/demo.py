@@ -24,7 +24,7 @@ class DemoConfig:
     out: str = field(default=None, metadata={"help": "run directory (default: runs/demo-<time>)"})
     prompts: int = field(default=1000, metadata={"help": "world train prompts to collect from"})
     n: int = field(default=4, metadata={"help": "responses per prompt"})
-    epochs: float = field(default=2.0, metadata={"help": "DFT passes over the accepted samples"})
+    epochs: float = field(default=4.0, metadata={"help": "DFT passes over the accepted samples"})
     k: int = field(default=4, metadata={"help": "samples per test problem (avg@k)"})
     seed: int = field(default=0, metadata={"help": "seed of collection, training and evaluation"})
 

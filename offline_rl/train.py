@@ -37,7 +37,7 @@ class TrainConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --max-steps is unset"})
     batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})

@@ -1,0 +1,57 @@
+import json
+from types import SimpleNamespace
+
+import torch
+
+from offline_rl import world
+from offline_rl.learners import dft, rft, sft
+from offline_rl.train import TrainConfig, train
+from rollout.dataset import DatasetWriter, load_offline_dataset, read_manifest
+
+
+def world_dataset(path, tokenizer, n_prompts=16):
+    """An offline dataset whose 'samples' are the world's reference solutions, half marked accepted."""
+    rows = []
+    for i, p in enumerate(world.load_split("train")[:n_prompts]):
+        prompt_ids = tokenizer(p.prompt)["input_ids"]
+        response_ids = tokenizer(" " + p.solution)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append({"prompt_id": p.id, "question": p.question, "gold": p.gold, "prompt": p.prompt,
+                     "prompt_token_ids": prompt_ids, "response_token_ids": response_ids, "response": p.solution,
+                     "behavior_logprobs": [-1.0] * len(response_ids), "sample_idx": 0, "finish_reason": "stop",
+                     "pred": p.gold, "reward": float(i % 2 == 0)})
+    writer = DatasetWriter(path, {"model": "tiny", "source": {"kind": "world", "split": "train"}})
+    writer.write_shard(rows)
+    return load_offline_dataset(path), read_manifest(path)
+
+
+def test_views_pick_the_rows_each_learner_trains_on(tmp_path, tiny_model):
+    _, tokenizer = tiny_model
+    dataset, manifest = world_dataset(tmp_path, tokenizer)
+    context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest)
+    accepted = {r["prompt_id"] for r in dataset if r["reward"] == 1.0}
+    assert {e.prompt_id for e in rft.examples(dataset, context)} == accepted
+    assert {e.prompt_id for e in dft.examples(dataset, context)} == accepted
+    sft_examples = sft.examples(dataset, context)
+    assert len(sft_examples) == 16  # one reference solution per prompt, whatever the reward
+    solution = world.load_split("train")[0].solution
+    assert tokenizer.decode(sft_examples[0].response_token_ids, skip_special_tokens=True).strip() == solution
+
+
+def test_training_changes_the_model_and_lowers_nll(tmp_path, tiny_model_dir, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    _, tokenizer = tiny_model
+    dataset, manifest = world_dataset(tmp_path / "data", tokenizer)
+    cfg = TrainConfig(learner="dft", data=str(tmp_path / "data"), out=str(tmp_path / "out"), max_steps=8,
+                      batch_size=4, lr=3e-3, warmup_ratio=0.0, log_every=1)
+    summary = train(cfg, manifest, dataset, str(tiny_model_dir))
+    assert summary["steps"] == 8
+
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 8
+    assert metrics[-1]["nll"] < metrics[0]["nll"]
+    assert all(0 < m["p"] <= 1 and m["loss"] <= m["nll"] for m in metrics)
+    assert 0 < metrics[-1]["lr"] < metrics[0]["lr"]  # cosine decay
