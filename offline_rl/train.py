@@ -76,7 +76,6 @@ def main(argv: list[str] | None) -> dict:
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
     model_path = resolve_model(cfg.model or manifest["model"])
-    print_config(cfg)
     return train(cfg, manifest, dataset, model_path)
 
 
@@ -100,6 +99,8 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str) -> dict:
             f"no training examples for {cfg.learner} in {cfg.data}: pass rate {manifest.get('pass_rate', 0):.3f} "
             f"({counts.get('accepted', 0)} accepted of {counts.get('responses', len(dataset))} responses)")
 
+    if accelerator.is_main_process:
+        print_config(cfg)  # once the input is known good: bad input gets one line only
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.config.use_cache = False
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
@@ -150,12 +151,13 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str) -> dict:
             for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += int(step_tokens)
 
-        record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+        record = {"step": step + 1, "lr": lr, "grad_norm": float(grad_norm),
                   "tokens": int(step_tokens), "tokens_per_s": tokens_seen / (time.time() - start)}
         record.update({k.removesuffix("_sum"): v / max(1.0, float(local_tokens)) for k, v in totals.items()})
         bar.set_postfix(loss=f"{record['loss']:.4f}", nll=f"{record.get('nll', float('nan')):.3f}",

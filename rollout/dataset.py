@@ -99,4 +99,10 @@ def load_offline_dataset(path: str | Path):
     files = [str(Path(path) / "data" / name) for name in manifest.get("shards", [])]
     if not files:
         raise FileNotFoundError(f"{path} holds no data shards")
-    return datasets.load_dataset("parquet", data_files=files, split="train")
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # local parquet loads in a blink; keep stderr for what matters
+    try:
+        return datasets.load_dataset("parquet", data_files=files, split="train")
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
