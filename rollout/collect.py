@@ -1,11 +1,17 @@
-"""``bin/collect``: sample ``n`` responses per prompt, verify them, store an offline dataset."""
+"""``bin/collect``: sample ``n`` responses per prompt, verify them, store an offline dataset.
+
+Reproducible and resumable: each prompt is sampled with its own seed derived from
+the run seed and its id, so responses do not depend on batching, sharding or
+resumption; shards are written atomically and the manifest after each one, so a
+killed run resumes (run the same command again) without losing or duplicating a row.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,48 +20,47 @@ from tqdm.auto import tqdm
 
 import rewards
 from rollout.cli import UsageError, parse_config, print_config, save_config
-from rollout.dataset import DatasetWriter
-from rollout.engines import ENGINES, SamplingConfig
-from rollout.templates import TEMPLATES, render
+from rollout.dataset import DatasetWriter, read_manifest, read_rows
+from rollout.engines import ENGINES, SamplingConfig, prompt_seed
+from rollout.sources import SourceError, load_source
+from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
 
 @dataclass
 class CollectConfig:
-    out: str = field(default=None, metadata={"help": "output directory of the offline dataset (required)"})
+    out: str = field(default=None, metadata={"help": "output directory of the offline dataset (required); an existing one is resumed"})
     model: str = field(default=None, metadata={"help": "checkpoint directory or hub name (default: the embedded base model)"})
-    split: str = field(default="train", metadata={"help": "embedded world split to take prompts from"})
-    prompts: str = field(default=None, metadata={"help": "JSONL file of prompts instead of the world (one object per line)"})
-    question_field: str = field(default="question", metadata={"help": "JSONL field holding the question"})
-    answer_field: str = field(default="answer", metadata={"help": "JSONL field holding the gold answer"})
-    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)} (default: world for the world, qwen-boxed otherwise)"})
+    source: str = field(default="world:train", metadata={"help": "world:SPLIT, a JSONL/JSON/Parquet/CSV file, a save_to_disk directory, or a hub dataset name"})
+    format: str = field(default="auto", metadata={"help": "field layout: auto, plain, gsm8k, math500, math, minerva, olympiad, aime24, amc23"})
+    question_field: str = field(default=None, metadata={"help": "field holding the question (overrides the format)"})
+    answer_field: str = field(default=None, metadata={"help": "field holding the gold answer (overrides the format)"})
+    hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk dataset"})
+    strict: bool = field(default=False, metadata={"help": "reject a source with rows lacking a gold answer instead of skipping them"})
+    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the world, else chat if the model has one, else qwen-boxed)"})
     n: int = field(default=4, metadata={"help": "responses sampled per prompt"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
     max_tokens: int = field(default=160, metadata={"help": "most tokens per response"})
-    limit: int = field(default=None, metadata={"help": "use only the first N prompts"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    stop: str = field(default=None, metadata={"help": "comma-separated stop strings"})
+    skip: int = field(default=0, metadata={"help": "skip the first N prompts"})
+    limit: int = field(default=None, metadata={"help": "then use at most N prompts"})
+    shard: str = field(default="0/1", metadata={"help": "I/N: take every N-th prompt starting at I (for several processes or machines)"})
+    seed: int = field(default=0, metadata={"help": "run seed; each prompt's seed derives from it and the prompt id"})
     backend: str = field(default="vllm", metadata={"help": "generation engine: vllm or hf"})
     dtype: str = field(default="float32", metadata={"help": "model dtype in the engine (float32, bfloat16, auto)"})
-    shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard"})
+    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)"})
+    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU"})
+    shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)"})
+    force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters"})
 
 
-def load_jsonl_prompts(path: str, question_field: str, answer_field: str) -> list[dict]:
-    file = Path(path)
-    if not file.is_file():
-        raise UsageError(f"prompt file not found: {file}")
-    records = []
-    for line_no, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UsageError(f"{file}:{line_no} is not valid JSON") from None
-        if question_field not in row or answer_field not in row:
-            raise UsageError(f"{file}:{line_no} lacks field {question_field!r} or {answer_field!r}")
-        records.append({"prompt_id": str(row.get("id", row.get("unique_id", f"{file.stem}-{line_no - 1:05d}"))),
-                        "question": str(row[question_field]), "gold": str(row[answer_field])})
-    return records
+def parse_shard(spec: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", spec or "")
+    if not m or int(m[2]) < 1 or int(m[1]) >= int(m[2]):
+        raise UsageError(f"--shard must be I/N with 0 <= I < N (got {spec!r})")
+    return int(m[1]), int(m[2])
 
 
 def resolve_model(model: str) -> str:
@@ -93,53 +98,77 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
         raise UsageError("--out is required")
     if cfg.backend not in ENGINES:
         raise UsageError(f"unknown backend {cfg.backend!r}; known: {', '.join(ENGINES)}")
-    if cfg.n < 1 or cfg.max_tokens < 1 or cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
-        raise UsageError("need --n >= 1, --max-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1")
+    if cfg.n < 1 or cfg.max_tokens < 1 or cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.skip < 0:
+        raise UsageError("need --n >= 1, --max-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --skip >= 0")
+    shard_index, shard_count = parse_shard(cfg.shard)
     model = resolve_model(cfg.model or default_model)
-    template = cfg.template or ("world" if cfg.prompts is None else "qwen-boxed")
-    if template not in TEMPLATES:
-        raise UsageError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
-    out = Path(cfg.out)
-    if (out / "manifest.json").exists():
-        raise UsageError(f"{out} already holds an offline dataset; choose another --out")
-
-    if cfg.prompts is not None:
-        records = load_jsonl_prompts(cfg.prompts, cfg.question_field, cfg.answer_field)
-        source = {"kind": "jsonl", "path": str(cfg.prompts)}
-    else:
-        try:
-            records = [{"prompt_id": p.id, "question": p.question, "gold": p.gold} for p in world(cfg.split)]
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        source = {"kind": "world", "split": cfg.split}
+    try:
+        loaded = load_source(cfg.source, cfg.format, cfg.question_field, cfg.answer_field, cfg.hub_split, world)
+    except (SourceError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    if loaded.skipped_without_gold and cfg.strict:
+        raise UsageError(f"{cfg.source}: {loaded.skipped_without_gold} rows have no gold answer (--strict)")
+    records = loaded.records[cfg.skip :]
     records = records[: cfg.limit] if cfg.limit is not None else records
+    records = records[shard_index::shard_count]
     if not records:
-        raise UsageError(f"no prompts to collect from {cfg.prompts or 'world split ' + cfg.split}")
+        raise UsageError(f"no prompts to collect from {cfg.source} (after --skip/--limit/--shard)")
+
+    out = Path(cfg.out)
+    identity = {"model": model, "source": loaded.description, "template": cfg.template, "backend": cfg.backend,
+                "sampling": {"n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                             "max_tokens": cfg.max_tokens, "stop": cfg.stop},
+                "seed": cfg.seed, "shard": cfg.shard, "dtype": cfg.dtype}
+    done_ids: set[str] = set()
+    if (out / "manifest.json").exists():
+        try:
+            previous = read_manifest(out)
+        except (ValueError, FileNotFoundError) as e:
+            raise UsageError(f"{out} holds an unreadable manifest: {e}") from None
+        differs = sorted(k for k, v in identity.items() if previous.get("identity", {}).get(k) != v)
+        if differs and not cfg.force:
+            raise UsageError(f"{out} was collected with different {', '.join(differs)}; "
+                             "choose another --out, or --force to append anyway")
+        done_ids = {r["prompt_id"] for r in read_rows(out, columns=["prompt_id"])}
+    elif out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not an offline dataset; choose another --out")
+
     print_config(cfg)
-    save_config(cfg, out / "collect_config.json")
-    return collect(cfg, model, template, records, source, out)
+    save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
+    return collect(cfg, model, records, loaded, identity, out, done_ids)
 
 
-def collect(cfg: CollectConfig, model: str, template: str, records: list[dict], source: dict, out: Path) -> dict:
+def collect(cfg: CollectConfig, model: str, records: list[dict], loaded, identity: dict, out: Path,
+            done_ids: set[str]) -> dict:
     start = time.time()
     try:
-        engine = ENGINES[cfg.backend](model, seed=cfg.seed, dtype=cfg.dtype)
+        engine = ENGINES[cfg.backend](model, seed=cfg.seed, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                                      kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel_size,
+                                      gpu_memory_utilization=cfg.gpu_memory_utilization)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load model {model}: {str(e).splitlines()[0]}") from None
-    tokenizer = engine.tokenizer
-    sampling = SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    try:
+        template = Template(cfg.template or default_template(loaded.description["kind"], engine.tokenizer),
+                            engine.tokenizer)
+    except TemplateError as e:
+        raise UsageError(str(e)) from None
+    sampling = SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                              stop=[s for s in cfg.stop.split(",") if s] if cfg.stop else None)
     writer = DatasetWriter(out, {
-        "toolkit_version": toolkit_version(), "git_commit": git_commit(), "model": model, "source": source,
-        "template": template, "sampling": asdict(sampling), "seed": cfg.seed, "backend": cfg.backend,
-        "verifier_version": rewards.VERIFIER_VERSION, "complete": False,
+        "toolkit_version": toolkit_version(), "git_commit": git_commit(), "model": model,
+        "source": loaded.description, "template": template.name, "sampling": asdict(sampling), "seed": cfg.seed,
+        "backend": cfg.backend, "shard": cfg.shard, "verifier_version": rewards.VERIFIER_VERSION,
+        "skipped_without_gold": loaded.skipped_without_gold, "identity": identity, "complete": False,
     })
+    todo = [r for r in records if r["prompt_id"] not in done_ids]
     accepted = responses = tokens = 0
-    bar = tqdm(total=len(records), desc="collect", unit="prompt")
-    for begin in range(0, len(records), cfg.shard_size):
-        chunk = records[begin : begin + cfg.shard_size]
-        prompts = [render(template, r["question"]) for r in chunk]
-        prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
-        outputs = engine.generate(prompt_ids, sampling, use_tqdm=False)
+    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="collect", unit="prompt")
+    for begin in range(0, len(todo), cfg.shard_size):
+        chunk = todo[begin : begin + cfg.shard_size]
+        prompts = [template.render(r["question"]) for r in chunk]
+        prompt_ids = [template.token_ids(p) for p in prompts]
+        outputs = engine.generate(prompt_ids, sampling, seeds=[prompt_seed(cfg.seed, r["prompt_id"]) for r in chunk],
+                                  use_tqdm=False)
         rows = []
         for record, prompt, ids, samples in zip(chunk, prompts, prompt_ids, outputs, strict=True):
             for idx, s in enumerate(samples):
@@ -157,8 +186,31 @@ def collect(cfg: CollectConfig, model: str, template: str, records: list[dict], 
         bar.set_postfix(pass_rate=f"{accepted / responses:.3f}", tok_s=f"{tokens / elapsed:.0f}")
     bar.close()
     engine.close()
-    manifest = writer.finish(wall_seconds=round(time.time() - start, 2))
-    counts = manifest["counts"]
-    print(f"collected {counts['responses']} responses to {counts['prompts']} prompts: "
-          f"{counts['accepted']} accepted (pass rate {manifest['pass_rate']:.3f}) -> {out}")
+    summary = summarize(read_rows(out, columns=["prompt_id", "reward", "response_token_ids", "finish_reason"]), cfg.n)
+    manifest = writer.finish(summary=summary, wall_seconds=round(writer.manifest.get("wall_seconds", 0)
+                                                                   + time.time() - start, 2))
+    print(format_summary(manifest, out))
     return manifest
+
+
+def summarize(rows: list[dict], n: int) -> dict:
+    """Pass rate, correct-per-prompt histogram (0/n .. n/n), mean length, truncation rate."""
+    per_prompt: dict[str, int] = Counter()
+    for r in rows:
+        per_prompt[r["prompt_id"]] += r["reward"] == 1.0
+    histogram = Counter(per_prompt.values())
+    return {
+        "pass_rate": sum(r["reward"] == 1.0 for r in rows) / max(1, len(rows)),
+        "correct_per_prompt": {f"{k}/{n}": histogram.get(k, 0) for k in range(n + 1)},
+        "mean_response_tokens": sum(len(r["response_token_ids"]) for r in rows) / max(1, len(rows)),
+        "truncation_rate": sum(r["finish_reason"] == "length" for r in rows) / max(1, len(rows)),
+    }
+
+
+def format_summary(manifest: dict, out: Path) -> str:
+    s, counts = manifest["summary"], manifest["counts"]
+    histogram = "  ".join(f"{k}: {v}" for k, v in s["correct_per_prompt"].items())
+    return (f"collected {counts['responses']} responses to {counts['prompts']} prompts -> {out}\n"
+            f"  pass rate {s['pass_rate']:.3f} ({counts['accepted']} accepted)\n"
+            f"  correct per prompt  {histogram}\n"
+            f"  mean response length {s['mean_response_tokens']:.1f} tokens, truncated {100 * s['truncation_rate']:.1f} %")

@@ -55,10 +55,20 @@ class DatasetWriter:
     """Appends shards to an offline dataset directory and keeps its manifest current."""
 
     def __init__(self, out: Path, manifest: dict):
+        """Start a dataset, or continue one: its manifest's shards, counts and identity are kept."""
         self.out = Path(out)
         self.data_dir = self.out / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = dict(manifest)
+        for leftover in self.data_dir.glob(".*.tmp"):  # a write killed before its rename
+            leftover.unlink()
+        if (self.out / "manifest.json").exists():
+            previous = read_manifest(self.out)
+            kept = {k: previous[k] for k in ("counts", "shards", "identity", "wall_seconds") if k in previous}
+            if previous.get("identity") not in (None, manifest.get("identity")):
+                kept["appended_identities"] = previous.get("appended_identities", []) + [manifest.get("identity")]
+            self.manifest = {**previous, **manifest, **kept, "complete": False}
+        else:
+            self.manifest = dict(manifest)
         self.manifest.setdefault("counts", {"prompts": 0, "responses": 0, "accepted": 0})
         self.manifest.setdefault("shards", [])
         write_json(self.out / "manifest.json", self.manifest)
@@ -89,6 +99,13 @@ def read_manifest(path: str | Path) -> dict:
     if not manifest.is_file():
         raise FileNotFoundError(f"{path} is not an offline dataset (no manifest.json)")
     return json.loads(manifest.read_text())
+
+
+def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict]:
+    """The rows of the shards the manifest lists (only those: a shard written after the
+    last manifest update is not yet part of the dataset)."""
+    files = [Path(path) / "data" / name for name in read_manifest(path).get("shards", [])]
+    return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
 
 
 def load_offline_dataset(path: str | Path):

@@ -8,6 +8,7 @@ and top-p), which is what importance weights against the behaviour policy need.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -26,6 +27,13 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 160
+    stop: list[str] | None = None
+
+
+def prompt_seed(run_seed: int, prompt_id: str) -> int:
+    """A prompt's own sampling seed: the same responses whatever the batching, sharding or resumption."""
+    digest = hashlib.sha256(f"{run_seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def _on_cpu() -> bool:
@@ -38,7 +46,7 @@ class VLLMEngine:
     """vLLM offline engine. On CPU it uses every core and a bounded KV cache."""
 
     def __init__(self, model: str, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
-                 kv_cache_gib: float = 1.0):
+                 kv_cache_gib: float = 1.0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9):
         # In-process engine core: requests are all queued before the first step, so batches
         # (and hence which random numbers each request draws) do not depend on timing. With the
         # engine core in its own process, the same seed gave test-id avg@4 of 25.8 and 30.2.
@@ -52,22 +60,30 @@ class VLLMEngine:
         from vllm import LLM
 
         kwargs = dict(model=model, seed=seed, dtype=dtype, max_model_len=max_model_len,
-                      logprobs_mode="processed_logprobs")
+                      tensor_parallel_size=tensor_parallel_size, logprobs_mode="processed_logprobs")
         if _on_cpu():
-            # the CPU backend reads gpu_memory_utilization as a share of host RAM;
+            # The CPU backend reads gpu_memory_utilization as a share of host RAM;
             # a fixed KV budget is safer on small machines. Compiling costs ~35 s
-            # of start-up and gains little for tiny models, so run eagerly.
-            kwargs.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)), enforce_eager=True)
+            # of start-up and gains little for tiny models, so run eagerly. Chunked
+            # prefill rewinds a request's generator with get_offset(), which CPU
+            # generators lack ("CPU Generator does not use offset"): without it,
+            # per-request seeds work on CPU too.
+            kwargs.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)), enforce_eager=True,
+                          enable_chunked_prefill=False)
+        else:
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig,
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None,
                  use_tqdm: bool = True) -> list[list[Sample]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, logprobs=0)
+        seeds = seeds or [None] * len(prompt_token_ids)
+        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_tokens, stop=sampling.stop, logprobs=0, seed=seed)
+                  for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], params,
                                     use_tqdm=use_tqdm)
         results = []
@@ -91,7 +107,7 @@ class HFEngine:
     """Plain transformers sampling: slower, but needs nothing beyond transformers."""
 
     def __init__(self, model: str, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, **_engine_options):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,13 +118,14 @@ class HFEngine:
         self.seed = seed
         self.batch_size = batch_size
 
-    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig,
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None,
                  use_tqdm: bool = True) -> list[list[Sample]]:
+        """With ``seeds``, each prompt's n samples are drawn in a batch of their own, seeded, so
+        they do not depend on which prompts share a batch; without, prompts are batched together."""
         import torch
         from tqdm.auto import tqdm
         from transformers import GenerationConfig
 
-        torch.manual_seed(self.seed)
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
         flat = [ids for ids in prompt_token_ids for _ in range(sampling.n)]
@@ -116,32 +133,51 @@ class HFEngine:
         config = GenerationConfig(do_sample=sampling.temperature > 0, temperature=max(sampling.temperature, 1e-5),
                                   top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_tokens,
                                   eos_token_id=eos, pad_token_id=pad, output_scores=True,
-                                  return_dict_in_generate=True)
+                                  return_dict_in_generate=True, stop_strings=sampling.stop)
+        step = sampling.n if seeds else self.batch_size
+        if not seeds:
+            torch.manual_seed(self.seed)
         bar = tqdm(total=len(flat), desc="hf generate", unit="sample", disable=not use_tqdm)
-        for start in range(0, len(flat), self.batch_size):
-            chunk = flat[start : start + self.batch_size]
+        for start in range(0, len(flat), step):
+            chunk = flat[start : start + step]
+            if seeds:
+                torch.manual_seed(seeds[start // sampling.n])
             width = max(map(len, chunk))
             input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=self.device)
             attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk],
                                           device=self.device)
             with torch.no_grad():
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                          generation_config=config)
+                                          generation_config=config, tokenizer=self.tokenizer)
             new_tokens = out.sequences[:, width:]  # [B, T]
             # scores are the processed logits (after temperature and top-p): the sampled distribution
             logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # [B, T, V]
             token_logprobs = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)  # [B, T]
             for row, row_lp in zip(new_tokens.tolist(), token_logprobs.tolist(), strict=True):
-                end = row.index(eos) + 1 if eos in row else len(row)
+                end = _generated_length(row, eos, sampling.stop, self.tokenizer)
                 ids = row[:end]
+                stopped = (ids and ids[-1] == eos) or end < sampling.max_tokens
                 samples.append(Sample(ids, row_lp[:end], self.tokenizer.decode(ids, skip_special_tokens=True),
-                                      "stop" if ids and ids[-1] == eos else "length"))
+                                      "stop" if stopped else "length"))
             bar.update(len(chunk))
         bar.close()
         return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompt_token_ids))]
 
     def close(self) -> None:
         del self.model
+
+
+def _generated_length(row: list[int], eos: int, stop: list[str] | None, tokenizer) -> int:
+    """Tokens a row really generated: through its EOS, or through the token that completed a stop string.
+
+    transformers pads rows that finished early, so what follows the end is filler, not samples.
+    """
+    end = row.index(eos) + 1 if eos in row else len(row)
+    if stop:
+        for t in range(1, end + 1):
+            if any(s in tokenizer.decode(row[:t]) for s in stop):
+                return t
+    return end
 
 
 ENGINES = {"vllm": VLLMEngine, "hf": HFEngine}

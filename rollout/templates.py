@@ -1,16 +1,70 @@
-"""Prompt templates: how a question is rendered into the text fed to the model."""
+"""Prompt templates: how a question is rendered into the text fed to the model.
+
+Built in: ``world`` (the embedded world's plain format), ``qwen-boxed`` (the
+instruction Qwen2.5-Math and the DFT paper use, without a chat wrapper) and
+``chat`` (that instruction inside the model's own chat template). Any other
+name is read as a file whose text contains ``{question}``.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+QWEN_BOXED = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 TEMPLATES = {
-    # the embedded world's plain format; the base model was pretrained on exactly this
     "world": "Question: {question}\nAnswer:",
-    # the instruction Qwen2.5-Math and the DFT paper use, without a chat wrapper
-    "qwen-boxed": "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}.\n",
+    "qwen-boxed": QWEN_BOXED + "\n",
+    "chat": None,  # rendered by the tokenizer's chat template
 }
 
 
+class TemplateError(ValueError):
+    pass
+
+
+class Template:
+    """Renders questions to prompt text and exact prompt token ids."""
+
+    def __init__(self, name: str, tokenizer=None):
+        self.name = name
+        self.tokenizer = tokenizer
+        if name == "chat":
+            if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+                raise TemplateError("template 'chat' needs a model with a chat template; this one has none")
+            self.text = None
+        elif name in TEMPLATES:
+            self.text = TEMPLATES[name]
+            self.literal = False
+        else:
+            path = Path(name)
+            if not path.is_file():
+                raise TemplateError(f"unknown template {name!r}; known: {', '.join(TEMPLATES)}, or a file holding {{question}}")
+            self.text = path.read_text()
+            self.literal = True  # a file's text is taken as it is; only {question} is replaced
+            if "{question}" not in self.text:
+                raise TemplateError(f"template file {path} has no {{question}} placeholder")
+
+    def render(self, question: str) -> str:
+        if self.text is None:
+            messages = [{"role": "user", "content": QWEN_BOXED.format(question=question)}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.literal:
+            return self.text.replace("{question}", question)
+        return self.text.format(question=question)
+
+    def token_ids(self, prompt: str) -> list[int]:
+        # a chat template already holds its special tokens; plain text gets the model's usual ones
+        return self.tokenizer(prompt, add_special_tokens=self.text is not None)["input_ids"]
+
+
+def default_template(source_kind: str, tokenizer) -> str:
+    if source_kind == "world":
+        return "world"
+    return "chat" if getattr(tokenizer, "chat_template", None) else "qwen-boxed"
+
+
 def render(template: str, question: str) -> str:
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
-    return TEMPLATES[template].format(question=question)
+    """Render with a built-in text template (no tokenizer needed)."""
+    if template not in TEMPLATES or TEMPLATES[template] is None:
+        raise TemplateError(f"unknown text template {template!r}")
+    return Template(template).render(question)

@@ -31,15 +31,15 @@ def test_collect_missing_model_path(tmp_path):
 
 def test_collect_empty_prompt_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
-    result = run_bin("collect", "--out", str(tmp_path / "out"), "--prompts", str(tmp_path / "empty.jsonl"))
+    result = run_bin("collect", "--out", str(tmp_path / "out"), "--source", str(tmp_path / "empty.jsonl"))
     assert_one_line_usage_error(result, "no prompts")
 
 
-def test_collect_refuses_to_overwrite_a_dataset(tmp_path):
+def test_collect_refuses_to_mix_sampling_parameters(tmp_path):
     DatasetWriter(tmp_path, {"model": "m"}).write_shard(make_rows())
     before = (tmp_path / "manifest.json").read_bytes()
     result = run_bin("collect", "--out", str(tmp_path), "--limit", "1")
-    assert_one_line_usage_error(result, "already holds")
+    assert_one_line_usage_error(result, "collected with different", "--force")
     assert (tmp_path / "manifest.json").read_bytes() == before
 
 
