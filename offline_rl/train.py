@@ -24,13 +24,13 @@ from offline_rl.data import collate, token_logprobs
 from offline_rl.learners import LEARNERS
 from rollout.cli import UsageError, parse_config, print_config, save_config
 from rollout.collect import resolve_model
-from rollout.dataset import load_offline_dataset, read_manifest
+from rollout.dataset import dataset_paths, load_offline_dataset, read_manifest
 
 
 @dataclass
 class TrainConfig:
     learner: str = field(default="dft", metadata={"help": f"learner: {', '.join(LEARNERS)}"})
-    data: str = field(default=None, metadata={"help": "offline dataset directory made by bin/collect (required)"})
+    data: str = field(default=None, metadata={"help": "offline dataset directory made by bin/collect, or several comma-separated (e.g. --shard outputs) (required)"})
     out: str = field(default=None, metadata={"help": "output directory: final model here, metrics and config beside it (required)"})
     model: str = field(default=None, metadata={"help": "initial checkpoint (default: the model that collected the data)"})
     max_steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)"})
@@ -71,7 +71,7 @@ def main(argv: list[str] | None) -> dict:
     if cfg.data is None or cfg.out is None:
         raise UsageError("--data and --out are required")
     try:
-        manifest = read_manifest(cfg.data)
+        manifest = read_manifest(dataset_paths(cfg.data)[0])
         dataset = load_offline_dataset(cfg.data)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None

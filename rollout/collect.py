@@ -133,25 +133,34 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
     elif out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not an offline dataset; choose another --out")
 
-    print_config(cfg)
-    save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
-    return collect(cfg, model, records, loaded, identity, out, done_ids)
-
-
-def collect(cfg: CollectConfig, model: str, records: list[dict], loaded, identity: dict, out: Path,
-            done_ids: set[str]) -> dict:
-    start = time.time()
+    tokenizer = load_tokenizer(model)
     try:
-        engine = ENGINES[cfg.backend](model, seed=cfg.seed, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                                      kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel_size,
-                                      gpu_memory_utilization=cfg.gpu_memory_utilization)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load model {model}: {str(e).splitlines()[0]}") from None
-    try:
-        template = Template(cfg.template or default_template(loaded.description["kind"], engine.tokenizer),
-                            engine.tokenizer)
+        template = Template(cfg.template or default_template(loaded.description["kind"], tokenizer), tokenizer)
     except TemplateError as e:
         raise UsageError(str(e)) from None
+
+    print_config(cfg)
+    save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
+    return collect(cfg, model, template, records, loaded, identity, out, done_ids)
+
+
+def load_tokenizer(model: str):
+    """The model's tokenizer, checking on the way that the checkpoint loads at all."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(model)
+        return AutoTokenizer.from_pretrained(model)
+    except Exception as e:  # transformers raises OSError, ValueError, JSONDecodeError, KeyError...
+        raise UsageError(f"cannot load model {model}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+
+
+def collect(cfg: CollectConfig, model: str, template: Template, records: list[dict], loaded, identity: dict,
+            out: Path, done_ids: set[str]) -> dict:
+    start = time.time()
+    engine = ENGINES[cfg.backend](model, seed=cfg.seed, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                                  kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel_size,
+                                  gpu_memory_utilization=cfg.gpu_memory_utilization)
     sampling = SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                               stop=[s for s in cfg.stop.split(",") if s] if cfg.stop else None)
     writer = DatasetWriter(out, {

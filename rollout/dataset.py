@@ -108,12 +108,18 @@ def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict]:
     return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
 
 
-def load_offline_dataset(path: str | Path):
-    """The dataset's rows as a ``datasets.Dataset`` (one row per sampled response)."""
+def dataset_paths(spec: str | Path | list) -> list[Path]:
+    """One dataset directory, or several (a list, or comma-separated: e.g. the outputs of --shard I/N)."""
+    if isinstance(spec, list | tuple):
+        return [Path(p) for p in spec]
+    return [Path(p) for p in str(spec).split(",") if p]
+
+
+def load_offline_dataset(path: str | Path | list):
+    """The rows of one or several datasets as one ``datasets.Dataset`` (a row per sampled response)."""
     import datasets
 
-    manifest = read_manifest(path)
-    files = [str(Path(path) / "data" / name) for name in manifest.get("shards", [])]
+    files = [str(p / "data" / name) for p in dataset_paths(path) for name in read_manifest(p).get("shards", [])]
     if not files:
         raise FileNotFoundError(f"{path} holds no data shards")
     was_enabled = datasets.is_progress_bar_enabled()

@@ -9,6 +9,7 @@ Minerva's boxed solution); ``plain`` takes ``--question-field``/``--answer-field
 from __future__ import annotations
 
 import ast
+import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,9 @@ def load_rows(spec: str, hub_split: str = "test") -> tuple[list[dict], str]:
             raise SourceError(f"unsupported prompt file type {path.suffix!r}; use one of {', '.join(loaders)}")
         if path.stat().st_size == 0:
             return [], "file"
+        if path.suffix == ".csv":  # cells stay text: a gold "2" must not become 2.0, nor an empty cell NaN
+            with path.open(newline="") as f:
+                return list(csv.DictReader(f)), "file"
         try:
             ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")
         except Exception as e:  # datasets raises many types for a malformed file

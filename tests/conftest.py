@@ -49,3 +49,19 @@ def make_rows(n_prompts: int = 3, n: int = 2, reward=lambda p, i: float(i == 0))
                          "response": f" \\boxed{{{p}}}", "behavior_logprobs": [-0.5, -0.25, -0.125], "sample_idx": i,
                          "finish_reason": "stop", "pred": str(p), "reward": reward(p, i)})
     return rows
+
+
+COLLECT_ARGS = ["--limit", "24", "--n", "2", "--max-tokens", "96", "--seed", "0"]
+
+
+def collect_world(tmp_path_factory, backend: str, *extra: str) -> Path:
+    """bin/collect on 24 world train prompts, 2 samples each."""
+    out = tmp_path_factory.mktemp(f"collect-{backend}") / "data"
+    result = run_bin("collect", "--out", str(out), "--backend", backend, *COLLECT_ARGS, *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_dataset(tmp_path_factory) -> Path:
+    return collect_world(tmp_path_factory, "vllm")

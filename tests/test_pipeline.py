@@ -7,25 +7,12 @@ import torch
 
 from offline_rl.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import COLUMNS, load_offline_dataset, read_manifest
-from tests.conftest import run_bin
-
-
-def collect(tmp_path_factory, backend: str):
-    out = tmp_path_factory.mktemp(f"collect-{backend}") / "data"
-    result = run_bin("collect", "--out", str(out), "--limit", "24", "--n", "2", "--backend", backend,
-                     "--max-tokens", "96", "--seed", "0")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def vllm_dataset(tmp_path_factory):
-    return collect(tmp_path_factory, "vllm")
+from tests.conftest import collect_world, run_bin
 
 
 @pytest.fixture(scope="module")
 def hf_dataset(tmp_path_factory):
-    return collect(tmp_path_factory, "hf")
+    return collect_world(tmp_path_factory, "hf")
 
 
 def transformers_logprobs(model_dir, dataset) -> list[list[float]]:
