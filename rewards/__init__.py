@@ -1,6 +1,13 @@
-"""Rule-based math rewards: answer extraction and equivalence. Imports neither rollout nor offline_rl."""
+"""Rule-based math rewards: answer extraction, gold normalisation, equivalence, parallel scoring.
 
-from rewards.extract import extract_boxed
-from rewards.verify import VERIFIER_VERSION, equivalent, extract_answer, score
+Public API: ``score``, ``score_batch``, ``extract_answer``, ``equivalent``, ``gold_answer``,
+``VERIFIER_VERSION``. Imports neither rollout nor offline_rl, nor vLLM or torch.
+"""
 
-__all__ = ["VERIFIER_VERSION", "equivalent", "extract_answer", "extract_boxed", "score"]
+from rewards.batch import BatchResult, score_batch, score_batch_detailed
+from rewards.extract import DEFAULT_FALLBACKS, FALLBACKS, extract_answer, extract_boxed
+from rewards.normalize import gold_answer, normalize_answer
+from rewards.verify import VERIFIER_VERSION, equivalent, score
+
+__all__ = ["DEFAULT_FALLBACKS", "FALLBACKS", "VERIFIER_VERSION", "BatchResult", "equivalent", "extract_answer",
+           "extract_boxed", "gold_answer", "normalize_answer", "score", "score_batch", "score_batch_detailed"]

@@ -1,46 +1,96 @@
 """Math equivalence of an extracted answer and a gold answer, via math-verify.
 
-math-verify (the field's library, used by TRL and open-r1) parses both sides
-into sympy through its own LaTeX grammar, never ``eval``. Its ``verify`` is
-asymmetric: the gold goes first. Its timeouts use ``signal.alarm``, which only
-works in the main thread, so elsewhere we call it without them.
+math-verify (the field's library, used by TRL and open-r1) parses LaTeX into sympy through
+its own grammar. Its traps, and what we do about them:
+- ``verify(gold, pred)`` is asymmetric: gold goes first.
+- Its ``ExprExtractionConfig`` runs sympy's ``parse_expr``, which calls ``eval``: we use only
+  ``LatexExtractionConfig``, so model text is never evaluated as code.
+- With default settings every box of a text is joined into one set: we hand it one box, the
+  answer we extracted ourselves (``boxed="last"`` as a second guard).
+- Its recommended reward settings differ from its defaults: a box only (no unanchored
+  matches), boxes matched first, first match only.
+- Its ``TimeoutException`` derives from ``BaseException`` and its timeouts use
+  ``signal.alarm``, which works only in the main thread. Outside the main thread we hand
+  the item to ``rewards.batch``, whose worker processes are killed on a hard deadline.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
+from importlib.metadata import version
 
-from rewards.extract import extract_boxed
+from rewards.extract import DEFAULT_FALLBACKS, extract_answer
+from rewards.normalize import normalize_answer
 
-VERIFIER_VERSION = "math-verify-boxed/1"
-TIMEOUT_SECONDS = 3
+VERIFIER_VERSION = f"math-verify-{version('math-verify')}/last-box+answer-is/2"
+# Longer "answers" are not answers (the longest gold of the six benchmarks is ~250 characters);
+# refusing them keeps megabyte boxes away from the LaTeX parser.
+MAX_ANSWER_CHARS = 1000
+# math-verify's signal.alarm per stage (parse gold, parse answer, compare), whole seconds.
+STAGE_TIMEOUT_SECONDS = 1
+
+logging.getLogger("math_verify").setLevel(logging.ERROR)  # it logs every timed-out input in full at WARNING
 
 
-def extract_answer(response: str) -> str:
-    """The final answer a response commits to ("" if it commits to none)."""
-    return extract_boxed(response)
+@functools.cache
+def _math_verify():
+    """(parse, verify, extraction config, TimeoutException), imported on first use (sympy takes a second)."""
+    from latex2sympy2_extended import NormalizationConfig
+    from math_verify import LatexExtractionConfig, parse, verify
+    from math_verify.errors import TimeoutException
+
+    config = [LatexExtractionConfig(
+        boxed_match_priority=0, try_extract_without_anchor=False,
+        normalization_config=NormalizationConfig(basic_latex=True, units=True, malformed_operators=True, nits=True,
+                                                 boxed="last"))]
+    return parse, verify, config, TimeoutException
 
 
-def equivalent(pred: str, gold: str) -> bool:
-    """Whether ``pred`` equals ``gold`` mathematically; False on any failure."""
-    if not pred or not gold:
+def _parse(answer: str, timeout: int | None):
+    parse, _, config, _ = _math_verify()
+    return parse(f"\\boxed{{{answer}}}", extraction_config=config, extraction_mode="first_match",
+                 fallback_mode="no_fallback", parsing_timeout=timeout)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str, timeout: int | None):
+    return _parse(gold, timeout)  # golds repeat n times per prompt: parse each once
+
+
+def in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SECONDS) -> bool:
+    """Whether the extracted answer ``pred`` equals ``gold`` mathematically; False on any failure.
+
+    Bounded in time: in the main thread by math-verify's alarms (``timeout_seconds`` per stage);
+    in any other thread by handing the pair to a worker process with a hard deadline.
+    """
+    if not isinstance(pred, str) or not isinstance(gold, str):
         return False
-    if pred.strip() == gold.strip():
+    pred, gold = normalize_answer(pred), normalize_answer(gold)
+    if not pred or not gold or len(pred) > MAX_ANSWER_CHARS:
+        return False
+    if pred == gold:
         return True
-    from math_verify import parse, verify
-    from math_verify.errors import TimeoutException  # derives from BaseException, not Exception
+    if not in_main_thread():
+        from rewards.batch import equivalent_batch
 
-    timeout = TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+        return equivalent_batch([pred], [gold]).rewards[0] == 1.0
+    _, verify, _, TimeoutException = _math_verify()
     try:
-        gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout)
-        pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=timeout)
+        gold_parsed = _parse_gold(gold, timeout_seconds)
+        pred_parsed = _parse(pred, timeout_seconds)
         if not gold_parsed or not pred_parsed:
             return False
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
-    except (Exception, TimeoutException):
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds))
+    except (Exception, TimeoutException):  # TimeoutException is a BaseException: name it
         return False
 
 
-def score(response: str, gold: str) -> float:
-    """1.0 if the response's final boxed answer equals ``gold`` mathematically, else 0.0."""
-    return 1.0 if equivalent(extract_answer(response), gold) else 0.0
+def score(response: str, gold: str, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> float:
+    """1.0 if the response's final answer (last box, else a fallback) equals ``gold`` mathematically, else 0.0."""
+    return 1.0 if equivalent(extract_answer(response, fallbacks), gold) else 0.0

@@ -1,0 +1,237 @@
+"""Parallel scoring over worker processes, with a hard wall-clock deadline per item.
+
+The parent extracts each answer (linear-time string work) and hands (answer, gold) pairs to
+a pool of worker processes, one pair at a time. A worker that has not answered within the
+deadline is killed (SIGKILL) and replaced; its item scores 0.0 and is counted as timed out.
+The deadline is enforced from outside the worker, so neither a stuck sympy call, a C-level
+loop nor a thread without ``signal.alarm`` can hold the batch.
+
+Workers come from a ``forkserver`` that has already imported math-verify and sympy, so a
+replacement is a fork, not a fresh interpreter. The pool is kept between calls.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import types
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+from rewards.extract import DEFAULT_FALLBACKS, extract_answer
+from rewards.verify import STAGE_TIMEOUT_SECONDS, equivalent
+
+DEFAULT_DEADLINE_SECONDS = 2.0
+# A worker's address-space cap: a 9^9^9-sized integer fails with MemoryError instead of swapping the host.
+WORKER_MEMORY_BYTES = 4 * 1024**3
+# This many workers dying before they could score anything means the pool cannot start at all.
+MAX_FAILED_STARTS = 8
+
+
+@dataclass
+class BatchResult:
+    """What ``score_batch`` computed, item by item."""
+
+    preds: list[str]
+    rewards: list[float]
+    seconds: list[float]  # wall time from hand-off to answer (or to kill); 0.0 for items never handed off
+    timed_out: list[int] = field(default_factory=list)  # indices killed on the deadline
+    crashed: list[int] = field(default_factory=list)  # indices whose worker died on its own (e.g. out of memory)
+
+
+def _worker_main(conn, stage_timeout: int) -> None:
+    """Score (index, answer, gold) messages until the parent closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    except (ImportError, ValueError, OSError):
+        pass
+    equivalent("1", "1.0", timeout_seconds=stage_timeout)  # warm the parser before saying ready
+    conn.send("ready")
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        index, pred, gold = message
+        conn.send((index, equivalent(pred, gold, timeout_seconds=stage_timeout)))
+
+
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start workers without re-running the caller's ``__main__`` in them.
+
+    A forkserver child re-imports the parent's main script (multiprocessing's "safe importing
+    of main" rule). Workers need nothing from it, and importing, say, ``bin/collect`` would pull
+    in torch on every replacement, or re-run an unguarded script. A bare stand-in avoids both.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+class _Worker:
+    def __init__(self, context, stage_timeout: int):
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child_conn, stage_timeout), daemon=True,
+                                       name="rewards-worker")
+        with _main_module_hidden():
+            self.process.start()
+        child_conn.close()
+        self.ready = False
+        self.index: int | None = None  # the item it is scoring
+        self.handed_at = 0.0
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout=1)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.conn.close()
+
+
+class WorkerPool:
+    """Worker processes scoring one (answer, gold) pair at a time under a per-item deadline."""
+
+    def __init__(self, workers: int, stage_timeout: int = STAGE_TIMEOUT_SECONDS):
+        self.context = multiprocessing.get_context("forkserver")
+        # Only takes effect if this process has not started its forkserver yet; otherwise workers import on start.
+        self.context.set_forkserver_preload(["rewards.verify", "math_verify", "latex2sympy2_extended", "sympy"])
+        self.stage_timeout = stage_timeout
+        self.workers = [_Worker(self.context, stage_timeout) for _ in range(workers)]
+        self.failed_starts = 0
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self.workers[self.workers.index(worker)] = _Worker(self.context, self.stage_timeout)
+
+    def run(self, preds: list[str], golds: list[str], todo: list[int], deadline: float,
+            result: BatchResult) -> None:
+        """Score items ``todo`` (indices into preds/golds) into ``result``."""
+        queue = deque(todo)
+        while queue or any(w.index is not None for w in self.workers):
+            for worker in self.workers:
+                if worker.ready and worker.index is None and queue:
+                    index = queue.popleft()
+                    worker.index, worker.handed_at = index, time.monotonic()
+                    worker.conn.send((index, preds[index], golds[index]))
+            busy = [w for w in self.workers if w.index is not None]
+            wake = min((w.handed_at + deadline for w in busy), default=time.monotonic() + 0.5)
+            for conn in wait([w.conn for w in self.workers], timeout=max(0.0, wake - time.monotonic())):
+                worker = next(w for w in self.workers if w.conn is conn)
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):  # died on its own: out of memory, a crash in C code
+                    if worker.index is not None:
+                        result.crashed.append(worker.index)
+                        self._finish(worker, 0.0, result)
+                    elif not worker.ready:
+                        self.failed_starts += 1
+                        if self.failed_starts >= MAX_FAILED_STARTS:
+                            raise RuntimeError("rewards: scoring workers die as they start") from None
+                    self._replace(worker)
+                    continue
+                if message == "ready":
+                    worker.ready, self.failed_starts = True, 0
+                else:
+                    index, correct = message
+                    if index == worker.index:
+                        self._finish(worker, 1.0 if correct else 0.0, result)
+            now = time.monotonic()
+            for worker in [w for w in self.workers if w.index is not None and now - w.handed_at > deadline]:
+                result.timed_out.append(worker.index)
+                self._finish(worker, 0.0, result)
+                self._replace(worker)
+
+    @staticmethod
+    def _finish(worker: _Worker, reward: float, result: BatchResult) -> None:
+        if worker.index is None:
+            return
+        result.rewards[worker.index] = reward
+        result.seconds[worker.index] = time.monotonic() - worker.handed_at
+        worker.index = None
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        self.workers = []
+
+
+_POOL: WorkerPool | None = None
+
+
+def _pool(workers: int) -> WorkerPool:
+    """The process-wide pool, (re)started with ``workers`` processes."""
+    global _POOL
+    if _POOL is None or len(_POOL.workers) != workers:
+        close_pool()
+        _POOL = WorkerPool(workers)
+    return _POOL
+
+
+@atexit.register
+def close_pool() -> None:
+    """Stop the worker processes (they also exit on their own when this process dies)."""
+    global _POOL
+    if _POOL is not None:
+        _POOL.close()
+        _POOL = None
+
+
+def equivalent_batch(preds: list[str], golds: list[str], workers: int | None = None,
+                     deadline: float = DEFAULT_DEADLINE_SECONDS) -> BatchResult:
+    """``equivalent`` over pairs in parallel, each under a hard ``deadline`` in seconds."""
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} answers but {len(golds)} golds")
+    n = len(preds)
+    result = BatchResult(preds=[p if isinstance(p, str) else "" for p in preds], rewards=[0.0] * n,
+                         seconds=[0.0] * n)
+    golds = [g if isinstance(g, str) else "" for g in golds]
+    todo = [i for i in range(n) if result.preds[i] and golds[i]]  # nothing to compare: 0.0 without a hand-off
+    if not todo:
+        return result
+    pool = _pool(max(1, workers or os.cpu_count() or 1))
+    try:
+        pool.run(result.preds, golds, todo, deadline, result)
+    except BaseException:
+        close_pool()  # workers may still hold items of this batch: never reuse them
+        raise
+    return result
+
+
+def score_batch_detailed(responses: list[str], golds: list[str], workers: int | None = None,
+                         deadline: float = DEFAULT_DEADLINE_SECONDS,
+                         fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> BatchResult:
+    """Extracted answers, rewards, per-item seconds and the indices that timed out."""
+    preds = [extract_answer(r, fallbacks) if isinstance(r, str) else "" for r in responses]
+    return equivalent_batch(preds, list(golds), workers=workers, deadline=deadline)
+
+
+def score_batch(responses: list[str], golds: list[str], workers: int | None = None,
+                deadline: float = DEFAULT_DEADLINE_SECONDS,
+                fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> list[float]:
+    """``score`` over many responses in parallel processes (default: one per CPU), each item
+    under a hard wall-clock ``deadline`` in seconds: a stuck worker is killed and replaced, its item scores 0.0."""
+    return score_batch_detailed(responses, golds, workers=workers, deadline=deadline, fallbacks=fallbacks).rewards
