@@ -7,6 +7,7 @@ the new state, never half a file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -122,10 +123,19 @@ def load_offline_dataset(path: str | Path | list):
     files = [str(p / "data" / name) for p in dataset_paths(path) for name in read_manifest(p).get("shards", [])]
     if not files:
         raise FileNotFoundError(f"{path} holds no data shards")
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # local parquet loads in a blink; keep stderr for what matters
-    try:
+    with quiet_datasets():
         return datasets.load_dataset("parquet", data_files=files, split="train")
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """No "Generating train split" bars: local files load in a blink; keep stderr for what matters."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
     finally:
         if was_enabled:
             datasets.enable_progress_bars()

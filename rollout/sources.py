@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rewards import extract_boxed
+from rollout.dataset import quiet_datasets
 
 
 def _gsm8k_gold(row: dict) -> str:
@@ -85,7 +86,8 @@ def load_rows(spec: str, hub_split: str = "test") -> tuple[list[dict], str]:
             with path.open(newline="") as f:
                 return list(csv.DictReader(f)), "file"
         try:
-            ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")
+            with quiet_datasets():
+                ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")
         except Exception as e:  # datasets raises many types for a malformed file
             raise SourceError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
         return ds.to_list(), "file"

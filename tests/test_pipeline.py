@@ -15,7 +15,7 @@ def hf_dataset(tmp_path_factory):
     return collect_world(tmp_path_factory, "hf")
 
 
-def transformers_logprobs(model_dir, dataset) -> list[list[float]]:
+def transformers_logprobs(model_dir, dataset, temperature: float = 1.0) -> list[list[float]]:
     """log p(response token | prefix) from a plain float32 forward pass over the stored tokens."""
     from transformers import AutoModelForCausalLM
 
@@ -25,7 +25,7 @@ def transformers_logprobs(model_dir, dataset) -> list[list[float]]:
         for row in dataset:
             prompt, response = row["prompt_token_ids"], row["response_token_ids"]
             ids = torch.tensor([prompt + response])
-            logprobs = model(input_ids=ids).logits[0].float().log_softmax(-1)  # [T, V]
+            logprobs = (model(input_ids=ids).logits[0].float() / temperature).log_softmax(-1)  # [T, V]
             positions = torch.arange(len(prompt) - 1, len(prompt) + len(response) - 1)
             result.append(logprobs[positions, torch.tensor(response)].tolist())
     return result
