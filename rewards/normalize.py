@@ -23,10 +23,11 @@ def normalize_answer(answer: str) -> str:
     Units, degrees and percent are left to math-verify's own normalisation, which both sides share.
     """
     answer = clean_answer(answer)
+    answer = re.sub(r"^\\\$\s*|^\$\s*(?=\d)", "", answer)  # "\$18" and "$18": currency, not math mode
     answer = _LATEX_SEPARATOR.sub("", answer)
     if _PLAIN_GROUPED.fullmatch(answer):
         answer = answer.replace(",", "")
-    answer = re.sub(r"^\\\$\s*|^\$\s*(?=\d)", "", answer)  # "\$18" and "$18": currency, not math mode
+    answer = re.sub(r"(?<=\d)\./(?=\d)", "/", answer)  # "-1./3": a C-style float literal in some golds
     return answer.strip()
 
 

@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 
 import rewards
@@ -8,11 +10,55 @@ CASES = [
     ("The answer is \\boxed{18}.", "19", 0.0),
     ("no final answer", "19", 0.0),
     ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("\\boxed{\\dfrac12}", "\\frac{1}{2}", 1.0),
+    ("\\boxed{0.5}", "\\frac{1}{2}", 1.0),
+    # the last box wins; several boxes are never joined into one set
     ("first \\boxed{3} then \\boxed{4}", "4", 1.0),
     ("first \\boxed{4} then \\boxed{3}", "4", 0.0),
+    ("\\boxed{3}, \\boxed{4}", "3, 4", 0.0),
+    ("\\boxed{4}, \\boxed{3}", "3", 1.0),
+    # empty, unclosed, \fbox, nested braces
     ("\\boxed{}", "4", 0.0),
+    ("\\boxed{ }", "4", 0.0),
     ("\\boxed{4", "4", 0.0),
+    ("\\fbox{7}", "7", 1.0),
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", 1.0),
+    ("\\boxed {12}", "12", 1.0),
     ("", "", 0.0),
+    ("\\boxed{5}", "", 0.0),
+    # gold first: a gold set is not matched by one of its members
+    ("\\boxed{2}", "2, 3", 0.0),
+    ("\\boxed{3, 2}", "2, 3", 1.0),
+    ("\\boxed{(3, 4), (1, 2)}", "(1,2),(3,4)", 1.0),
+    ("\\boxed{(1, 2)}", "(2, 1)", 0.0),
+    # thousands separators, currency, units, degrees, percent
+    ("\\boxed{10{,}000}", "10000", 1.0),
+    ("\\boxed{10\\,000}", "10000", 1.0),
+    ("\\boxed{1,234,567}", "1234567", 1.0),
+    ("\\boxed{\\$18}", "18", 1.0),
+    ("\\boxed{18 \\text{ dollars}}", "18", 1.0),
+    ("\\boxed{30^\\circ}", "30", 1.0),
+    ("\\boxed{30^{\\circ}}", "30^\\circ", 1.0),
+    ("\\boxed{8\\%}", "8\\%", 1.0),
+    ("\\boxed{\\frac{600}{7} \\text{ km/h}}", "\\frac{600}{7}", 1.0),
+    # LaTeX forms of the same value
+    ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "(3,\\frac{\\pi}{2})", 1.0),
+    ("\\boxed{x = 5}", "5", 1.0),
+    ("\\boxed{[-1, -\\frac{1}{2}]}", "[-1,-0.5]", 1.0),
+    ("\\boxed{\\text{(C)}}", "C", 1.0),
+    ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}", 1.0),
+    ("\\boxed{\\sqrt{12}}", "3", 0.0),
+    ("\\boxed{27}", "27.0", 1.0),
+    ("\\boxed{-1/3}", "-1./3", 1.0),
+    # fallbacks when there is no box (the default is "The answer is X")
+    ("So the answer is 42.", "42", 1.0),
+    ("Final answer: $\\frac{3}{4}$", "0.75", 1.0),
+    ("So the answer is 41.", "42", 0.0),
+    ("I computed 42 somewhere.\n42", "42", 0.0),  # a bare last number is opt-in
+    ("\\boxed{41} so the answer is 42", "42", 0.0),  # a box, once written, is the answer
+    # model text is never code
+    ("\\boxed{__import__('os').getcwd()}", "0", 0.0),
+    ("The answer is exec('x=1').", "1", 0.0),
 ]
 
 
@@ -21,12 +67,61 @@ def test_score(response, gold, expected):
     assert rewards.score(response, gold) == expected
 
 
+def test_score_batch_equals_score():
+    responses, golds, expected = zip(*CASES, strict=True)
+    assert rewards.score_batch(list(responses), list(golds), workers=2) == list(expected)
+
+
+def test_score_from_a_thread_is_bounded():
+    """math-verify's signal.alarm works only in the main thread; elsewhere score() goes through the workers."""
+    results = []
+    thread = threading.Thread(target=lambda: results.extend(
+        [rewards.score("\\boxed{\\frac{1}{2}}", "0.5"), rewards.score("\\boxed{9^{9^{9^{9^9}}}}", "5")]))
+    thread.start()
+    thread.join(timeout=30)
+    assert results == [1.0, 0.0]
+
+
 @pytest.mark.parametrize("text,boxed", [
     ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
     ("\\fbox{7}", "7"),
     ("\\boxed {12}", "12"),
     ("a \\boxed{1} b \\boxed{{2}}", "{2}"),
+    ("\\boxed{1} \\boxed{", ""),
+    ("\\boxedfoo{1}", ""),
     ("nothing", ""),
 ])
 def test_extract_boxed(text, boxed):
     assert rewards.extract_boxed(text) == boxed
+
+
+@pytest.mark.parametrize("response,fallbacks,pred", [
+    ("The answer is $\\boxed{7}$.", (), "7"),
+    ("The answer is 7.", (), ""),
+    ("The answer is 7.", ("answer_is",), "7"),
+    ("The answer is: $\\frac{1}{2}$.\n", ("answer_is",), "\\frac{1}{2}"),
+    ("Natalia sold 48/2 = 24 clips.\n#### 72", ("gsm8k_hashes",), "72"),
+    ("so she has 1,234 left\n1,234", ("last_number",), "1,234"),
+    ("nothing here", tuple(rewards.FALLBACKS), ""),
+])
+def test_extract_answer_fallbacks(response, fallbacks, pred):
+    assert rewards.extract_answer(response, fallbacks) == pred
+
+
+@pytest.mark.parametrize("record,source,gold", [
+    ({"answer": "She makes 9 * 2 = $<<9*2=18>>18.\n#### 18"}, "gsm8k", "18"),
+    ({"answer": "so\n#### 1,000"}, "gsm8k_test.jsonl", "1000"),
+    ({"answer": "\\left( 3, \\frac{\\pi}{2} \\right)"}, "math500", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ({"solution": "So $x=\\boxed{1}$, hence \\boxed{\\frac{1}{2}}."}, "minerva_math", "\\frac{1}{2}"),
+    ({"final_answer": ["$\\frac{600}{7}$"], "unit": "km/h"}, "olympiadbench", "\\frac{600}{7}"),
+    ({"final_answer": ["$2$", "$3$"], "is_multiple_answer": True}, "olympiadbench", "2, 3"),
+    ({"answer": 27.0}, "amc23", "27"),
+    ({"answer": "204"}, "aime24", "204"),
+    ({"gold": "10{,}000"}, "world", "10000"),
+])
+def test_gold_answer(record, source, gold):
+    assert rewards.gold_answer(record, source) == gold
+
+
+def test_verifier_version_names_the_engine():
+    assert rewards.VERIFIER_VERSION.startswith("math-verify-")

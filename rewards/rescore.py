@@ -1,0 +1,181 @@
+"""Rescore a stored offline dataset with the current verifier, without resampling.
+
+Only ``pred`` and ``reward`` are recomputed; every other column is carried over as the same
+Arrow arrays. The switch is all-or-nothing under a kill at any instant:
+1. every rescored shard is written under a new name (temporary file, fsync, rename);
+2. the manifest, now listing the new shards, replaces the old one in one ``os.replace``;
+3. only then are the old shards deleted.
+A reader that reads the manifest sees the old dataset or the new one, never a mix. A rescore
+killed before step 2 leaves unlisted new shards behind, which the next rescore deletes.
+
+Imports pyarrow directly, never ``rollout`` (the packages depend one way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rewards.batch import DEFAULT_DEADLINE_SECONDS, score_batch_detailed
+from rewards.extract import DEFAULT_FALLBACKS
+from rewards.verify import VERIFIER_VERSION
+
+# Tests set this to hold the rescore between steps, so that they can kill it midway.
+PAUSE_ENV = "REWARDS_RESCORE_TEST_PAUSE_SECONDS"
+_RESCORED = re.compile(r"\.r[0-9a-f]{8}$")  # "shard-00003.r1a2b3c4d": written by the rescore with that token
+
+
+class DatasetError(ValueError):
+    """The directory is not a readable offline dataset (bad input, exit code 2)."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pause(step: str) -> None:
+    seconds = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    if seconds > 0:
+        print(f"rescore: paused after {step}", flush=True)
+        time.sleep(seconds)
+
+
+def read_dataset_manifest(dataset: Path) -> dict:
+    if not dataset.is_dir():
+        raise DatasetError(f"{dataset}: no such directory")
+    path = dataset / "manifest.json"
+    if not path.is_file():
+        raise DatasetError(f"{dataset} is not an offline dataset (no manifest.json)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable manifest ({e})") from None
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list) or not shards:
+        raise DatasetError(f"{dataset} lists no data shards in its manifest")
+    for name in shards:
+        if not isinstance(name, str) or "/" in name or not (dataset / "data" / name).is_file():
+            raise DatasetError(f"{dataset}: manifest lists shard {name!r}, which is missing from data/")
+    return manifest
+
+
+def _remove_unlisted(data_dir: Path, listed: set[str], complete: bool) -> None:
+    """Delete what a killed rescore left: temporary files, new shards never listed, old shards never deleted.
+
+    Unlisted shards of a collection still running are left alone (``complete`` is False then):
+    the collector lists each shard right after writing it.
+    """
+    for path in data_dir.iterdir():
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
+        elif path.suffix == ".parquet" and path.name not in listed and (complete or _RESCORED.search(path.stem)):
+            path.unlink(missing_ok=True)
+
+
+def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
+                   fallbacks: tuple[str, ...]) -> tuple[pa.Table, dict]:
+    for column in ("response", "gold", "pred", "reward"):
+        if column not in table.column_names:
+            raise DatasetError(f"shard has no {column!r} column")
+    responses = table.column("response").to_pylist()
+    golds = table.column("gold").to_pylist()
+    result = score_batch_detailed(responses, golds, workers=workers, deadline=deadline, fallbacks=fallbacks)
+    old_preds, old_rewards = table.column("pred").to_pylist(), table.column("reward").to_pylist()
+    pred_type = table.schema.field("pred").type
+    reward_type = table.schema.field("reward").type
+    table = table.set_column(table.column_names.index("pred"), table.schema.field("pred"),
+                             pa.array(result.preds, type=pred_type))
+    table = table.set_column(table.column_names.index("reward"), table.schema.field("reward"),
+                             pa.array(result.rewards, type=reward_type))
+    stats = {
+        "rows": len(responses),
+        "accepted_before": sum(1 for r in old_rewards if r == 1.0),
+        "accepted_after": sum(1 for r in result.rewards if r == 1.0),
+        "changed_rewards": sum(1 for a, b in zip(old_rewards, result.rewards, strict=True) if a != b),
+        "changed_rows": sum(1 for a, b, c, d in zip(old_rewards, result.rewards, old_preds, result.preds, strict=True)
+                            if a != b or c != d),
+        "timed_out": len(result.timed_out),
+    }
+    return table, stats
+
+
+def rescore(dataset: str | Path, workers: int | None = None, deadline: float = DEFAULT_DEADLINE_SECONDS,
+            fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> dict:
+    """Recompute ``pred`` and ``reward`` of every row of ``dataset``; returns the summary written to the manifest."""
+    start = time.time()
+    dataset = Path(dataset)
+    manifest = read_dataset_manifest(dataset)
+    data_dir = dataset / "data"
+    old_shards = list(manifest["shards"])
+    _remove_unlisted(data_dir, set(old_shards), complete=manifest.get("complete") is True)
+
+    token = secrets.token_hex(4)
+    new_shards, totals = [], {}
+    for name in old_shards:
+        try:
+            table = pq.read_table(data_dir / name)
+        except (OSError, pa.ArrowException) as e:
+            raise DatasetError(f"{data_dir / name}: unreadable shard ({e})") from None
+        table, stats = _rescore_table(table, workers, deadline, fallbacks)
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0) + value
+        new_name = f"{_RESCORED.sub('', Path(name).stem)}.r{token}.parquet"
+        _atomic_write(data_dir / new_name, lambda f, table=table: pq.write_table(table, f))
+        new_shards.append(new_name)
+        _pause(f"shard {new_name}")
+    _fsync_dir(data_dir)
+
+    rows = max(1, totals["rows"])
+    summary = {
+        "verifier_version_before": manifest.get("verifier_version"),
+        "verifier_version": VERIFIER_VERSION,
+        "pass_rate_before": totals["accepted_before"] / rows,
+        "pass_rate_after": totals["accepted_after"] / rows,
+        "changed_rows": totals["changed_rows"],
+        "changed_rewards": totals["changed_rewards"],
+        "timed_out": totals["timed_out"],
+        "rows": totals["rows"],
+        "deadline_seconds": deadline,
+        "fallbacks": list(fallbacks),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_seconds": round(time.time() - start, 3),
+    }
+    manifest["shards"] = new_shards
+    manifest["verifier_version"] = VERIFIER_VERSION
+    manifest["pass_rate"] = summary["pass_rate_after"]
+    if isinstance(manifest.get("counts"), dict):
+        manifest["counts"]["accepted"] = totals["accepted_after"]
+    manifest["rescores"] = [*manifest.get("rescores", []), summary]
+    _atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+    _fsync_dir(dataset)
+    _pause("manifest switch")
+
+    for name in old_shards:
+        (data_dir / name).unlink(missing_ok=True)
+    return summary
