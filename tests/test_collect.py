@@ -32,11 +32,7 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     out = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
-    for _attempt in range(6):
-        shards_now = len(read_manifest(out)["shards"]) if (out / "manifest.json").exists() else 0
-        if shards_now >= 11:
-            break
-        target = rng.randint(shards_now + 1, 11)  # die after a random number of further shards...
+    for target in sorted(rng.sample(range(1, 11), 4)):  # of 12 shards: die after a random number of them...
         proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "collect"), "--out", str(out), *args],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None:
@@ -75,8 +71,10 @@ def test_logprobs_are_those_of_the_tempered_distribution(tmp_path_factory):
     stored = [r["behavior_logprobs"] for r in rows]
     tempered = transformers_logprobs(DEFAULT_BASE_MODEL, rows, temperature=0.7)
     untempered = transformers_logprobs(DEFAULT_BASE_MODEL, rows, temperature=1.0)
-    assert mean_abs_diff(stored, tempered) <= 0.02
-    assert mean_abs_diff(stored, untempered) > 0.02  # so the check can tell the two apart
+    mad_tempered, mad_untempered = mean_abs_diff(stored, tempered), mean_abs_diff(stored, untempered)
+    print(f"stored vs tempered {mad_tempered:.2e}, vs untempered {mad_untempered:.2e} nats")
+    assert mad_tempered <= 0.02
+    assert mad_untempered > 100 * max(mad_tempered, 1e-6)  # the check tells the two distributions apart
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +84,7 @@ def chat_model(tmp_path_factory):
     shutil.copytree(DEFAULT_BASE_MODEL, path, dirs_exist_ok=True)
     config = json.loads((path / "tokenizer_config.json").read_text())
     config["chat_template"] = ("{% for m in messages %}Question: {{ m['content'] }}{% endfor %}"
-                               "{% if add_generation_prompt %}\nAnswer:{% endif %}")
+                               "{% if add_generation_prompt %}{{ '\\n' }}Answer:{% endif %}")
     (path / "tokenizer_config.json").write_text(json.dumps(config))
     return path
 

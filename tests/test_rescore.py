@@ -1,0 +1,130 @@
+"""``python -m rewards rescore``: new pred and reward, every other column untouched, all-or-nothing under SIGKILL."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rewards.rescore import PAUSE_ENV, rescore
+from rollout.dataset import COLUMNS, DatasetWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (response, gold, stored pred, stored reward, reward after rescoring)
+ROWS = [
+    ("so \\boxed{\\frac{1}{2}}", "0.5", "\\frac{1}{2}", 0.0, 1.0),  # an old verifier missed it
+    ("so \\boxed{3}", "4", "3", 1.0, 0.0),  # an old verifier wrongly accepted it
+    ("The answer is 10{,}000.", "10000", "", 0.0, 1.0),  # no box: the "answer is" fallback finds it
+    ("\\boxed{7}", "7", "7", 1.0, 1.0),
+    ("nothing", "7", "", 0.0, 0.0),
+    ("\\boxed{9^{9^{9^{9^9}}}}", "5", "9^{9^{9^{9^9}}}", 0.0, 0.0),
+]
+
+
+def make_dataset(path: Path, shards: int = 3) -> Path:
+    writer = DatasetWriter(path, {"verifier_version": "old-verifier/0", "model": "made-up"})
+    for s in range(shards):
+        rows = []
+        for i, (response, gold, pred, reward, _) in enumerate(ROWS):
+            rows.append({"prompt_id": f"p{s}-{i}", "question": f"q{s}-{i}", "gold": gold, "prompt": f"Q: q{i}\nA:",
+                         "prompt_token_ids": [1, 2, 3 + i], "response_token_ids": [4, 5 + s],
+                         "response": response, "behavior_logprobs": [-0.5, -0.25 * i], "sample_idx": s,
+                         "finish_reason": "stop", "pred": pred, "reward": reward})
+        writer.write_shard(rows)
+    writer.finish(wall_seconds=1.0)
+    return path
+
+
+def read_state(path: Path) -> tuple[dict, dict]:
+    """(manifest, {column: values over the listed shards}) as a reader that trusts the manifest sees them."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    tables = [pq.read_table(path / "data" / name) for name in manifest["shards"]]
+    return manifest, {c: [v for t in tables for v in t.column(c).to_pylist()] for c in COLUMNS}
+
+
+def test_rescore_changes_only_pred_and_reward(tmp_path):
+    dataset = make_dataset(tmp_path / "ds")
+    old_manifest, old = read_state(dataset)
+    old_files = {name: pq.read_table(dataset / "data" / name) for name in old_manifest["shards"]}
+
+    summary = rescore(dataset, workers=2, deadline=0.5)
+
+    manifest, new = read_state(dataset)
+    assert new["reward"] == [r[4] for r in ROWS] * 3
+    assert new["pred"][:3] == ["\\frac{1}{2}", "3", "10{,}000"]
+    for (old_name, old_table), new_name in zip(old_files.items(), manifest["shards"], strict=True):
+        new_table = pq.read_table(dataset / "data" / new_name)
+        assert new_table.schema == old_table.schema
+        for column in COLUMNS:
+            if column not in ("pred", "reward"):  # the same Arrow data, buffer for buffer
+                assert new_table.column(column).equals(old_table.column(column)), column
+        assert not (dataset / "data" / old_name).exists()
+    assert sorted(p.name for p in (dataset / "data").iterdir()) == sorted(manifest["shards"])
+    assert manifest["verifier_version"] == summary["verifier_version"] != "old-verifier/0"
+    assert summary["verifier_version_before"] == "old-verifier/0"
+    assert summary["pass_rate_before"] == pytest.approx(2 / 6) and summary["pass_rate_after"] == pytest.approx(3 / 6)
+    assert summary["changed_rewards"] == 9 and summary["changed_rows"] == 9 and summary["timed_out"] == 3
+    assert manifest["pass_rate"] == summary["pass_rate_after"]
+    assert manifest["counts"] == {**old_manifest["counts"], "accepted": 9}
+    assert manifest["rescores"] == [summary]
+    for key in ("model", "complete", "wall_seconds"):
+        assert manifest[key] == old_manifest[key]
+    assert {c: v for c, v in new.items() if c not in ("pred", "reward")} == \
+           {c: v for c, v in old.items() if c not in ("pred", "reward")}
+
+    again = rescore(dataset, workers=2, deadline=0.5)  # idempotent: nothing left to change
+    assert again["changed_rows"] == 0 and read_state(dataset)[1] == new
+
+
+@pytest.mark.parametrize("args,message", [
+    (["rescore", "{tmp}/missing"], "no such directory"),
+    (["rescore", "{tmp}"], "not an offline dataset"),
+    (["rescore", "{tmp}/broken"], "unreadable manifest"),
+    (["rescore", "{tmp}/ds", "--deadline", "0"], "need --deadline > 0"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    (tmp_path / "ds").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "rewards", *[a.format(tmp=tmp_path) for a in args]],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_rescore_killed_midway_leaves_old_or_new(tmp_path):
+    """SIGKILL at each pause (after shard 1, 2, 3 and after the manifest switch): a reader sees old or new, never half;
+    the next rescore finishes the job and leaves no stray file."""
+    original = make_dataset(tmp_path / "original")
+    _, old = read_state(original)
+    finished = shutil.copytree(original, tmp_path / "finished")
+    rescore(finished, workers=2, deadline=0.5)
+    _, new = read_state(finished)
+    assert old != new
+
+    for pauses_before_kill in (1, 2, 3, 4):
+        dataset = shutil.copytree(original, tmp_path / f"killed-{pauses_before_kill}")
+        proc = subprocess.Popen([sys.executable, "-m", "rewards", "rescore", str(dataset), "--workers", "2",
+                                 "--deadline", "0.5"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, PAUSE_ENV: "30"})
+        try:
+            for _ in range(pauses_before_kill):
+                assert proc.stdout.readline().startswith("rescore: paused after")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc.stdout.close()
+        _, seen = read_state(dataset)
+        assert seen == (new if pauses_before_kill == 4 else old), pauses_before_kill
+
+        rescore(dataset, workers=2, deadline=0.5)
+        manifest, after = read_state(dataset)
+        assert after == new
+        assert sorted(p.name for p in (dataset / "data").iterdir()) == sorted(manifest["shards"])
