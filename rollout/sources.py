@@ -8,35 +8,18 @@ Minerva's boxed solution); ``plain`` takes ``--question-field``/``--answer-field
 
 from __future__ import annotations
 
-import ast
 import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewards import extract_boxed
+from rewards.normalize import gold_answer
 from rollout.dataset import quiet_datasets
 
 
-def _gsm8k_gold(row: dict) -> str:
-    answer = str(row.get("answer") or "")
-    return answer.rsplit("####", 1)[1].strip().replace(",", "") if "####" in answer else ""
-
-
-def _olympiad_gold(row: dict) -> str:
-    value = row.get("final_answer")
-    if isinstance(value, str) and value.startswith("["):
-        try:
-            value = ast.literal_eval(value)  # a Python literal of strings, never evaluated as code
-        except (ValueError, SyntaxError):
-            pass
-    if isinstance(value, list):
-        return ", ".join(str(v).strip().strip("$") for v in value)
-    return str(value or "").strip().strip("$")
-
-
-def _minerva_gold(row: dict) -> str:
-    return extract_boxed(str(row.get("solution") or ""))
+def _gold(benchmark: str) -> Callable[[dict], str]:
+    """The verifier's own gold normalisation for a known benchmark's records."""
+    return lambda row: gold_answer(row, benchmark)
 
 
 @dataclass(frozen=True)
@@ -47,13 +30,13 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "gsm8k": Format("question", _gsm8k_gold),
-    "math500": Format("problem", "answer"),
-    "math": Format("problem", _minerva_gold),  # the full MATH set: gold is the solution's last box
-    "minerva": Format("problem", _minerva_gold),
-    "olympiad": Format("question", _olympiad_gold),
-    "aime24": Format("problem", "answer"),
-    "amc23": Format("problem", "answer"),
+    "gsm8k": Format("question", _gold("gsm8k")),
+    "math500": Format("problem", _gold("math500")),
+    "math": Format("problem", _gold("minerva_math")),  # the full MATH set: gold is the solution's last box
+    "minerva": Format("problem", _gold("minerva_math")),
+    "olympiad": Format("question", _gold("olympiadbench")),
+    "aime24": Format("problem", _gold("aime24")),
+    "amc23": Format("problem", _gold("amc23")),
 }
 # file names of the shared benchmarks, for --format auto
 _FILE_HINTS = {"gsm8k": "gsm8k", "math500": "math500", "minerva": "minerva", "olympiad": "olympiad",
@@ -157,7 +140,10 @@ def load_source(spec: str, fmt: str = "auto", question_field: str | None = None,
     stem = Path(spec).stem if kind != "hub" else spec.replace("/", "-")
     records, skipped = [], 0
     for i, row in enumerate(rows):
-        gold = layout.gold(row) if callable(layout.gold) else row.get(layout.gold)
+        try:
+            gold = layout.gold(row) if callable(layout.gold) else row.get(layout.gold)
+        except (KeyError, TypeError, AttributeError):  # a row without the benchmark's gold field
+            gold = None
         gold = "" if gold is None else str(gold).strip()
         if not gold:
             skipped += 1
