@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 import rewards
 from rollout.cli import UsageError, parse_config, print_config, save_config
-from rollout.dataset import DatasetWriter, read_manifest, read_rows
+from rollout.dataset import DatasetWriter, merge, read_manifest, read_rows
 from rollout.engines import ENGINES, SamplingConfig, prompt_seed
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
@@ -50,6 +51,7 @@ class CollectConfig:
     dtype: str = field(default="float32", metadata={"help": "model dtype in the engine (float32, bfloat16, auto)"})
     max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)"})
+    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)"})
     kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU"})
     shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)"})
@@ -102,6 +104,8 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
         raise UsageError("need --n >= 1, --max-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --skip >= 0")
     shard_index, shard_count = parse_shard(cfg.shard)
     model = resolve_model(cfg.model or default_model)
+    if cfg.data_parallel_size > 1:
+        return data_parallel(cfg, sys.argv[1:] if argv is None else list(argv))
     try:
         loaded = load_source(cfg.source, cfg.format, cfg.question_field, cfg.answer_field, cfg.hub_split, world)
     except (SourceError, FileNotFoundError) as e:
@@ -142,6 +146,32 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
     print_config(cfg)
     save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
     return collect(cfg, model, template, records, loaded, identity, out, done_ids)
+
+
+def data_parallel(cfg: CollectConfig, argv: list[str]) -> dict:
+    """vLLM's offline data parallelism: one engine process per rank, each on its own GPUs and its
+    own --shard of the prompts (into OUT/dp-I), then one merged dataset in OUT."""
+    import os
+
+    if cfg.shard != "0/1":
+        raise UsageError("--data-parallel-size already shards the prompts; drop --shard")
+    size, tp = cfg.data_parallel_size, cfg.tensor_parallel_size
+    out = Path(cfg.out)
+    procs = []
+    for rank in range(size):
+        env = dict(os.environ)
+        if "CUDA_VISIBLE_DEVICES" not in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(rank * tp + g) for g in range(tp))
+        # a repeated flag's last value wins: each rank is this command, re-pointed
+        command = [sys.executable, sys.argv[0], *argv, "--out", str(out / f"dp-{rank}"), "--shard", f"{rank}/{size}",
+                   "--data-parallel-size", "1"]
+        procs.append(subprocess.Popen(command, env=env))
+    failed = [rank for rank, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"data-parallel ranks {failed} failed; rerun the same command to resume them")
+    manifest = merge(out, [out / f"dp-{rank}" for rank in range(size)])
+    print(f"merged {size} data-parallel ranks: {manifest['counts']['responses']} responses -> {out}")
+    return manifest
 
 
 def load_tokenizer(model: str):

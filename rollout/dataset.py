@@ -139,3 +139,37 @@ def quiet_datasets():
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
+
+
+def merge(out: str | Path, inputs: list[str | Path]) -> dict:
+    """One dataset from several (e.g. the outputs of ``--shard I/N``): shards copied, counts summed.
+
+    Refuses inputs that share a (prompt_id, sample_idx) row, so nothing is counted twice.
+    """
+    import shutil
+
+    out = Path(out)
+    manifests = [read_manifest(p) for p in inputs]
+    seen: set[tuple[str, int]] = set()
+    for p in inputs:
+        for r in read_rows(p, columns=["prompt_id", "sample_idx"]):
+            key = (r["prompt_id"], r["sample_idx"])
+            if key in seen:
+                raise ValueError(f"{p} repeats row {key} of another input; merge only disjoint shards")
+            seen.add(key)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    shards = []
+    for i, p in enumerate(inputs):
+        for name in read_manifest(p)["shards"]:
+            target = f"part-{i:03d}-{name}"
+            tmp = out / "data" / f".{target}.tmp"
+            shutil.copyfile(Path(p) / "data" / name, tmp)
+            tmp.replace(out / "data" / target)
+            shards.append(target)
+    counts = {k: sum(m["counts"][k] for m in manifests) for k in ("prompts", "responses", "accepted")}
+    manifest = {**manifests[0], "shards": shards, "counts": counts, "merged_from": [str(p) for p in inputs],
+                "pass_rate": counts["accepted"] / max(1, counts["responses"]),
+                "complete": all(m.get("complete") for m in manifests)}
+    manifest.pop("summary", None)
+    write_json(out / "manifest.json", manifest)
+    return manifest

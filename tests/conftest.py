@@ -65,3 +65,8 @@ def collect_world(tmp_path_factory, backend: str, *extra: str) -> Path:
 @pytest.fixture(scope="session")
 def vllm_dataset(tmp_path_factory) -> Path:
     return collect_world(tmp_path_factory, "vllm")
+
+
+@pytest.fixture(scope="session")
+def hf_dataset(tmp_path_factory) -> Path:
+    return collect_world(tmp_path_factory, "hf")

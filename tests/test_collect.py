@@ -62,6 +62,25 @@ def test_two_shards_together_equal_the_unsharded_run(tmp_path_factory, vllm_data
     assert len(together) == len(responses(shards[0])) + len(responses(shards[1]))
     assert together == responses(vllm_dataset)
 
+    merged = tmp_path_factory.mktemp("merged") / "data"
+    done = subprocess.run([sys.executable, "-m", "rollout", "merge", "--out", str(merged), *map(str, shards)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert responses(merged) == responses(vllm_dataset)
+    assert read_manifest(merged)["counts"] == read_manifest(vllm_dataset)["counts"]
+    again = subprocess.run([sys.executable, "-m", "rollout", "merge", "--out", str(merged), str(shards[0]),
+                            str(shards[0])], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 2 and "repeats row" in again.stderr
+
+
+@pytest.mark.slow
+def test_data_parallel_ranks_merge_into_the_single_process_run(tmp_path, hf_dataset):
+    out = tmp_path / "dp"
+    result = run_bin("collect", "--out", str(out), "--backend", "hf", *COLLECT_ARGS, "--data-parallel-size", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("dp-")) == ["dp-0", "dp-1"]
+    assert responses(out) == responses(hf_dataset)
+
 
 @pytest.mark.slow
 def test_logprobs_are_those_of_the_tempered_distribution(tmp_path_factory):

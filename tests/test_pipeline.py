@@ -7,12 +7,7 @@ import torch
 
 from offline_rl.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import COLUMNS, load_offline_dataset, read_manifest
-from tests.conftest import collect_world, run_bin
-
-
-@pytest.fixture(scope="module")
-def hf_dataset(tmp_path_factory):
-    return collect_world(tmp_path_factory, "hf")
+from tests.conftest import run_bin
 
 
 def transformers_logprobs(model_dir, dataset, temperature: float = 1.0) -> list[list[float]]:
