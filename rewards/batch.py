@@ -55,16 +55,13 @@ def _worker_main(conn, stage_timeout: int) -> None:
     except (ImportError, ValueError, OSError):
         pass
     equivalent("1", "1.0", timeout_seconds=stage_timeout)  # warm the parser before saying ready
-    conn.send("ready")
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        index, pred, gold = message
-        conn.send((index, equivalent(pred, gold, timeout_seconds=stage_timeout)))
+    try:
+        conn.send("ready")
+        while (message := conn.recv()) is not None:
+            index, pred, gold = message
+            conn.send((index, equivalent(pred, gold, timeout_seconds=stage_timeout)))
+    except (EOFError, OSError):  # the parent is gone (killed, or exited without closing us): so are we
+        return
 
 
 @contextlib.contextmanager

@@ -28,8 +28,9 @@ from rewards.batch import DEFAULT_DEADLINE_SECONDS, score_batch_detailed
 from rewards.extract import DEFAULT_FALLBACKS
 from rewards.verify import VERIFIER_VERSION
 
-# Tests set this to hold the rescore between steps, so that they can kill it midway.
-PAUSE_ENV = "REWARDS_RESCORE_TEST_PAUSE_SECONDS"
+# Tests set this to N to hold the rescore after its N-th step (a shard written, or the manifest switched),
+# so that they can kill it exactly there.
+PAUSE_ENV = "REWARDS_RESCORE_TEST_PAUSE_AFTER_STEP"
 _RESCORED = re.compile(r"\.r[0-9a-f]{8}$")  # "shard-00003.r1a2b3c4d": written by the rescore with that token
 
 
@@ -59,11 +60,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _pause(step: str) -> None:
-    seconds = float(os.environ.get(PAUSE_ENV, "0") or 0)
-    if seconds > 0:
-        print(f"rescore: paused after {step}", flush=True)
-        time.sleep(seconds)
+def _pause(step: int, what: str) -> None:
+    if os.environ.get(PAUSE_ENV) == str(step):
+        print(f"rescore: paused after step {step}, {what}", flush=True)
+        time.sleep(600)
 
 
 def read_dataset_manifest(dataset: Path) -> dict:
@@ -148,7 +148,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
         new_name = f"{_RESCORED.sub('', Path(name).stem)}.r{token}.parquet"
         _atomic_write(data_dir / new_name, lambda f, table=table: pq.write_table(table, f))
         new_shards.append(new_name)
-        _pause(f"shard {new_name}")
+        _pause(len(new_shards), f"shard {new_name} written")
     _fsync_dir(data_dir)
 
     rows = max(1, totals["rows"])
@@ -174,7 +174,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
     manifest["rescores"] = [*manifest.get("rescores", []), summary]
     _atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
     _fsync_dir(dataset)
-    _pause("manifest switch")
+    _pause(len(new_shards) + 1, "manifest switched")
 
     for name in old_shards:
         (data_dir / name).unlink(missing_ok=True)
