@@ -68,8 +68,10 @@ class VLLMEngine:
             # prefill rewinds a request's generator with get_offset(), which CPU
             # generators lack ("CPU Generator does not use offset"): without it,
             # per-request seeds work on CPU too.
+            # Tiny models are step-overhead bound on CPU: wider batches (1,024 sequences rather
+            # than vLLM's default) gave 1.5x the tokens/s on the embedded model.
             kwargs.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)), enforce_eager=True,
-                          enable_chunked_prefill=False)
+                          enable_chunked_prefill=False, max_num_seqs=1024)
         else:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization)
         self.llm = LLM(**kwargs)
