@@ -12,7 +12,7 @@ from offline_rl import world
 from rollout.cli import UsageError, parse_config, print_config, save_config
 from rollout.collect import resolve_model
 from rollout.dataset import write_json
-from rollout.engines import ENGINES, SamplingConfig
+from rollout.engines import ENGINES, SamplingConfig, prompt_seed
 from rollout.templates import render
 
 
@@ -65,7 +65,7 @@ def evaluate(model: str, benchmarks: list[str], cfg: EvalConfig) -> dict:
     for bench in benchmarks:
         problems = world.load_split(bench)[: cfg.limit]
         prompt_ids = [engine.tokenizer(render("world", p.question))["input_ids"] for p in problems]
-        outputs = engine.generate(prompt_ids, sampling)
+        outputs = engine.generate(prompt_ids, sampling, seeds=[prompt_seed(cfg.seed, p.id) for p in problems])
         correct = [[rewards.score(s.text, p.gold) for s in samples] for p, samples in zip(problems, outputs, strict=True)]
         results["benchmarks"][bench] = {
             "problems": len(problems),
