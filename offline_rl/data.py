@@ -14,6 +14,7 @@ class Example:
     response_token_ids: list[int]
     behavior_logprobs: list[float] | None = None
     reward: float = 1.0
+    advantage: float = 0.0
 
 
 def sampled_examples(dataset, accepted_only: bool) -> list[Example]:
@@ -40,6 +41,7 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
     response_mask = torch.zeros((len(examples), width))  # [B, T]
     behavior_logprobs = torch.zeros((len(examples), width))  # [B, T]
     rewards = torch.tensor([e.reward for e in examples], dtype=torch.float)  # [B]
+    advantages = torch.tensor([e.advantage for e in examples], dtype=torch.float)  # [B]
     for b, (e, seq) in enumerate(zip(examples, sequences, strict=True)):
         n_prompt, n_resp = len(e.prompt_token_ids), len(e.response_token_ids)
         input_ids[b, : len(seq)] = torch.tensor(seq)
@@ -49,7 +51,8 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
         if e.behavior_logprobs is not None:
             behavior_logprobs[b, n_prompt - 1 : n_prompt - 1 + n_resp] = torch.tensor(e.behavior_logprobs)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": targets,
-            "response_mask": response_mask, "behavior_logprobs": behavior_logprobs, "rewards": rewards}
+            "response_mask": response_mask, "behavior_logprobs": behavior_logprobs, "rewards": rewards,
+            "advantages": advantages}
 
 
 def token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -58,3 +61,22 @@ def token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return -torch.nn.functional.cross_entropy(
         logits.float().flatten(0, 1), batch["targets"].flatten(), reduction="none"
     ).view_as(batch["targets"])
+
+
+def group_advantages(examples: list[Example], scale_by_std: bool) -> list[Example]:
+    """GRPO's group-relative advantages: reward minus the mean reward of the same prompt's samples,
+    optionally divided by their std (Shao et al., arXiv 2402.03300, Eq. 3 outcome supervision)."""
+    import statistics
+    from dataclasses import replace
+
+    groups: dict[str, list[float]] = {}
+    for e in examples:
+        groups.setdefault(e.prompt_id, []).append(e.reward)
+    result = []
+    for e in examples:
+        rewards = groups[e.prompt_id]
+        advantage = e.reward - statistics.fmean(rewards)
+        if scale_by_std:
+            advantage /= statistics.pstdev(rewards) + 1e-6
+        result.append(replace(e, advantage=advantage))
+    return result

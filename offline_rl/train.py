@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from offline_rl.data import collate, token_logprobs
-from offline_rl.learners import LEARNERS
+from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from rollout.cli import UsageError, parse_config, print_config, save_config
 from rollout.collect import resolve_model
 from rollout.dataset import dataset_paths, load_offline_dataset, read_manifest
@@ -65,7 +65,7 @@ def lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def main(argv: list[str] | None) -> dict:
-    cfg = parse_config(TrainConfig, argv, "train", __doc__)
+    cfg, *learner_configs = parse_config((TrainConfig, *LEARNER_CONFIGS), argv, "train", __doc__)
     if cfg.learner not in LEARNERS:
         raise UsageError(f"unknown learner {cfg.learner!r}; known: {', '.join(LEARNERS)}")
     if cfg.data is None or cfg.out is None:
@@ -76,23 +76,24 @@ def main(argv: list[str] | None) -> dict:
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
     model_path = resolve_model(cfg.model or manifest["model"])
-    return train(cfg, manifest, dataset, model_path)
+    learner_cfg = next(c for c in learner_configs if isinstance(c, LEARNERS[cfg.learner].Config))
+    return train(cfg, manifest, dataset, model_path, learner_cfg)
 
 
-def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str) -> dict:
+def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cfg=None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     learner = LEARNERS[cfg.learner]
-    learner_cfg = learner.Config()
+    learner_cfg = learner_cfg or learner.Config()
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
     set_seed(cfg.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest)
-    examples = learner.examples(dataset, context)
+    examples = learner.examples(dataset, context, learner_cfg)
     if not examples:
         counts = manifest.get("counts", {})
         raise UsageError(
@@ -101,6 +102,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str) -> dict:
 
     if accelerator.is_main_process:
         print_config(cfg)  # once the input is known good: bad input gets one line only
+        print_config(learner_cfg)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.config.use_cache = False
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
@@ -113,6 +115,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "train_config.json")
+    save_config(learner_cfg, out / "learner_config.json")
     metrics_file = (out / "metrics.jsonl").open("w") if accelerator.is_main_process else None
     tensorboard = None
     if accelerator.is_main_process:

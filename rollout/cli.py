@@ -34,8 +34,13 @@ class _Parser:
 
 
 def parse_config(config_cls, argv: list[str] | None, prog: str, description: str):
-    """Fill ``config_cls`` from a YAML file (``--config``) and flags; flags override the file."""
-    parser = _Parser(config_cls, prog, description)
+    """Fill ``config_cls`` from a YAML file (``--config``) and flags; flags override the file.
+
+    ``config_cls`` may be a tuple of dataclasses (e.g. a command's and each learner's); then a
+    tuple of filled instances comes back, one per class.
+    """
+    classes = config_cls if isinstance(config_cls, tuple) else (config_cls,)
+    parser = _Parser(list(classes), prog, description)
     argv = sys.argv[1:] if argv is None else list(argv)
     config_path = _find_config_flag(argv)
     if config_path is not None:
@@ -50,15 +55,16 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
             raise UsageError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(values, dict):
             raise UsageError(f"config file {path} must hold a mapping of option: value")
-        fields = {f.name for f in dataclasses.fields(config_cls)}
+        fields = {f.name for cls in classes for f in dataclasses.fields(cls)}
         unknown = sorted(set(k.replace("-", "_") for k in values) - fields)
         if unknown:
             raise UsageError(f"config file {path} has unknown options: {', '.join(unknown)}")
         parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
-    config, *_namespace, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    *configs, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if remaining:
         raise UsageError(f"unrecognized arguments: {' '.join(remaining)}")
-    return config
+    configs = configs[: len(classes)]  # the rest is the namespace holding --config
+    return tuple(configs) if isinstance(config_cls, tuple) else configs[0]
 
 
 def _find_config_flag(argv: list[str]) -> str | None:

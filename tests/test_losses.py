@@ -76,6 +76,49 @@ def test_token_mean_over_micro_batches_equals_full_batch():
 
 
 def test_every_learner_is_registered_by_name():
-    assert {"sft", "rft", "dft"} <= set(LEARNERS)
+    assert {"sft", "rft", "dft", "ppo"} <= set(LEARNERS)
     for module in LEARNERS.values():
         assert callable(module.loss) and callable(module.examples) and module.Config
+
+
+def test_ppo_surrogate_at_ratio_one_is_minus_the_mean_advantage():
+    from offline_rl.learners import ppo
+
+    behavior = torch.log(torch.tensor([[0.5, 0.25, 0.8], [0.1, 0.9, 0.3]]))  # [B=2, T=3]
+    logprobs = behavior.clone().requires_grad_(True)  # pi_theta = pi_behaviour: ratio 1 everywhere
+    batch = {"response_mask": torch.ones(2, 3), "behavior_logprobs": behavior, "advantages": torch.tensor([1.0, -0.5])}
+    loss_sum, n_tokens, metrics = ppo.loss(logprobs, batch, ppo.Config(clip_eps=0.2))
+    # token-mean of -A: (3 * -1 + 3 * 0.5) / 6 = -0.25
+    assert math.isclose((loss_sum / n_tokens).item(), -0.25, rel_tol=1e-6)
+    assert metrics["clip_fraction_sum"].item() == 0 and math.isclose(metrics["ratio_sum"].item(), 6.0, rel_tol=1e-6)
+    loss_sum.backward()  # d(-ratio * A)/d logp = -A at ratio 1
+    assert torch.allclose(logprobs.grad, torch.tensor([[-1.0] * 3, [0.5] * 3]))
+
+
+def test_ppo_clip_engages_beyond_epsilon():
+    from offline_rl.learners import ppo
+
+    behavior = torch.zeros(1, 3)
+    # ratios 1.1 (inside), 1.5 (above 1 + eps), 0.5 (below 1 - eps); advantage +1
+    logprobs = torch.log(torch.tensor([[1.1, 1.5, 0.5]])).requires_grad_(True)
+    batch = {"response_mask": torch.ones(1, 3), "behavior_logprobs": behavior, "advantages": torch.tensor([1.0])}
+    loss_sum, _, metrics = ppo.loss(logprobs, batch, ppo.Config(clip_eps=0.2))
+    # min(r A, clip(r) A) with A > 0: 1.1, 1.2 (clipped), 0.5 (unclipped: the pessimistic side)
+    assert math.isclose(loss_sum.item(), -(1.1 + 1.2 + 0.5), rel_tol=1e-6)
+    assert metrics["clip_fraction_sum"].item() == 1
+    loss_sum.backward()
+    assert logprobs.grad[0, 1].item() == 0.0  # a clipped token gets no gradient
+    assert logprobs.grad[0, 0].item() != 0.0 and logprobs.grad[0, 2].item() != 0.0
+
+
+def test_group_advantages_sum_to_zero_per_prompt():
+    from offline_rl.data import group_advantages
+
+    rewards = {"a": [1.0, 0.0, 0.0, 1.0], "b": [1.0, 1.0, 1.0, 0.0], "c": [0.0, 0.0, 0.0, 0.0]}
+    examples = [Example(pid, [1], [2], reward=r) for pid, rs in rewards.items() for r in rs]
+    for scale in (False, True):
+        result = group_advantages(examples, scale_by_std=scale)
+        for pid in rewards:
+            assert abs(sum(e.advantage for e in result if e.prompt_id == pid)) < 1e-6
+    plain = group_advantages(examples, scale_by_std=False)
+    assert [e.advantage for e in plain if e.prompt_id == "b"] == [0.25, 0.25, 0.25, -0.75]

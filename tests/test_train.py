@@ -55,3 +55,26 @@ def test_training_changes_the_model_and_lowers_nll(tmp_path, tiny_model_dir, tin
     assert metrics[-1]["nll"] < metrics[0]["nll"]
     assert all(0 < m["p"] <= 1 and m["loss"] <= m["nll"] for m in metrics)
     assert 0 < metrics[-1]["lr"] < metrics[0]["lr"]  # cosine decay
+
+
+def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_model_dir):
+    from tests.conftest import make_rows, run_bin
+
+    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"}}).write_shard(
+        make_rows(n_prompts=4, n=2))
+    result = run_bin("train", "--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                     "--max-steps", "2", "--batch-size", "4", "--clip-eps", "0.1", "--log-every", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "learner_config.json").read_text())["clip_eps"] == 0.1
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert {"ratio", "clip_fraction", "nll"} <= set(metrics[-1])
+
+
+def test_ppo_without_behavior_logprobs_is_bad_input(tmp_path, tiny_model_dir):
+    from tests.conftest import make_rows, run_bin
+    from tests.test_cli import assert_one_line_usage_error
+
+    rows = [{**r, "behavior_logprobs": []} for r in make_rows(n_prompts=2, n=2)]
+    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"}}).write_shard(rows)
+    result = run_bin("train", "--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"))
+    assert_one_line_usage_error(result, "behaviour log-probs")

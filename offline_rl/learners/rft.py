@@ -15,11 +15,14 @@ from offline_rl.data import sampled_examples
 
 
 @dataclass
-class Config:
-    pass
+class RFTConfig:
+    pass  # no hyper-parameters of its own
 
 
-def examples(dataset, context):
+Config = RFTConfig
+
+
+def examples(dataset, context, cfg: Config | None = None):
     return sampled_examples(dataset, accepted_only=True)
 
 

@@ -17,11 +17,14 @@ from rollout.cli import UsageError
 
 
 @dataclass
-class Config:
-    pass
+class SFTConfig:
+    pass  # no hyper-parameters of its own
 
 
-def examples(dataset, context):
+Config = SFTConfig
+
+
+def examples(dataset, context, cfg: Config | None = None):
     solutions = world.reference_solutions(context.manifest.get("source", {}))
     if not solutions:
         raise UsageError("sft needs reference solutions; this dataset's prompt source provides none")

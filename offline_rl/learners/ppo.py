@@ -1,0 +1,50 @@
+"""Offline PPO: the clipped surrogate against the stored behaviour policy, group-relative advantages.
+
+Schulman et al., "Proximal Policy Optimization Algorithms" (arXiv 1707.06347), Eq. 7,
+with GRPO's group-relative advantages in place of a critic (Shao et al., arXiv
+2402.03300) and the token-mean aggregation of DAPO (Yu et al., arXiv 2503.14476).
+Offline: the ratio is ``exp(log pi_theta - log pi_behaviour)`` with the behaviour
+log-probs stored at collection time; no new samples are drawn. Simplification:
+no KL term to a reference model (the clip is the only trust region).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from offline_rl.data import group_advantages, sampled_examples
+from rollout.cli import UsageError
+
+
+@dataclass
+class PPOConfig:
+    clip_eps: float = field(default=0.2, metadata={"help": "ppo: clip range epsilon of the ratio"})
+    scale_advantages: bool = field(default=True, metadata={"help": "ppo: divide group advantages by the group's std"})
+
+
+Config = PPOConfig
+
+
+def examples(dataset, context, cfg: Config | None = None):
+    cfg = cfg or Config()
+    if any(not lp for lp in dataset["behavior_logprobs"]):
+        raise UsageError("ppo needs behaviour log-probs; this dataset has rows without them")
+    informative = [e for e in group_advantages(sampled_examples(dataset, accepted_only=False), cfg.scale_advantages)
+                   if e.advantage != 0.0]  # all-right or all-wrong prompts carry no signal
+    return informative
+
+
+def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+    mask = batch["response_mask"]  # [B, T]
+    advantages = batch["advantages"].unsqueeze(-1)  # [B, 1]
+    ratio = torch.exp((logprobs - batch["behavior_logprobs"]) * mask)  # [B, T]; 1 off the response
+    clipped = ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)
+    surrogate = torch.minimum(ratio * advantages, clipped * advantages)  # [B, T]
+    loss_sum = -(surrogate * mask).sum()
+    with torch.no_grad():
+        was_clipped = (surrogate != ratio * advantages) & (mask > 0)  # the clipped term is the active one
+        metrics = {"nll_sum": -(logprobs * mask).sum(), "ratio_sum": (ratio * mask).sum(),
+                   "clip_fraction_sum": was_clipped.float().sum()}
+    return loss_sum, mask.sum(), metrics
