@@ -38,11 +38,12 @@ def main():
     parser.add_argument("--hf-batch", type=int, default=64, help="sequences per transformers generate() call")
     args = parser.parse_args()
 
+    from transformers import AutoTokenizer
+
     from offline_rl import world
     from offline_rl.base_model import DEFAULT_BASE_MODEL
     from rollout.engines import HFEngine, SamplingConfig, VLLMEngine
     from rollout.templates import Template
-    from transformers import AutoTokenizer
 
     model = str(DEFAULT_BASE_MODEL)
     template = Template("world", AutoTokenizer.from_pretrained(model))
