@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import types
 from collections import deque
@@ -25,13 +26,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
 from rewards.extract import DEFAULT_FALLBACKS, extract_answer
-from rewards.verify import STAGE_TIMEOUT_SECONDS, equivalent
+from rewards.verify import STAGE_TIMEOUT_SECONDS, equivalent, quick_verdict
 
 DEFAULT_DEADLINE_SECONDS = 2.0
 # A worker's address-space cap: a 9^9^9-sized integer fails with MemoryError instead of swapping the host.
 WORKER_MEMORY_BYTES = 4 * 1024**3
 # This many workers dying before they could score anything means the pool cannot start at all.
 MAX_FAILED_STARTS = 8
+# Items queued in each worker: two hide the round trip to the parent; more would only delay the rest after a kill.
+PIPELINE_DEPTH = 2
 
 
 @dataclass
@@ -40,7 +43,9 @@ class BatchResult:
 
     preds: list[str]
     rewards: list[float]
-    seconds: list[float]  # wall time from hand-off to answer (or to kill); 0.0 for items never handed off
+    # wall time per item: from the worker's start on it to its answer or kill; for items that string
+    # checks settle in the parent (no worker needed), the time of those checks
+    seconds: list[float]
     timed_out: list[int] = field(default_factory=list)  # indices killed on the deadline
     crashed: list[int] = field(default_factory=list)  # indices whose worker died on its own (e.g. out of memory)
 
@@ -89,8 +94,8 @@ class _Worker:
             self.process.start()
         child_conn.close()
         self.ready = False
-        self.index: int | None = None  # the item it is scoring
-        self.handed_at = 0.0
+        self.in_flight: deque[int] = deque()  # items sent, in order; the first is the one being scored
+        self.clock = 0.0  # when the first in-flight item started (sent to an idle worker, or the previous answered)
 
     def kill(self) -> None:
         self.process.kill()
@@ -120,55 +125,61 @@ class WorkerPool:
         self.workers = [_Worker(self.context, stage_timeout) for _ in range(workers)]
         self.failed_starts = 0
 
-    def _replace(self, worker: _Worker) -> None:
-        worker.kill()
-        self.workers[self.workers.index(worker)] = _Worker(self.context, self.stage_timeout)
-
     def run(self, preds: list[str], golds: list[str], todo: list[int], deadline: float,
             result: BatchResult) -> None:
-        """Score items ``todo`` (indices into preds/golds) into ``result``."""
+        """Score items ``todo`` (indices into preds/golds) into ``result``.
+
+        Each worker holds up to ``PIPELINE_DEPTH`` items so that it never waits for the parent;
+        the deadline clock of an item starts when the worker starts it (the previous one answered).
+        """
         queue = deque(todo)
-        while queue or any(w.index is not None for w in self.workers):
+        while queue or any(w.in_flight for w in self.workers):
             for worker in self.workers:
-                if worker.ready and worker.index is None and queue:
+                while worker.ready and len(worker.in_flight) < PIPELINE_DEPTH and queue:
                     index = queue.popleft()
-                    worker.index, worker.handed_at = index, time.monotonic()
+                    if not worker.in_flight:
+                        worker.clock = time.monotonic()
+                    worker.in_flight.append(index)
                     worker.conn.send((index, preds[index], golds[index]))
-            busy = [w for w in self.workers if w.index is not None]
-            wake = min((w.handed_at + deadline for w in busy), default=time.monotonic() + 0.5)
+            busy = [w for w in self.workers if w.in_flight]
+            wake = min((w.clock + deadline for w in busy), default=time.monotonic() + 0.5)
             for conn in wait([w.conn for w in self.workers], timeout=max(0.0, wake - time.monotonic())):
                 worker = next(w for w in self.workers if w.conn is conn)
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):  # died on its own: out of memory, a crash in C code
-                    if worker.index is not None:
-                        result.crashed.append(worker.index)
+                    if worker.in_flight:
+                        result.crashed.append(worker.in_flight[0])
                         self._finish(worker, 0.0, result)
                     elif not worker.ready:
                         self.failed_starts += 1
                         if self.failed_starts >= MAX_FAILED_STARTS:
                             raise RuntimeError("rewards: scoring workers die as they start") from None
-                    self._replace(worker)
+                    self._replace(worker, queue)
                     continue
                 if message == "ready":
                     worker.ready, self.failed_starts = True, 0
-                else:
-                    index, correct = message
-                    if index == worker.index:
-                        self._finish(worker, 1.0 if correct else 0.0, result)
+                elif worker.in_flight and message[0] == worker.in_flight[0]:
+                    self._finish(worker, 1.0 if message[1] else 0.0, result)
             now = time.monotonic()
-            for worker in [w for w in self.workers if w.index is not None and now - w.handed_at > deadline]:
-                result.timed_out.append(worker.index)
+            for worker in [w for w in self.workers if w.in_flight and now - w.clock > deadline]:
+                result.timed_out.append(worker.in_flight[0])
                 self._finish(worker, 0.0, result)
-                self._replace(worker)
+                self._replace(worker, queue)
+
+    def _replace(self, worker: _Worker, queue: deque[int]) -> None:
+        """Kill ``worker`` and start another; the items it still held go back to the front of the queue."""
+        queue.extendleft(reversed(worker.in_flight))
+        worker.kill()
+        self.workers[self.workers.index(worker)] = _Worker(self.context, self.stage_timeout)
 
     @staticmethod
     def _finish(worker: _Worker, reward: float, result: BatchResult) -> None:
-        if worker.index is None:
-            return
-        result.rewards[worker.index] = reward
-        result.seconds[worker.index] = time.monotonic() - worker.handed_at
-        worker.index = None
+        """Record the first in-flight item's reward; the next one starts now."""
+        index, now = worker.in_flight.popleft(), time.monotonic()
+        result.rewards[index] = reward
+        result.seconds[index] = now - worker.clock
+        worker.clock = now
 
     def close(self) -> None:
         for worker in self.workers:
@@ -177,6 +188,7 @@ class WorkerPool:
 
 
 _POOL: WorkerPool | None = None
+_POOL_LOCK = threading.RLock()
 
 
 def _pool(workers: int) -> WorkerPool:
@@ -206,15 +218,24 @@ def equivalent_batch(preds: list[str], golds: list[str], workers: int | None = N
     result = BatchResult(preds=[p if isinstance(p, str) else "" for p in preds], rewards=[0.0] * n,
                          seconds=[0.0] * n)
     golds = [g if isinstance(g, str) else "" for g in golds]
-    todo = [i for i in range(n) if result.preds[i] and golds[i]]  # nothing to compare: 0.0 without a hand-off
+    todo = []
+    for i in range(n):  # what string work settles (nothing to compare, the same text) needs no worker
+        start = time.monotonic()
+        verdict = quick_verdict(result.preds[i], golds[i])
+        if verdict is None:
+            todo.append(i)
+        else:
+            result.rewards[i] = 1.0 if verdict else 0.0
+            result.seconds[i] = time.monotonic() - start
     if not todo:
         return result
-    pool = _pool(max(1, workers or os.cpu_count() or 1))
-    try:
-        pool.run(result.preds, golds, todo, deadline, result)
-    except BaseException:
-        close_pool()  # workers may still hold items of this batch: never reuse them
-        raise
+    with _POOL_LOCK:  # one batch at a time per process: the pool's workers are shared
+        pool = _pool(max(1, workers or os.cpu_count() or 1))
+        try:
+            pool.run(result.preds, golds, todo, deadline, result)
+        except BaseException:
+            close_pool()  # workers may still hold items of this batch: never reuse them
+            raise
     return result
 
 

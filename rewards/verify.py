@@ -63,19 +63,28 @@ def in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def quick_verdict(pred: str, gold: str) -> bool | None:
+    """The verdict when string work alone settles it (nothing to compare, too long, the same text), else None."""
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    pred, gold = normalize_answer(pred), normalize_answer(gold)
+    if not pred or not gold or len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return False
+    if pred == gold:
+        return True
+    return None
+
+
 def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SECONDS) -> bool:
     """Whether the extracted answer ``pred`` equals ``gold`` mathematically; False on any failure.
 
     Bounded in time: in the main thread by math-verify's alarms (``timeout_seconds`` per stage);
     in any other thread by handing the pair to a worker process with a hard deadline.
     """
-    if not isinstance(pred, str) or not isinstance(gold, str):
-        return False
+    verdict = quick_verdict(pred, gold)
+    if verdict is not None:
+        return verdict
     pred, gold = normalize_answer(pred), normalize_answer(gold)
-    if not pred or not gold or len(pred) > MAX_ANSWER_CHARS:
-        return False
-    if pred == gold:
-        return True
     if not in_main_thread():
         from rewards.batch import equivalent_batch
 
