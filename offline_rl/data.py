@@ -15,6 +15,7 @@ class Example:
     behavior_logprobs: list[float] | None = None
     reward: float = 1.0
     advantage: float = 0.0
+    reference_logprob: float = 0.0  # sequence log-prob under the reference model (DPO)
 
 
 def sampled_examples(dataset, accepted_only: bool) -> list[Example]:

@@ -92,7 +92,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     set_seed(cfg.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest)
+    context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest, model_path=model_path)
     examples = learner.examples(dataset, context, learner_cfg)
     if not examples:
         counts = manifest.get("counts", {})
@@ -136,13 +136,15 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
                 yield [[rng.randrange(len(examples)) for _ in range(cfg.batch_size)] for _ in range(cfg.grad_accum)]
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    learner_collate = getattr(learner, "collate", collate)
+    units = getattr(learner, "units", lambda batch: batch["response_mask"].sum())  # what the loss averages over
     model.train()
     start, tokens_seen = time.time(), 0
     bar = tqdm(range(total_steps), desc=f"train {cfg.learner}", unit="step", disable=not accelerator.is_main_process)
     data = batches()
     for step in bar:
-        micro = [collate([examples[i] for i in idx], pad) for idx in next(data)]
-        local_tokens = sum(b["response_mask"].sum() for b in micro)
+        micro = [learner_collate([examples[i] for i in idx], pad) for idx in next(data)]
+        local_tokens = sum(units(b) for b in micro)
         step_tokens = accelerator.reduce(local_tokens.to(accelerator.device), reduction="sum")
         totals: dict[str, float] = {}
         for i, batch in enumerate(micro):

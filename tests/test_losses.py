@@ -122,3 +122,35 @@ def test_group_advantages_sum_to_zero_per_prompt():
             assert abs(sum(e.advantage for e in result if e.prompt_id == pid)) < 1e-6
     plain = group_advantages(examples, scale_by_std=False)
     assert [e.advantage for e in plain if e.prompt_id == "b"] == [0.25, 0.25, 0.25, -0.75]
+
+
+def test_dpo_loss_is_log_two_when_policy_equals_reference():
+    from offline_rl.learners import dpo
+
+    pairs = [dpo.Pair(Example("a", [1], [2, 3], reward=1.0), Example("a", [1], [4], reward=0.0)),
+             dpo.Pair(Example("b", [1], [5], reward=1.0), Example("b", [1], [6, 7, 8], reward=0.0))]
+    batch = dpo.collate(pairs, pad_token_id=0)
+    logprobs = -torch.rand(batch["targets"].shape)  # [2P, T]: any policy...
+    sequences = (logprobs * batch["response_mask"]).sum(-1)
+    batch["reference_logprobs"] = sequences.clone()  # ...that equals its reference
+    loss_sum, pairs_count, metrics = dpo.loss(logprobs, batch, dpo.Config(beta=0.1))
+    assert pairs_count.item() == 2
+    assert math.isclose((loss_sum / pairs_count).item(), math.log(2), rel_tol=1e-6)  # -log sigmoid(0)
+    assert metrics["margin_sum"].item() == 0.0
+
+
+def test_dpo_pairs_never_tie_or_repeat():
+    from offline_rl.learners import dpo
+
+    same = [9, 9]
+    group = [Example("a", [1], same, [-0.1, -0.1], 1.0), Example("a", [1], same, [-0.1, -0.1], 0.0),
+             Example("a", [1], [7], [-3.0], 0.0), Example("a", [1], [8], [-0.5], 1.0),
+             Example("b", [1], [5], [-1.0], 1.0), Example("b", [1], [6], [-1.0], 1.0)]  # b: all right, no pair
+    for pairing in ("all", "one", "hardest"):
+        pairs = dpo.make_pairs(group, pairing)
+        assert pairs and all(p.chosen.prompt_id == p.rejected.prompt_id == "a" for p in pairs)
+        assert all(p.chosen.reward == 1.0 and p.rejected.reward == 0.0 for p in pairs)
+        assert all(p.chosen.response_token_ids != p.rejected.response_token_ids for p in pairs)
+    assert len(dpo.make_pairs(group, "all")) == 3  # (same, 7), (8, same), (8, 7); never (same, same)
+    hardest = dpo.make_pairs(group, "hardest")[0]  # least likely accepted (-3 is rejected) vs likeliest rejection
+    assert (hardest.chosen.response_token_ids, hardest.rejected.response_token_ids) == ([8], same)

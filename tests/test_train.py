@@ -78,3 +78,25 @@ def test_ppo_without_behavior_logprobs_is_bad_input(tmp_path, tiny_model_dir):
     DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"}}).write_shard(rows)
     result = run_bin("train", "--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"))
     assert_one_line_usage_error(result, "behaviour log-probs")
+
+
+def test_dpo_trains_and_says_why_when_there_are_no_pairs(tmp_path, tiny_model_dir):
+    from tests.conftest import make_rows, run_bin
+    from tests.test_cli import assert_one_line_usage_error
+
+    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
+                                      "sampling": {"temperature": 1.0, "top_p": 1.0}}).write_shard(
+        [{**r, "response_token_ids": [8 + r["sample_idx"], 9, 0]} for r in make_rows(n_prompts=4, n=2)])
+    for reference in ("model", "behavior"):
+        out = tmp_path / f"out-{reference}"
+        result = run_bin("train", "--learner", "dpo", "--data", str(tmp_path / "data"), "--out", str(out),
+                         "--max-steps", "2", "--batch-size", "2", "--beta", "0.2", "--reference", reference,
+                         "--log-every", "1", "--model", str(tiny_model_dir))
+        assert result.returncode == 0, result.stderr[-2000:]
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert {"reward_accuracy", "margin", "nll"} <= set(metrics[-1])
+
+    DatasetWriter(tmp_path / "none", {"model": str(tiny_model_dir), "source": {"kind": "test"}}).write_shard(
+        make_rows(n_prompts=3, n=2, reward=lambda p, i: float(p == 0)))
+    result = run_bin("train", "--learner", "dpo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"))
+    assert_one_line_usage_error(result, "no preference pairs", "1 are all-right, 2 all-wrong")
