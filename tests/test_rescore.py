@@ -127,3 +127,20 @@ def test_rescore_killed_midway_leaves_old_or_new(tmp_path):
         manifest, after = read_state(dataset)
         assert after == new
         assert sorted(p.name for p in (dataset / "data").iterdir()) == sorted(manifest["shards"])
+
+
+@pytest.mark.slow
+def test_rescore_a_dataset_made_by_bin_collect(tmp_path, vllm_dataset):
+    dataset = tmp_path / "ds"
+    shutil.copytree(vllm_dataset, dataset)
+    old_manifest, old = read_state(dataset)
+    done = subprocess.run([sys.executable, "-m", "rewards", "rescore", str(dataset), "--workers", "2"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest, new = read_state(dataset)
+    for column in COLUMNS:
+        if column not in ("pred", "reward"):
+            assert new[column] == old[column], column
+    assert new["reward"] == old["reward"]  # same verifier version: nothing to change on this world data
+    assert manifest["rescores"][-1]["changed_rows"] == 0
+    assert manifest["counts"] == old_manifest["counts"]
