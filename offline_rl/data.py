@@ -56,13 +56,41 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
             "advantages": advantages}
 
 
-def token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """log pi(target_t | prefix) for every position, in float32: [B, T]."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
-    return -torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1), batch["targets"].flatten(), reduction="none"
-    ).view_as(batch["targets"])
+def token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int = 0) -> torch.Tensor:
+    """log pi(target_t | prefix) for every response position, in float32: [B, T] (0 elsewhere).
 
+    With ``chunk_size`` > 0 the vocabulary projection runs over chunks of that many response
+    tokens under activation checkpointing, so no [B, T, V] logits (nor their fp32 copy or softmax)
+    ever exist: peak extra memory is one [chunk, V] block. 0 projects everything at once.
+    """
+    if chunk_size <= 0:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
+        return -torch.nn.functional.cross_entropy(
+            logits.float().flatten(0, 1), batch["targets"].flatten(), reduction="none"
+        ).view_as(batch["targets"])
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                logits_to_keep=1)  # through the (possibly DDP-wrapped) model; logits of one position only
+    hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
+    lm_head = _unwrap(model).get_output_embeddings()
+    where = batch["response_mask"].bool()  # [B, T]
+    selected_hidden, selected_targets = hidden[where], batch["targets"][where]  # [N, H], [N]
+    pieces = [
+        torch.utils.checkpoint.checkpoint(_chunk_logprobs, lm_head, selected_hidden[i : i + chunk_size],
+                                          selected_targets[i : i + chunk_size], use_reentrant=False)
+        for i in range(0, selected_hidden.shape[0], chunk_size)
+    ]
+    logprobs = torch.zeros(where.shape, dtype=torch.float32, device=hidden.device)  # [B, T]
+    logprobs[where] = torch.cat(pieces) if pieces else logprobs[where]
+    return logprobs
+
+
+def _chunk_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden).float()  # [n, V]: one chunk, recomputed in backward
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [n]
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP / FSDP wrappers keep the model in .module
 
 def group_advantages(examples: list[Example], scale_by_std: bool) -> list[Example]:
     """GRPO's group-relative advantages: reward minus the mean reward of the same prompt's samples,

@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    logit_chunk_size: int = field(default=1024, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once"})
     seed: int = field(default=0, metadata={"help": "seed for data order and any sampling"})
     log_every: int = field(default=10, metadata={"help": "steps between metric records"})
 
@@ -151,7 +152,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                loss_sum, _, metrics = learner.loss(token_logprobs(model, batch), batch, learner_cfg)
+                loss_sum, _, metrics = learner.loss(token_logprobs(model, batch, cfg.logit_chunk_size), batch, learner_cfg)
                 accelerator.backward(token_mean(loss_sum, step_tokens, accelerator.num_processes))
             for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
                 totals[k] = totals.get(k, 0.0) + float(v)

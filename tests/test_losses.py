@@ -154,3 +154,21 @@ def test_dpo_pairs_never_tie_or_repeat():
     assert len(dpo.make_pairs(group, "all")) == 3  # (same, 7), (8, same), (8, 7); never (same, same)
     hardest = dpo.make_pairs(group, "hardest")[0]  # least likely accepted (-3 is rejected) vs likeliest rejection
     assert (hardest.chosen.response_token_ids, hardest.rejected.response_token_ids) == ([8], same)
+
+
+def test_chunked_logprobs_and_dft_equal_the_naive_formula(tiny_model):
+    model, tokenizer = tiny_model
+    batch = tiny_batch(tokenizer)
+    mask = batch["response_mask"]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    naive = token_logprobs(model, batch, chunk_size=0) * mask
+    naive_loss, _, _ = dft.loss(naive, batch, dft.Config())
+    naive_grads = torch.autograd.grad(naive_loss, params)
+    for chunk in (1, 3, 1024):
+        chunked = token_logprobs(model, batch, chunk_size=chunk)
+        assert torch.allclose(chunked, naive, atol=1e-5)
+        chunked_loss, _, _ = dft.loss(chunked, batch, dft.Config())
+        assert abs(chunked_loss.item() - naive_loss.item()) <= 1e-5
+        for g_chunked, g_naive in zip(torch.autograd.grad(chunked_loss, params), naive_grads, strict=True):
+            assert torch.allclose(g_chunked, g_naive, atol=1e-5, rtol=1e-4)
