@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class TrainConfig:
     logit_chunk_size: int = field(default=1024, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once"})
     seed: int = field(default=0, metadata={"help": "seed for data order and any sampling"})
     log_every: int = field(default=10, metadata={"help": "steps between metric records"})
+    save_every: int = field(default=0, metadata={"help": "steps between checkpoints in OUT/checkpoints/step-N (0: none)"})
+    resume: bool = field(default=False, metadata={"help": "continue exactly from the last checkpoint in OUT/checkpoints"})
 
 
 def token_mean(loss_sum: torch.Tensor, step_tokens: torch.Tensor, num_processes: int) -> torch.Tensor:
@@ -53,6 +56,28 @@ def token_mean(loss_sum: torch.Tensor, step_tokens: torch.Tensor, num_processes:
     averages gradients over ranks, so each rank's share is scaled back up by their number.
     """
     return loss_sum * num_processes / step_tokens.clamp(min=1)
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint (incomplete ones never got their final name)."""
+    found = [p for p in checkpoints.glob("step-*") if p.name.removeprefix("step-").isdigit()]
+    return max(found, key=lambda p: int(p.name.removeprefix("step-")), default=None)
+
+
+def save_checkpoint(accelerator, checkpoints: Path, step: int) -> None:
+    """Model, optimizer, scheduler and RNG states, written aside and renamed into place, so a
+    failed save never replaces or corrupts the last good checkpoint."""
+    final, partial = checkpoints / f"step-{step}", checkpoints / f".step-{step}.partial"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # a rerun of the same step: the new one is complete, so swap it in
+            shutil.rmtree(final)
+        partial.rename(final)
+    accelerator.wait_for_everyone()
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -101,9 +126,12 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
             f"no training examples for {cfg.learner} in {cfg.data}: pass rate {manifest.get('pass_rate', 0):.3f} "
             f"({counts.get('accepted', 0)} accepted of {counts.get('responses', len(dataset))} responses)")
 
-    if accelerator.is_main_process:
-        print_config(cfg)  # once the input is known good: bad input gets one line only
-        print_config(learner_cfg)
+    out = Path(cfg.out)
+    checkpoints = out / "checkpoints"
+    resume_from = latest_checkpoint(checkpoints) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise UsageError(f"--resume: no checkpoint in {checkpoints}")
+
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model.config.use_cache = False
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
@@ -112,12 +140,20 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps))))
     model, optimizer = accelerator.prepare(model, optimizer)
+    # registered, not prepared: a prepared scheduler steps once per process, changing the schedule under DDP
+    accelerator.register_for_checkpointing(scheduler)
 
-    out = Path(cfg.out)
+    first_step = 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))  # model, optimizer, scheduler and RNG states
+        first_step = int(resume_from.name.removeprefix("step-"))
+    if accelerator.is_main_process:
+        print_config(cfg)  # once the input is known good: bad input gets one line only
+        print_config(learner_cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "train_config.json")
     save_config(learner_cfg, out / "learner_config.json")
-    metrics_file = (out / "metrics.jsonl").open("w") if accelerator.is_main_process else None
+    metrics_file = (out / "metrics.jsonl").open("a" if cfg.resume else "w") if accelerator.is_main_process else None
     tensorboard = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -141,8 +177,11 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     units = getattr(learner, "units", lambda batch: batch["response_mask"].sum())  # what the loss averages over
     model.train()
     start, tokens_seen = time.time(), 0
-    bar = tqdm(range(total_steps), desc=f"train {cfg.learner}", unit="step", disable=not accelerator.is_main_process)
+    bar = tqdm(range(first_step, total_steps), desc=f"train {cfg.learner}", unit="step", initial=first_step,
+               total=total_steps, disable=not accelerator.is_main_process)
     data = batches()
+    for _ in range(first_step):  # the data position: the order is a pure function of the seed
+        next(data)
     for step in bar:
         micro = [learner_collate([examples[i] for i in idx], pad) for idx in next(data)]
         local_tokens = sum(units(b) for b in micro)
@@ -175,7 +214,11 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
                 if k != "step":
                     tensorboard.add_scalar(f"train/{k}", v, step + 1)
         if not math.isfinite(record["loss"]):
-            raise RuntimeError(f"loss became {record['loss']} at step {step + 1}")
+            last = latest_checkpoint(checkpoints)
+            raise UsageError(f"loss became {record['loss']} at step {step + 1}; stopped, last good checkpoint: "
+                             f"{last or 'none'}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_checkpoint(accelerator, checkpoints, step + 1)
 
     accelerator.wait_for_everyone()
     summary = {"learner": cfg.learner, "steps": total_steps, "examples": len(examples),

@@ -100,3 +100,48 @@ def test_dpo_trains_and_says_why_when_there_are_no_pairs(tmp_path, tiny_model_di
         make_rows(n_prompts=3, n=2, reward=lambda p, i: float(p == 0)))
     result = run_bin("train", "--learner", "dpo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"))
     assert_one_line_usage_error(result, "no preference pairs", "1 are all-right, 2 all-wrong")
+
+
+def test_training_killed_midway_resumes_to_bitwise_equal_weights(tmp_path, tiny_model_dir, tiny_model):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import ROOT, run_bin
+
+    _, tokenizer = tiny_model
+    world_dataset(tmp_path / "data", tokenizer, n_prompts=32)
+    args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--max-steps", "300",
+            "--batch-size", "4", "--grad-accum", "2", "--lr", "3e-3", "--save-every", "25", "--log-every", "25"]
+    assert run_bin("train", *args, "--out", str(tmp_path / "whole")).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "train"), *args, "--out", str(killed)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not (killed / "checkpoints" / "step-100").exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
+    result = run_bin("train", *args, "--out", str(killed), "--resume")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)  # bitwise
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 300
+
+
+def test_resume_without_checkpoint_is_bad_input(tmp_path, tiny_model_dir, tiny_model):
+    from tests.conftest import run_bin
+    from tests.test_cli import assert_one_line_usage_error
+
+    _, tokenizer = tiny_model
+    world_dataset(tmp_path / "data", tokenizer)
+    result = run_bin("train", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out",
+                     str(tmp_path / "o"), "--resume")
+    assert_one_line_usage_error(result, "no checkpoint")
