@@ -4,7 +4,7 @@ Qwen2.5 vocabulary (151,936), 4 x 1,024 response tokens, hidden size 896 (Qwen2.
 Each method runs in a fresh process; reported: peak memory above the inputs (CPU: peak RSS;
 GPU: torch.cuda.max_memory_allocated) and forward+backward seconds.
 
-    .venv/bin/python bench/dft_loss.py [--tokens 4096] [--vocab 151936] [--hidden 896] [--chunk 1024]
+    .venv/bin/python bench/dft_loss.py [--tokens 4096] [--vocab 151936] [--hidden 896] [--chunk 256]
 """
 
 import argparse
@@ -58,7 +58,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=4 * 1024)
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--hidden", type=int, default=896)
-    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

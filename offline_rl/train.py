@@ -42,7 +42,7 @@ class TrainConfig:
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    logit_chunk_size: int = field(default=1024, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once"})
+    logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once"})
     seed: int = field(default=0, metadata={"help": "seed for data order and any sampling"})
     log_every: int = field(default=10, metadata={"help": "steps between metric records"})
     save_every: int = field(default=0, metadata={"help": "steps between checkpoints in OUT/checkpoints/step-N (0: none)"})
