@@ -76,7 +76,7 @@ def test_token_mean_over_micro_batches_equals_full_batch():
 
 
 def test_every_learner_is_registered_by_name():
-    assert {"sft", "rft", "dft", "ppo"} <= set(LEARNERS)
+    assert {"sft", "rft", "dft", "dpo", "ppo", "iwsft", "adft"} <= set(LEARNERS)
     for module in LEARNERS.values():
         assert callable(module.loss) and callable(module.examples) and module.Config
 
@@ -172,3 +172,32 @@ def test_chunked_logprobs_and_dft_equal_the_naive_formula(tiny_model):
         assert abs(chunked_loss.item() - naive_loss.item()) <= 1e-5
         for g_chunked, g_naive in zip(torch.autograd.grad(chunked_loss, params), naive_grads, strict=True):
             assert torch.allclose(g_chunked, g_naive, atol=1e-5, rtol=1e-4)
+
+
+def test_iwsft_weights_are_clipped_detached_policy_over_behaviour_ratios():
+    from offline_rl.learners import iwsft
+
+    behavior = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    # sequence 0: policy = behaviour (weight 1); sequence 1: policy 4x likelier per token (weight 4 -> clipped to 2)
+    logprobs = torch.log(torch.tensor([[0.5, 0.5], [1.0, 1.0]])).requires_grad_(True)
+    batch = {"response_mask": torch.ones(2, 2), "behavior_logprobs": behavior}
+    loss_sum, n, metrics = iwsft.loss(logprobs, batch, iwsft.Config(max_weight=2.0))
+    # NLL: 2 ln2 for sequence 0 (weight 1), 0 for sequence 1
+    assert math.isclose(loss_sum.item(), 2 * math.log(2), rel_tol=1e-6) and n.item() == 4
+    assert math.isclose(metrics["weight_sum"].item(), 2 * 1 + 2 * 2, rel_tol=1e-6)
+    loss_sum.backward()
+    assert torch.allclose(logprobs.grad, torch.tensor([[-1.0, -1.0], [-2.0, -2.0]]))  # -w per token
+
+
+def test_adft_is_dft_at_the_anchor_and_pulls_back_when_away():
+    from offline_rl.learners import adft, dft
+
+    behavior = torch.log(torch.tensor([[0.5, 0.25, 0.8]]))
+    batch = {"response_mask": torch.ones(1, 3), "behavior_logprobs": behavior}
+    at_anchor = behavior.clone().requires_grad_(True)
+    anchored, _, metrics = adft.loss(at_anchor, batch, adft.Config(anchor_coef=1.0))
+    plain, _, _ = dft.loss(behavior.clone(), batch, dft.Config())
+    assert math.isclose(anchored.item(), plain.item(), rel_tol=1e-6) and metrics["kl_sum"].item() == 0.0
+    away = torch.log(torch.tensor([[0.9, 0.9, 0.9]]))
+    _, _, metrics = adft.loss(away, batch, adft.Config(anchor_coef=1.0))
+    assert metrics["kl_sum"].item() > 0

@@ -1,0 +1,44 @@
+"""Importance-weighted SFT on accepted samples.
+
+Qin & Springenberg, "Supervised Fine Tuning on Curated Data is Reinforcement Learning
+(and can be improved)" (arXiv 2507.12856): SFT on reward-filtered samples maximises a
+loose lower bound of the RL objective; re-weighting each sample by the (clipped)
+ratio of the current policy to the behaviour policy tightens it. Simplification: the
+weight is per sequence, ``min(exp(mean_t(log pi_theta - log pi_behaviour)), max_weight)``,
+detached — a length-normalised ratio, since the full sequence ratio under- or
+overflows for long responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from offline_rl.data import sampled_examples
+from rollout.cli import UsageError
+
+
+@dataclass
+class IWSFTConfig:
+    max_weight: float = field(default=2.0, metadata={"help": "iwsft: clip of the importance weight"})
+
+
+Config = IWSFTConfig
+
+
+def examples(dataset, context, cfg: Config | None = None):
+    if any(not lp for lp in dataset["behavior_logprobs"]):
+        raise UsageError("iwsft needs behaviour log-probs; this dataset has rows without them")
+    return sampled_examples(dataset, accepted_only=True)
+
+
+def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+    mask = batch["response_mask"]  # [B, T]
+    lengths = mask.sum(-1).clamp(min=1)  # [B]
+    with torch.no_grad():
+        mean_log_ratio = ((logprobs - batch["behavior_logprobs"]) * mask).sum(-1) / lengths  # [B]
+        weights = mean_log_ratio.exp().clamp(max=cfg.max_weight)  # [B]
+    nll = -(logprobs * mask)  # [B, T]
+    loss_sum = (weights.unsqueeze(-1) * nll).sum()
+    return loss_sum, mask.sum(), {"nll_sum": nll.detach().sum(), "weight_sum": (weights.unsqueeze(-1) * mask).sum()}
