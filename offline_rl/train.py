@@ -204,7 +204,11 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
 
         record = {"step": step + 1, "lr": lr, "grad_norm": float(grad_norm),
                   "tokens": int(step_tokens), "tokens_per_s": tokens_seen / (time.time() - start)}
-        record.update({k.removesuffix("_sum"): v / max(1.0, float(local_tokens)) for k, v in totals.items()})
+        # metric sums over every rank and micro-batch, divided by the step's total count: the
+        # same numbers whatever the number of processes or accumulation steps
+        names = sorted(totals)
+        summed = accelerator.reduce(torch.tensor([totals[k] for k in names], device=accelerator.device), "sum")
+        record.update({k.removesuffix("_sum"): float(v) / max(1.0, float(step_tokens)) for k, v in zip(names, summed, strict=True)})
         bar.set_postfix(loss=f"{record['loss']:.4f}", nll=f"{record.get('nll', float('nan')):.3f}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
         if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
@@ -221,12 +225,13 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
             save_checkpoint(accelerator, checkpoints, step + 1)
 
     accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # collective: gathers FSDP shards onto the main process
     summary = {"learner": cfg.learner, "steps": total_steps, "examples": len(examples),
                "seconds": round(time.time() - start, 2), "tokens_per_s": round(tokens_seen / (time.time() - start), 1)}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.config.use_cache = True
-        unwrapped.save_pretrained(out, safe_serialization=True)
+        unwrapped.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(out)
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         metrics_file.close()
