@@ -160,6 +160,8 @@ def data_parallel(cfg: CollectConfig, argv: list[str]) -> dict:
     procs = []
     for rank in range(size):
         env = dict(os.environ)
+        # ranks sharing a CPU: split its cores rather than oversubscribe them (spin-waiting threads)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // size)))
         if "CUDA_VISIBLE_DEVICES" not in os.environ:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(rank * tp + g) for g in range(tp))
         # a repeated flag's last value wins: each rank is this command, re-pointed
