@@ -28,6 +28,14 @@ def sampled_examples(dataset, accepted_only: bool) -> list[Example]:
     ]
 
 
+def require_behavior_logprobs(dataset, learner: str) -> None:
+    """Learners that weigh by pi_theta / pi_behaviour cannot run on rows collected without log-probs."""
+    from rollout.cli import UsageError
+
+    if any(not lp for lp in dataset["behavior_logprobs"]):
+        raise UsageError(f"{learner} needs behaviour log-probs; this dataset has rows without them")
+
+
 def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded prompt+response sequences with next-token targets.
 

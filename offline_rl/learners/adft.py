@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import sampled_examples
-from rollout.cli import UsageError
+from offline_rl.data import require_behavior_logprobs, sampled_examples
 
 
 @dataclass
@@ -28,8 +27,7 @@ Config = ADFTConfig
 
 
 def examples(dataset, context, cfg: Config | None = None):
-    if any(not lp for lp in dataset["behavior_logprobs"]):
-        raise UsageError("adft needs behaviour log-probs; this dataset has rows without them")
+    require_behavior_logprobs(dataset, "adft")
     return sampled_examples(dataset, accepted_only=True)
 
 

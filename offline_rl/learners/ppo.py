@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import group_advantages, sampled_examples
-from rollout.cli import UsageError
+from offline_rl.data import group_advantages, require_behavior_logprobs, sampled_examples
 
 
 @dataclass
@@ -29,8 +28,7 @@ Config = PPOConfig
 
 def examples(dataset, context, cfg: Config | None = None):
     cfg = cfg or Config()
-    if any(not lp for lp in dataset["behavior_logprobs"]):
-        raise UsageError("ppo needs behaviour log-probs; this dataset has rows without them")
+    require_behavior_logprobs(dataset, "ppo")
     informative = [e for e in group_advantages(sampled_examples(dataset, accepted_only=False), cfg.scale_advantages)
                    if e.advantage != 0.0]  # all-right or all-wrong prompts carry no signal
     return informative
