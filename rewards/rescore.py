@@ -38,7 +38,7 @@ class DatasetError(ValueError):
     """The directory is not a readable offline dataset (bad input, exit code 2)."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -146,7 +146,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
         for key, value in stats.items():
             totals[key] = totals.get(key, 0) + value
         new_name = f"{_RESCORED.sub('', Path(name).stem)}.r{token}.parquet"
-        _atomic_write(data_dir / new_name, lambda f, table=table: pq.write_table(table, f))
+        atomic_write(data_dir / new_name, lambda f, table=table: pq.write_table(table, f))
         new_shards.append(new_name)
         _pause(len(new_shards), f"shard {new_name} written")
     _fsync_dir(data_dir)
@@ -172,7 +172,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
     if isinstance(manifest.get("counts"), dict):
         manifest["counts"]["accepted"] = totals["accepted_after"]
     manifest["rescores"] = [*manifest.get("rescores", []), summary]
-    _atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+    atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
     _fsync_dir(dataset)
     _pause(len(new_shards) + 1, "manifest switched")
 
