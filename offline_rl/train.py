@@ -197,11 +197,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
                 totals[k] = totals.get(k, 0.0) + float(v)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         tokens_seen += int(step_tokens)
-
         record = {"step": step + 1, "lr": lr, "grad_norm": float(grad_norm),
                   "tokens": int(step_tokens), "tokens_per_s": tokens_seen / (time.time() - start)}
         # metric sums over every rank and micro-batch, divided by the step's total count: the
@@ -211,16 +207,21 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
         record.update({k.removesuffix("_sum"): float(v) / max(1.0, float(step_tokens)) for k, v in zip(names, summed, strict=True)})
         bar.set_postfix(loss=f"{record['loss']:.4f}", nll=f"{record.get('nll', float('nan')):.3f}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
-        if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
+        if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+                                            or not math.isfinite(record["loss"])):
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
             for k, v in record.items():
                 if k != "step":
                     tensorboard.add_scalar(f"train/{k}", v, step + 1)
-        if not math.isfinite(record["loss"]):
+        if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
+            # checked before the update: no checkpoint ever holds weights a non-finite step produced
             last = latest_checkpoint(checkpoints)
-            raise UsageError(f"loss became {record['loss']} at step {step + 1}; stopped, last good checkpoint: "
-                             f"{last or 'none'}")
+            what = f"loss became {record['loss']}" if not math.isfinite(record["loss"]) else "gradient norm became non-finite"
+            raise UsageError(f"{what} at step {step + 1}; stopped, last good checkpoint: {last or 'none'}")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(accelerator, checkpoints, step + 1)
 
