@@ -1,88 +1,261 @@
-"""``bin/eval``: sample k answers per problem with vLLM and report avg@k per benchmark."""
+"""``bin/eval``: sample k answers per problem and report avg@k, pass@k and maj@k per benchmark.
+
+A benchmark is one of the embedded world's splits (``test-id``), one of the six
+real benchmarks by short name (``gsm8k``, ``math500``, ``minerva``, ``olympiad``,
+``aime24``, ``amc23``; their files in ``--data-dir``), a local JSONL/JSON/Parquet/CSV
+file, or a hub dataset name. Prompts use collect's templates; answers are scored
+by :func:`rewards.score_batch`. Writes a table to stdout and, with ``--out``,
+``results.json`` and every generation in ``generations.parquet``.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rewards
 from offline_rl import world
+from rewards.normalize import normalize_answer
 from rollout.cli import UsageError, parse_config, print_config, save_config
-from rollout.collect import resolve_model
-from rollout.dataset import write_json
-from rollout.engines import ENGINES, SamplingConfig, prompt_seed
-from rollout.templates import render
+from rollout.collect import load_tokenizer, resolve_model
+from rollout.dataset import atomic_write_bytes, write_json
+from rollout.engines import ENGINES, EngineFlags, SamplingConfig, prompt_seed
+from rollout.sources import SourceError, load_source
+from rollout.templates import TEMPLATES, Template, TemplateError, default_template
+
+# the shared benchmarks' files as published (../shared/data/benchmarks/), by short name
+SHARED_BENCHMARKS = {"gsm8k": "gsm8k_test", "math500": "math500_test", "minerva": "minerva_math_test",
+                     "olympiad": "olympiadbench_test", "aime24": "aime24_test", "amc23": "amc23_test"}
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EngineFlags):
     model: str = field(default=None, metadata={"help": "checkpoint directory or hub name (default: the embedded base model)"})
-    benchmarks: str = field(default="test-id,test-ood", metadata={"help": "comma-separated world splits to evaluate on"})
+    benchmarks: str = field(default="test-id,test-ood", metadata={"help": "comma-separated: world splits, gsm8k/math500/minerva/olympiad/aime24/amc23 (with --data-dir), JSONL/Parquet files or hub names"})
+    data_dir: str = field(default=None, metadata={"help": "folder holding the short-named benchmarks' files (e.g. ../shared/data/benchmarks)"})
+    hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk benchmark"})
+    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for world splits, else chat if the model has one, else qwen-boxed)"})
     k: int = field(default=4, metadata={"help": "samples per problem"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
     max_tokens: int = field(default=160, metadata={"help": "most tokens per response"})
     limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    backend: str = field(default="vllm", metadata={"help": "generation engine: vllm or hf"})
-    out: str = field(default=None, metadata={"help": "directory for results.json (default: print only)"})
+    out: str = field(default=None, metadata={"help": "directory for results.json and generations.parquet (default: print only)"})
     name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
 
+
+# ---------------------------------------------------------------- metrics
 
 def avg_at_k(correct: list[list[float]]) -> float:
     """Mean accuracy over all k samples of all problems."""
     return sum(map(sum, correct)) / max(1, sum(map(len, correct)))
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of pass@k from n samples of which c are correct (Chen et al. 2021):
+    ``1 - C(n-c, k) / C(n, k)``, as a product so that large n neither overflows nor loses precision."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def pass_ks(k: int) -> list[int]:
+    """The k's reported for pass@k: powers of two up to k, and k itself."""
+    return sorted({2**i for i in range(k.bit_length()) if 2**i <= k} | {k})
+
+
+def majority_correct(preds: list[str], correct: list[float]) -> float:
+    """maj@k: is the most frequent extracted answer right?
+
+    Answers are grouped by their normalised text, except that every correct answer joins one
+    group (each equals the gold, so they equal each other: ``1/2`` and ``\\frac{1}{2}`` vote
+    together). Samples without an answer do not vote. Ties go to the group whose first sample
+    came first, so the result is a function of the samples in order.
+    """
+    votes: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    for i, (pred, ok) in enumerate(zip(preds, correct, strict=True)):
+        key = "\0correct" if ok else re.sub(r"\s+", "", normalize_answer(pred))
+        if not key:
+            continue
+        votes[key] += 1
+        first.setdefault(key, i)
+    if not votes:
+        return 0.0
+    winner = min(votes, key=lambda key: (-votes[key], first[key]))
+    return 1.0 if winner == "\0correct" else 0.0
+
+
+def benchmark_metrics(correct: list[list[float]], preds: list[list[str]], lengths: list[list[int]],
+                      truncated: list[list[bool]], k: int) -> dict:
+    n_samples = max(1, sum(map(len, correct)))
+    metrics = {"problems": len(correct), f"avg@{k}": avg_at_k(correct)}
+    for j in pass_ks(k):
+        metrics[f"pass@{j}"] = sum(pass_at_k(len(c), int(sum(c)), j) for c in correct) / max(1, len(correct))
+    metrics[f"maj@{k}"] = sum(majority_correct(p, c) for p, c in zip(preds, correct, strict=True)) / max(1, len(correct))
+    metrics["mean_response_tokens"] = sum(map(sum, lengths)) / n_samples
+    metrics["truncation_rate"] = sum(map(sum, truncated)) / n_samples
+    return metrics
+
+
+# ---------------------------------------------------------------- benchmarks
+
+@dataclass
+class Benchmark:
+    name: str
+    records: list[dict]  # {"prompt_id", "question", "gold"}
+    kind: str  # world, file, disk, hub
+
+
+def known_benchmarks() -> str:
+    return f"{', '.join(world.SPLITS)}, {', '.join(SHARED_BENCHMARKS)}, a JSONL/JSON/Parquet/CSV file, or a hub dataset name"
+
+
+def shared_file(name: str, data_dir: str | None) -> Path:
+    if data_dir is None:
+        raise UsageError(f"benchmark {name} needs --data-dir, the folder holding {SHARED_BENCHMARKS[name]}.jsonl")
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"data dir not found: {folder}")
+    stem = SHARED_BENCHMARKS[name]
+    found = [folder / f"{stem}{ext}" for ext in (".jsonl", ".parquet", ".json") if (folder / f"{stem}{ext}").is_file()]
+    if not found:
+        raise UsageError(f"{folder} holds no {stem}.jsonl for benchmark {name}")
+    return found[0]
+
+
+def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
+    if name in world.SPLITS:
+        problems = world.load_split(name)
+        return Benchmark(name, [{"prompt_id": p.id, "question": p.question, "gold": p.gold} for p in problems], "world")
+    if name in SHARED_BENCHMARKS:
+        spec, fmt = str(shared_file(name, cfg.data_dir)), name
+    elif Path(name).expanduser().exists() or re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        spec, fmt = name, "auto"
+    else:
+        raise UsageError(f"unknown benchmark {name!r}; known: {known_benchmarks()}")
+    try:
+        loaded = load_source(spec, fmt, hub_split=cfg.hub_split)
+    except (SourceError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    if not loaded.records:
+        raise UsageError(f"benchmark {name} has no problems with a gold answer")
+    label = name if name in SHARED_BENCHMARKS or loaded.description["kind"] == "hub" else Path(name).stem
+    return Benchmark(label, loaded.records, loaded.description["kind"])
+
+
+# ---------------------------------------------------------------- the command
+
 def main(argv: list[str] | None, default_model: str | None = None) -> dict:
     cfg = parse_config(EvalConfig, argv, "eval", __doc__)
     if cfg.k < 1:
         raise UsageError(f"--k must be at least 1 (got {cfg.k})")
+    if cfg.max_tokens < 1 or cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
+        raise UsageError("need --max-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1")
     if cfg.backend not in ENGINES:
         raise UsageError(f"unknown backend {cfg.backend!r}; known: {', '.join(ENGINES)}")
-    benchmarks = [b.strip() for b in cfg.benchmarks.split(",") if b.strip()]
-    unknown = [b for b in benchmarks if b not in world.SPLITS]
-    if unknown or not benchmarks:
-        raise UsageError(f"unknown benchmark {','.join(unknown) or '(none)'}; known: {', '.join(world.SPLITS)}")
+    names = [b.strip() for b in cfg.benchmarks.split(",") if b.strip()]
+    if not names:
+        raise UsageError(f"no benchmark given; known: {known_benchmarks()}")
+    benchmarks = [load_benchmark(name, cfg) for name in names]  # every one checked before any sampling
+    for b in benchmarks:
+        b.records = b.records[: cfg.limit]
     model = resolve_model(cfg.model or default_model)
+    tokenizer = load_tokenizer(model)
+    try:
+        templates = {b.name: Template(cfg.template or default_template(b.kind, tokenizer), tokenizer) for b in benchmarks}
+    except TemplateError as e:
+        raise UsageError(str(e)) from None
     print_config(cfg)
-    results = evaluate(model, benchmarks, cfg)
-    print(format_table({results["name"]: results}, benchmarks, cfg.k))
+    results, generations = evaluate(model, benchmarks, templates, cfg)
+    print(format_table({results["name"]: results}, [b.name for b in benchmarks], cfg.k))
     if cfg.out:
-        save_config(cfg, Path(cfg.out) / "eval_config.json")
-        write_json(Path(cfg.out) / "results.json", results)
+        out = Path(cfg.out)
+        save_config(cfg, out / "eval_config.json")
+        write_generations(out / "generations.parquet", generations)
+        write_json(out / "results.json", results)  # last: its presence marks a finished evaluation
     return results
 
 
-def evaluate(model: str, benchmarks: list[str], cfg: EvalConfig) -> dict:
+def model_max_len(model: str, cfg: EvalConfig) -> int | None:
+    from transformers import AutoConfig
+
+    return cfg.max_model_len or getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
+
+
+def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Template], cfg: EvalConfig
+             ) -> tuple[dict, list[dict]]:
     start = time.time()
-    engine = ENGINES[cfg.backend](model, seed=cfg.seed, dtype="float32")
+    max_len = model_max_len(model, cfg)
+    engine = cfg.engine(model, cfg.seed)
     sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     results = {"model": model, "name": cfg.name or Path(model).name, "k": cfg.k, "temperature": cfg.temperature,
-               "benchmarks": {}}
+               "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "benchmarks": {}}
+    generations: list[dict] = []
     for bench in benchmarks:
-        problems = world.load_split(bench)[: cfg.limit]
-        prompt_ids = [engine.tokenizer(render("world", p.question))["input_ids"] for p in problems]
-        outputs = engine.generate(prompt_ids, sampling, seeds=[prompt_seed(cfg.seed, p.id) for p in problems])
-        correct = [[rewards.score(s.text, p.gold) for s in samples] for p, samples in zip(problems, outputs, strict=True)]
-        results["benchmarks"][bench] = {
-            "problems": len(problems),
-            f"avg@{cfg.k}": avg_at_k(correct),
-            "mean_response_tokens": sum(len(s.token_ids) for o in outputs for s in o) / max(1, sum(map(len, outputs))),
-        }
+        template = templates[bench.name]
+        prompts = [template.render(r["question"]) for r in bench.records]
+        prompt_ids = [template.token_ids(p) for p in prompts]
+        # a prompt the model cannot even read counts as k wrong answers, and is counted
+        fits = [i for i, ids in enumerate(prompt_ids) if max_len is None or len(ids) < max_len]
+        outputs: list[list] = [[] for _ in bench.records]
+        if fits:
+            sampled = engine.generate([prompt_ids[i] for i in fits], sampling,
+                                      seeds=[prompt_seed(cfg.seed, bench.records[i]["prompt_id"]) for i in fits])
+            for i, samples in zip(fits, sampled, strict=True):
+                outputs[i] = samples
+        texts = [s.text for samples in outputs for s in samples]
+        golds = [r["gold"] for r, samples in zip(bench.records, outputs, strict=True) for _ in samples]
+        scored = rewards.score_batch_detailed(texts, golds)
+        flat = iter(range(len(texts)))
+        correct, preds, lengths, truncated = [], [], [], []
+        for record, prompt, samples in zip(bench.records, prompts, outputs, strict=True):
+            idx = [next(flat) for _ in samples]
+            if not samples:  # prompt too long: k wrong, empty answers
+                correct.append([0.0] * cfg.k), preds.append([""] * cfg.k)
+                lengths.append([0] * cfg.k), truncated.append([True] * cfg.k)
+                continue
+            correct.append([scored.rewards[i] for i in idx])
+            preds.append([scored.preds[i] for i in idx])
+            lengths.append([len(s.token_ids) for s in samples])
+            truncated.append([s.finish_reason == "length" for s in samples])
+            for j, (i, s) in enumerate(zip(idx, samples, strict=True)):
+                generations.append({"benchmark": bench.name, "prompt_id": record["prompt_id"], "question": record["question"],
+                                    "gold": record["gold"], "prompt": prompt, "sample_idx": j, "response": s.text,
+                                    "pred": scored.preds[i], "reward": scored.rewards[i],
+                                    "response_tokens": len(s.token_ids), "finish_reason": s.finish_reason})
+        metrics = benchmark_metrics(correct, preds, lengths, truncated, cfg.k)
+        metrics["prompts_too_long"] = len(bench.records) - len(fits)
+        metrics["scoring_timeouts"] = len(scored.timed_out)
+        metrics["template"] = template.name
+        results["benchmarks"][bench.name] = metrics
     engine.close()
     results["wall_seconds"] = round(time.time() - start, 2)
-    return results
+    return results, generations
+
+
+def write_generations(path: Path, generations: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(generations), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def format_table(results_by_model: dict[str, dict], benchmarks: list[str], k: int) -> str:
-    """A Markdown table: one row per model, avg@k per benchmark in percent."""
-    header = "| model | " + " | ".join(f"{b} avg@{k}" for b in benchmarks) + " |"
-    lines = [header, "|---|" + "---:|" * len(benchmarks)]
+    """A Markdown table: one row per model; avg@k, pass@k and maj@k per benchmark in percent."""
+    columns = [(b, m) for b in benchmarks for m in (f"avg@{k}", f"pass@{k}", f"maj@{k}")]
+    lines = ["| model | " + " | ".join(f"{b} {m}" for b, m in columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, res in results_by_model.items():
-        cells = [f"{100 * res['benchmarks'][b][f'avg@{k}']:.1f}" for b in benchmarks]
+        cells = [f"{100 * res['benchmarks'][b][m]:.1f}" if m in res["benchmarks"][b] else "–" for b, m in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

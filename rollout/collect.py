@@ -22,13 +22,13 @@ from tqdm.auto import tqdm
 import rewards
 from rollout.cli import UsageError, parse_config, print_config, save_config
 from rollout.dataset import DatasetWriter, merge, read_manifest, read_rows
-from rollout.engines import ENGINES, SamplingConfig, prompt_seed
+from rollout.engines import ENGINES, EngineFlags, SamplingConfig, prompt_seed
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
 
 @dataclass
-class CollectConfig:
+class CollectConfig(EngineFlags):
     out: str = field(default=None, metadata={"help": "output directory of the offline dataset (required); an existing one is resumed"})
     model: str = field(default=None, metadata={"help": "checkpoint directory or hub name (default: the embedded base model)"})
     source: str = field(default="world:train", metadata={"help": "world:SPLIT, a JSONL/JSON/Parquet/CSV file, a save_to_disk directory, or a hub dataset name"})
@@ -47,13 +47,7 @@ class CollectConfig:
     limit: int = field(default=None, metadata={"help": "then use at most N prompts"})
     shard: str = field(default="0/1", metadata={"help": "I/N: take every N-th prompt starting at I (for several processes or machines)"})
     seed: int = field(default=0, metadata={"help": "run seed; each prompt's seed derives from it and the prompt id"})
-    backend: str = field(default="vllm", metadata={"help": "generation engine: vllm or hf"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype in the engine (float32, bfloat16, auto)"})
-    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)"})
     data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)"})
-    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU"})
     shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)"})
     force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters"})
 
@@ -190,9 +184,7 @@ def load_tokenizer(model: str):
 def collect(cfg: CollectConfig, model: str, template: Template, records: list[dict], loaded, identity: dict,
             out: Path, done_ids: set[str]) -> dict:
     start = time.time()
-    engine = ENGINES[cfg.backend](model, seed=cfg.seed, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                                  kv_cache_gib=cfg.kv_cache_gib, tensor_parallel_size=cfg.tensor_parallel_size,
-                                  gpu_memory_utilization=cfg.gpu_memory_utilization)
+    engine = cfg.engine(model, cfg.seed)
     sampling = SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                               stop=[s for s in cfg.stop.split(",") if s] if cfg.stop else None)
     writer = DatasetWriter(out, {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -28,6 +28,23 @@ class SamplingConfig:
     top_p: float = 1.0
     max_tokens: int = 160
     stop: list[str] | None = None
+
+
+@dataclass
+class EngineFlags:
+    """The engine's own settings, shared as flags by every command that samples (collect, eval)."""
+
+    backend: str = field(default="vllm", metadata={"help": "generation engine: vllm or hf"})
+    dtype: str = field(default="float32", metadata={"help": "model dtype in the engine (float32, bfloat16, auto)"})
+    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)"})
+    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU"})
+
+    def engine(self, model: str, seed: int):
+        return ENGINES[self.backend](model, seed=seed, dtype=self.dtype, max_model_len=self.max_model_len,
+                                     kv_cache_gib=self.kv_cache_gib, tensor_parallel_size=self.tensor_parallel_size,
+                                     gpu_memory_utilization=self.gpu_memory_utilization)
 
 
 def prompt_seed(run_seed: int, prompt_id: str) -> int:

@@ -1,0 +1,117 @@
+"""bin/eval: the metrics against brute force and hand-made cases, end to end on files and the shared benchmarks."""
+
+import itertools
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import rewards
+from offline_rl.evaluate import SHARED_BENCHMARKS, majority_correct, pass_at_k, pass_ks
+from rewards.normalize import gold_answer
+from tests.conftest import run_bin
+from tests.test_cli import assert_one_line_usage_error
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
+
+
+@pytest.mark.parametrize("n", range(1, 7))
+def test_pass_at_k_equals_brute_force_over_all_k_subsets(n):
+    for c in range(n + 1):
+        samples = [1] * c + [0] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(samples, k))
+            brute = sum(any(s) for s in subsets) / len(subsets)
+            assert pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_stays_exact_for_large_n():
+    assert pass_at_k(1000, 1, 1) == pytest.approx(1e-3)
+    assert pass_at_k(1000, 0, 500) == 0.0
+    assert pass_at_k(1000, 501, 500) == 1.0  # every 500-subset holds a correct sample
+    assert pass_ks(8) == [1, 2, 4, 8] and pass_ks(6) == [1, 2, 4, 6] and pass_ks(1) == [1]
+
+
+@pytest.mark.parametrize("preds, correct, expected", [
+    (["3", "3", "5", "7"], [1, 1, 0, 0], 1.0),  # plain majority
+    (["5", "3", "5", "3"], [0, 1, 0, 1], 0.0),  # tie: the answer seen first wins
+    (["3", "5", "5", "3"], [1, 0, 0, 1], 1.0),  # the same tie, the other order
+    (["1/2", "\\frac{1}{2}", "0.3", "0.3", "0.3"], [1, 1, 0, 0, 0], 0.0),  # wrong answer out-voted the right one
+    (["1/2", "\\frac{1}{2}", "0.5", "0.3", "0.3"], [1, 1, 1, 0, 0], 1.0),  # equal right answers vote together
+    (["", "", "", "4"], [0, 0, 0, 1], 1.0),  # no answer, no vote
+    (["", ""], [0, 0], 0.0),
+    (["x = 4", "x=4", "7"], [0, 0, 1], 0.0),  # whitespace does not split a wrong answer's votes
+])
+def test_majority_vote_on_hand_made_answer_sets(preds, correct, expected):
+    assert majority_correct(preds, [float(c) for c in correct]) == expected
+
+
+def test_eval_of_a_tiny_model_on_a_tiny_file_benchmark(tmp_path, tiny_model_dir):
+    from offline_rl import world
+
+    problems = world.load_split("test-id")[:6]
+    bench = tmp_path / "mini.jsonl"
+    bench.write_text("".join(json.dumps({"question": p.question, "answer": p.gold}) + "\n" for p in problems))
+    result = run_bin("eval", "--model", str(tiny_model_dir), "--benchmarks", str(bench), "--template", "world",
+                     "--k", "3", "--max-tokens", "24", "--backend", "hf", "--out", str(tmp_path / "ev"), "--name", "tiny")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| tiny |" in result.stdout and "mini avg@3" in result.stdout
+
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    metrics = res["benchmarks"]["mini"]
+    gens = pq.read_table(tmp_path / "ev" / "generations.parquet").to_pylist()
+    assert len(gens) == 6 * 3 and metrics["problems"] == 6
+    assert [g["gold"] for g in gens[::3]] == [p.gold for p in problems]
+    assert all(g["prompt"] == f"Question: {p.question}\nAnswer:" for g, p in zip(gens[::3], problems, strict=True))
+    # every stored reward is the verifier's verdict, and the metrics are functions of them
+    assert [g["reward"] for g in gens] == [rewards.score(g["response"], g["gold"]) for g in gens]
+    per_problem = [[g["reward"] for g in gens[i : i + 3]] for i in range(0, 18, 3)]
+    assert metrics["avg@3"] == pytest.approx(sum(map(sum, per_problem)) / 18)
+    assert metrics["pass@3"] == pytest.approx(sum(any(r) for r in per_problem) / 6)
+    assert metrics["pass@1"] == pytest.approx(metrics["avg@3"])
+    assert metrics["mean_response_tokens"] == pytest.approx(sum(g["response_tokens"] for g in gens) / 18)
+    assert metrics["truncation_rate"] == pytest.approx(sum(g["finish_reason"] == "length" for g in gens) / 18)
+    assert all(g["response_tokens"] <= 24 for g in gens)
+
+
+@pytest.mark.slow
+def test_eval_runs_each_shared_benchmark_end_to_end(tmp_path):
+    if not SHARED.is_dir():
+        pytest.skip(f"benchmark data absent: {SHARED}")
+    result = run_bin("eval", "--benchmarks", ",".join(SHARED_BENCHMARKS), "--data-dir", str(SHARED), "--limit", "3",
+                     "--k", "2", "--max-tokens", "16", "--out", str(tmp_path / "ev"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert list(res["benchmarks"]) == list(SHARED_BENCHMARKS)
+    gens = pq.read_table(tmp_path / "ev" / "generations.parquet").to_pylist()
+    sources = {"gsm8k": "gsm8k", "math500": "math500", "minerva": "minerva_math", "olympiad": "olympiadbench",
+               "aime24": "aime24", "amc23": "amc23"}
+    for name, stem in SHARED_BENCHMARKS.items():
+        metrics = res["benchmarks"][name]
+        assert metrics["problems"] == 3 and metrics["template"] == "qwen-boxed"
+        rows = [json.loads(line) for line in (SHARED / f"{stem}.jsonl").read_text().splitlines()[:3]]
+        mine = [g for g in gens if g["benchmark"] == name]
+        assert len(mine) + 2 * metrics["prompts_too_long"] == 6
+        golds = [gold_answer(r, sources[name]) for r in rows]
+        assert {g["gold"] for g in mine} <= set(golds) and golds[0]
+        assert all("\\boxed{}" in g["prompt"] for g in mine)  # the boxed-answer instruction
+        assert all(g["reward"] == rewards.score(g["response"], g["gold"]) for g in mine)
+
+
+def test_eval_unknown_benchmark_lists_the_known_ones():
+    assert_one_line_usage_error(run_bin("eval", "--benchmarks", "test-id,mmlu"), "unknown benchmark 'mmlu'", "test-ood",
+                                "gsm8k", "amc23")
+
+
+def test_eval_shared_benchmark_without_or_with_a_missing_data_dir(tmp_path):
+    assert_one_line_usage_error(run_bin("eval", "--benchmarks", "gsm8k"), "--data-dir")
+    assert_one_line_usage_error(run_bin("eval", "--benchmarks", "gsm8k", "--data-dir", str(tmp_path / "nowhere")),
+                                "data dir not found")
+    assert_one_line_usage_error(run_bin("eval", "--benchmarks", "aime24", "--data-dir", str(tmp_path)),
+                                "aime24_test.jsonl")
+
+
+def test_eval_model_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert_one_line_usage_error(run_bin("eval", "--model", str(tmp_path)), "not a model checkpoint")
