@@ -1,0 +1,376 @@
+"""``bin/compare``: several learners × seeds on one offline dataset under one budget, one report.
+
+Every learner trains from the same initial model on the same dataset for the same
+number of optimizer steps, batch size and learning-rate schedule (a learner's
+recipe may change its own hyper-parameters: see ``RECIPES`` and ``--learner-args``),
+then each model — the base model included — is evaluated with the same sampling on
+the same benchmarks, with the run's seed. Each stage is a real ``bin/`` command run
+as a subprocess (its output in ``OUT/logs/``); finished stages are skipped when the
+command is run again, an interrupted training resumes from its last checkpoint.
+
+Writes ``OUT/report.md`` (mean ± std over seeds, best per column in bold),
+``OUT/results.csv`` (one row per model, seed and benchmark) and ``OUT/plots/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from offline_rl.evaluate import EvalConfig, load_benchmark, pass_ks
+from offline_rl.learners import LEARNERS
+from rollout.cli import UsageError, parse_config, print_config, save_config
+from rollout.collect import resolve_model
+from rollout.dataset import atomic_write_bytes, read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A learner's own recipe under the shared budget: flags added to its bin/train command.
+# DPO's loss is per pair of whole sequences, and at the SFT-style rate (2e-4) it drove the
+# embedded model to 16 % test-id avg@4 from 28 % (over-optimisation); DPO recipes use a rate
+# an order of magnitude or more below SFT's (Rafailov et al. 2023; Tunstall et al. 2023).
+RECIPES = {"dpo": ["--lr-scale", "0.1"]}
+
+
+@dataclass
+class CompareConfig:
+    out: str = field(default=None, metadata={"help": "comparison directory (required); run again to resume"})
+    data: str = field(default=None, metadata={"help": "offline dataset from bin/collect (default: collect one into OUT/data with bin/collect's defaults)"})
+    model: str = field(default=None, metadata={"help": "initial model of every learner (default: the dataset's model)"})
+    collect_limit: int = field(default=None, metadata={"help": "when collecting: use at most N prompts of the source"})
+    learners: str = field(default=",".join(LEARNERS), metadata={"help": f"comma-separated learners: {', '.join(LEARNERS)}"})
+    seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
+    benchmarks: str = field(default="test-id,test-ood", metadata={"help": "benchmarks, as bin/eval takes them"})
+    data_dir: str = field(default=None, metadata={"help": "folder of the short-named benchmarks' files (bin/eval --data-dir)"})
+    budget_steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)"})
+    batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe"})
+    learner_args: str = field(default=None, metadata={"help": "extra bin/train flags per learner, e.g. 'dpo: --beta 0.2; ppo: --clip-eps 0.1' (replace the recipe)"})
+    k: int = field(default=4, metadata={"help": "samples per problem in evaluation"})
+    temperature: float = field(default=1.0, metadata={"help": "evaluation sampling temperature"})
+    max_tokens: int = field(default=160, metadata={"help": "most tokens per evaluation response"})
+    eval_limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark"})
+    backend: str = field(default="vllm", metadata={"help": "generation engine for collection and evaluation: vllm or hf"})
+    force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings"})
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    done: Path  # written last by the command: its presence means the stage is finished
+    resume: Path | None = None  # a checkpoint folder: when it holds one, add --resume
+
+
+def parse_learner_args(spec: str | None) -> dict[str, list[str]]:
+    """'dpo: --beta 0.2; ppo: --clip-eps 0.1' -> {"dpo": [...], "ppo": [...]}; a learner named here loses its recipe."""
+    args = {name: list(flags) for name, flags in RECIPES.items()}
+    for part in (spec or "").split(";"):
+        if not part.strip():
+            continue
+        name, sep, flags = part.partition(":")
+        name = name.strip()
+        if not sep or name not in LEARNERS:
+            raise UsageError(f"--learner-args: expected 'LEARNER: FLAGS; ...' with a known learner, got {part.strip()!r}")
+        args[name] = shlex.split(flags)
+    return args
+
+
+def train_flags(learner: str, cfg: CompareConfig, extra: dict[str, list[str]]) -> list[str]:
+    flags = list(extra.get(learner, []))
+    lr = cfg.lr
+    if "--lr-scale" in flags:  # a recipe's rate relative to the shared one
+        i = flags.index("--lr-scale")
+        lr = cfg.lr * float(flags[i + 1])
+        del flags[i : i + 2]
+    return ["--lr", f"{lr:g}", *flags]
+
+
+def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: list[int]) -> list[Stage]:
+    bins = lambda name: [sys.executable, str(ROOT / "bin" / name)]  # noqa: E731
+    extra = parse_learner_args(cfg.learner_args)
+    model = ["--model", cfg.model] if cfg.model else []
+    stages = []
+    if not (data / "manifest.json").exists() or not read_manifest(data).get("complete"):
+        limit = ["--limit", str(cfg.collect_limit)] if cfg.collect_limit else []
+        stages.append(Stage("collect", [*bins("collect"), "--out", str(data), "--backend", cfg.backend, *model, *limit],
+                            data / "manifest.json"))
+    evaluation = ["--benchmarks", cfg.benchmarks, "--k", str(cfg.k), "--temperature", str(cfg.temperature),
+                  "--max-tokens", str(cfg.max_tokens), "--backend", cfg.backend,
+                  *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else []),
+                  *(["--data-dir", cfg.data_dir] if cfg.data_dir else [])]
+    for seed in seeds:
+        base_model = cfg.model or "{dataset model}"
+        stages.append(Stage(f"eval base s{seed}", [*bins("eval"), "--model", base_model, "--name", "base", "--seed",
+                                                   str(seed), *evaluation, "--out", str(out / "evals" / f"base-s{seed}")],
+                            out / "evals" / f"base-s{seed}" / "results.json"))
+        for learner in learners:
+            run = out / "runs" / f"{learner}-s{seed}"
+            stages.append(Stage(f"train {learner} s{seed}", [
+                *bins("train"), "--learner", learner, "--data", str(data), *model, "--out", str(run),
+                "--max-steps", str(cfg.budget_steps), "--batch-size", str(cfg.batch_size), "--seed", str(seed),
+                "--save-every", str(max(1, cfg.budget_steps // 3)), "--log-every", "5",
+                *train_flags(learner, cfg, extra)], run / "train_summary.json", resume=run / "checkpoints"))
+            stages.append(Stage(f"eval {learner} s{seed}", [
+                *bins("eval"), "--model", str(run), "--name", learner, "--seed", str(seed), *evaluation,
+                "--out", str(out / "evals" / f"{learner}-s{seed}")], out / "evals" / f"{learner}-s{seed}" / "results.json"))
+    return stages
+
+
+def run_stage(stage: Stage, logs: Path, dataset_model: str | None) -> float:
+    command = [dataset_model if c == "{dataset model}" else c for c in stage.command]
+    if stage.resume is not None and any(stage.resume.glob("step-*")):
+        command.append("--resume")
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / (stage.name.replace(" ", "-") + ".log")
+    start = time.time()
+    with log.open("w") as f:
+        f.write(shlex.join(command) + "\n")
+        f.flush()
+        done = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        raise StageFailed(f"{stage.name} failed (exit {done.returncode}): {lines[-1] if lines else ''} [log: {log}]")
+    return time.time() - start
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def main(argv: list[str] | None) -> dict:
+    cfg = parse_config(CompareConfig, argv, "compare", __doc__)
+    if cfg.out is None:
+        raise UsageError("--out is required")
+    learners = [name.strip() for name in cfg.learners.split(",") if name.strip()]
+    unknown = [name for name in learners if name not in LEARNERS]
+    if unknown or not learners:
+        raise UsageError(f"unknown learner {','.join(unknown) or '(none)'}; known: {', '.join(LEARNERS)}")
+    try:
+        seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers (got {cfg.seeds!r})") from None
+    if not seeds or cfg.budget_steps < 1 or cfg.batch_size < 1 or cfg.k < 1:
+        raise UsageError("need at least one seed, --budget-steps >= 1, --batch-size >= 1, --k >= 1")
+    for name in cfg.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
+        if name.strip():
+            load_benchmark(name.strip(), EvalConfig(data_dir=cfg.data_dir))
+    parse_learner_args(cfg.learner_args)
+    out = Path(cfg.out)
+    data = Path(cfg.data) if cfg.data else out / "data"
+    if cfg.data and not (data / "manifest.json").is_file():
+        raise UsageError(f"{data} is not an offline dataset (no manifest.json); omit --data to collect one")
+    if cfg.model:
+        resolve_model(cfg.model)
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "seeds", "force")}
+    saved = out / "compare_config.json"
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        differs = sorted(k for k, v in settings.items() if previous.get(k) != v)
+        if differs and not cfg.force:
+            raise UsageError(f"{out} was run with different {', '.join(differs)}; choose another --out, or --force")
+    elif out.exists() and any(out.iterdir()) and not cfg.force:
+        raise UsageError(f"{out} exists and is not a comparison directory; choose another --out")
+    print_config(cfg)
+    save_config(cfg, saved)
+
+    stages = plan(cfg, out, data, learners, seeds)
+    todo = [s for s in stages if not s.done.exists()]
+    failures: list[str] = []
+    bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="compare", unit="stage")
+    for stage in todo:
+        bar.set_postfix_str(stage.name)
+        trained = stage.name.replace("eval ", "train ", 1)
+        if stage.name.startswith("eval ") and any(f.startswith(trained + " ") for f in failures):
+            bar.update(1)  # nothing to evaluate
+            continue
+        dataset_model = read_manifest(data)["model"] if (data / "manifest.json").exists() else None
+        try:
+            seconds = run_stage(stage, out / "logs", dataset_model)
+        except StageFailed as e:
+            if stage.name == "collect":
+                raise UsageError(str(e)) from None
+            failures.append(str(e))
+            tqdm.write(str(e), file=sys.stderr)
+        else:
+            tqdm.write(f"{stage.name}: {seconds:.0f} s", file=sys.stderr)
+        bar.update(1)
+    bar.close()
+
+    summary = write_report(out, cfg, ["base", *learners], seeds, data)
+    print(summary["table"])
+    print(f"\nreport: {out / 'report.md'}, {out / 'results.csv'}, plots in {out / 'plots'}")
+    if failures:
+        raise UsageError(f"{len(failures)} stage(s) failed, the report holds the rest: {failures[0]}")
+    return summary
+
+
+# ---------------------------------------------------------------- the report
+
+def collect_results(out: Path, models: list[str], seeds: list[int]) -> list[dict]:
+    """One row per model, seed and benchmark, from the evaluations present."""
+    rows = []
+    for model in models:
+        for seed in seeds:
+            path = out / "evals" / f"{model}-s{seed}" / "results.json"
+            if not path.exists():
+                continue
+            res = json.loads(path.read_text())
+            train = out / "runs" / f"{model}-s{seed}" / "train_summary.json"
+            train_seconds = json.loads(train.read_text())["seconds"] if train.exists() else None
+            for bench, metrics in res["benchmarks"].items():
+                rows.append({"model": model, "seed": seed, "benchmark": bench, "train_seconds": train_seconds,
+                             **{k: v for k, v in metrics.items() if isinstance(v, int | float)}})
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_report_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str) -> str:
+    """mean ± std (percent) per model and benchmark; the best mean of each column in bold."""
+    cell: dict[tuple[str, str], tuple[float, float, int]] = {}
+    for model in models:
+        for bench in benchmarks:
+            values = [100 * r[metric] for r in rows if r["model"] == model and r["benchmark"] == bench and metric in r]
+            if values:
+                cell[model, bench] = (*mean_std(values), len(values))
+    best = {b: max((cell[m, b][0] for m in models if (m, b) in cell), default=None) for b in benchmarks}
+    lines = ["| model | " + " | ".join(f"{b} {metric}" for b in benchmarks) + " | seeds |",
+             "|---|" + "---:|" * len(benchmarks) + "---:|"]
+    for model in models:
+        cells, n = [], 0
+        for bench in benchmarks:
+            if (model, bench) not in cell:
+                cells.append("–")
+                continue
+            mean, std, count = cell[model, bench]
+            n = max(n, count)
+            text = f"{mean:.1f} ± {std:.1f}"
+            cells.append(f"**{text}**" if mean == best[bench] else text)
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[int], data: Path) -> dict:
+    rows = collect_results(out, models, seeds)
+    benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
+    k = cfg.k
+    columns = ["model", "seed", "benchmark", "problems", f"avg@{k}", *[f"pass@{j}" for j in pass_ks(k) if j > 1],
+               f"maj@{k}", "mean_response_tokens", "truncation_rate", "prompts_too_long", "train_seconds"]
+    buffer = _csv_text(rows, columns)
+    atomic_write_bytes(out / "results.csv", buffer.encode())
+
+    table = format_report_table(rows, models, benchmarks, f"avg@{k}")
+    manifest = read_manifest(data) if (data / "manifest.json").exists() else {}
+    counts = manifest.get("counts", {})
+    recipes = parse_learner_args(cfg.learner_args)
+    lines = [
+        "# Offline RL learners compared", "",
+        f"Dataset `{data}`: {counts.get('responses', '?')} responses to {counts.get('prompts', '?')} prompts "
+        f"from `{manifest.get('model', '?')}`, pass rate {manifest.get('pass_rate', float('nan')):.3f}.",
+        f"Budget per learner: {cfg.budget_steps} optimizer steps of {cfg.batch_size} sequences (DPO: pairs), "
+        f"AdamW, peak lr {cfg.lr:g} with 5 % warm-up and cosine decay; seeds {', '.join(map(str, seeds))} "
+        f"(training order and evaluation sampling). Evaluation: k = {k} samples per problem at temperature "
+        f"{cfg.temperature:g}, at most {cfg.max_tokens} tokens.",
+    ]
+    if any(recipes.get(m) for m in models):
+        lines.append("Learner recipes: " + "; ".join(f"{m} `{' '.join(recipes[m])}`" for m in models if recipes.get(m)) + ".")
+    lines += ["", f"## avg@{k} (%; mean ± std over seeds; best per column in bold)", "", table, ""]
+    for metric in [f"pass@{k}", f"maj@{k}"]:
+        if k > 1:
+            lines += [f"## {metric} (%)", "", format_report_table(rows, models, benchmarks, metric), ""]
+    lines += ["## Plots", "", "![accuracy per benchmark](plots/accuracy.png)", "",
+              "![training curves](plots/training.png)", ""]
+    atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
+    plot_accuracy(rows, models, benchmarks, f"avg@{k}", out / "plots" / "accuracy.png")
+    plot_training(out, [m for m in models if m != "base"], seeds, out / "plots" / "training.png")
+    return {"table": table, "rows": rows}
+
+
+def _csv_text(rows: list[dict], columns: list[str]) -> str:
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def _save_figure(fig, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], metric: str, path: Path) -> None:
+    """Bars of mean accuracy with std error bars, one panel per benchmark; each seed a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(benchmarks)), figsize=(1.2 + 0.7 * len(models) * max(1, len(benchmarks)), 3.6),
+                             squeeze=False)
+    for ax, bench in zip(axes[0], benchmarks, strict=False):
+        present = [m for m in models if any(r["model"] == m and r["benchmark"] == bench for r in rows)]
+        values = [[100 * r[metric] for r in rows if r["model"] == m and r["benchmark"] == bench] for m in present]
+        means = [statistics.fmean(v) for v in values]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        colors = ["0.6" if m == "base" else f"C{i}" for i, m in enumerate(present)]
+        ax.bar(range(len(present)), means, yerr=stds, capsize=3, color=colors)
+        for i, v in enumerate(values):
+            ax.plot([i] * len(v), v, "k.", markersize=3)
+        ax.set_xticks(range(len(present)), present, rotation=45, ha="right")
+        ax.set_title(bench)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(axis="y", alpha=0.3)
+    _save_figure(fig, path)
+
+
+def plot_training(out: Path, learners: list[str], seeds: list[int], path: Path) -> None:
+    """NLL of the trained tokens and each learner's own loss over steps (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_nll, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, learner in enumerate(learners):
+        curves = []
+        for seed in seeds:
+            metrics = out / "runs" / f"{learner}-s{seed}" / "metrics.jsonl"
+            if metrics.exists():
+                curves.append([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()])
+        if not curves:
+            continue
+        length = min(map(len, curves))
+        steps = [c["step"] for c in curves[0][:length]]
+        for ax, key in ((ax_nll, "nll"), (ax_loss, "loss")):
+            if all(key in c[0] for c in curves):
+                ax.plot(steps, [statistics.fmean(c[j][key] for c in curves) for j in range(length)],
+                        color=f"C{i + 1}", label=learner)
+    ax_nll.set_title("NLL of trained tokens")
+    ax_loss.set_title("learner's loss")
+    for ax in (ax_nll, ax_loss):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8)
+    _save_figure(fig, path)

@@ -1,0 +1,84 @@
+"""bin/compare: learners × seeds under one budget -> report.md, results.csv, plots; resumable; bad input."""
+
+import csv
+import json
+
+import pytest
+
+from offline_rl.compare import CompareConfig, format_report_table, parse_learner_args, train_flags
+from tests.conftest import run_bin
+from tests.test_cli import assert_one_line_usage_error
+
+ARGS = ["--learners", "rft,dft", "--seeds", "0,1", "--benchmarks", "test-id", "--eval-limit", "6", "--k", "2",
+        "--max-tokens", "48", "--budget-steps", "3", "--batch-size", "4", "--backend", "hf"]
+
+
+@pytest.mark.slow
+def test_compare_two_learners_two_seeds_writes_report_csv_and_plots_and_resumes(tmp_path, hf_dataset):
+    out = tmp_path / "cmp"
+    result = run_bin("compare", "--data", str(hf_dataset), "--out", str(out), *ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {(r["model"], r["seed"]) for r in rows} == {(m, s) for m in ("base", "rft", "dft") for s in ("0", "1")}
+    assert all(r["benchmark"] == "test-id" and r["problems"] == "6" and 0 <= float(r["avg@2"]) <= 1 for r in rows)
+    assert all(float(r["train_seconds"]) > 0 for r in rows if r["model"] != "base")
+    for r in rows:  # the CSV holds what each evaluation wrote
+        res = json.loads((out / "evals" / f"{r['model']}-s{r['seed']}" / "results.json").read_text())
+        assert float(r["avg@2"]) == pytest.approx(res["benchmarks"]["test-id"]["avg@2"])
+    for learner in ("rft", "dft"):  # the same budget for every learner
+        for seed in (0, 1):
+            summary = json.loads((out / "runs" / f"{learner}-s{seed}" / "train_summary.json").read_text())
+            assert summary["steps"] == 3
+    report = (out / "report.md").read_text()
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| model | test-id avg@2")
+    assert [line.split(" | ")[0] for line in table[1:4]] == ["| base", "| rft", "| dft"]
+    assert report.count("**") >= 2 and " ± " in report and "| 2 |" in table[1]
+    for png in ("accuracy.png", "training.png"):
+        assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| base |" in result.stdout
+
+    # resumable: a second run finds everything done and starts nothing
+    before = {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("results.json")}
+    again = run_bin("compare", "--data", str(hf_dataset), "--out", str(out), *ARGS)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("results.json")} == before
+    assert not any("train " in line and " s" in line for line in again.stderr.splitlines() if line.endswith(" s"))
+
+
+def test_report_table_marks_the_best_mean_per_column():
+    rows = [{"model": m, "benchmark": b, "avg@4": v} for m, b, v in [
+        ("base", "a", 0.2), ("base", "a", 0.4), ("dft", "a", 0.5), ("dft", "a", 0.7), ("base", "b", 0.3), ("dft", "b", 0.1)]]
+    table = format_report_table(rows, ["base", "dft"], ["a", "b"], "avg@4").splitlines()
+    assert table[2] == "| base | 30.0 ± 14.1 | **30.0 ± 0.0** | 2 |"
+    assert table[3] == "| dft | **60.0 ± 14.1** | 10.0 ± 0.0 | 2 |"
+
+
+def test_learner_recipes_and_overrides():
+    cfg = CompareConfig(lr=2e-4)
+    assert train_flags("dft", cfg, parse_learner_args(None)) == ["--lr", "0.0002"]
+    assert train_flags("dpo", cfg, parse_learner_args(None)) == ["--lr", "2e-05"]  # DPO's recipe
+    overrides = parse_learner_args("dpo: --beta 0.5; ppo: --clip-eps 0.1")
+    assert train_flags("dpo", cfg, overrides) == ["--lr", "0.0002", "--beta", "0.5"]
+    assert train_flags("ppo", cfg, overrides) == ["--lr", "0.0002", "--clip-eps", "0.1"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--learners", "dft,ddpg"], "unknown learner ddpg; known: sft, rft, dft"),
+    (["--seeds", "0,one"], "--seeds"),
+    (["--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),
+    (["--learner-args", "ddpg: --beta 1"], "--learner-args"),
+    (["--budget-steps", "0"], "--budget-steps"),
+])
+def test_compare_bad_input(tmp_path, args, fragment):
+    assert_one_line_usage_error(run_bin("compare", "--out", str(tmp_path / "c"), *args), fragment)
+
+
+def test_compare_refuses_a_missing_dataset_and_a_foreign_out_dir(tmp_path):
+    assert_one_line_usage_error(run_bin("compare", "--out", str(tmp_path / "c"), "--data", str(tmp_path / "none")),
+                                "not an offline dataset")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    assert_one_line_usage_error(run_bin("compare", "--out", str(tmp_path / "mine")), "not a comparison directory")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
