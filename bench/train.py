@@ -1,0 +1,235 @@
+"""DFT training throughput: our loop (offline_rl.train, learner dft) vs TRL's SFTTrainer(loss_type="dft").
+
+Same model, same accepted samples in the same order (world train problems, their reference solutions as
+responses), same batch size, steps, learning rate and 5% warm-up + cosine (TRL's warm-up starts at 0, ours one
+step later); fp32 on CPU, bf16 autocast over fp32 weights on GPU, for both; step 1 gives both the same loss. No packing, no padding-free batches and no gradient checkpointing on
+either side (TRL turns checkpointing on by default; ours has none). TRL keeps its own default optimizer
+(fused AdamW on torch >= 2.8) and its per-step metrics (entropy, token accuracy).
+
+Tokens/s counts trained (completion) tokens over the wall time of steps after --warmup, read from a global
+optimizer-step hook, identically for both sides. Each side runs in a fresh process; peak memory is the peak
+RSS of that process (CPU; both import the same modules first) or torch.cuda.max_memory_allocated (GPU).
+
+    .venv/bin/python bench/train.py [--steps 30] [--warmup 5] [--batch-size 32] [--repeats 2] [--shape base|qwen0.5b | --model DIR]
+"""
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPES = {  # random-init Qwen2 configurations; "base" is the embedded checkpoint itself
+    "qwen0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                     intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                     rms_norm_eps=1e-6, tie_word_embeddings=True),
+}
+
+
+def prepare(work: Path, shape: str, model: str | None, problems: int) -> tuple[str, list[dict]]:
+    """The model directory and an offline dataset of world problems with reference solutions as accepted responses."""
+    from transformers import AutoTokenizer
+
+    from offline_rl import world
+    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from rollout.dataset import DatasetWriter
+    from rollout.templates import Template
+
+    model_path = model or str(DEFAULT_BASE_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if model is None and shape != "base":
+        import torch
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        torch.manual_seed(0)
+        eos = tokenizer.eos_token_id  # the embedded tokenizer's ids all lie inside the larger vocabulary
+        config = Qwen2Config(**SHAPES[shape], eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
+        model_path = str(work / "model")
+        Qwen2ForCausalLM(config).save_pretrained(model_path)
+        tokenizer.save_pretrained(model_path)
+
+    template = Template("world", tokenizer)
+    rows = []
+    for p in world.load_split("train")[:problems]:
+        response = tokenizer(" " + p.solution)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append({"prompt_id": p.id, "question": p.question, "gold": p.gold, "prompt": p.prompt,
+                     "prompt_token_ids": template.token_ids(p.prompt), "response_token_ids": response,
+                     "response": " " + p.solution, "behavior_logprobs": [0.0] * len(response), "sample_idx": 0,
+                     "finish_reason": "stop", "pred": p.gold, "reward": 1.0})
+    writer = DatasetWriter(work / "data", {"model": model_path, "source": {"kind": "world", "split": "train"}})
+    writer.write_shard(rows)
+    writer.finish()
+    return model_path, rows
+
+
+def batch_plan(n_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Example indices of each step, in the order offline_rl.train draws them (one process, no accumulation)."""
+    rng, plan = random.Random(seed), []
+    while len(plan) < steps:
+        order = rng.sample(range(n_examples), n_examples)
+        plan += [order[b : b + batch_size] for b in range(0, n_examples - batch_size + 1, batch_size)]
+    return plan[:steps]
+
+
+class StepClock:
+    """Wall time at the end of every optimizer step, whoever's loop calls it."""
+
+    def __init__(self):
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.times: list[float] = []
+        self.on_gpu = torch.cuda.is_available()
+        register_optimizer_step_post_hook(self.tick)
+
+    def tick(self, *_):
+        import torch
+
+        if self.on_gpu:
+            torch.cuda.synchronize()  # the step's kernels done, not merely queued
+        self.times.append(time.perf_counter())
+
+
+def run_ours(work: Path, model_path: str, args) -> list[float]:
+    from offline_rl.train import TrainConfig, train
+    from rollout.dataset import load_offline_dataset, read_manifest
+
+    cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), max_steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size, seed=0)
+    clock = StepClock()
+    train(cfg, read_manifest(work / "data"), load_offline_dataset(work / "data"), model_path)
+    # train() logs its own per-step token counts: they must be the plan's
+    plan_tokens = json.loads((work / "plan.json").read_text())["tokens"]
+    for record in map(json.loads, (work / "ours" / "metrics.jsonl").read_text().splitlines()):
+        assert record["tokens"] == plan_tokens[record["step"] - 1], (record, plan_tokens[record["step"] - 1])
+    return clock.times
+
+
+def run_trl(work: Path, model_path: str, args) -> list[float]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from rollout.dataset import read_rows
+
+    rows = read_rows(work / "data")
+    plan = json.loads((work / "plan.json").read_text())
+    ordered = [rows[i] for step in plan["indices"] for i in step]  # read in sequence: the same batches as ours
+    dataset = Dataset.from_dict({
+        "input_ids": [r["prompt_token_ids"] + r["response_token_ids"] for r in ordered],
+        "labels": [[-100] * len(r["prompt_token_ids"]) + r["response_token_ids"] for r in ordered],  # completion only
+    })
+    on_gpu = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model.config.use_cache = False
+    config = SFTConfig(
+        output_dir=str(work / "trl"), loss_type="dft", max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, train_sampling_strategy="sequential",
+        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, adam_beta2=0.95,
+        max_grad_norm=1.0, bf16=on_gpu, use_cpu=not on_gpu, gradient_checkpointing=False, packing=False,
+        padding_free=False, max_length=None, report_to="none", save_strategy="no", logging_steps=10, seed=0,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
+                         processing_class=AutoTokenizer.from_pretrained(model_path))
+    collate, trained = trainer.data_collator, []
+
+    def counting_collate(examples):
+        batch = collate(examples)
+        trained.append(int((batch["labels"][:, 1:] != -100).sum()))  # the positions TRL's shifted loss covers
+        return batch
+
+    trainer.data_collator = counting_collate
+    clock = StepClock()
+    trainer.train()
+    assert trained[: args.steps] == plan["tokens"], "TRL trained other tokens than the plan"
+    return clock.times
+
+
+def run_one(side: str, work: Path, model_path: str, args) -> dict:
+    import torch
+    import trl  # noqa: F401  both sides import the same modules before the memory baseline
+
+    import offline_rl.train  # noqa: F401
+
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    times = (run_ours if side == "ours" else run_trl)(work, model_path, args)
+    assert len(times) == args.steps, f"{side}: {len(times)} optimizer steps, expected {args.steps}"
+    tokens = json.loads((work / "plan.json").read_text())["tokens"]
+    timed = sum(tokens[args.warmup :])
+    seconds = times[-1] - times[args.warmup - 1]
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"side": side, "device": "cuda" if on_gpu else "cpu", "tokens_per_s": timed / seconds, "seconds": seconds,
+            "step_ms": 1000 * seconds / (args.steps - args.warmup), "peak_mib": peak,
+            "peak_above_imports_mib": None if on_gpu else peak - base_rss / 1024}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per side")
+    parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per step, both sides")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--logit-chunk-size", type=int, default=256, help="ours: response tokens per projection chunk")
+    parser.add_argument("--shape", choices=["base", *SHAPES], default="base",
+                        help="base: the embedded 3.25M-parameter model; qwen0.5b: a random-init Qwen2.5-0.5B shape")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternated; the fastest of each counts")
+    parser.add_argument("--problems", type=int, default=3000, help="world train problems in the dataset")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help="a checkpoint directory to train instead of --shape (its own tokenizer)")
+    args = parser.parse_args()
+    if not 1 <= args.warmup < args.steps:
+        parser.error("need 1 <= --warmup < --steps")
+    if args.problems < args.batch_size:
+        parser.error("need --problems >= --batch-size")
+    if args.one:
+        print(json.dumps(run_one(args.one, Path(args.work), args.model, args)))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        work = Path(tmp)
+        model_path, rows = prepare(work, args.shape, args.model, args.problems)
+        plan = batch_plan(len(rows), args.batch_size, args.steps, seed=0)
+        tokens = [sum(len(rows[i]["response_token_ids"]) for i in step) for step in plan]
+        padded = [len(step) * max(len(rows[i]["prompt_token_ids"]) + len(rows[i]["response_token_ids"]) for i in step)
+                  for step in plan]
+        (work / "plan.json").write_text(json.dumps({"indices": plan, "tokens": tokens}))
+        load = os.getloadavg()[0]
+        print(f"{args.model or args.shape} model, {args.steps} steps ({args.warmup} warm-up, untimed) x batch {args.batch_size}: "
+              f"{sum(tokens) / len(tokens):.0f} trained tokens/step of {sum(padded) / len(padded):.0f} padded; "
+              f"load average {load:.1f} on {os.cpu_count()} cores", flush=True)
+        results: dict[str, dict] = {}
+        for repeat in range(args.repeats):
+            for side in ("ours", "trl"):  # alternated, so load from other processes hits both sides alike
+                command = [sys.executable, __file__, "--one", side, "--work", str(work), "--model", model_path,
+                           "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size",
+                           str(args.batch_size), "--lr", str(args.lr), "--logit-chunk-size", str(args.logit_chunk_size)]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    sys.exit(f"{side} failed:\n{done.stderr[-4000:]}")
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                memory = (f"peak CUDA memory {r['peak_mib']:7.0f} MiB" if r["device"] == "cuda" else
+                          f"peak RSS {r['peak_mib']:6.0f} MiB ({r['peak_above_imports_mib']:.0f} MiB above imports)")
+                print(f"{side:>4} ({r['device']}, run {repeat + 1}): {r['tokens_per_s']:9,.0f} tok/s, "
+                      f"{r['step_ms']:7.1f} ms/step | {memory}", flush=True)
+                if side not in results or r["tokens_per_s"] > results[side]["tokens_per_s"]:
+                    results[side] = r
+    ours, trl = results["ours"], results["trl"]
+    print(f"ours {ours['tokens_per_s']:,.0f} tok/s  trl {trl['tokens_per_s']:,.0f} tok/s (best of {args.repeats})  "
+          f"ratio {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x | peak memory ours {ours['peak_mib']:,.0f} MiB  "
+          f"trl {trl['peak_mib']:,.0f} MiB  ratio {ours['peak_mib'] / trl['peak_mib']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
