@@ -246,7 +246,7 @@ def format_report_table(rows: list[dict], models: list[str], benchmarks: list[st
             values = [100 * r[metric] for r in rows if r["model"] == model and r["benchmark"] == bench and metric in r]
             if values:
                 cell[model, bench] = (*mean_std(values), len(values))
-    best = {b: max((cell[m, b][0] for m in models if (m, b) in cell), default=None) for b in benchmarks}
+    best = {b: max((round(cell[m, b][0], 1) for m in models if (m, b) in cell), default=None) for b in benchmarks}
     lines = ["| model | " + " | ".join(f"{b} {metric}" for b in benchmarks) + " | seeds |",
              "|---|" + "---:|" * len(benchmarks) + "---:|"]
     for model in models:
@@ -258,7 +258,7 @@ def format_report_table(rows: list[dict], models: list[str], benchmarks: list[st
             mean, std, count = cell[model, bench]
             n = max(n, count)
             text = f"{mean:.1f} ± {std:.1f}"
-            cells.append(f"**{text}**" if mean == best[bench] else text)
+            cells.append(f"**{text}**" if round(mean, 1) == best[bench] else text)  # ties as shown: all bold
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {n} |")
     return "\n".join(lines)
 
@@ -276,15 +276,23 @@ def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[i
     manifest = read_manifest(data) if (data / "manifest.json").exists() else {}
     counts = manifest.get("counts", {})
     recipes = parse_learner_args(cfg.learner_args)
+    model = str(manifest.get("model", "?"))
+    if Path(model).is_absolute() and Path(model).is_relative_to(ROOT):
+        model = str(Path(model).relative_to(ROOT))  # the shipped base model, wherever the repo lives
+    train_seconds = sum(r["train_seconds"] or 0 for r in rows if r["benchmark"] == benchmarks[0]) if rows else 0
+    eval_seconds = sum(json.loads(p.read_text()).get("wall_seconds", 0) for p in (out / "evals").glob("*/results.json"))
     lines = [
         "# Offline RL learners compared", "",
         f"Dataset `{data}`: {counts.get('responses', '?')} responses to {counts.get('prompts', '?')} prompts "
-        f"from `{manifest.get('model', '?')}`, pass rate {manifest.get('pass_rate', float('nan')):.3f}.",
+        f"from `{model}`, pass rate {manifest.get('pass_rate', float('nan')):.3f}"
+        f" (collected in {manifest.get('wall_seconds', 0) / 60:.1f} min).",
         f"Budget per learner: {cfg.budget_steps} optimizer steps of {cfg.batch_size} sequences (DPO: pairs), "
         f"AdamW, peak lr {cfg.lr:g} with 5 % warm-up and cosine decay; seeds {', '.join(map(str, seeds))} "
         f"(training order and evaluation sampling). Evaluation: k = {k} samples per problem at temperature "
         f"{cfg.temperature:g}, at most {cfg.max_tokens} tokens.",
     ]
+    lines.append(f"Time: training {train_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min in all "
+                 "(inside the commands; process start-up not included).")
     if any(recipes.get(m) for m in models):
         lines.append("Learner recipes: " + "; ".join(f"{m} `{' '.join(recipes[m])}`" for m in models if recipes.get(m)) + ".")
     lines += ["", f"## avg@{k} (%; mean ± std over seeds; best per column in bold)", "", table, ""]
@@ -307,6 +315,14 @@ def _csv_text(rows: list[dict], columns: list[str]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
+
+
+def _color(model: str, models: list[str]) -> str:
+    """The base model gray; each learner its own color of the tab10 cycle minus its gray."""
+    if model == "base":
+        return "0.6"
+    palette = [f"C{i}" for i in range(10) if i != 7]
+    return palette[[m for m in models if m != "base"].index(model) % len(palette)]
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -334,7 +350,7 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
         values = [[100 * r[metric] for r in rows if r["model"] == m and r["benchmark"] == bench] for m in present]
         means = [statistics.fmean(v) for v in values]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        colors = ["0.6" if m == "base" else f"C{i}" for i, m in enumerate(present)]
+        colors = [_color(m, models) for m in present]
         ax.bar(range(len(present)), means, yerr=stds, capsize=3, color=colors)
         for i, v in enumerate(values):
             ax.plot([i] * len(v), v, "k.", markersize=3)
@@ -345,32 +361,49 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
     _save_figure(fig, path)
 
 
+def _series(curves: list[list[dict]], key: str, length: int) -> list[list[float]]:
+    """Per logged step, the values of ``key`` over seeds."""
+    return [[c[j][key] for c in curves] for j in range(length)]
+
+
 def plot_training(out: Path, learners: list[str], seeds: list[int], path: Path) -> None:
-    """NLL of the trained tokens and each learner's own loss over steps (mean over seeds)."""
+    """One panel per learner: NLL of its trained tokens (solid, left axis; mean over seeds, min-max
+    shaded) and its own loss (dashed, right axis). Scales differ per learner: DPO's NLL is per chosen
+    sequence, PPO's surrogate is signed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_nll, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for i, learner in enumerate(learners):
+    columns = min(4, max(1, len(learners)))
+    rows = -(-len(learners) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(learners):]:
+        ax.axis("off")
+    for ax, learner in zip(axes.flat, learners, strict=False):
         curves = []
         for seed in seeds:
             metrics = out / "runs" / f"{learner}-s{seed}" / "metrics.jsonl"
             if metrics.exists():
                 curves.append([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()])
+        ax.set_title(learner)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
         if not curves:
             continue
         length = min(map(len, curves))
         steps = [c["step"] for c in curves[0][:length]]
-        for ax, key in ((ax_nll, "nll"), (ax_loss, "loss")):
-            if all(key in c[0] for c in curves):
-                ax.plot(steps, [statistics.fmean(c[j][key] for c in curves) for j in range(length)],
-                        color=f"C{i + 1}", label=learner)
-    ax_nll.set_title("NLL of trained tokens")
-    ax_loss.set_title("learner's loss")
-    for ax in (ax_nll, ax_loss):
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    ax_loss.legend(fontsize=8)
+        color = _color(learner, ["base", *learners])
+        if all("nll" in c[0] for c in curves):
+            nll = _series(curves, "nll", length)
+            ax.plot(steps, [statistics.fmean(v) for v in nll], color=color, label="NLL")
+            ax.fill_between(steps, [min(v) for v in nll], [max(v) for v in nll], color=color, alpha=0.2)
+            ax.set_ylabel("NLL", fontsize=8)
+        twin = ax.twinx()
+        twin.plot(steps, [statistics.fmean(v) for v in _series(curves, "loss", length)], color="k", linestyle="--", linewidth=0.8,
+                  label="loss")
+        twin.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("training: NLL of trained tokens (solid, left) and the learner's loss (dashed, right)", fontsize=9)
+    fig.tight_layout()
     _save_figure(fig, path)
