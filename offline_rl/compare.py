@@ -63,6 +63,13 @@ class CompareConfig:
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings"})
 
 
+class StageFailed(RuntimeError):
+    """A stage's command exited non-zero."""
+
+
+DATASET_MODEL = "{dataset model}"  # in a planned command: the dataset's model, known once it is collected
+
+
 @dataclass
 class Stage:
     name: str
@@ -109,7 +116,7 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: 
                   *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else []),
                   *(["--data-dir", cfg.data_dir] if cfg.data_dir else [])]
     for seed in seeds:
-        base_model = cfg.model or "{dataset model}"
+        base_model = cfg.model or DATASET_MODEL
         stages.append(Stage(f"eval base s{seed}", [*bins("eval"), "--model", base_model, "--name", "base", "--seed",
                                                    str(seed), *evaluation, "--out", str(out / "evals" / f"base-s{seed}")],
                             out / "evals" / f"base-s{seed}" / "results.json"))
@@ -127,7 +134,7 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: 
 
 
 def run_stage(stage: Stage, logs: Path, dataset_model: str | None) -> float:
-    command = [dataset_model if c == "{dataset model}" else c for c in stage.command]
+    command = [dataset_model if c == DATASET_MODEL else c for c in stage.command]
     if stage.resume is not None and any(stage.resume.glob("step-*")):
         command.append("--resume")
     logs.mkdir(parents=True, exist_ok=True)
@@ -142,9 +149,6 @@ def run_stage(stage: Stage, logs: Path, dataset_model: str | None) -> float:
         raise StageFailed(f"{stage.name} failed (exit {done.returncode}): {lines[-1] if lines else ''} [log: {log}]")
     return time.time() - start
 
-
-class StageFailed(RuntimeError):
-    pass
 
 
 def main(argv: list[str] | None) -> dict:

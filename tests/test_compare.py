@@ -82,3 +82,22 @@ def test_compare_refuses_a_missing_dataset_and_a_foreign_out_dir(tmp_path):
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     assert_one_line_usage_error(run_bin("compare", "--out", str(tmp_path / "mine")), "not a comparison directory")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_failed_stage_is_reported_and_the_rest_still_run(tmp_path, tiny_model_dir):
+    from rollout.dataset import DatasetWriter
+    from tests.conftest import make_rows
+
+    # every sample right: rft trains, dpo has no pairs and fails
+    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir)}).write_shard(make_rows(reward=lambda p, i: 1.0))
+    out = tmp_path / "cmp"
+    result = run_bin("compare", "--data", str(tmp_path / "data"), "--out", str(out), "--learners", "dpo,rft",
+                     "--seeds", "0", "--benchmarks", "test-id", "--eval-limit", "2", "--k", "1", "--max-tokens", "8",
+                     "--budget-steps", "1", "--batch-size", "2", "--backend", "hf")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("compare: error: 1 stage(s) failed, the report holds the rest: train dpo s0 failed")
+    assert "no preference pairs" in result.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["model"] for r in rows} == {"base", "rft"}
+    assert not (out / "evals" / "dpo-s0").exists()
+    assert "| dpo | – |" in (out / "report.md").read_text()
