@@ -133,8 +133,7 @@ def shared_file(name: str, data_dir: str | None) -> Path:
 
 def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
     if name in world.SPLITS:
-        problems = world.load_split(name)
-        return Benchmark(name, [{"prompt_id": p.id, "question": p.question, "gold": p.gold} for p in problems], "world")
+        return Benchmark(name, load_source(f"world:{name}", world=world.load_split).records, "world")
     if name in SHARED_BENCHMARKS:
         spec, fmt = str(shared_file(name, cfg.data_dir)), name
     elif Path(name).expanduser().exists() or re.fullmatch(r"[\w.-]+/[\w.-]+", name):
