@@ -27,14 +27,15 @@ DEFAULT_BASE_MODEL = Path(__file__).resolve().parent / "assets" / "base-model"
 
 @dataclass
 class MakeBaseConfig:
-    out: str = field(default=str(DEFAULT_BASE_MODEL), metadata={"help": "where to write the checkpoint"})
+    out: str = field(default=None, metadata={"help": "where to write the checkpoint (default: a new runs/base-model-<time>; the shipped one is offline_rl/assets/base-model, which needs --force)"})
     seed: int = field(default=0, metadata={"help": "seed for tokenizer order, init and data order"})
-    steps: int = field(default=1000, metadata={"help": "optimizer steps of pretraining"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per step"})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (warm-up then cosine)"})
-    vocab_size: int = field(default=384, metadata={"help": "BPE vocabulary size"})
-    hidden_size: int = field(default=256, metadata={"help": "model width"})
-    num_layers: int = field(default=4, metadata={"help": "transformer layers"})
+    steps: int = field(default=1000, metadata={"help": "optimizer steps of pretraining", "min": 1})
+    batch_size: int = field(default=32, metadata={"help": "sequences per step", "min": 1})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (warm-up then cosine)", "above": 0})
+    vocab_size: int = field(default=384, metadata={"help": "BPE vocabulary size", "min": 260})
+    hidden_size: int = field(default=256, metadata={"help": "model width (a multiple of 128)", "min": 128})
+    num_layers: int = field(default=4, metadata={"help": "transformer layers", "min": 1})
+    force: bool = field(default=False, metadata={"help": "overwrite an existing directory (e.g. the shipped model)"})
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -137,9 +138,15 @@ def make_base(cfg: MakeBaseConfig) -> dict:
 
 
 def main(argv: list[str] | None) -> dict:
-    from rollout.cli import parse_config, print_config
+    from rewards.files import hold_directory
+    from rollout.cli import UsageError, parse_config, print_config
 
     cfg = parse_config(MakeBaseConfig, argv, "make-base", __doc__)
+    if cfg.hidden_size % 128:
+        raise UsageError(f"--hidden-size must be a multiple of 128 (got {cfg.hidden_size})")
+    if cfg.out is None:
+        cfg.out = str(Path(__file__).resolve().parents[1] / "runs" / time.strftime("base-model-%Y%m%d-%H%M%S"))
+    hold_directory(Path(cfg.out), "make-base", force=cfg.force)  # writable, and never the shipped model by accident
     print_config(cfg)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     summary = make_base(cfg)

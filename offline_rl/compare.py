@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from offline_rl.evaluate import EvalConfig, load_benchmark, pass_ks
 from offline_rl.learners import LEARNERS
+from rewards.files import hold_directory
 from rollout.cli import UsageError, parse_config, print_config, save_config
 from rollout.collect import resolve_model
 from rollout.dataset import atomic_write_bytes, read_manifest
@@ -46,21 +47,21 @@ class CompareConfig:
     out: str = field(default=None, metadata={"help": "comparison directory (required); run again to resume"})
     data: str = field(default=None, metadata={"help": "offline dataset from bin/collect (default: collect one into OUT/data with bin/collect's defaults)"})
     model: str = field(default=None, metadata={"help": "initial model of every learner (default: the dataset's model)"})
-    collect_limit: int = field(default=None, metadata={"help": "when collecting: use at most N prompts of the source"})
+    collect_limit: int = field(default=None, metadata={"help": "when collecting: use at most N prompts of the source", "min": 1})
     learners: str = field(default=",".join(LEARNERS), metadata={"help": f"comma-separated learners: {', '.join(LEARNERS)}"})
     seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
     benchmarks: str = field(default="test-id,test-ood", metadata={"help": "benchmarks, as bin/eval takes them"})
     data_dir: str = field(default=None, metadata={"help": "folder of the short-named benchmarks' files (bin/eval --data-dir)"})
-    budget_steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)"})
-    batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step"})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe"})
+    budget_steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)", "min": 1})
+    batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe", "above": 0})
     learner_args: str = field(default=None, metadata={"help": "extra bin/train flags per learner, e.g. 'dpo: --beta 0.2; ppo: --clip-eps 0.1' (replace the recipe)"})
-    k: int = field(default=4, metadata={"help": "samples per problem in evaluation"})
-    temperature: float = field(default=1.0, metadata={"help": "evaluation sampling temperature"})
-    max_tokens: int = field(default=160, metadata={"help": "most tokens per evaluation response"})
-    eval_limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark"})
-    backend: str = field(default="vllm", metadata={"help": "generation engine for collection and evaluation: vllm or hf"})
-    force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings"})
+    k: int = field(default=4, metadata={"help": "samples per problem in evaluation", "min": 1})
+    temperature: float = field(default=1.0, metadata={"help": "evaluation sampling temperature", "min": 0})
+    max_tokens: int = field(default=160, metadata={"help": "most tokens per evaluation response", "min": 1})
+    eval_limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
+    backend: str = field(default="vllm", metadata={"help": "generation engine for collection and evaluation", "choices": ["vllm", "hf"]})
+    force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
 
 
 class StageFailed(RuntimeError):
@@ -74,8 +75,18 @@ DATASET_MODEL = "{dataset model}"  # in a planned command: the dataset's model, 
 class Stage:
     name: str
     command: list[str]
-    done: Path  # written last by the command: its presence means the stage is finished
+    done: Path  # the stage's completion mark, written last by its command
     resume: Path | None = None  # a checkpoint folder: when it holds one, add --resume
+
+    def finished(self) -> bool:
+        """A dataset is finished when its manifest says so (collect writes the manifest first); the
+        other stages when their mark exists."""
+        if self.done.name == "manifest.json":
+            try:
+                return read_manifest(self.done.parent).get("complete") is True
+            except ValueError:
+                return False
+        return self.done.exists()
 
 
 def parse_learner_args(spec: str | None) -> dict[str, list[str]]:
@@ -107,10 +118,11 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: 
     extra = parse_learner_args(cfg.learner_args)
     model = ["--model", cfg.model] if cfg.model else []
     stages = []
-    if not (data / "manifest.json").exists() or not read_manifest(data).get("complete"):
+    collect = Stage("collect", [], data / "manifest.json")
+    if not collect.finished():
         limit = ["--limit", str(cfg.collect_limit)] if cfg.collect_limit else []
-        stages.append(Stage("collect", [*bins("collect"), "--out", str(data), "--backend", cfg.backend, *model, *limit],
-                            data / "manifest.json"))
+        collect.command = [*bins("collect"), "--out", str(data), "--backend", cfg.backend, *model, *limit]
+        stages.append(collect)
     evaluation = ["--benchmarks", cfg.benchmarks, "--k", str(cfg.k), "--temperature", str(cfg.temperature),
                   "--max-tokens", str(cfg.max_tokens), "--backend", cfg.backend,
                   *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else []),
@@ -133,6 +145,14 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: 
     return stages
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGKILL when compare's process ends."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def run_stage(stage: Stage, logs: Path, dataset_model: str | None) -> float:
     command = [dataset_model if c == DATASET_MODEL else c for c in stage.command]
     if stage.resume is not None and any(stage.resume.glob("step-*")):
@@ -143,7 +163,8 @@ def run_stage(stage: Stage, logs: Path, dataset_model: str | None) -> float:
     with log.open("w") as f:
         f.write(shlex.join(command) + "\n")
         f.flush()
-        done = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        # the stage dies with compare, however compare ends (a SIGKILL included): no orphan keeps writing
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     if done.returncode != 0:
         lines = [line for line in log.read_text().splitlines() if line.strip()]
         raise StageFailed(f"{stage.name} failed (exit {done.returncode}): {lines[-1] if lines else ''} [log: {log}]")
@@ -163,8 +184,8 @@ def main(argv: list[str] | None) -> dict:
         seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers (got {cfg.seeds!r})") from None
-    if not seeds or cfg.budget_steps < 1 or cfg.batch_size < 1 or cfg.k < 1:
-        raise UsageError("need at least one seed, --budget-steps >= 1, --batch-size >= 1, --k >= 1")
+    if not seeds:
+        raise UsageError("--seeds: need at least one seed")
     for name in cfg.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
         if name.strip():
             load_benchmark(name.strip(), EvalConfig(data_dir=cfg.data_dir))
@@ -173,23 +194,27 @@ def main(argv: list[str] | None) -> dict:
     data = Path(cfg.data) if cfg.data else out / "data"
     if cfg.data and not (data / "manifest.json").is_file():
         raise UsageError(f"{data} is not an offline dataset (no manifest.json); omit --data to collect one")
+    if cfg.data and read_manifest(data).get("complete") is not True:
+        raise UsageError(f"{data} is an unfinished collection (complete: false); run its bin/collect again to finish it")
     if cfg.model:
         resolve_model(cfg.model)
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "seeds", "force")}
     saved = out / "compare_config.json"
+    hold_directory(out, "compare", force=cfg.force, owned=lambda d: (d / "compare_config.json").is_file())
     if saved.exists():
-        previous = json.loads(saved.read_text())
+        try:
+            previous = json.loads(saved.read_text())
+        except ValueError:
+            raise UsageError(f"{saved} is damaged; choose another --out, or --force") from None
         differs = sorted(k for k, v in settings.items() if previous.get(k) != v)
         if differs and not cfg.force:
             raise UsageError(f"{out} was run with different {', '.join(differs)}; choose another --out, or --force")
-    elif out.exists() and any(out.iterdir()) and not cfg.force:
-        raise UsageError(f"{out} exists and is not a comparison directory; choose another --out")
     print_config(cfg)
     save_config(cfg, saved)
 
     stages = plan(cfg, out, data, learners, seeds)
-    todo = [s for s in stages if not s.done.exists()]
+    todo = [s for s in stages if not s.finished()]
     failures: list[str] = []
     bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="compare", unit="stage")
     for stage in todo:

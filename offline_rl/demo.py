@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offline_rl.evaluate import format_table, load_results
+from rewards.files import hold_directory
 from rollout.cli import UsageError, parse_config, print_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class DemoConfig:
     out: str = field(default=None, metadata={"help": "run directory (default: runs/demo-<time>)"})
-    prompts: int = field(default=1000, metadata={"help": "world train prompts to collect from"})
-    n: int = field(default=4, metadata={"help": "responses per prompt"})
-    epochs: float = field(default=4.0, metadata={"help": "DFT passes over the accepted samples"})
-    k: int = field(default=4, metadata={"help": "samples per test problem (avg@k)"})
+    prompts: int = field(default=1000, metadata={"help": "world train prompts to collect from", "min": 1})
+    n: int = field(default=4, metadata={"help": "responses per prompt", "min": 1})
+    epochs: float = field(default=4.0, metadata={"help": "DFT passes over the accepted samples", "above": 0})
+    k: int = field(default=4, metadata={"help": "samples per test problem (avg@k)", "min": 1})
     seed: int = field(default=0, metadata={"help": "seed of collection, training and evaluation"})
 
 
@@ -41,6 +42,7 @@ def _stage(name: str, command: list[str]) -> float:
 def main(argv: list[str] | None) -> dict:
     cfg = parse_config(DemoConfig, argv, "demo", __doc__)
     out = Path(cfg.out or ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S"))
+    hold_directory(out, "demo")
     print_config(cfg)
     seed = ["--seed", str(cfg.seed)]
     seconds = {

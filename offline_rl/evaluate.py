@@ -21,11 +21,12 @@ from pathlib import Path
 
 import rewards
 from offline_rl import world
+from rewards.files import TextError, hold_directory
 from rewards.normalize import normalize_answer
 from rollout.cli import UsageError, parse_config, print_config, save_config
-from rollout.collect import load_tokenizer, resolve_model
+from rollout.collect import load_tokenizer, resolve_model, start_engine
 from rollout.dataset import atomic_write_bytes, write_json
-from rollout.engines import ENGINES, EngineFlags, SamplingConfig, prompt_seed
+from rollout.engines import EngineFlags, SamplingConfig, prompt_seed
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
@@ -41,14 +42,15 @@ class EvalConfig(EngineFlags):
     data_dir: str = field(default=None, metadata={"help": "folder holding the short-named benchmarks' files (e.g. ../shared/data/benchmarks)"})
     hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk benchmark"})
     template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for world splits, else chat if the model has one, else qwen-boxed)"})
-    k: int = field(default=4, metadata={"help": "samples per problem"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
-    max_tokens: int = field(default=160, metadata={"help": "most tokens per response"})
-    limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark"})
+    k: int = field(default=4, metadata={"help": "samples per problem", "min": 1})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
+    max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
+    limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: str = field(default=None, metadata={"help": "directory for results.json and generations.parquet (default: print only)"})
     name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
+    force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make"})
 
 
 # ---------------------------------------------------------------- metrics
@@ -142,7 +144,7 @@ def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
         raise UsageError(f"unknown benchmark {name!r}; known: {known_benchmarks()}")
     try:
         loaded = load_source(spec, fmt, hub_split=cfg.hub_split)
-    except (SourceError, FileNotFoundError) as e:
+    except (SourceError, FileNotFoundError, TextError) as e:
         raise UsageError(str(e)) from None
     if not loaded.records:
         raise UsageError(f"benchmark {name} has no problems with a gold answer")
@@ -154,12 +156,6 @@ def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
 
 def main(argv: list[str] | None, default_model: str | None = None) -> dict:
     cfg = parse_config(EvalConfig, argv, "eval", __doc__)
-    if cfg.k < 1:
-        raise UsageError(f"--k must be at least 1 (got {cfg.k})")
-    if cfg.max_tokens < 1 or cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
-        raise UsageError("need --max-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1")
-    if cfg.backend not in ENGINES:
-        raise UsageError(f"unknown backend {cfg.backend!r}; known: {', '.join(ENGINES)}")
     names = [b.strip() for b in cfg.benchmarks.split(",") if b.strip()]
     if not names:
         raise UsageError(f"no benchmark given; known: {known_benchmarks()}")
@@ -170,14 +166,17 @@ def main(argv: list[str] | None, default_model: str | None = None) -> dict:
     tokenizer = load_tokenizer(model)
     try:
         templates = {b.name: Template(cfg.template or default_template(b.kind, tokenizer), tokenizer) for b in benchmarks}
-    except TemplateError as e:
+    except (TemplateError, TextError) as e:
         raise UsageError(str(e)) from None
+    out = Path(cfg.out) if cfg.out else None
+    if out is not None:  # writable and ours, checked before an hour of sampling
+        hold_directory(out, "eval", force=cfg.force, owned=lambda d: (d / "eval_config.json").is_file())
+        (out / "results.json").unlink(missing_ok=True)  # a rerun: the old results no longer mark it finished
+        save_config(cfg, out / "eval_config.json")
     print_config(cfg)
     results, generations = evaluate(model, benchmarks, templates, cfg)
     print(format_table({results["name"]: results}, [b.name for b in benchmarks], cfg.k))
-    if cfg.out:
-        out = Path(cfg.out)
-        save_config(cfg, out / "eval_config.json")
+    if out is not None:
         write_generations(out / "generations.parquet", generations)
         write_json(out / "results.json", results)  # last: its presence marks a finished evaluation
     return results
@@ -193,7 +192,7 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
              ) -> tuple[dict, list[dict]]:
     start = time.time()
     max_len = model_max_len(model, cfg)
-    engine = cfg.engine(model, cfg.seed)
+    engine = start_engine(cfg, model)
     sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     results = {"model": model, "name": cfg.name or Path(model).name, "k": cfg.k, "temperature": cfg.temperature,
                "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "benchmarks": {}}

@@ -14,7 +14,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 
 from offline_rl.data import collate, token_logprobs
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
-from rollout.cli import UsageError, parse_config, print_config, save_config
-from rollout.collect import resolve_model
-from rollout.dataset import dataset_paths, load_offline_dataset, read_manifest
+from rewards.files import atomic_write, hold_directory, is_disk_full
+from rollout.cli import UsageError, parse_config, pause_point, print_config, save_config
+from rollout.collect import load_tokenizer, resolve_model
+from rollout.dataset import dataset_paths, load_offline_dataset, read_manifest, write_json
 
 
 @dataclass
@@ -34,19 +35,20 @@ class TrainConfig:
     data: str = field(default=None, metadata={"help": "offline dataset directory made by bin/collect, or several comma-separated (e.g. --shard outputs) (required)"})
     out: str = field(default=None, metadata={"help": "output directory: final model here, metrics and config beside it (required)"})
     model: str = field(default=None, metadata={"help": "initial checkpoint (default: the model that collected the data)"})
-    max_steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --max-steps is unset"})
-    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch per process"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once"})
+    max_steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)", "min": 1})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --max-steps is unset", "above": 0})
+    batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch per process", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step", "min": 1})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)", "above": 0})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up", "min": 0, "max": 1})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm", "above": 0})
+    logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once", "min": 0})
     seed: int = field(default=0, metadata={"help": "seed for data order and any sampling"})
-    log_every: int = field(default=10, metadata={"help": "steps between metric records"})
-    save_every: int = field(default=0, metadata={"help": "steps between checkpoints in OUT/checkpoints/step-N (0: none)"})
-    resume: bool = field(default=False, metadata={"help": "continue exactly from the last checkpoint in OUT/checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "steps between metric records", "min": 1})
+    save_every: int = field(default=0, metadata={"help": "steps between checkpoints in OUT/checkpoints/step-N (0: none)", "min": 0})
+    resume: bool = field(default=False, metadata={"help": "continue exactly from the last checkpoint in OUT/checkpoints (same settings only)"})
+    force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, or start over in one holding checkpoints"})
 
 
 def token_mean(loss_sum: torch.Tensor, step_tokens: torch.Tensor, num_processes: int) -> torch.Tensor:
@@ -64,9 +66,9 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.removeprefix("step-")), default=None)
 
 
-def save_checkpoint(accelerator, checkpoints: Path, step: int) -> None:
-    """Model, optimizer, scheduler and RNG states, written aside and renamed into place, so a
-    failed save never replaces or corrupts the last good checkpoint."""
+def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict) -> None:
+    """Model, optimizer, scheduler and RNG states, and the settings that made them (``run.json``),
+    written aside and renamed into place, so a failed save never replaces or corrupts the last good checkpoint."""
     final, partial = checkpoints / f"step-{step}", checkpoints / f".step-{step}.partial"
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
@@ -74,10 +76,65 @@ def save_checkpoint(accelerator, checkpoints: Path, step: int) -> None:
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_json(partial / "run.json", identity)
         if final.exists():  # a rerun of the same step: the new one is complete, so swap it in
             shutil.rmtree(final)
         partial.rename(final)
     accelerator.wait_for_everyone()
+
+
+# settings a resumed run may change: they alter neither the updates nor their order
+RESUMABLE_CHANGES = ("resume", "force", "log_every", "save_every", "out")
+
+
+def run_identity(cfg: TrainConfig, learner_cfg, model_path: str) -> dict:
+    """What a checkpoint's weights depend on: the settings, the learner's, the model and the data's shards."""
+    identity = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    identity["model"] = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
+    identity["data"] = [str(p.resolve()) for p in dataset_paths(cfg.data)]
+    identity["data_shards"] = [read_manifest(p).get("shards", []) for p in dataset_paths(cfg.data)]
+    identity.update({f"{cfg.learner}.{k}": v for k, v in asdict(learner_cfg).items()})
+    return identity
+
+
+def check_resume_identity(checkpoint: Path, identity: dict) -> None:
+    saved_file = checkpoint / "run.json"
+    if not saved_file.is_file():
+        return  # a checkpoint from before run.json was saved
+    saved = json.loads(saved_file.read_text())
+    differs = [f"{k} ({saved.get(k)!r}, now {identity.get(k)!r})" for k in sorted(set(saved) | set(identity))
+               if saved.get(k) != identity.get(k)]
+    if differs:
+        raise UsageError(f"--resume: {checkpoint} was trained with different {'; '.join(differs)}; "
+                         "resume with the same settings, or choose another --out")
+
+
+def keep_metrics_until(metrics: Path, step: int) -> None:
+    """A resumed run's log: the records up to its checkpoint, so no step is logged twice."""
+    if not metrics.exists():
+        return
+    kept = []
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut by the kill
+            continue
+        if isinstance(record, dict) and record.get("step", step + 1) <= step:
+            kept.append(line + "\n")
+    atomic_write(metrics, lambda f: f.write("".join(kept).encode()))
+
+
+def save_final(model, tokenizer, state_dict, out: Path) -> None:
+    """The Hugging Face checkpoint, written aside then moved in with config.json last: a save cut short
+    (a full disk, a kill) never leaves a directory that loads as a model."""
+    partial = out / ".final.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    model.save_pretrained(partial, safe_serialization=True, state_dict=state_dict)
+    tokenizer.save_pretrained(partial)
+    for path in sorted(partial.iterdir(), key=lambda p: p.name == "config.json"):
+        path.replace(out / path.name)
+    partial.rmdir()
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -96,11 +153,8 @@ def main(argv: list[str] | None) -> dict:
         raise UsageError(f"unknown learner {cfg.learner!r}; known: {', '.join(LEARNERS)}")
     if cfg.data is None or cfg.out is None:
         raise UsageError("--data and --out are required")
-    try:
-        manifest = read_manifest(dataset_paths(cfg.data)[0])
-        dataset = load_offline_dataset(cfg.data)
-    except FileNotFoundError as e:
-        raise UsageError(str(e)) from None
+    manifest = read_manifest(dataset_paths(cfg.data)[0])
+    dataset = load_offline_dataset(cfg.data)
     model_path = resolve_model(cfg.model or manifest["model"])
     learner_cfg = next(c for c in learner_configs if isinstance(c, LEARNERS[cfg.learner].Config))
     return train(cfg, manifest, dataset, model_path, learner_cfg)
@@ -109,7 +163,7 @@ def main(argv: list[str] | None) -> dict:
 def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cfg=None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     learner = LEARNERS[cfg.learner]
     learner_cfg = learner_cfg or learner.Config()
@@ -117,7 +171,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
     set_seed(cfg.seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)  # one line if the checkpoint's config or tokenizer is damaged
     context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest, model_path=model_path)
     examples = learner.examples(dataset, context, learner_cfg)
     if not examples:
@@ -128,11 +182,24 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
 
     out = Path(cfg.out)
     checkpoints = out / "checkpoints"
+    if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused
+        hold_directory(out, "train", force=cfg.force, owned=lambda d: (d / "train_config.json").is_file())
+    identity = run_identity(cfg, learner_cfg, model_path)
     resume_from = latest_checkpoint(checkpoints) if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise UsageError(f"--resume: no checkpoint in {checkpoints}")
+    if resume_from is not None:
+        check_resume_identity(resume_from, identity)
+    elif latest_checkpoint(checkpoints) is not None and not cfg.force:
+        raise UsageError(f"{out} holds checkpoints of an earlier run; add --resume to continue it, "
+                         "or --force to start over")
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    except Exception as e:  # a damaged or truncated checkpoint: transformers and safetensors raise many types
+        if is_disk_full(e):
+            raise
+        raise UsageError(f"cannot load model {model_path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     model.config.use_cache = False
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / per_step))
@@ -152,10 +219,17 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     if accelerator.is_main_process:
         print_config(cfg)  # once the input is known good: bad input gets one line only
         print_config(learner_cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "train_config.json")
-    save_config(learner_cfg, out / "learner_config.json")
-    metrics_file = (out / "metrics.jsonl").open("a" if cfg.resume else "w") if accelerator.is_main_process else None
+    metrics_file = None
+    if accelerator.is_main_process:
+        if resume_from is None:  # a fresh run: nothing of an earlier one may pass for this one's result
+            if checkpoints.exists():
+                shutil.rmtree(checkpoints)
+            for stale in ("train_summary.json", "config.json"):
+                (out / stale).unlink(missing_ok=True)
+        save_config(cfg, out / "train_config.json")
+        save_config(learner_cfg, out / "learner_config.json")
+        keep_metrics_until(out / "metrics.jsonl", first_step)
+        metrics_file = (out / "metrics.jsonl").open("a")
     tensorboard = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
@@ -225,7 +299,8 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_checkpoint(accelerator, checkpoints, step + 1)
+            save_checkpoint(accelerator, checkpoints, step + 1, identity)
+        pause_point(f"train:step-{step + 1}")
 
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # collective: gathers FSDP shards onto the main process
@@ -234,10 +309,9 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.config.use_cache = True
-        unwrapped.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(out)
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         metrics_file.close()
+        save_final(unwrapped, tokenizer, state_dict, out)
+        write_json(out / "train_summary.json", summary)  # last: its presence marks a finished training
         tensorboard.close()
         print(f"trained {cfg.learner} for {total_steps} steps on {len(examples)} examples "
               f"({summary['tokens_per_s']:.0f} tokens/s) -> {out}")

@@ -8,12 +8,19 @@ import sys
 
 from rewards.batch import DEFAULT_DEADLINE_SECONDS
 from rewards.extract import DEFAULT_FALLBACKS, FALLBACKS
-from rewards.rescore import DatasetError, rescore
+from rewards.files import BadInput, is_disk_full, release_unused
+from rewards.rescore import rescore
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"python -m rewards: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rewards", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _OneLineParser(prog="python -m rewards", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     cmd = commands.add_parser("rescore", help="recompute pred and reward with the current verifier, atomically")
     cmd.add_argument("dataset", help="offline dataset directory (manifest.json + data/*.parquet)")
     cmd.add_argument("--workers", type=int, default=None, help="scoring processes (default: one per CPU)")
@@ -30,8 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = rescore(args.dataset, workers=args.workers, deadline=args.deadline, fallbacks=fallbacks)
-    except DatasetError as e:
+    except BadInput as e:
+        release_unused()
         print(f"python -m rewards rescore: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        release_unused()
+        if not is_disk_full(e):
+            raise
+        print(f"python -m rewards rescore: no space left on device ({e.filename or args.dataset}); the dataset "
+              "is unchanged, free some and run it again", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 
 from rewards.batch import DEFAULT_DEADLINE_SECONDS, score_batch_detailed
 from rewards.extract import DEFAULT_FALLBACKS
+from rewards.files import BadInput, atomic_write, fsync_dir, hold_directory
 from rewards.verify import VERIFIER_VERSION
 
 # Tests set this to N to hold the rescore after its N-th step (a shard written, or the manifest switched),
@@ -34,30 +34,8 @@ PAUSE_ENV = "REWARDS_RESCORE_TEST_PAUSE_AFTER_STEP"
 _RESCORED = re.compile(r"\.r[0-9a-f]{8}$")  # "shard-00003.r1a2b3c4d": written by the rescore with that token
 
 
-class DatasetError(ValueError):
+class DatasetError(BadInput):
     """The directory is not a readable offline dataset (bad input, exit code 2)."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pause(step: int, what: str) -> None:
@@ -85,16 +63,19 @@ def read_dataset_manifest(dataset: Path) -> dict:
     return manifest
 
 
-def _remove_unlisted(data_dir: Path, listed: set[str], complete: bool) -> None:
-    """Delete what a killed rescore left: temporary files, new shards never listed, old shards never deleted.
+def _remove_unlisted(data_dir: Path, manifest: dict) -> None:
+    """Delete what a killed rescore left, and nothing else: temporary files, new shards it wrote but never
+    listed (their names carry a rescore token), and old shards the manifest records as replaced.
 
-    Unlisted shards of a collection still running are left alone (``complete`` is False then):
-    the collector lists each shard right after writing it.
+    A shard the manifest neither lists nor records as replaced is someone else's and stays.
     """
+    listed = set(manifest["shards"])
+    replaced = {name for name in manifest.get("replaced_shards", []) if isinstance(name, str) and "/" not in name}
     for path in data_dir.iterdir():
         if path.name.startswith(".") and path.name.endswith(".tmp"):
             path.unlink(missing_ok=True)
-        elif path.suffix == ".parquet" and path.name not in listed and (complete or _RESCORED.search(path.stem)):
+        elif path.suffix == ".parquet" and path.name not in listed and (
+                _RESCORED.search(path.stem) or path.name in replaced):
             path.unlink(missing_ok=True)
 
 
@@ -131,9 +112,11 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
     start = time.time()
     dataset = Path(dataset)
     manifest = read_dataset_manifest(dataset)
+    hold_directory(dataset, "rescore", owned=lambda d: True)  # a collection still writing it is refused
+    manifest = read_dataset_manifest(dataset)  # as it is now that nobody else writes it
     data_dir = dataset / "data"
     old_shards = list(manifest["shards"])
-    _remove_unlisted(data_dir, set(old_shards), complete=manifest.get("complete") is True)
+    _remove_unlisted(data_dir, manifest)
 
     token = secrets.token_hex(4)
     new_shards, totals = [], {}
@@ -149,7 +132,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
         atomic_write(data_dir / new_name, lambda f, table=table: pq.write_table(table, f))
         new_shards.append(new_name)
         _pause(len(new_shards), f"shard {new_name} written")
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
 
     rows = max(1, totals["rows"])
     summary = {
@@ -167,13 +150,14 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
         "wall_seconds": round(time.time() - start, 3),
     }
     manifest["shards"] = new_shards
+    manifest["replaced_shards"] = old_shards  # deleted below; a rescore killed before that finishes the job
     manifest["verifier_version"] = VERIFIER_VERSION
     manifest["pass_rate"] = summary["pass_rate_after"]
     if isinstance(manifest.get("counts"), dict):
         manifest["counts"]["accepted"] = totals["accepted_after"]
     manifest["rescores"] = [*manifest.get("rescores", []), summary]
     atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
-    _fsync_dir(dataset)
+    fsync_dir(dataset)
     _pause(len(new_shards) + 1, "manifest switched")
 
     for name in old_shards:

@@ -1,36 +1,128 @@
 """Command-line plumbing shared by every entry point.
 
 One dataclass per command fills from flags and an optional ``--config FILE.yaml``
-(flags win). Bad input raises :class:`UsageError`; :func:`run` turns it into one
-line on stderr and exit code 2, with no traceback.
+(flags win; the file's values go through the same parsing, so a wrong type is one line).
+A field's metadata may bound it (``min``, ``max``, ``above``) or list its ``choices``; every
+bound is checked right after parsing. Bad input raises :class:`UsageError`; :func:`run`
+turns it into one line on stderr and exit code 2, with no traceback. Logging of vLLM,
+transformers and Python warnings is quiet unless ``--verbose``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
+
+from rewards.files import BadInput, TextError, atomic_write, is_disk_full, read_text, release_unused
 
 
 class UsageError(Exception):
     """Bad input or usage: reported as one line on stderr, exit code 2."""
 
 
-class _Parser:
-    """``transformers.HfArgumentParser`` whose errors are one line, not usage + traceback."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (a :class:`UsageError`), not usage + message."""
 
-    def __new__(cls, config_cls, prog: str, description: str):
-        from transformers import HfArgumentParser
+    def error(self, message):
+        raise UsageError(message)
 
-        class OneLineParser(HfArgumentParser):
-            def error(self, message):
-                raise UsageError(message)
 
-        parser = OneLineParser(config_cls, prog=prog, description=description)
-        parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of defaults; flags override it")
-        return parser
+def _field_type(hint) -> type:
+    """``int``, ``float``, ``str`` or ``bool`` from a field's annotation (``int | None`` -> ``int``)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _converter(kind: type, flag: str):
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(classes: tuple, prog: str, description: str) -> OneLineParser:
+    parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = _field_type(hints[f.name])
+            help_text = f.metadata.get("help", "")
+            if kind is bool:  # --force / --no-force; argparse appends its one "(default: ...)"
+                parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=f.default, help=help_text)
+                continue
+            if f.default is not None and "default" not in help_text:
+                help_text += f" (default: {f.default})"
+            parser.add_argument(_flag(f.name), dest=f.name, type=_converter(kind, _flag(f.name)), default=f.default,
+                                choices=f.metadata.get("choices"), help=help_text,
+                                metavar=None if f.metadata.get("choices") else f.name.upper())
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value defaults; flags override it")
+    parser.add_argument("--verbose", action="store_true", help="show every log line of vLLM and transformers")
+    return parser
+
+
+def check_bounds(config) -> None:
+    """Every field's ``min`` / ``max`` / ``above`` bound from its metadata, as one line per violation."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        meta = f.metadata
+        if "min" in meta and value < meta["min"]:
+            raise UsageError(f"{_flag(f.name)} must be >= {meta['min']} (got {value})")
+        if "above" in meta and value <= meta["above"]:
+            raise UsageError(f"{_flag(f.name)} must be > {meta['above']} (got {value})")
+        if "max" in meta and value > meta["max"]:
+            raise UsageError(f"{_flag(f.name)} must be <= {meta['max']} (got {value})")
+
+
+def _config_file_flags(path: Path, classes: tuple) -> list[str]:
+    """The YAML file's values as flags, so that they are typed and checked exactly like flags."""
+    import yaml
+
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(read_text(path)) or {}
+    except TextError as e:
+        raise UsageError(str(e)) from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold a mapping of option: value")
+    kinds = {f.name: _field_type(typing.get_type_hints(cls)[f.name]) for cls in classes for f in dataclasses.fields(cls)}
+    flags = []
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in kinds:
+            raise UsageError(f"config file {path} has an unknown option: {key}")
+        if value is None:
+            continue
+        if kinds[name] is bool:
+            if not isinstance(value, bool):
+                raise UsageError(f"config file {path}: {key} must be true or false (got {value!r})")
+            flags.append(_flag(name) if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, dict | list | bool):
+            raise UsageError(f"config file {path}: {key} must be a single {kinds[name].__name__} (got {value!r})")
+        else:
+            flags += [_flag(name), str(value)]
+    return flags
 
 
 def parse_config(config_cls, argv: list[str] | None, prog: str, description: str):
@@ -40,30 +132,17 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
     tuple of filled instances comes back, one per class.
     """
     classes = config_cls if isinstance(config_cls, tuple) else (config_cls,)
-    parser = _Parser(list(classes), prog, description)
+    parser = build_parser(classes, prog, description)
     argv = sys.argv[1:] if argv is None else list(argv)
     config_path = _find_config_flag(argv)
-    if config_path is not None:
-        import yaml
-
-        path = Path(config_path)
-        if not path.is_file():
-            raise UsageError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise UsageError(f"config file {path} must hold a mapping of option: value")
-        fields = {f.name for cls in classes for f in dataclasses.fields(cls)}
-        unknown = sorted(set(k.replace("-", "_") for k in values) - fields)
-        if unknown:
-            raise UsageError(f"config file {path} has unknown options: {', '.join(unknown)}")
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
-    *configs, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if remaining:
-        raise UsageError(f"unrecognized arguments: {' '.join(remaining)}")
-    configs = configs[: len(classes)]  # the rest is the namespace holding --config
+    from_file = _config_file_flags(Path(config_path), classes) if config_path is not None else []
+    namespace = parser.parse_args(from_file + argv)
+    configure_logging(namespace.verbose)
+    configs = []
+    for cls in classes:
+        config = cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
+        check_bounds(config)
+        configs.append(config)
     return tuple(configs) if isinstance(config_cls, tuple) else configs[0]
 
 
@@ -78,10 +157,28 @@ def _find_config_flag(argv: list[str]) -> str | None:
     return None
 
 
+def configure_logging(verbose: bool) -> None:
+    """Libraries log to stderr, and only errors, unless ``--verbose``: stdout holds results alone."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # vLLM's default is stdout
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "0" if verbose else "1")
+    if not verbose:  # "Loading weights" / "Writing model shards" bars of a 3M-parameter model: noise
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:
+        warnings.filterwarnings("ignore")  # library deprecation and advice notes; --verbose shows them
+        for name in ("vllm", "transformers", "accelerate", "datasets", "torch", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def save_config(config, path: Path) -> None:
     """Write the resolved configuration beside a run's outputs."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+    text = json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def print_config(config, stream=sys.stderr) -> None:
@@ -90,14 +187,53 @@ def print_config(config, stream=sys.stderr) -> None:
     print(f"{name}({items})", file=stream, flush=True)
 
 
+PAUSE_ENV = "OFFLINE_RL_TEST_PAUSE"  # tests: "collect:shard-1" holds the command there, to kill or race it
+
+
+def pause_point(name: str) -> None:
+    """For tests: at the point ``$OFFLINE_RL_TEST_PAUSE`` names, write ``$OFFLINE_RL_TEST_PAUSE_FILE`` and wait
+    (at most 10 min) until the test deletes it: the test may kill the command there, or race a second one."""
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    import time
+
+    flag = Path(os.environ[PAUSE_ENV + "_FILE"])
+    flag.write_text(str(os.getpid()))
+    deadline = time.time() + 600
+    while flag.exists() and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def run(main: Callable[[list[str] | None], object], prog: str) -> None:
-    """Run ``main`` as a command: exit 0 on success, 2 with one line on bad input."""
+    """Run ``main`` as a command: exit 0 on success, 2 with one line on bad input, 1 on internal failure.
+
+    A full disk is one line too; output directories this run created but never wrote into are removed.
+    """
     try:
         main(None)
-    except UsageError as e:
+    except (UsageError, BadInput) as e:
+        release_unused()
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        release_unused()
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BaseException as e:
+        release_unused()
+        if isinstance(e, SystemExit):
+            raise
+        if is_disk_full(e):
+            print(f"{prog}: error: no space left on device ({_where(e)}); free some and run the same command "
+                  "again to resume", file=sys.stderr)
+            sys.exit(2)
+        raise
     sys.exit(0)
+
+
+def _where(error: BaseException) -> str:
+    while error is not None:
+        if isinstance(error, OSError) and error.filename:
+            return str(error.filename)
+        error = error.__cause__ or error.__context__
+    return "while writing"

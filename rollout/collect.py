@@ -20,9 +20,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 import rewards
-from rollout.cli import UsageError, parse_config, print_config, save_config
+from rewards.files import TextError, hold_directory, is_disk_full
+from rollout.cli import UsageError, parse_config, pause_point, print_config, save_config
 from rollout.dataset import DatasetWriter, merge, read_manifest, read_rows
-from rollout.engines import ENGINES, EngineFlags, SamplingConfig, prompt_seed
+from rollout.engines import EngineFlags, SamplingConfig, prompt_seed
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
@@ -38,18 +39,18 @@ class CollectConfig(EngineFlags):
     hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk dataset"})
     strict: bool = field(default=False, metadata={"help": "reject a source with rows lacking a gold answer instead of skipping them"})
     template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the world, else chat if the model has one, else qwen-boxed)"})
-    n: int = field(default=4, metadata={"help": "responses sampled per prompt"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold"})
-    max_tokens: int = field(default=160, metadata={"help": "most tokens per response"})
+    n: int = field(default=4, metadata={"help": "responses sampled per prompt", "min": 1})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
+    max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
     stop: str = field(default=None, metadata={"help": "comma-separated stop strings"})
-    skip: int = field(default=0, metadata={"help": "skip the first N prompts"})
-    limit: int = field(default=None, metadata={"help": "then use at most N prompts"})
+    skip: int = field(default=0, metadata={"help": "skip the first N prompts", "min": 0})
+    limit: int = field(default=None, metadata={"help": "then use at most N prompts", "min": 1})
     shard: str = field(default="0/1", metadata={"help": "I/N: take every N-th prompt starting at I (for several processes or machines)"})
     seed: int = field(default=0, metadata={"help": "run seed; each prompt's seed derives from it and the prompt id"})
-    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out"})
-    shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)"})
-    force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters"})
+    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out", "min": 1})
+    shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)", "min": 1})
+    force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters, or write into one bin/collect did not make"})
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -60,15 +61,40 @@ def parse_shard(spec: str) -> tuple[int, int]:
 
 
 def resolve_model(model: str) -> str:
-    """A local checkpoint directory, or a hub name passed through for the engine to fetch."""
+    """A local checkpoint directory, or a hub name found in the local cache or on a reachable hub."""
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise UsageError(f"{path} is not a model checkpoint (no config.json)")
         return str(path)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith("."):
-        return model  # looks like a hub name
+        return _hub_model(model)
     raise UsageError(f"model not found: {model}")
+
+
+def _hub_model(name: str) -> str:
+    """A hub name, once it is known to be loadable: cached locally, or the hub answers (checked once,
+    in seconds, rather than after the hub client's retries: 23 s measured with no network)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        snapshot_download(name, local_files_only=True)
+        return name
+    except Exception:  # not cached (or cached only in part): the hub must have it
+        pass
+    not_local = f"model {name} is neither a local directory nor in the Hugging Face cache"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise UsageError(f"{not_local}, and HF_HUB_OFFLINE is set")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        raise UsageError(f"{not_local}, and the hub ({host}) cannot be reached: {e.strerror or e}") from None
+    return name
 
 
 def git_commit() -> str:
@@ -92,17 +118,13 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
     cfg = parse_config(CollectConfig, argv, "collect", __doc__)
     if cfg.out is None:
         raise UsageError("--out is required")
-    if cfg.backend not in ENGINES:
-        raise UsageError(f"unknown backend {cfg.backend!r}; known: {', '.join(ENGINES)}")
-    if cfg.n < 1 or cfg.max_tokens < 1 or cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.skip < 0:
-        raise UsageError("need --n >= 1, --max-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --skip >= 0")
     shard_index, shard_count = parse_shard(cfg.shard)
     model = resolve_model(cfg.model or default_model)
     if cfg.data_parallel_size > 1:
         return data_parallel(cfg, sys.argv[1:] if argv is None else list(argv))
     try:
         loaded = load_source(cfg.source, cfg.format, cfg.question_field, cfg.answer_field, cfg.hub_split, world)
-    except (SourceError, FileNotFoundError) as e:
+    except (SourceError, FileNotFoundError, TextError) as e:
         raise UsageError(str(e)) from None
     if loaded.skipped_without_gold and cfg.strict:
         raise UsageError(f"{cfg.source}: {loaded.skipped_without_gold} rows have no gold answer (--strict)")
@@ -111,35 +133,37 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
     records = records[shard_index::shard_count]
     if not records:
         raise UsageError(f"no prompts to collect from {cfg.source} (after --skip/--limit/--shard)")
+    tokenizer = load_tokenizer(model)
+    try:
+        template = Template(cfg.template or default_template(loaded.description["kind"], tokenizer), tokenizer)
+    except (TemplateError, TextError) as e:
+        raise UsageError(str(e)) from None
 
     out = Path(cfg.out)
     identity = {"model": model, "source": loaded.description, "template": cfg.template, "backend": cfg.backend,
                 "sampling": {"n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p,
                              "max_tokens": cfg.max_tokens, "stop": cfg.stop},
                 "seed": cfg.seed, "shard": cfg.shard, "dtype": cfg.dtype}
+    hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
     done_ids: set[str] = set()
     if (out / "manifest.json").exists():
-        try:
-            previous = read_manifest(out)
-        except (ValueError, FileNotFoundError) as e:
-            raise UsageError(f"{out} holds an unreadable manifest: {e}") from None
+        previous = read_manifest(out)
         differs = sorted(k for k, v in identity.items() if previous.get("identity", {}).get(k) != v)
         if differs and not cfg.force:
             raise UsageError(f"{out} was collected with different {', '.join(differs)}; "
                              "choose another --out, or --force to append anyway")
         done_ids = {r["prompt_id"] for r in read_rows(out, columns=["prompt_id"])}
-    elif out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} exists and is not an offline dataset; choose another --out")
-
-    tokenizer = load_tokenizer(model)
-    try:
-        template = Template(cfg.template or default_template(loaded.description["kind"], tokenizer), tokenizer)
-    except TemplateError as e:
-        raise UsageError(str(e)) from None
 
     print_config(cfg)
-    save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
     return collect(cfg, model, template, records, loaded, identity, out, done_ids)
+
+
+def is_collect_directory(out: Path) -> bool:
+    """A dataset, or what a collection that died before its first write left (its configuration only)."""
+    if (out / "manifest.json").exists():
+        return True
+    return all(p.name.startswith("collect_config") or (p.name == "data" and not any(p.iterdir()))
+               for p in out.iterdir() if not p.name.startswith("."))
 
 
 def data_parallel(cfg: CollectConfig, argv: list[str]) -> dict:
@@ -151,6 +175,7 @@ def data_parallel(cfg: CollectConfig, argv: list[str]) -> dict:
         raise UsageError("--data-parallel-size already shards the prompts; drop --shard")
     size, tp = cfg.data_parallel_size, cfg.tensor_parallel_size
     out = Path(cfg.out)
+    hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
     procs = []
     for rank in range(size):
         env = dict(os.environ)
@@ -170,6 +195,17 @@ def data_parallel(cfg: CollectConfig, argv: list[str]) -> dict:
     return manifest
 
 
+def start_engine(cfg: EngineFlags, model: str):
+    """The engine, or one line saying why it would not start (a bad --dtype, no room for the KV cache, ...)."""
+    try:
+        return cfg.engine(model, cfg.seed)
+    except Exception as e:  # vLLM and torch raise many types; the first line names the cause
+        if is_disk_full(e):
+            raise
+        raise UsageError(f"the {cfg.backend} engine did not start for {model}: "
+                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+
+
 def load_tokenizer(model: str):
     """The model's tokenizer, checking on the way that the checkpoint loads at all."""
     from transformers import AutoConfig, AutoTokenizer
@@ -184,7 +220,6 @@ def load_tokenizer(model: str):
 def collect(cfg: CollectConfig, model: str, template: Template, records: list[dict], loaded, identity: dict,
             out: Path, done_ids: set[str]) -> dict:
     start = time.time()
-    engine = cfg.engine(model, cfg.seed)
     sampling = SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                               stop=[s for s in cfg.stop.split(",") if s] if cfg.stop else None)
     writer = DatasetWriter(out, {
@@ -192,7 +227,10 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
         "source": loaded.description, "template": template.name, "sampling": asdict(sampling), "seed": cfg.seed,
         "backend": cfg.backend, "shard": cfg.shard, "verifier_version": rewards.VERIFIER_VERSION,
         "skipped_without_gold": loaded.skipped_without_gold, "identity": identity, "complete": False,
-    })
+    })  # the first write: from here on every crash point is resumable
+    save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
+    pause_point("collect:started")
+    engine = start_engine(cfg, model)
     todo = [r for r in records if r["prompt_id"] not in done_ids]
     accepted = responses = tokens = 0
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="collect", unit="prompt")
@@ -214,6 +252,7 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
                 responses += 1
                 tokens += len(s.token_ids)
         writer.write_shard(rows)
+        pause_point(f"collect:shard-{len(writer.manifest['shards'])}")
         bar.update(len(chunk))
         elapsed = time.time() - start
         bar.set_postfix(pass_rate=f"{accepted / responses:.3f}", tok_s=f"{tokens / elapsed:.0f}")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rewards.rescore import atomic_write
+from rewards.files import atomic_write, hold_directory
+from rewards.rescore import DatasetError
 
 SCHEMA = pa.schema([
     ("prompt_id", pa.string()),
@@ -87,17 +88,44 @@ class DatasetWriter:
 
 
 def read_manifest(path: str | Path) -> dict:
+    """The dataset's manifest; :class:`DatasetError` naming the file if it is missing or damaged."""
     manifest = Path(path) / "manifest.json"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{path} is not an offline dataset (no manifest.json)")
-    return json.loads(manifest.read_text())
+        raise DatasetError(f"{path} is not an offline dataset (no manifest.json)")
+    try:
+        value = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DatasetError(f"{manifest} is damaged: {str(e).splitlines()[0]}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("shards", []), list):
+        raise DatasetError(f"{manifest} is damaged: not an offline-dataset manifest")
+    return value
+
+
+def shard_files(path: str | Path) -> list[Path]:
+    """The shards the manifest lists, each checked to be a readable parquet file (else :class:`DatasetError`)."""
+    files = []
+    for name in read_manifest(path).get("shards", []):
+        file = Path(path) / "data" / str(name)
+        if "/" in str(name) or not file.is_file():
+            raise DatasetError(f"{path}: its manifest lists shard {name!r}, which is missing from data/")
+        try:
+            pq.read_metadata(file)
+        except (OSError, pa.ArrowException) as e:
+            raise DatasetError(f"{file} is damaged: {str(e).splitlines()[0]}") from None
+        files.append(file)
+    return files
 
 
 def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict]:
     """The rows of the shards the manifest lists (only those: a shard written after the
     last manifest update is not yet part of the dataset)."""
-    files = [Path(path) / "data" / name for name in read_manifest(path).get("shards", [])]
-    return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
+    rows = []
+    for f in shard_files(path):
+        try:
+            rows += pq.read_table(f, columns=columns).to_pylist()
+        except (OSError, pa.ArrowException) as e:
+            raise DatasetError(f"{f} is damaged: {str(e).splitlines()[0]}") from None
+    return rows
 
 
 def dataset_paths(spec: str | Path | list) -> list[Path]:
@@ -111,11 +139,14 @@ def load_offline_dataset(path: str | Path | list):
     """The rows of one or several datasets as one ``datasets.Dataset`` (a row per sampled response)."""
     import datasets
 
-    files = [str(p / "data" / name) for p in dataset_paths(path) for name in read_manifest(p).get("shards", [])]
+    files = [str(f) for p in dataset_paths(path) for f in shard_files(p)]
     if not files:
-        raise FileNotFoundError(f"{path} holds no data shards")
-    with quiet_datasets():
-        return datasets.load_dataset("parquet", data_files=files, split="train")
+        raise DatasetError(f"{path} holds no data shards")
+    try:
+        with quiet_datasets():
+            return datasets.load_dataset("parquet", data_files=files, split="train")
+    except Exception as e:  # datasets wraps a damaged file in several exception types
+        raise DatasetError(f"{path}: a shard is damaged: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
 
 @contextlib.contextmanager
@@ -132,29 +163,36 @@ def quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def merge(out: str | Path, inputs: list[str | Path]) -> dict:
+def merge(out: str | Path, inputs: list[str | Path], force: bool = False) -> dict:
     """One dataset from several (e.g. the outputs of ``--shard I/N``): shards copied, counts summed.
 
-    Refuses inputs that share a (prompt_id, sample_idx) row, so nothing is counted twice.
+    Refuses inputs that share a (prompt_id, sample_idx) row, so nothing is counted twice; an ``out``
+    that is one of the inputs; and an existing directory, unless ``force``.
     """
     import shutil
 
     out = Path(out)
+    inputs = [Path(p) for p in inputs]
+    if len({p.resolve() for p in inputs}) != len(inputs):
+        raise DatasetError("an input is named twice; merge only disjoint datasets")
+    if out.resolve() in {p.resolve() for p in inputs}:
+        raise DatasetError(f"--out {out} is one of the inputs; merge into a new directory")
     manifests = [read_manifest(p) for p in inputs]
     seen: set[tuple[str, int]] = set()
     for p in inputs:
         for r in read_rows(p, columns=["prompt_id", "sample_idx"]):
             key = (r["prompt_id"], r["sample_idx"])
             if key in seen:
-                raise ValueError(f"{p} repeats row {key} of another input; merge only disjoint shards")
+                raise DatasetError(f"{p} repeats row {key} of another input; merge only disjoint shards")
             seen.add(key)
+    hold_directory(out, "merge", force=force)
     (out / "data").mkdir(parents=True, exist_ok=True)
     shards = []
     for i, p in enumerate(inputs):
         for name in read_manifest(p)["shards"]:
             target = f"part-{i:03d}-{name}"
             tmp = out / "data" / f".{target}.tmp"
-            shutil.copyfile(Path(p) / "data" / name, tmp)
+            shutil.copyfile(p / "data" / name, tmp)
             tmp.replace(out / "data" / target)
             shards.append(target)
     counts = {k: sum(m["counts"][k] for m in manifests) for k in ("prompts", "responses", "accepted")}
@@ -162,5 +200,6 @@ def merge(out: str | Path, inputs: list[str | Path]) -> dict:
                 "pass_rate": counts["accepted"] / max(1, counts["responses"]),
                 "complete": all(m.get("complete") for m in manifests)}
     manifest.pop("summary", None)
+    manifest.pop("replaced_shards", None)
     write_json(out / "manifest.json", manifest)
     return manifest

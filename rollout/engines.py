@@ -34,12 +34,14 @@ class SamplingConfig:
 class EngineFlags:
     """The engine's own settings, shared as flags by every command that samples (collect, eval)."""
 
-    backend: str = field(default="vllm", metadata={"help": "generation engine: vllm or hf"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype in the engine (float32, bfloat16, auto)"})
-    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)"})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)"})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)"})
-    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU"})
+    backend: str = field(default="vllm", metadata={"help": "generation engine", "choices": ["vllm", "hf"]})
+    dtype: str = field(default="float32", metadata={"help": "model dtype in the engine",
+                                                    "choices": ["float32", "bfloat16", "float16", "auto"]})
+    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)", "min": 1})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)", "min": 1})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)",
+                                                                 "above": 0, "max": 1})
+    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU", "above": 0})
 
     def engine(self, model: str, seed: int):
         return ENGINES[self.backend](model, seed=seed, dtype=self.dtype, max_model_len=self.max_model_len,

@@ -9,10 +9,12 @@ Minerva's boxed solution); ``plain`` takes ``--question-field``/``--answer-field
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rewards.files import read_text
 from rewards.normalize import gold_answer
 from rollout.dataset import quiet_datasets
 
@@ -66,8 +68,10 @@ def load_rows(spec: str, hub_split: str = "test") -> tuple[list[dict], str]:
         if path.stat().st_size == 0:
             return [], "file"
         if path.suffix == ".csv":  # cells stay text: a gold "2" must not become 2.0, nor an empty cell NaN
-            with path.open(newline="") as f:
-                return list(csv.DictReader(f)), "file"
+            try:
+                return list(csv.DictReader(io.StringIO(read_text(path), newline=""))), "file"
+            except csv.Error as e:
+                raise SourceError(f"cannot read {path}: {e}") from None
         try:
             with quiet_datasets():
                 ds = datasets.load_dataset(loaders[path.suffix], data_files=str(path), split="train")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rewards.files import read_text
+
 QWEN_BOXED = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 TEMPLATES = {
     "world": "Question: {question}\nAnswer:",
@@ -37,9 +39,9 @@ class Template:
             self.literal = False
         else:
             path = Path(name)
-            if not path.is_file():
+            if not path.exists():
                 raise TemplateError(f"unknown template {name!r}; known: {', '.join(TEMPLATES)}, or a file holding {{question}}")
-            self.text = path.read_text()
+            self.text = read_text(path)  # TextError names the file and line
             self.literal = True  # a file's text is taken as it is; only {question} is replaced
             if "{question}" not in self.text:
                 raise TemplateError(f"template file {path} has no {{question}} placeholder")

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from rollout.dataset import DatasetWriter
-from tests.conftest import make_rows, run_bin
+from tests.conftest import run_bin
 
 
 def assert_one_line_usage_error(result, *fragments):
@@ -17,48 +16,61 @@ def assert_one_line_usage_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("command", ["collect", "train", "eval", "make-base", "demo"])
-def test_every_command_answers_help(command):
+@pytest.mark.parametrize("command", ["collect", "train", "eval", "compare", "make-base", "demo"])
+def test_every_command_answers_help_with_one_default_per_flag_in_kebab_case(command):
     result = run_bin(command, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout
+    import re
+
+    text = " ".join(result.stdout.split())  # argparse wraps help text over lines
+    assert not re.search(r"--[a-z]+_[a-z]", text), "snake_case flag spellings"
+    assert "[FORCE]" not in text and "--force" in text or command == "demo"
+    entries = re.split(r" (?=--[a-z-]+[ ,])", text)
+    assert all(entry.count("(default") <= 1 for entry in entries), [e for e in entries if e.count("(default") > 1]
 
 
-def test_collect_missing_model_path(tmp_path):
-    result = run_bin("collect", "--out", str(tmp_path / "out"), "--model", str(tmp_path / "nowhere"))
-    assert_one_line_usage_error(result, "model not found")
-    assert not (tmp_path / "out").exists()
+def test_a_bin_command_reports_bad_input_in_one_line(tmp_path):
+    assert_one_line_usage_error(run_bin("collect", "--out", str(tmp_path / "o"), "--limit", "-1"), "--limit must be >= 1")
+    assert not (tmp_path / "o").exists()
 
 
-def test_collect_empty_prompt_file(tmp_path):
-    (tmp_path / "empty.jsonl").write_text("")
-    result = run_bin("collect", "--out", str(tmp_path / "out"), "--source", str(tmp_path / "empty.jsonl"))
-    assert_one_line_usage_error(result, "no prompts")
+def test_files_written_atomically_get_the_usual_mode(tmp_path):
+    import os
+
+    from rollout.dataset import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    (tmp_path / "b.json").write_text("{}")
+    assert os.stat(tmp_path / "a.json").st_mode & 0o777 == os.stat(tmp_path / "b.json").st_mode & 0o777 == 0o644 & ~_umask()
 
 
-def test_collect_refuses_to_mix_sampling_parameters(tmp_path):
-    DatasetWriter(tmp_path, {"model": "m"}).write_shard(make_rows())
-    before = (tmp_path / "manifest.json").read_bytes()
-    result = run_bin("collect", "--out", str(tmp_path), "--limit", "1")
-    assert_one_line_usage_error(result, "collected with different", "--force")
-    assert (tmp_path / "manifest.json").read_bytes() == before
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
-@pytest.mark.parametrize("learner", ["rft", "dft"])
-def test_train_without_accepted_samples_says_the_pass_rate(tmp_path, tiny_model_dir, learner):
-    data = tmp_path / "data"
-    DatasetWriter(data, {"model": str(tiny_model_dir), "source": {"kind": "world", "split": "train"}}).write_shard(
-        make_rows(reward=lambda p, i: 0.0))
-    result = run_bin("train", "--learner", learner, "--data", str(data), "--out", str(tmp_path / "out"))
-    assert_one_line_usage_error(result, "pass rate 0.000", "0 accepted of 6")
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
 
+    from rewards.files import OutputError, hold_directory, release_unused
 
-def test_train_unknown_learner(tmp_path):
-    result = run_bin("train", "--learner", "nope", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert_one_line_usage_error(result, "unknown learner", "dft")
-
-
-def test_eval_rejects_k_below_one():
-    assert_one_line_usage_error(run_bin("eval", "--k", "0"), "--k")
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rewards.files import hold_directory; "
+                               f"hold_directory({str(out)!r}, 'collect'); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=str(__import__("tests.conftest").conftest.ROOT))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=f"being written by another process \\(collect, pid {holder.pid}\\)"):
+            hold_directory(out, "collect")
+    finally:
+        holder.kill()
+        holder.wait()
+    hold_directory(out, "collect")  # the kernel released the dead holder's lock
+    release_unused()
 
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path):

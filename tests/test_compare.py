@@ -7,7 +7,6 @@ import pytest
 
 from offline_rl.compare import CompareConfig, format_report_table, parse_learner_args, train_flags
 from tests.conftest import run_bin
-from tests.test_cli import assert_one_line_usage_error
 
 ARGS = ["--learners", "rft,dft", "--seeds", "0,1", "--benchmarks", "test-id", "--eval-limit", "6", "--k", "2",
         "--max-tokens", "48", "--budget-steps", "3", "--batch-size", "4", "--backend", "hf"]
@@ -64,32 +63,14 @@ def test_learner_recipes_and_overrides():
     assert train_flags("ppo", cfg, overrides) == ["--lr", "0.0002", "--clip-eps", "0.1"]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--learners", "dft,ddpg"], "unknown learner ddpg; known: sft, rft, dft"),
-    (["--seeds", "0,one"], "--seeds"),
-    (["--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),
-    (["--learner-args", "ddpg: --beta 1"], "--learner-args"),
-    (["--budget-steps", "0"], "--budget-steps"),
-])
-def test_compare_bad_input(tmp_path, args, fragment):
-    assert_one_line_usage_error(run_bin("compare", "--out", str(tmp_path / "c"), *args), fragment)
-
-
-def test_compare_refuses_a_missing_dataset_and_a_foreign_out_dir(tmp_path):
-    assert_one_line_usage_error(run_bin("compare", "--out", str(tmp_path / "c"), "--data", str(tmp_path / "none")),
-                                "not an offline dataset")
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "thesis.tex").write_text("precious")
-    assert_one_line_usage_error(run_bin("compare", "--out", str(tmp_path / "mine")), "not a comparison directory")
-    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
-
-
 def test_a_failed_stage_is_reported_and_the_rest_still_run(tmp_path, tiny_model_dir):
     from rollout.dataset import DatasetWriter
     from tests.conftest import make_rows
 
     # every sample right: rft trains, dpo has no pairs and fails
-    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir)}).write_shard(make_rows(reward=lambda p, i: 1.0))
+    writer = DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir)})
+    writer.write_shard(make_rows(reward=lambda p, i: 1.0))
+    writer.finish()
     out = tmp_path / "cmp"
     result = run_bin("compare", "--data", str(tmp_path / "data"), "--out", str(out), "--learners", "dpo,rft",
                      "--seeds", "0", "--benchmarks", "test-id", "--eval-limit", "2", "--k", "1", "--max-tokens", "8",

@@ -1,0 +1,203 @@
+"""Files as every command writes them: atomic replacement, one writer per output directory, text read strictly.
+
+Here rather than in ``rollout`` because ``rewards`` is the package every other one may import, and
+``python -m rewards rescore`` writes datasets too.
+
+- :func:`atomic_write`: readers see the old file or the new one, never a part; mode 0644 (under the umask).
+- :func:`hold_directory`: an exclusive ``fcntl.flock`` on ``DIR/.offline-rl.lock`` for the life of the
+  process (the kernel drops it when the process dies, however it dies). A second writer is refused
+  naming the holder's pid; a directory that another command made is refused unless forced.
+- :func:`read_text`: UTF-8 text, or one error naming the file and the line of the first bad byte.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+LOCK_NAME = ".offline-rl.lock"
+
+
+class BadInput(ValueError):
+    """Bad input of any command: reported as one line on stderr, exit code 2."""
+
+
+class OutputError(BadInput):
+    """An output location that cannot be used: busy, made by something else, or not writable (exit code 2)."""
+
+
+class TextError(BadInput):
+    """A text file that cannot be read as UTF-8 text (exit code 2)."""
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()  # what open() would give: mkstemp alone makes 0600 files
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk or quota, however a library wrapped it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def read_text(path: str | Path) -> str:
+    """The file's text; :class:`TextError` naming the file and line if it is unreadable or not UTF-8."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TextError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise TextError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None
+
+
+@dataclass
+class _Hold:
+    directory: Path
+    file: IO[str]
+    created_directory: bool
+    created_lock: bool
+
+
+_held: dict[Path, _Hold] = {}
+
+
+def _holder(text: str) -> dict:
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def hold_directory(directory: str | Path, command: str, force: bool = False,
+                   owned: Callable[[Path], bool] = lambda directory: False) -> Path:
+    """Create ``directory`` if needed and hold it exclusively until this process exits.
+
+    Refused with :class:`OutputError` (before anything is written into it):
+    - another live process holds it (its command and pid are named);
+    - it exists, holds files, and neither its lock file says ``command`` made it nor ``owned(directory)``
+      recognises it (e.g. a dataset's manifest), unless ``force``;
+    - it is a file, or cannot be created or written.
+    """
+    directory = Path(directory)
+    key = directory.resolve()
+    if key in _held:
+        return directory
+    existed = directory.exists()
+    if existed and not directory.is_dir():
+        raise OutputError(f"{directory} is a file, not a directory; choose another --out")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {directory}: {e.strerror or e}") from None
+    lock = directory / LOCK_NAME
+    lock_existed = lock.exists()
+    try:
+        file = open(lock, "a+")  # noqa: SIM115 -- held open for the life of the process
+    except OSError as e:
+        _undo(directory, existed, lock, lock_existed)
+        raise OutputError(f"cannot write to {directory}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = _holder(file.read())
+        file.close()
+        raise OutputError(f"{directory} is being written by another process ({holder.get('command', '?')}, "
+                          f"pid {holder.get('pid', '?')}); wait for it to end or choose another --out") from None
+    file.seek(0)
+    previous = _holder(file.read())
+    others = [p for p in directory.iterdir() if p.name != LOCK_NAME]
+    if others and previous.get("command") != command and not owned(directory) and not force:
+        file.close()
+        _undo(directory, existed, lock, lock_existed)
+        raise OutputError(f"{directory} exists and was not made by {command}; choose another --out, or --force")
+    try:
+        file.seek(0)
+        file.truncate()
+        file.write(json.dumps({"command": command, "pid": os.getpid(),
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        file.flush()
+    except OSError as e:
+        file.close()
+        _undo(directory, existed, lock, lock_existed)
+        raise OutputError(f"cannot write to {directory}: {e.strerror or e}") from None
+    _held[key] = _Hold(directory, file, not existed, not lock_existed)
+    return directory
+
+
+def _undo(directory: Path, existed: bool, lock: Path, lock_existed: bool) -> None:
+    """Leave a refused directory as it was found."""
+    if not lock_existed:
+        lock.unlink(missing_ok=True)
+    if not existed:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
+
+
+def release_unused() -> None:
+    """After a failure: release every held directory, taking back what holding it added (the lock file
+    this process created, and the directory itself if it created it and nothing else was written there)."""
+    for key, hold in list(_held.items()):
+        hold.file.close()
+        del _held[key]
+        try:
+            only_lock = [p.name for p in hold.directory.iterdir()] == [LOCK_NAME]
+        except OSError:
+            continue
+        if hold.created_lock:
+            (hold.directory / LOCK_NAME).unlink(missing_ok=True)
+        if hold.created_directory and only_lock:
+            try:
+                hold.directory.rmdir()
+            except OSError:
+                pass
