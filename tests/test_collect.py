@@ -1,18 +1,22 @@
 """bin/collect: resumption after SIGKILL, sharding, exact behaviour log-probs, bad input."""
 
 import json
+import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from offline_rl.base_model import DEFAULT_BASE_MODEL
+from rollout.cli import PAUSE_ENV
 from rollout.dataset import read_manifest, read_rows
 from tests.conftest import COLLECT_ARGS, ROOT, collect_world, run_bin
+from tests.test_cli import assert_one_line_usage_error
 from tests.test_pipeline import mean_abs_diff, transformers_logprobs
 
 
@@ -23,35 +27,58 @@ def responses(path) -> dict:
     return {(r["prompt_id"], r["sample_idx"]): r["response_token_ids"] for r in rows}
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path):
-    args = ["--backend", "hf", *COLLECT_ARGS, "--shard-size", "2"]
-    assert run_bin("collect", "--out", str(tmp_path / "whole"), *args).returncode == 0
+def start_paused(command: str, args: list[str], point: str, flag: Path) -> subprocess.Popen:
+    """``bin/COMMAND ARGS``, held at its pause point ``point`` once ``flag`` appears (it holds the pid)."""
+    env = {**os.environ, PAUSE_ENV: point, PAUSE_ENV + "_FILE": str(flag)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / command), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() < deadline, f"{command} never reached {point}"
+        time.sleep(0.02)
+    return proc
 
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_killed_at_any_point_then_resumed_and_a_second_writer_refused_equal_an_uninterrupted_run(tmp_path, hf_dataset):
+    args = ["--backend", "hf", *COLLECT_ARGS, "--shard-size", "2"]  # 12 shards of the 24 prompts of hf_dataset
     out = tmp_path / "killed"
+    cmd = ["--out", str(out), *args]
+
+    # 1. killed before its first shard: its first write, the manifest, makes it resumable
+    kill(start_paused("collect", cmd, "collect:started", tmp_path / "flag-0"))
+    assert read_manifest(out)["complete"] is False and read_manifest(out)["shards"] == []
+
+    # 2. killed at random moments: after a random number of shards, plus a random moment into the next one
     rng = random.Random(0)
-    kills = 0
-    for target in sorted(rng.sample(range(1, 11), 4)):  # of 12 shards: die after a random number of them...
-        proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "collect"), "--out", str(out), *args],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for target in sorted(rng.sample(range(1, 10), 2)):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "collect"), *cmd], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None:
-            if (out / "manifest.json").exists():
-                try:
-                    if len(read_manifest(out)["shards"]) >= target:
-                        time.sleep(rng.uniform(0, 0.3))  # ...plus a random moment into the next one
-                        proc.send_signal(signal.SIGKILL)
-                        kills += 1
-                        break
-                except (ValueError, KeyError):
-                    pass  # never: the manifest is replaced atomically
+            if (out / "manifest.json").exists() and len(read_manifest(out)["shards"]) >= target:
+                time.sleep(rng.uniform(0, 0.3))
+                break
             time.sleep(0.02)
-        proc.wait()
-    assert kills >= 3
-    assert not read_manifest(out)["complete"]
-    result = run_bin("collect", "--out", str(out), *args)  # resume to the end
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert responses(out) == responses(tmp_path / "whole")
-    assert read_manifest(out)["counts"] == read_manifest(tmp_path / "whole")["counts"]
+        kill(proc)
+    done = len(read_manifest(out)["shards"])
+    assert 2 <= done < 12 and not read_manifest(out)["complete"]
+
+    # 3. a second writer while the resumed run holds the directory: refused, naming the holder
+    flag = tmp_path / "flag-1"
+    first = start_paused("collect", cmd, f"collect:shard-{done + 1}", flag)
+    second = run_bin("collect", "--out", str(out), *args, "--shard-size", "5")
+    assert_one_line_usage_error(second, f"pid {first.pid}", "being written by another process")
+    flag.unlink()  # let the first one finish
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert read_manifest(out)["complete"] is True
+    assert responses(out) == responses(hf_dataset)
+    assert read_manifest(out)["counts"] == read_manifest(hf_dataset)["counts"]
 
 
 @pytest.mark.slow
@@ -67,9 +94,11 @@ def test_two_shards_together_equal_the_unsharded_run(tmp_path_factory, vllm_data
     assert done.returncode == 0, done.stderr
     assert responses(merged) == responses(vllm_dataset)
     assert read_manifest(merged)["counts"] == read_manifest(vllm_dataset)["counts"]
-    again = subprocess.run([sys.executable, "-m", "rollout", "merge", "--out", str(merged), str(shards[0]),
-                            str(shards[0])], cwd=ROOT, capture_output=True, text=True)
+    shutil.copytree(shards[0], merged.parent / "copy")
+    again = subprocess.run([sys.executable, "-m", "rollout", "merge", "--out", str(merged.parent / "again"),
+                            str(shards[0]), str(merged.parent / "copy")], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and "repeats row" in again.stderr
+    assert not (merged.parent / "again").exists()
 
 
 @pytest.mark.slow

@@ -102,38 +102,41 @@ def test_dpo_trains_and_says_why_when_there_are_no_pairs(tmp_path, tiny_model_di
     assert_one_line_usage_error(result, "no preference pairs", "1 are all-right, 2 all-wrong")
 
 
-def test_training_killed_midway_resumes_to_bitwise_equal_weights(tmp_path, tiny_model_dir, tiny_model):
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def test_a_second_writer_is_refused_and_a_killed_run_resumes_bitwise_equal(tmp_path, tiny_model_dir, tiny_model):
     from safetensors.torch import load_file
 
-    from tests.conftest import ROOT, run_bin
+    from tests.conftest import run_bin
+    from tests.test_cli import assert_one_line_usage_error
+    from tests.test_collect import kill, start_paused
 
     _, tokenizer = tiny_model
     world_dataset(tmp_path / "data", tokenizer, n_prompts=32)
-    args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--max-steps", "300",
-            "--batch-size", "4", "--grad-accum", "2", "--lr", "3e-3", "--save-every", "25", "--log-every", "25"]
+    args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--max-steps", "6",
+            "--batch-size", "4", "--grad-accum", "2", "--lr", "3e-3", "--save-every", "2", "--log-every", "1"]
     assert run_bin("train", *args, "--out", str(tmp_path / "whole")).returncode == 0
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
 
+    def weights_equal(out) -> bool:
+        other = load_file(out / "model.safetensors")
+        return other.keys() == whole.keys() and all(torch.equal(whole[k], other[k]) for k in whole)  # bitwise
+
+    # a second bin/train into the directory of a running one is refused; the first ends as if alone
+    first = start_paused("train", [*args, "--out", str(tmp_path / "first")], "train:step-1", tmp_path / "flag-1")
+    second = run_bin("train", *args, "--out", str(tmp_path / "first"))
+    assert_one_line_usage_error(second, f"pid {first.pid}")
+    (tmp_path / "flag-1").unlink()
+    assert first.wait(timeout=120) == 0
+    assert weights_equal(tmp_path / "first")
+
+    # killed after step 3 (checkpoint at 2, steps 1-3 logged), resumed: the same weights, each step logged once
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "train"), *args, "--out", str(killed)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None and not (killed / "checkpoints" / "step-100").exists():
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
+    kill(start_paused("train", [*args, "--out", str(killed)], "train:step-3", tmp_path / "flag-3"))
+    assert not (killed / "model.safetensors").exists() and (killed / "checkpoints" / "step-2").is_dir()
     result = run_bin("train", *args, "--out", str(killed), "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
-
-    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(killed / "model.safetensors")
-    assert whole.keys() == resumed.keys()
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)  # bitwise
+    assert weights_equal(killed)
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 300
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_without_checkpoint_is_bad_input(tmp_path, tiny_model_dir, tiny_model):
