@@ -197,6 +197,8 @@ CASES = [
     ("eval", ["--model", "{ws}/foreign"], "not a model checkpoint"),
     ("eval", ["--limit", "1", "--out", "{ws}/file.txt"], "is a file, not a directory"),
     ("eval", ["--limit", "1", "--out", "{ws}/foreign"], "not made by eval"),
+    ("eval", ["--limit", "1", "--out", "/sys/kernel/offline-rl-eval"], "cannot create"),  # read-only, even for root
+    ("train", [*TRAIN[:2], "--out", "/sys/kernel/offline-rl-train"], "cannot create"),
     ("eval", ["--limit", "1", "--template", "{ws}/latin1.txt"], "not UTF-8"),
     # compare
     ("compare", ["--out", "{ws}/new", "--budget-steps", "0"], "--budget-steps must be >= 1"),

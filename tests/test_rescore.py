@@ -128,3 +128,15 @@ def test_rescore_a_dataset_made_by_bin_collect(tmp_path, vllm_dataset):
     assert new["reward"] == old["reward"]  # same verifier version: nothing to change on this world data
     assert manifest["rescores"][-1]["changed_rows"] == 0
     assert manifest["counts"] == old_manifest["counts"]
+
+
+def test_rescore_deletes_only_the_shards_it_replaced(tmp_path):
+    dataset = make_dataset(tmp_path / "ds", shards=2)
+    foreign = dataset / "data" / "shard-00000-of-another-dataset.parquet"  # e.g. left by a forced merge
+    shutil.copyfile(dataset / "data" / "shard-00000.parquet", foreign)
+    before = foreign.read_bytes()
+    rescore(dataset, workers=1)
+    rescore(dataset, workers=1)  # the second one removes the first's replaced shards, nothing else
+    assert foreign.read_bytes() == before
+    listed = set(json.loads((dataset / "manifest.json").read_text())["shards"])
+    assert {p.name for p in (dataset / "data").iterdir()} == listed | {foreign.name}
