@@ -40,7 +40,8 @@ def run_one(method: str, tokens: int, vocab: int, hidden: int, chunk: int) -> di
         logprobs = p_t.log()
     else:
         logprobs = torch.cat([torch.utils.checkpoint.checkpoint(_chunk_logprobs, lm_head, h[i : i + chunk],
-                                                                targets[i : i + chunk], use_reentrant=False)
+                                                                targets[i : i + chunk], (1.0,), False,
+                                                                use_reentrant=False)[0]
                               for i in range(0, tokens, chunk)])
     loss = -(logprobs.detach().exp() * logprobs).sum()  # DFT: -sg(p) log p
     loss.backward()

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from offline_rl.evaluate import EvalConfig, load_benchmark, pass_ks
 from offline_rl.learners import LEARNERS
 from rewards.files import hold_directory
-from rollout.cli import UsageError, parse_config, print_config, save_config
+from rollout.cli import CommandFailed, UsageError, parse_config, print_config, save_config
 from rollout.collect import resolve_model
 from rollout.dataset import atomic_write_bytes, read_manifest
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None) -> dict:
             seconds = run_stage(stage, out / "logs", dataset_model)
         except StageFailed as e:
             if stage.name == "collect":
-                raise UsageError(str(e)) from None
+                raise CommandFailed(str(e)) from None
             failures.append(str(e))
             tqdm.write(str(e), file=sys.stderr)
         else:
@@ -240,7 +240,7 @@ def main(argv: list[str] | None) -> dict:
     print(summary["table"])
     print(f"\nreport: {out / 'report.md'}, {out / 'results.csv'}, plots in {out / 'plots'}")
     if failures:
-        raise UsageError(f"{len(failures)} stage(s) failed, the report holds the rest: {failures[0]}")
+        raise CommandFailed(f"{len(failures)} stage(s) failed, the report holds the rest: {failures[0]}")
     return summary
 
 

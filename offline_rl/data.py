@@ -16,16 +16,31 @@ class Example:
     reward: float = 1.0
     advantage: float = 0.0
     reference_logprob: float = 0.0  # sequence log-prob under the reference model (DPO)
+    truncated: bool = False  # cut at the token limit, no EOS
 
 
-def sampled_examples(dataset, accepted_only: bool) -> list[Example]:
-    """The stored samples as examples, exact token ids as sampled (never re-tokenised)."""
-    rows = dataset.select_columns(["prompt_id", "prompt_token_ids", "response_token_ids", "behavior_logprobs", "reward"])
-    return [
-        Example(r["prompt_id"], r["prompt_token_ids"], r["response_token_ids"], r["behavior_logprobs"], r["reward"])
-        for r in rows
-        if r["response_token_ids"] and (not accepted_only or r["reward"] == 1.0)
-    ]
+def sampled_examples(dataset, accepted_only: bool, context=None) -> list[Example]:
+    """The stored samples as examples, exact token ids as sampled (never re-tokenised).
+
+    The accepted view leaves out truncated responses (``finish_reason == "length"``: a right answer
+    followed by rambling up to the token limit, with no EOS to learn) unless ``context.include_truncated``;
+    how many it left out is counted in ``context.dropped_truncated``.
+    """
+    rows = dataset.select_columns(["prompt_id", "prompt_token_ids", "response_token_ids", "behavior_logprobs",
+                                   "reward", "finish_reason"])
+    include_truncated = getattr(context, "include_truncated", False)
+    examples, dropped = [], 0
+    for r in rows:
+        if not r["response_token_ids"] or (accepted_only and r["reward"] != 1.0):
+            continue
+        if accepted_only and r["finish_reason"] == "length" and not include_truncated:
+            dropped += 1
+            continue
+        examples.append(Example(r["prompt_id"], r["prompt_token_ids"], r["response_token_ids"], r["behavior_logprobs"],
+                                r["reward"], truncated=r["finish_reason"] == "length"))
+    if context is not None:
+        context.dropped_truncated = getattr(context, "dropped_truncated", 0) + dropped
+    return examples
 
 
 def require_behavior_logprobs(dataset, learner: str) -> None:
@@ -34,6 +49,47 @@ def require_behavior_logprobs(dataset, learner: str) -> None:
 
     if any(not lp for lp in dataset["behavior_logprobs"]):
         raise UsageError(f"{learner} needs behaviour log-probs; this dataset has rows without them")
+
+
+def behavior_temperature(manifests: dict[str, dict], model_path: str, learner: str, approximate: bool) -> float:
+    """The temperature T at which ``log softmax(logits / T)`` of the sampling model equals the stored
+    behaviour log-probs, checked on every dataset's manifest; refused (one line) where no T makes the
+    ratio exact: top-p truncation, another sampling model, unknown or mixed settings. ``approximate``
+    accepts truncation and another model knowingly (the ratio is then only approximate)."""
+    from pathlib import Path
+
+    from rollout.cli import UsageError
+
+    def same_model(a, b) -> bool:
+        return a == b or (Path(str(a)).exists() and Path(str(a)).resolve() == Path(str(b)).resolve())
+
+    temperatures = set()
+    for path, manifest in manifests.items():
+        sampling = manifest.get("sampling")
+        if not isinstance(sampling, dict) or not isinstance(sampling.get("temperature"), int | float):
+            raise UsageError(f"{learner}: {path} does not record the temperature it was sampled at; "
+                             "its behaviour log-probs cannot be matched")
+        identity = manifest.get("identity", {})
+        for appended in manifest.get("appended_identities", []):
+            if appended.get("sampling") != identity.get("sampling") or appended.get("model") != identity.get("model"):
+                raise UsageError(f"{learner}: {path} holds rows sampled with other settings (a forced append); "
+                                 "its behaviour log-probs are not of one policy")
+        if not approximate:
+            if sampling.get("top_p", 1.0) != 1.0 or sampling.get("top_k", -1) not in (-1, 0, None):
+                raise UsageError(f"{learner}: {path} was sampled with top-p {sampling.get('top_p')}, top-k "
+                                 f"{sampling.get('top_k', 'full')}: a ratio to a truncated distribution is not exact; "
+                                 "--approximate-ratios to run anyway")
+            if not same_model(manifest.get("model"), model_path):
+                raise UsageError(f"{learner}: {path} was sampled by {manifest.get('model')}, not by the initial model "
+                                 f"{model_path}; --approximate-ratios to run anyway")
+        temperatures.add(float(sampling["temperature"]))
+    if len(temperatures) > 1:
+        raise UsageError(f"{learner}: the datasets were sampled at different temperatures "
+                         f"({', '.join(map(str, sorted(temperatures)))}); train on one at a time")
+    temperature = temperatures.pop()
+    if temperature <= 0:
+        raise UsageError(f"{learner}: greedy samples (temperature 0) have no behaviour probabilities to divide by")
+    return temperature
 
 
 def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -64,37 +120,58 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
             "advantages": advantages}
 
 
-def token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int = 0) -> torch.Tensor:
-    """log pi(target_t | prefix) for every response position, in float32: [B, T] (0 elsewhere).
+def token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int = 0, float32: bool = False) -> torch.Tensor:
+    """log pi(target_t | prefix) for every response position, in float32: [B, T] (0 elsewhere)."""
+    return token_logprobs_at(model, batch, chunk_size, (1.0,), float32)[0]
+
+
+def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0,
+                      temperatures: tuple[float, ...] = (1.0,), float32: bool = False) -> torch.Tensor:
+    """log softmax(logits / T)[target] at each temperature T, for every response position: [K, B, T].
 
     With ``chunk_size`` > 0 the vocabulary projection runs over chunks of that many response
     tokens under activation checkpointing, so no [B, T, V] logits (nor their fp32 copy or softmax)
     ever exist: peak extra memory is one [chunk, V] block. 0 projects everything at once.
+    ``float32`` runs the projection itself (the lm_head matmul) in float32 even under bf16 autocast:
+    a ratio against float32 behaviour log-probs must not carry bf16's ~0.06 nats of error.
     """
-    if chunk_size <= 0:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, T, V]
-        return -torch.nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), batch["targets"].flatten(), reduction="none"
-        ).view_as(batch["targets"])
+    if chunk_size <= 0 and not float32:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, T, V]
+        return torch.stack([-torch.nn.functional.cross_entropy(
+            (logits / t if t != 1.0 else logits).flatten(0, 1), batch["targets"].flatten(), reduction="none"
+        ).view_as(batch["targets"]) for t in temperatures])
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
                 logits_to_keep=1)  # through the (possibly DDP-wrapped) model; logits of one position only
     hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
     lm_head = _unwrap(model).get_output_embeddings()
     where = batch["response_mask"].bool()  # [B, T]
     selected_hidden, selected_targets = hidden[where], batch["targets"][where]  # [N, H], [N]
+    step = chunk_size if chunk_size > 0 else max(1, selected_hidden.shape[0])
     pieces = [
-        torch.utils.checkpoint.checkpoint(_chunk_logprobs, lm_head, selected_hidden[i : i + chunk_size],
-                                          selected_targets[i : i + chunk_size], use_reentrant=False)
-        for i in range(0, selected_hidden.shape[0], chunk_size)
+        torch.utils.checkpoint.checkpoint(_chunk_logprobs, lm_head, selected_hidden[i : i + step],
+                                          selected_targets[i : i + step], temperatures, float32, use_reentrant=False)
+        if chunk_size > 0 else _chunk_logprobs(lm_head, selected_hidden, selected_targets, temperatures, float32)
+        for i in range(0, selected_hidden.shape[0], step)
     ]
-    logprobs = torch.zeros(where.shape, dtype=torch.float32, device=hidden.device)  # [B, T]
-    logprobs[where] = torch.cat(pieces) if pieces else logprobs[where]
+    logprobs = torch.zeros((len(temperatures), *where.shape), dtype=torch.float32, device=hidden.device)  # [K, B, T]
+    if pieces:
+        logprobs[:, where] = torch.cat(pieces, dim=1)
     return logprobs
 
 
-def _chunk_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = lm_head(hidden).float()  # [n, V]: one chunk, recomputed in backward
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [n]
+def _chunk_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatures: tuple[float, ...],
+                    float32: bool) -> torch.Tensor:
+    if float32:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            bias = None if lm_head.bias is None else lm_head.bias.float()
+            logits = torch.nn.functional.linear(hidden.float(), lm_head.weight.float(), bias)  # [n, V]
+    else:
+        logits = lm_head(hidden).float()  # [n, V]: one chunk, recomputed in backward
+    rows = []
+    for t in temperatures:
+        scaled = logits / t if t != 1.0 else logits
+        rows.append(scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - scaled.logsumexp(-1))  # [n]
+    return torch.stack(rows)  # [K, n]
 
 
 def _unwrap(model):

@@ -13,18 +13,19 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
-from offline_rl.data import collate, token_logprobs
+from offline_rl.data import behavior_temperature, collate, token_logprobs_at
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from rewards.files import atomic_write, hold_directory, is_disk_full
-from rollout.cli import UsageError, parse_config, pause_point, print_config, save_config
+from rollout.cli import CommandFailed, UsageError, parse_config, pause_point, print_config, save_config
 from rollout.collect import load_tokenizer, resolve_model
 from rollout.dataset import dataset_paths, load_offline_dataset, read_manifest, write_json
 
@@ -41,6 +42,7 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step", "min": 1})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)", "above": 0})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up", "min": 0, "max": 1})
+    warmup_steps: int = field(default=None, metadata={"help": "steps spent warming the learning rate up (default: --warmup-ratio of the steps)", "min": 1})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm", "above": 0})
     logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once", "min": 0})
@@ -49,6 +51,8 @@ class TrainConfig:
     save_every: int = field(default=0, metadata={"help": "steps between checkpoints in OUT/checkpoints/step-N (0: none)", "min": 0})
     resume: bool = field(default=False, metadata={"help": "continue exactly from the last checkpoint in OUT/checkpoints (same settings only)"})
     force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, or start over in one holding checkpoints"})
+    include_truncated: bool = field(default=False, metadata={"help": "let the accepted view (and DPO's chosen responses) keep responses cut at --max-tokens"})
+    approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft) divide by behaviour log-probs of a truncated (top-p) distribution or another model"})
 
 
 def token_mean(loss_sum: torch.Tensor, step_tokens: torch.Tensor, num_processes: int) -> torch.Tensor:
@@ -148,37 +152,60 @@ def lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def main(argv: list[str] | None) -> dict:
-    cfg, *learner_configs = parse_config((TrainConfig, *LEARNER_CONFIGS), argv, "train", __doc__)
+    given: set[str] = set()
+    cfg, *learner_configs = parse_config((TrainConfig, *LEARNER_CONFIGS), argv, "train", __doc__, given=given)
     if cfg.learner not in LEARNERS:
         raise UsageError(f"unknown learner {cfg.learner!r}; known: {', '.join(LEARNERS)}")
+    learner_cfg = next(c for c in learner_configs if isinstance(c, LEARNERS[cfg.learner].Config))
+    own = {f.name for f in fields(TrainConfig)} | {f.name for f in fields(learner_cfg)}
+    foreign = sorted(given - own)
+    if foreign:
+        owners = [name for name, module in LEARNERS.items() if foreign[0] in {f.name for f in fields(module.Config)}]
+        raise UsageError(f"--{foreign[0].replace('_', '-')} is a flag of {', '.join(owners)}, not of {cfg.learner}")
     if cfg.data is None or cfg.out is None:
         raise UsageError("--data and --out are required")
-    manifest = read_manifest(dataset_paths(cfg.data)[0])
+    manifests = {str(p): read_manifest(p) for p in dataset_paths(cfg.data)}
+    manifest = next(iter(manifests.values()))
     dataset = load_offline_dataset(cfg.data)
     model_path = resolve_model(cfg.model or manifest["model"])
-    learner_cfg = next(c for c in learner_configs if isinstance(c, LEARNERS[cfg.learner].Config))
-    return train(cfg, manifest, dataset, model_path, learner_cfg)
+    return train(cfg, manifest, dataset, model_path, learner_cfg, manifests)
 
 
-def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cfg=None) -> dict:
+def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cfg=None,
+          manifests: dict[str, dict] | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import AutoModelForCausalLM
 
     learner = LEARNERS[cfg.learner]
     learner_cfg = learner_cfg or learner.Config()
+    manifests = manifests or {str(cfg.data): manifest}
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
     set_seed(cfg.seed)
 
     tokenizer = load_tokenizer(model_path)  # one line if the checkpoint's config or tokenizer is damaged
-    context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest, model_path=model_path)
+    # ratio learners read the policy at the behaviour's temperature: exact, or refused (data.behavior_temperature)
+    ratio_temperature = (behavior_temperature(manifests, model_path, cfg.learner, cfg.approximate_ratios)
+                         if getattr(learner, "USES_BEHAVIOR_RATIO", False) else None)
+    float32_projection = getattr(learner, "FLOAT32_PROJECTION", False)
+    context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest, manifests=manifests, model_path=model_path,
+                              include_truncated=cfg.include_truncated, dropped_truncated=0, accelerator=accelerator,
+                              logit_chunk_size=cfg.logit_chunk_size, approximate_ratios=cfg.approximate_ratios)
     examples = learner.examples(dataset, context, learner_cfg)
+    if context.dropped_truncated and accelerator.is_main_process:
+        print(f"left out {context.dropped_truncated} accepted responses cut at the token limit (no EOS); "
+              "--include-truncated keeps them", file=sys.stderr)
     if not examples:
         counts = manifest.get("counts", {})
         raise UsageError(
             f"no training examples for {cfg.learner} in {cfg.data}: pass rate {manifest.get('pass_rate', 0):.3f} "
             f"({counts.get('accepted', 0)} accepted of {counts.get('responses', len(dataset))} responses)")
+    # every derived setting resolved now and saved: `bin/train --config OUT/train_config.json` repeats the run
+    per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / per_step))
+    cfg = replace(cfg, model=model_path, max_steps=total_steps,
+                  warmup_steps=cfg.warmup_steps or max(1, round(cfg.warmup_ratio * total_steps)))
 
     out = Path(cfg.out)
     checkpoints = out / "checkpoints"
@@ -201,13 +228,11 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
             raise
         raise UsageError(f"cannot load model {model_path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     model.config.use_cache = False
-    per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / per_step))
     # fused: one kernel over all parameters (measured 7.8x faster than the per-tensor loop at 0.5B on CPU)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                                   fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, max(1, round(cfg.warmup_ratio * total_steps))))
+        optimizer, lr_lambda(total_steps, cfg.warmup_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     # registered, not prepared: a prepared scheduler steps once per process, changing the schedule under DDP
     accelerator.register_for_checkpointing(scheduler)
@@ -226,7 +251,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
                 shutil.rmtree(checkpoints)
             for stale in ("train_summary.json", "config.json"):
                 (out / stale).unlink(missing_ok=True)
-        save_config(cfg, out / "train_config.json")
+        write_json(out / "train_config.json", {**asdict(cfg), **asdict(learner_cfg), "resume": False})
         save_config(learner_cfg, out / "learner_config.json")
         keep_metrics_until(out / "metrics.jsonl", first_step)
         metrics_file = (out / "metrics.jsonl").open("a")
@@ -234,7 +259,8 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
 
-        tensorboard = SummaryWriter(str(out / "tensorboard"))
+        # a resumed run hides the events logged after its checkpoint, as metrics.jsonl drops their records
+        tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=first_step + 1 if first_step else None)
 
     # data order: one seeded permutation per epoch, identical on every rank; each rank takes its slice
     def batches():
@@ -267,7 +293,10 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                loss_sum, _, metrics = learner.loss(token_logprobs(model, batch, cfg.logit_chunk_size), batch, learner_cfg)
+                temperatures = (1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature)
+                logprobs = token_logprobs_at(model, batch, cfg.logit_chunk_size, temperatures, float32_projection)
+                batch["ratio_logprobs"] = logprobs[-1]  # log pi_theta at the behaviour's temperature: [B, T]
+                loss_sum, _, metrics = learner.loss(logprobs[0], batch, learner_cfg)
                 accelerator.backward(token_mean(loss_sum, step_tokens, accelerator.num_processes))
             for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
@@ -294,7 +323,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
             # checked before the update: no checkpoint ever holds weights a non-finite step produced
             last = latest_checkpoint(checkpoints)
             what = f"loss became {record['loss']}" if not math.isfinite(record["loss"]) else "gradient norm became non-finite"
-            raise UsageError(f"{what} at step {step + 1}; stopped, last good checkpoint: {last or 'none'}")
+            raise CommandFailed(f"{what} at step {step + 1}; stopped, last good checkpoint: {last or 'none'}")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -305,6 +334,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # collective: gathers FSDP shards onto the main process
     summary = {"learner": cfg.learner, "steps": total_steps, "examples": len(examples),
+               "dropped_truncated": context.dropped_truncated, "ratio_temperature": ratio_temperature,
                "seconds": round(time.time() - start, 2), "tokens_per_s": round(tokens_seen / (time.time() - start), 1)}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)

@@ -27,6 +27,11 @@ class UsageError(Exception):
     """Bad input or usage: reported as one line on stderr, exit code 2."""
 
 
+class CommandFailed(Exception):
+    """The command could not finish, through no fault of its input (a loss became NaN, a stage failed):
+    one line on stderr, exit code 1."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (a :class:`UsageError`), not usage + message."""
 
@@ -57,20 +62,29 @@ def _flag(name: str) -> str:
 
 
 def build_parser(classes: tuple, prog: str, description: str) -> OneLineParser:
+    """One flag per field name; a field that several classes share (two learners' ``beta``) is one flag.
+    Defaults stay out of the namespace (``SUPPRESS``), so what was given is known, and each class
+    keeps its own default for what was not."""
     parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    added: dict[str, type] = {}
     for cls in classes:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             kind = _field_type(hints[f.name])
-            help_text = f.metadata.get("help", "")
-            if kind is bool:  # --force / --no-force; argparse appends its one "(default: ...)"
-                parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                                    default=f.default, help=help_text)
+            if f.name in added:
+                if added[f.name] is not kind:
+                    raise TypeError(f"{cls.__name__}.{f.name} is a {kind.__name__} elsewhere a {added[f.name].__name__}")
                 continue
+            added[f.name] = kind
+            help_text = f.metadata.get("help", "")
             if f.default is not None and "default" not in help_text:
                 help_text += f" (default: {f.default})"
-            parser.add_argument(_flag(f.name), dest=f.name, type=_converter(kind, _flag(f.name)), default=f.default,
-                                choices=f.metadata.get("choices"), help=help_text,
+            if kind is bool:  # --force / --no-force
+                parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=argparse.SUPPRESS, help=help_text)
+                continue
+            parser.add_argument(_flag(f.name), dest=f.name, type=_converter(kind, _flag(f.name)),
+                                default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_text,
                                 metavar=None if f.metadata.get("choices") else f.name.upper())
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value defaults; flags override it")
     parser.add_argument("--verbose", action="store_true", help="show every log line of vLLM and transformers")
@@ -125,11 +139,12 @@ def _config_file_flags(path: Path, classes: tuple) -> list[str]:
     return flags
 
 
-def parse_config(config_cls, argv: list[str] | None, prog: str, description: str):
+def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, given: set[str] | None = None):
     """Fill ``config_cls`` from a YAML file (``--config``) and flags; flags override the file.
 
     ``config_cls`` may be a tuple of dataclasses (e.g. a command's and each learner's); then a
-    tuple of filled instances comes back, one per class.
+    tuple of filled instances comes back, one per class. ``given``, if passed, receives the names
+    of the fields that the flags or the file set.
     """
     classes = config_cls if isinstance(config_cls, tuple) else (config_cls,)
     parser = build_parser(classes, prog, description)
@@ -138,9 +153,11 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
     from_file = _config_file_flags(Path(config_path), classes) if config_path is not None else []
     namespace = parser.parse_args(from_file + argv)
     configure_logging(namespace.verbose)
+    if given is not None:
+        given.update(k for k in vars(namespace) if k not in ("config", "verbose"))
     configs = []
     for cls in classes:
-        config = cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
+        config = cls(**{f.name: getattr(namespace, f.name, f.default) for f in dataclasses.fields(cls)})
         check_bounds(config)
         configs.append(config)
     return tuple(configs) if isinstance(config_cls, tuple) else configs[0]
@@ -205,7 +222,8 @@ def pause_point(name: str) -> None:
 
 
 def run(main: Callable[[list[str] | None], object], prog: str) -> None:
-    """Run ``main`` as a command: exit 0 on success, 2 with one line on bad input, 1 on internal failure.
+    """Run ``main`` as a command: exit 0 on success, 2 with one line on bad input, 1 on internal failure
+    (one line for a :class:`CommandFailed`, a traceback for a bug).
 
     A full disk is one line too; output directories this run created but never wrote into are removed.
     """
@@ -215,6 +233,10 @@ def run(main: Callable[[list[str] | None], object], prog: str) -> None:
         release_unused()
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except CommandFailed as e:
+        release_unused()
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         release_unused()
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -149,6 +149,10 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
     if (out / "manifest.json").exists():
         previous = read_manifest(out)
         differs = sorted(k for k, v in identity.items() if previous.get("identity", {}).get(k) != v)
+        fixed = [k for k in ("model", "sampling") if k in differs and "identity" in previous]
+        if fixed:  # ratio learners divide by these rows' log-probs: they must all be of one policy
+            raise UsageError(f"{out} was sampled with different {' and '.join(fixed)}; even --force cannot append "
+                             "rows of another behaviour policy; choose another --out")
         if differs and not cfg.force:
             raise UsageError(f"{out} was collected with different {', '.join(differs)}; "
                              "choose another --out, or --force to append anyway")

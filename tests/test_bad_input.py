@@ -80,9 +80,18 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     """One workspace of good and damaged inputs, shared by every row (each row checks it is left unchanged)."""
     ws = tmp_path_factory.mktemp("bad-input")
     model = str(tiny_model_dir)
-    for name in ("ds", "ds2", "incomplete", "truncated-manifest", "truncated-shard", "missing-shard", "all-wrong"):
-        writer = DatasetWriter(ws / name, {"model": model, "source": {"kind": "world", "split": "train"}})
-        writer.write_shard(make_rows(reward=lambda p, i: 0.0) if name == "all-wrong" else make_rows())
+    sampled = {"temperature": 1.0, "top_p": 1.0}
+    manifests = {"ds-t07": {"sampling": {**sampled, "temperature": 0.7}}, "ds-topp": {"sampling": {**sampled, "top_p": 0.9}},
+                 "ds-other-model": {"model": str(DEFAULT_BASE_MODEL)}, "no-sampling": {"sampling": None},
+                 "collected": {"model": str(DEFAULT_BASE_MODEL), "identity": {
+                     "model": str(DEFAULT_BASE_MODEL), "sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0,
+                                                                    "max_tokens": 160, "stop": None}}}}
+    for name in ("ds", "ds2", "incomplete", "truncated-manifest", "truncated-shard", "missing-shard", "all-wrong",
+                 "no-logprobs", *manifests):
+        writer = DatasetWriter(ws / name, {"model": model, "source": {"kind": "world", "split": "train"},
+                                           "sampling": sampled, **manifests.get(name, {})})
+        rows = make_rows(reward=lambda p, i: 0.0) if name == "all-wrong" else make_rows()
+        writer.write_shard([{**r, "behavior_logprobs": []} for r in rows] if name == "no-logprobs" else rows)
         if name != "incomplete":
             writer.finish()
     manifest = (ws / "truncated-manifest" / "manifest.json").read_bytes()
@@ -107,6 +116,7 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
                                      + json.dumps({"question": "2+2", "answer": "4"}) + "\n")
     (ws / "broken-model").mkdir()
     (ws / "broken-model" / "config.json").write_text("{not json")
+    shutil.copytree(tiny_model_dir, ws / "model")
     shutil.copytree(tiny_model_dir, ws / "truncated-weights")
     weights = ws / "truncated-weights" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -159,6 +169,7 @@ CASES = [
     ("collect", ["--out", "{ws}/run", "--limit", "1"], "not made by collect"),
     ("collect", ["--out", "{ws}/ds", "--limit", "1"], "collected with different"),
     ("collect", ["--out", "{ws}/truncated-manifest", "--limit", "1"], "manifest.json is damaged"),
+    ("collect", ["--out", "{ws}/collected", "--limit", "1", "--temperature", "0.5", "--force"], "even --force"),
     # train
     ("train", [*TRAIN, "--batch-size", "0"], "--batch-size must be >= 1"),
     ("train", [*TRAIN, "--grad-accum", "0"], "--grad-accum must be >= 1"),
@@ -168,6 +179,22 @@ CASES = [
     ("train", [*TRAIN, "--max-steps", "-1"], "--max-steps must be >= 1"),
     ("train", [*TRAIN, "--config", "{ws}/lr.yaml"], "invalid float value: 'fast'"),
     ("train", [*TRAIN, "--learner", "nope"], "unknown learner 'nope'"),
+    ("train", ["--learner", "dpo", "--data", "{ws}/all-wrong", "--out", "{ws}/new"], "no preference pairs for dpo: of 3 prompts 0 are all-right, 3 all-wrong"),
+    ("train", [*TRAIN, "--learner", "dft", "--beta", "0.5"], "--beta is a flag of dpo, not of dft"),
+    ("train", [*TRAIN, "--learner", "rft", "--clip-eps", "0.1"], "--clip-eps is a flag of ppo, not of rft"),
+    ("train", [*TRAIN, "--learner", "dpo", "--pairing", "best"], "invalid choice: 'best'"),
+    # ratio learners: exact or refused, on every dataset of --data
+    ("train", ["--learner", "ppo", "--data", "{ws}/no-logprobs", "--out", "{ws}/new"], "needs behaviour log-probs"),
+    ("train", ["--learner", "ppo", "--data", "{ws}/ds-topp", "--out", "{ws}/new"], "top-p 0.9"),
+    ("train", ["--learner", "iwsft", "--data", "{ws}/ds,{ws}/ds-topp", "--out", "{ws}/new"], "--approximate-ratios"),
+    ("train", ["--learner", "adft", "--data", "{ws}/ds,{ws}/ds-t07", "--out", "{ws}/new"], "different temperatures"),
+    ("train", ["--learner", "ppo", "--data", "{ws}/no-sampling", "--out", "{ws}/new"], "does not record the temperature"),
+    ("train", ["--learner", "adft", "--data", "{ws}/ds-other-model", "--model", "{ws}/model", "--out", "{ws}/new"],
+     "not by the initial model"),
+    ("train", ["--learner", "dpo", "--reference", "behavior", "--data", "{ws}/ds,{ws}/ds-topp", "--out", "{ws}/new"],
+     "top-p 0.9"),
+    ("train", ["--learner", "dpo", "--reference", "behavior", "--data", "{ws}/ds-t07", "--out", "{ws}/new"],
+     "temperature 1"),
     ("train", ["--learner", "rft", "--data", "{ws}/all-wrong", "--out", "{ws}/new"], "pass rate 0.000 (0 accepted of 6"),
     ("train", ["--learner", "dft", "--data", "{ws}/all-wrong", "--out", "{ws}/new"], "pass rate 0.000 (0 accepted of 6"),
     ("train", ["--data", "{ws}/none", "--out", "{ws}/new"], "not an offline dataset"),

@@ -60,8 +60,8 @@ def test_training_changes_the_model_and_lowers_nll(tmp_path, tiny_model_dir, tin
 def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_model_dir):
     from tests.conftest import make_rows, run_bin
 
-    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"}}).write_shard(
-        make_rows(n_prompts=4, n=2))
+    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
+                                      "sampling": {"temperature": 1.0, "top_p": 1.0}}).write_shard(make_rows(n_prompts=4, n=2))
     result = run_bin("train", "--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                      "--max-steps", "2", "--batch-size", "4", "--clip-eps", "0.1", "--log-every", "1")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -70,19 +70,8 @@ def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_
     assert {"ratio", "clip_fraction", "nll"} <= set(metrics[-1])
 
 
-def test_ppo_without_behavior_logprobs_is_bad_input(tmp_path, tiny_model_dir):
+def test_dpo_trains_with_either_reference(tmp_path, tiny_model_dir):
     from tests.conftest import make_rows, run_bin
-    from tests.test_cli import assert_one_line_usage_error
-
-    rows = [{**r, "behavior_logprobs": []} for r in make_rows(n_prompts=2, n=2)]
-    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"}}).write_shard(rows)
-    result = run_bin("train", "--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"))
-    assert_one_line_usage_error(result, "behaviour log-probs")
-
-
-def test_dpo_trains_and_says_why_when_there_are_no_pairs(tmp_path, tiny_model_dir):
-    from tests.conftest import make_rows, run_bin
-    from tests.test_cli import assert_one_line_usage_error
 
     DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
                                       "sampling": {"temperature": 1.0, "top_p": 1.0}}).write_shard(
@@ -95,11 +84,6 @@ def test_dpo_trains_and_says_why_when_there_are_no_pairs(tmp_path, tiny_model_di
         assert result.returncode == 0, result.stderr[-2000:]
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert {"reward_accuracy", "margin", "nll"} <= set(metrics[-1])
-
-    DatasetWriter(tmp_path / "none", {"model": str(tiny_model_dir), "source": {"kind": "test"}}).write_shard(
-        make_rows(n_prompts=3, n=2, reward=lambda p, i: float(p == 0)))
-    result = run_bin("train", "--learner", "dpo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"))
-    assert_one_line_usage_error(result, "no preference pairs", "1 are all-right, 2 all-wrong")
 
 
 def test_a_second_writer_is_refused_and_a_killed_run_resumes_bitwise_equal(tmp_path, tiny_model_dir, tiny_model):
@@ -161,7 +145,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     result = run_bin("train", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out",
                      str(tmp_path / "o"), "--max-steps", "6", "--batch-size", "4", "--lr", "1e30",
                      "--warmup-ratio", "0", "--save-every", "1", "--log-every", "1")
-    assert result.returncode == 2
+    assert result.returncode == 1  # an internal failure, not bad input
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"train: error: loss became nan at step 2; stopped, last good checkpoint: {tmp_path / 'o' / 'checkpoints' / 'step-1'}"

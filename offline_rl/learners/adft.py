@@ -3,10 +3,14 @@
 Zhu et al., "Anchored Supervised Fine-Tuning" (ASFT, arXiv 2509.23753) read DFT as
 reward-weighted regression whose auxiliary distribution lacks an anchor, so the policy
 drifts during training; ASFT adds a lightweight KL term to the reference model. Here the
-anchor is the stored behaviour policy — the base model that collected the data — and
-the KL is estimated per sampled token with Schulman's k3 estimator,
-``exp(ref - logp) - (ref - logp) - 1`` (unbiased, non-negative), instead of a full-
-vocabulary KL against a second model in memory. ``--anchor-coef 0`` is plain DFT.
+anchor is the stored behaviour policy ``b`` — the base model that collected the data — and,
+since the tokens were drawn from ``b``, the anchor is **KL(b ‖ pi)**, estimated per token by
+``exp(d) - d - 1`` with ``d = log pi - log b``: unbiased under samples from ``b``
+(``E_b[pi/b] = 1``), non-negative, and with gradient ``pi/b - 1`` in ``log pi``, bounded below
+(k3 on ``log b - log pi`` would estimate chi²(b‖pi) − KL(b‖pi) here, with an unbounded gradient
+``1 - b/pi`` as pi → 0). ``pi`` is read at the behaviour's sampling temperature, projected in
+float32; the DFT term uses the policy itself. ``--anchor-coef 0`` is plain DFT.
+Simplification: a per-token estimate on the sampled tokens instead of a full-vocabulary KL.
 """
 
 from __future__ import annotations
@@ -20,23 +24,31 @@ from offline_rl.data import require_behavior_logprobs, sampled_examples
 
 @dataclass
 class ADFTConfig:
-    anchor_coef: float = field(default=0.1, metadata={"help": "adft: weight of the KL anchor to the behaviour policy"})
+    anchor_coef: float = field(default=0.1, metadata={"help": "adft: weight of the KL anchor to the behaviour policy", "min": 0})
 
 
 Config = ADFTConfig
+USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
+FLOAT32_PROJECTION = True
 
 
 def examples(dataset, context, cfg: Config | None = None):
     require_behavior_logprobs(dataset, "adft")
-    return sampled_examples(dataset, accepted_only=True)
+    return sampled_examples(dataset, accepted_only=True, context=context)
+
+
+def anchor_kl(policy_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over response tokens of ``exp(d) - d - 1``, ``d = log pi - log b``: unbiased for KL(b‖pi) per token
+    when the tokens are drawn from b."""
+    d = (policy_logprobs - behavior_logprobs) * mask  # [B, T]; 0 off the response
+    return ((d.exp() - d - 1) * mask).sum()
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
     token_probs = logprobs.detach().exp()  # [B, T]: sg(p_t)
     dft = -(token_probs * logprobs * mask).sum()
-    log_ratio = (batch["behavior_logprobs"] - logprobs) * mask  # [B, T]: log(ref / pi)
-    kl = ((log_ratio.exp() - log_ratio - 1) * mask).sum()  # k3 estimate of KL(pi || ref), 0 off the response
+    kl = anchor_kl(batch.get("ratio_logprobs", logprobs), batch["behavior_logprobs"], mask)
     metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "p_sum": (token_probs * mask).sum(),
                "kl_sum": kl.detach()}
     return dft + cfg.anchor_coef * kl, mask.sum(), metrics

@@ -26,7 +26,7 @@ Config = DFTConfig
 
 
 def examples(dataset, context, cfg: Config | None = None):
-    return sampled_examples(dataset, accepted_only=True)
+    return sampled_examples(dataset, accepted_only=True, context=context)
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):

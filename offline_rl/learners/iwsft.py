@@ -6,7 +6,8 @@ loose lower bound of the RL objective; re-weighting each sample by the (clipped)
 ratio of the current policy to the behaviour policy tightens it. Simplification: the
 weight is per sequence, ``min(exp(mean_t(log pi_theta - log pi_behaviour)), max_weight)``,
 detached — a length-normalised ratio, since the full sequence ratio under- or
-overflows for long responses.
+overflows for long responses. ``pi_theta`` is read at the behaviour's sampling temperature
+(``batch["ratio_logprobs"]``), projected in float32, so the ratio is exactly 1 at step 0.
 """
 
 from __future__ import annotations
@@ -20,22 +21,25 @@ from offline_rl.data import require_behavior_logprobs, sampled_examples
 
 @dataclass
 class IWSFTConfig:
-    max_weight: float = field(default=2.0, metadata={"help": "iwsft: clip of the importance weight"})
+    max_weight: float = field(default=2.0, metadata={"help": "iwsft: clip of the importance weight", "above": 0})
 
 
 Config = IWSFTConfig
+USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
+FLOAT32_PROJECTION = True
 
 
 def examples(dataset, context, cfg: Config | None = None):
     require_behavior_logprobs(dataset, "iwsft")
-    return sampled_examples(dataset, accepted_only=True)
+    return sampled_examples(dataset, accepted_only=True, context=context)
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
     lengths = mask.sum(-1).clamp(min=1)  # [B]
     with torch.no_grad():
-        mean_log_ratio = ((logprobs - batch["behavior_logprobs"]) * mask).sum(-1) / lengths  # [B]
+        policy = batch.get("ratio_logprobs", logprobs)  # [B, T], at the behaviour's temperature
+        mean_log_ratio = ((policy - batch["behavior_logprobs"]) * mask).sum(-1) / lengths  # [B]
         weights = mean_log_ratio.exp().clamp(max=cfg.max_weight)  # [B]
     nll = -(logprobs * mask)  # [B, T]
     loss_sum = (weights.unsqueeze(-1) * nll).sum()

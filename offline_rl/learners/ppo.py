@@ -4,8 +4,10 @@ Schulman et al., "Proximal Policy Optimization Algorithms" (arXiv 1707.06347), E
 with GRPO's group-relative advantages in place of a critic (Shao et al., arXiv
 2402.03300) and the token-mean aggregation of DAPO (Yu et al., arXiv 2503.14476).
 Offline: the ratio is ``exp(log pi_theta - log pi_behaviour)`` with the behaviour
-log-probs stored at collection time; no new samples are drawn. Simplification:
-no KL term to a reference model (the clip is the only trust region).
+log-probs stored at collection time; no new samples are drawn. ``pi_theta`` is read at the
+behaviour's sampling temperature (``batch["ratio_logprobs"]``), projected in float32, so every
+ratio is exactly 1 at step 0. Simplification: no KL term to a reference model (the clip is the
+only trust region).
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ from offline_rl.data import group_advantages, require_behavior_logprobs, sampled
 
 @dataclass
 class PPOConfig:
-    clip_eps: float = field(default=0.2, metadata={"help": "ppo: clip range epsilon of the ratio"})
+    clip_eps: float = field(default=0.2, metadata={"help": "ppo: clip range epsilon of the ratio", "above": 0, "max": 1})
     scale_advantages: bool = field(default=True, metadata={"help": "ppo: divide group advantages by the group's std"})
 
 
 Config = PPOConfig
+USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
+FLOAT32_PROJECTION = True
 
 
 def examples(dataset, context, cfg: Config | None = None):
     cfg = cfg or Config()
     require_behavior_logprobs(dataset, "ppo")
-    informative = [e for e in group_advantages(sampled_examples(dataset, accepted_only=False), cfg.scale_advantages)
+    informative = [e for e in group_advantages(sampled_examples(dataset, accepted_only=False, context=context),
+                                               cfg.scale_advantages)
                    if e.advantage != 0.0]  # all-right or all-wrong prompts carry no signal
     return informative
 
@@ -37,7 +42,8 @@ def examples(dataset, context, cfg: Config | None = None):
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
     advantages = batch["advantages"].unsqueeze(-1)  # [B, 1]
-    ratio = torch.exp((logprobs - batch["behavior_logprobs"]) * mask)  # [B, T]; 1 off the response
+    policy = batch.get("ratio_logprobs", logprobs)  # [B, T], at the behaviour's temperature
+    ratio = torch.exp((policy - batch["behavior_logprobs"]) * mask)  # [B, T]; 1 off the response
     clipped = ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)
     surrogate = torch.minimum(ratio * advantages, clipped * advantages)  # [B, T]
     loss_sum = -(surrogate * mask).sum()
