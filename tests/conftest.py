@@ -70,3 +70,9 @@ def vllm_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hf_dataset(tmp_path_factory) -> Path:
     return collect_world(tmp_path_factory, "hf")
+
+
+@pytest.fixture(scope="session")
+def tempered_dataset(tmp_path_factory) -> Path:
+    """bin/collect with vLLM at temperature 0.7 (24 prompts, 2 samples each)."""
+    return collect_world(tmp_path_factory, "vllm", "--temperature", "0.7")

@@ -111,10 +111,9 @@ def test_data_parallel_ranks_merge_into_the_single_process_run(tmp_path, hf_data
 
 
 @pytest.mark.slow
-def test_logprobs_are_those_of_the_tempered_distribution(tmp_path_factory):
+def test_logprobs_are_those_of_the_tempered_distribution(tempered_dataset):
     """At temperature 0.7 the stored log-probs are log softmax(logits / 0.7), what was sampled from."""
-    out = collect_world(tmp_path_factory, "vllm", "--temperature", "0.7")
-    rows = read_rows(out)
+    rows = read_rows(tempered_dataset)
     stored = [r["behavior_logprobs"] for r in rows]
     tempered = transformers_logprobs(DEFAULT_BASE_MODEL, rows, temperature=0.7)
     untempered = transformers_logprobs(DEFAULT_BASE_MODEL, rows, temperature=1.0)
@@ -122,6 +121,22 @@ def test_logprobs_are_those_of_the_tempered_distribution(tmp_path_factory):
     print(f"stored vs tempered {mad_tempered:.2e}, vs untempered {mad_untempered:.2e} nats")
     assert mad_tempered <= 0.02
     assert mad_untempered > 100 * max(mad_tempered, 1e-6)  # the check tells the two distributions apart
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", ["ppo", "iwsft", "adft"])
+def test_ratio_learners_start_at_ratio_one_on_tempered_samples(tempered_dataset, tmp_path, capfd, learner):
+    """At step 0 the policy is the behaviour model: read at the sampling temperature, every ratio is 1."""
+    from tests.test_bad_input import run_command
+
+    code, stderr = run_command("train", ["--learner", learner, "--data", str(tempered_dataset), "--out",
+                                         str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "16",
+                                         "--log-every", "1"], capfd)
+    assert code == 0, stderr[-2000:]
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    print(f"{learner}: step-0 mean |log-ratio| {first['abs_log_ratio']:.2e}")
+    assert first["abs_log_ratio"] <= 1e-3
+    assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["ratio_temperature"] == 0.7
 
 
 @pytest.fixture(scope="module")

@@ -201,3 +201,48 @@ def test_adft_is_dft_at_the_anchor_and_pulls_back_when_away():
     away = torch.log(torch.tensor([[0.9, 0.9, 0.9]]))
     _, _, metrics = adft.loss(away, batch, adft.Config(anchor_coef=1.0))
     assert metrics["kl_sum"].item() > 0
+
+
+def test_adft_anchor_is_unbiased_for_kl_of_behaviour_to_policy():
+    """Tokens drawn from b: the mean of exp(d) - d - 1 (d = log pi - log b) is KL(b||pi), enumerated exactly;
+    k3 on log b - log pi, the old estimator, is not."""
+    from offline_rl.learners.adft import anchor_kl
+
+    generator = torch.Generator().manual_seed(0)
+    behavior = torch.softmax(2 * torch.randn(8, generator=generator), -1)  # b
+    policy = torch.softmax(2 * torch.randn(8, generator=generator), -1)  # pi
+    exact = (behavior * (behavior.log() - policy.log())).sum().item()  # KL(b || pi) by enumeration
+    tokens = torch.multinomial(behavior, 400_000, replacement=True, generator=generator)
+    mask = torch.ones(1, len(tokens))
+    estimate = anchor_kl(policy.log()[tokens][None], behavior.log()[tokens][None], mask).item() / len(tokens)
+    assert abs(estimate - exact) <= 0.03 * exact, (estimate, exact)
+    d = behavior.log()[tokens] - policy.log()[tokens]
+    assert abs((d.exp() - d - 1).mean().item() - exact) > 0.2 * exact  # k3 of log(b/pi) under b: not this KL
+    # its gradient in log pi is pi/b - 1: bounded below by -1 wherever pi -> 0
+    logp = torch.tensor([[-30.0, 0.0]], requires_grad=True)
+    anchor_kl(logp, torch.tensor([[-0.1, 0.0]]), torch.ones(1, 2)).backward()
+    assert logp.grad[0, 0].item() >= -1.0
+
+
+def test_temperature_and_float32_projection(tiny_model):
+    from offline_rl.data import _chunk_logprobs, token_logprobs_at
+
+    model, tokenizer = tiny_model
+    examples = [Example("a", tokenizer("Question: 1+2?\nAnswer:")["input_ids"], tokenizer(" 3 \\boxed{3}")["input_ids"])]
+    batch = collate(examples, tokenizer.eos_token_id)
+    mask = batch["response_mask"].bool()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        expected = (logits / 0.7).log_softmax(-1).gather(-1, batch["targets"].unsqueeze(-1)).squeeze(-1)
+        for chunk in (0, 2):
+            tempered = token_logprobs_at(model, batch, chunk, (1.0, 0.7))[1]
+            assert torch.allclose(tempered[mask], expected[mask], atol=1e-5)
+        # under bf16 autocast the float32 projection stays exact; the default one carries bf16's error
+        hidden = torch.randn(16, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        targets = torch.arange(16)
+        exact = _chunk_logprobs(model.lm_head, hidden, targets, (1.0,), False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            high = _chunk_logprobs(model.lm_head, hidden, targets, (1.0,), True)
+            low = _chunk_logprobs(model.lm_head, hidden, targets, (1.0,), False)
+    assert torch.allclose(high, exact, atol=1e-5)
+    assert (low - exact).abs().max() > 1e-3

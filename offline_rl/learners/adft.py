@@ -48,7 +48,8 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
     token_probs = logprobs.detach().exp()  # [B, T]: sg(p_t)
     dft = -(token_probs * logprobs * mask).sum()
-    kl = anchor_kl(batch.get("ratio_logprobs", logprobs), batch["behavior_logprobs"], mask)
-    metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "p_sum": (token_probs * mask).sum(),
-               "kl_sum": kl.detach()}
+    policy = batch.get("ratio_logprobs", logprobs)  # [B, T], at the behaviour's temperature
+    kl = anchor_kl(policy, batch["behavior_logprobs"], mask)
+    metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "p_sum": (token_probs * mask).sum(), "kl_sum": kl.detach(),
+               "abs_log_ratio_sum": ((policy.detach() - batch["behavior_logprobs"]).abs() * mask).sum()}
     return dft + cfg.anchor_coef * kl, mask.sum(), metrics

@@ -43,4 +43,6 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
         weights = mean_log_ratio.exp().clamp(max=cfg.max_weight)  # [B]
     nll = -(logprobs * mask)  # [B, T]
     loss_sum = (weights.unsqueeze(-1) * nll).sum()
-    return loss_sum, mask.sum(), {"nll_sum": nll.detach().sum(), "weight_sum": (weights.unsqueeze(-1) * mask).sum()}
+    metrics = {"nll_sum": nll.detach().sum(), "weight_sum": (weights.unsqueeze(-1) * mask).sum(),
+               "abs_log_ratio_sum": ((policy.detach() - batch["behavior_logprobs"]).abs() * mask).sum()}
+    return loss_sum, mask.sum(), metrics

@@ -50,5 +50,6 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     with torch.no_grad():
         was_clipped = (surrogate != ratio * advantages) & (mask > 0)  # the clipped term is the active one
         metrics = {"nll_sum": -(logprobs * mask).sum(), "ratio_sum": (ratio * mask).sum(),
-                   "clip_fraction_sum": was_clipped.float().sum()}
+                   "clip_fraction_sum": was_clipped.float().sum(),
+                   "abs_log_ratio_sum": ((policy - batch["behavior_logprobs"]).abs() * mask).sum()}
     return loss_sum, mask.sum(), metrics

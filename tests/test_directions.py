@@ -1,0 +1,102 @@
+"""Every learner moves what it exists to move, after a few steps on a tiny model; a flipped sign fails here.
+
+- sft, rft, dft, iwsft, adft lower the NLL of the responses they train on;
+- dpo raises the chosen-minus-rejected margin of log-ratios to the reference (0 at the start);
+- ppo raises the log-prob of positive-advantage responses relative to negative-advantage ones.
+Each learner runs its own ``loss`` (and ``collate``) in a plain Adam loop, as the training loop would.
+"""
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from offline_rl import world
+from offline_rl.data import Example, collate, group_advantages, token_logprobs
+from offline_rl.learners import LEARNERS, dpo
+
+STEPS, LR = 6, 3e-3
+
+
+def _encode(tokenizer, problem, solution: str) -> tuple[list[int], list[int]]:
+    return tokenizer(problem.prompt)["input_ids"], tokenizer(" " + solution)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def _wrong(solution: str) -> str:
+    return solution.replace("\\boxed{", "\\boxed{1")  # the same text, a wrong final answer
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_model):
+    """(right, wrong) responses to 4 world problems, with exact behaviour log-probs of the initial model."""
+    model, tokenizer = tiny_model
+    out = []
+    for p in world.load_split("train")[:4]:
+        prompt, right = _encode(tokenizer, p, p.solution)
+        _, wrong = _encode(tokenizer, p, _wrong(p.solution))
+        out.append((Example(p.id, prompt, right, reward=1.0), Example(p.id, prompt, wrong, reward=0.0)))
+    with torch.no_grad():
+        flat = [e for pair in out for e in pair]
+        batch = collate(flat, tokenizer.eos_token_id)
+        logprobs = token_logprobs(model, batch)
+        behavior = [logprobs[i][batch["response_mask"][i].bool()].tolist() for i in range(len(flat))]
+    flat = [replace(e, behavior_logprobs=b) for e, b in zip(flat, behavior, strict=True)]
+    return [(flat[2 * i], flat[2 * i + 1]) for i in range(len(out))]
+
+
+def _sequence_logprobs(model, examples, pad) -> torch.Tensor:
+    with torch.no_grad():
+        batch = collate(examples, pad)
+        return (token_logprobs(model, batch) * batch["response_mask"]).sum(-1)  # [B]
+
+
+def _train(model, learner, items, pad):
+    model = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    collate_items = getattr(learner, "collate", collate)
+    for _ in range(STEPS):
+        batch = collate_items(items, pad)
+        logprobs = token_logprobs(model, batch, chunk_size=8)
+        loss_sum, count, _ = learner.loss(logprobs, batch, learner.Config())
+        (loss_sum / count).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model
+
+
+@pytest.mark.parametrize("name", ["sft", "rft", "dft", "iwsft", "adft"])
+def test_likelihood_learners_lower_the_nll_of_their_targets(tiny_model, pairs, name):
+    model, tokenizer = tiny_model
+    targets = [right for right, _ in pairs]
+    before = -_sequence_logprobs(model, targets, tokenizer.eos_token_id).sum()
+    after = -_sequence_logprobs(_train(model, LEARNERS[name], targets, tokenizer.eos_token_id), targets,
+                                tokenizer.eos_token_id).sum()
+    assert after < before - 1.0, (name, before.item(), after.item())
+
+
+def test_dpo_raises_the_chosen_minus_rejected_margin(tiny_model, pairs):
+    model, tokenizer = tiny_model
+    pad = tokenizer.eos_token_id
+    chosen, rejected = [w for w, _ in pairs], [lose for _, lose in pairs]
+    reference_chosen, reference_rejected = _sequence_logprobs(model, chosen, pad), _sequence_logprobs(model, rejected, pad)
+    items = [dpo.Pair(replace(w, reference_logprob=float(rw)), replace(lose, reference_logprob=float(rl)))
+             for w, lose, rw, rl in zip(chosen, rejected, reference_chosen, reference_rejected, strict=True)]
+    trained = _train(model, dpo, items, pad)
+    margin = ((_sequence_logprobs(trained, chosen, pad) - reference_chosen)
+              - (_sequence_logprobs(trained, rejected, pad) - reference_rejected))  # [P]; 0 before training
+    assert margin.mean() > 0.5, margin
+
+
+def test_ppo_raises_positive_advantage_responses_over_negative_ones(tiny_model, pairs):
+    model, tokenizer = tiny_model
+    pad = tokenizer.eos_token_id
+    items = group_advantages([e for pair in pairs for e in pair], scale_by_std=True)
+    positive = [e for e in items if e.advantage > 0]
+    negative = [e for e in items if e.advantage < 0]
+    assert len(positive) == len(negative) == len(pairs)
+
+    def gap(m) -> float:
+        return (_sequence_logprobs(m, positive, pad) - _sequence_logprobs(m, negative, pad)).mean().item()
+
+    assert gap(_train(model, LEARNERS["ppo"], items, pad)) > gap(model) + 0.5
