@@ -246,3 +246,15 @@ def test_temperature_and_float32_projection(tiny_model):
             low = _chunk_logprobs(model.lm_head, hidden, targets, (1.0,), False)
     assert torch.allclose(high, exact, atol=1e-5)
     assert (low - exact).abs().max() > 1e-3
+
+
+def test_adft_anchor_pulls_the_policy_back_toward_the_behaviour():
+    from offline_rl.learners import adft
+
+    batch = {"response_mask": torch.ones(1, 2), "behavior_logprobs": torch.log(torch.tensor([[0.5, 0.5]]))}
+    logp = torch.log(torch.tensor([[0.9, 0.1]])).requires_grad_(True)  # above, below the behaviour
+    anchored, _, _ = adft.loss(logp, batch, adft.Config(anchor_coef=1.0))
+    plain, _, _ = adft.loss(logp, batch, adft.Config(anchor_coef=0.0))
+    (anchored - plain).backward()
+    # d/dlog pi of exp(d) - d - 1 is pi/b - 1: descent lowers log pi where pi > b and raises it where pi < b
+    assert torch.allclose(logp.grad, torch.tensor([[0.9 / 0.5 - 1, 0.1 / 0.5 - 1]]), atol=1e-6)

@@ -19,7 +19,8 @@ def world_dataset(path, tokenizer, n_prompts=16):
                      "prompt_token_ids": prompt_ids, "response_token_ids": response_ids, "response": p.solution,
                      "behavior_logprobs": [-1.0] * len(response_ids), "sample_idx": 0, "finish_reason": "stop",
                      "pred": p.gold, "reward": float(i % 2 == 0)})
-    writer = DatasetWriter(path, {"model": "tiny", "source": {"kind": "world", "split": "train"}})
+    writer = DatasetWriter(path, {"model": "tiny", "source": {"kind": "world", "split": "train"},
+                                  "sampling": {"temperature": 1.0, "top_p": 1.0}})
     writer.write_shard(rows)
     return load_offline_dataset(path), read_manifest(path)
 
@@ -154,3 +155,25 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert not (tmp_path / "o" / "model.safetensors").exists()  # no final model from a failed run
     metrics = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2] and metrics[1]["loss"] != metrics[1]["loss"]  # NaN recorded
+
+
+def test_the_saved_configuration_is_resolved_and_repeats_the_run(tmp_path, tiny_model_dir, tiny_model, capfd):
+    from safetensors.torch import load_file
+
+    from tests.test_bad_input import run_command
+
+    _, tokenizer = tiny_model
+    world_dataset(tmp_path / "data", tokenizer)
+    code, err = run_command("train", ["--learner", "adft", "--data", str(tmp_path / "data"), "--model",
+                                      str(tiny_model_dir), "--out", str(tmp_path / "a"), "--epochs", "2",
+                                      "--batch-size", "4", "--anchor-coef", "0.2", "--approximate-ratios"], capfd)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "a" / "train_config.json").read_text())
+    # derived values resolved: the model, the total and warm-up steps; the learner's own settings beside them
+    assert saved["model"] == str(tiny_model_dir) and saved["max_steps"] == 4 and saved["warmup_steps"] == 1
+    assert saved["anchor_coef"] == 0.2 and saved["learner"] == "adft"
+    code, err = run_command("train", ["--config", str(tmp_path / "a" / "train_config.json"), "--out",
+                                      str(tmp_path / "b")], capfd)
+    assert code == 0, err
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
