@@ -54,9 +54,22 @@ def _parse(answer: str, timeout: int | None):
                  fallback_mode="no_fallback", parsing_timeout=timeout)
 
 
-@functools.lru_cache(maxsize=4096)
+_GOLD_CACHE: dict[tuple[str, int | None], list] = {}
+_GOLD_CACHE_SIZE = 4096
+
+
 def _parse_gold(gold: str, timeout: int | None):
-    return _parse(gold, timeout)  # golds repeat n times per prompt: parse each once
+    """Golds repeat n times per prompt: each is parsed once. Only a successful parse is kept: math-verify
+    returns [] on a timeout, and a gold that timed out once on a loaded machine must get another try."""
+    key = (gold, timeout)
+    if key in _GOLD_CACHE:
+        return _GOLD_CACHE[key]
+    parsed = _parse(gold, timeout)
+    if parsed:
+        if len(_GOLD_CACHE) >= _GOLD_CACHE_SIZE:
+            _GOLD_CACHE.pop(next(iter(_GOLD_CACHE)))
+        _GOLD_CACHE[key] = parsed
+    return parsed
 
 
 def in_main_thread() -> bool:

@@ -125,3 +125,32 @@ def test_gold_answer(record, source, gold):
 
 def test_verifier_version_names_the_engine():
     assert rewards.VERIFIER_VERSION.startswith("math-verify-")
+
+
+def test_gold_goes_first_to_math_verify():
+    """math-verify's verify(gold, answer) is asymmetric: gold x<2 accepts the interval (-inf, 2), not the reverse.
+    Swapping the arguments inside `equivalent` flips both verdicts below."""
+    from rewards import equivalent
+
+    assert equivalent("(-\\infty,2)", "x<2") is True  # pred, gold
+    assert equivalent("x<2", "(-\\infty,2)") is False
+
+
+def test_a_gold_that_timed_out_once_is_parsed_again(monkeypatch):
+    """math-verify returns [] on a timeout; caching that would score every later sample of the prompt 0."""
+    import rewards.verify as verify
+
+    gold = "\\frac{3}{7}"
+    verify._GOLD_CACHE.pop((gold, verify.STAGE_TIMEOUT_SECONDS), None)
+    real, calls = verify._parse, []
+
+    def first_gold_parse_times_out(answer, timeout):
+        calls.append(answer)
+        if answer == gold and calls.count(gold) == 1:
+            return []  # what math-verify returns when its alarm fires
+        return real(answer, timeout)
+
+    monkeypatch.setattr(verify, "_parse", first_gold_parse_times_out)
+    assert verify.equivalent("6/14", gold) is False  # the timed-out attempt
+    assert verify.equivalent("6/14", gold) is True  # the next sample of that prompt: parsed again, right
+    assert verify.equivalent("0.5", gold) is False and calls.count(gold) == 2  # and cached once it parsed
