@@ -51,6 +51,7 @@ class CollectConfig(EngineFlags):
     data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out", "min": 1})
     shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)", "min": 1})
     force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters, or write into one bin/collect did not make"})
+    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one response may take to score before its worker is killed and it scores 0 (counted)", "above": 0})
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -231,6 +232,7 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
         "source": loaded.description, "template": template.name, "sampling": asdict(sampling), "seed": cfg.seed,
         "backend": cfg.backend, "shard": cfg.shard, "verifier_version": rewards.VERIFIER_VERSION,
         "skipped_without_gold": loaded.skipped_without_gold, "identity": identity, "complete": False,
+        "scoring_deadline_seconds": cfg.scoring_deadline,
     })  # the first write: from here on every crash point is resumable
     save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
     pause_point("collect:started")
@@ -244,18 +246,21 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
         prompt_ids = [template.token_ids(p) for p in prompts]
         outputs = engine.generate(prompt_ids, sampling, seeds=[prompt_seed(cfg.seed, r["prompt_id"]) for r in chunk],
                                   use_tqdm=False)
-        rows = []
+        # one scoring path: the worker pool with its hard per-item deadline, as in eval and rescore
+        scored = rewards.score_batch_detailed([s.text for samples in outputs for s in samples],
+                                              [r["gold"] for r, samples in zip(chunk, outputs, strict=True)
+                                               for _ in samples], deadline=cfg.scoring_deadline)
+        rows, flat = [], iter(range(len(scored.rewards)))
         for record, prompt, ids, samples in zip(chunk, prompts, prompt_ids, outputs, strict=True):
             for idx, s in enumerate(samples):
-                pred = rewards.extract_answer(s.text)
-                reward = 1.0 if rewards.equivalent(pred, record["gold"]) else 0.0
+                i = next(flat)
                 rows.append({**record, "prompt": prompt, "prompt_token_ids": ids, "response_token_ids": s.token_ids,
                              "response": s.text, "behavior_logprobs": s.logprobs, "sample_idx": idx,
-                             "finish_reason": s.finish_reason, "pred": pred, "reward": reward})
-                accepted += reward == 1.0
+                             "finish_reason": s.finish_reason, "pred": scored.preds[i], "reward": scored.rewards[i]})
+                accepted += scored.rewards[i] == 1.0
                 responses += 1
                 tokens += len(s.token_ids)
-        writer.write_shard(rows)
+        writer.write_shard(rows, scoring_timeouts=len(scored.timed_out))
         pause_point(f"collect:shard-{len(writer.manifest['shards'])}")
         bar.update(len(chunk))
         elapsed = time.time() - start
@@ -289,4 +294,5 @@ def format_summary(manifest: dict, out: Path) -> str:
     return (f"collected {counts['responses']} responses to {counts['prompts']} prompts -> {out}\n"
             f"  pass rate {s['pass_rate']:.3f} ({counts['accepted']} accepted)\n"
             f"  correct per prompt  {histogram}\n"
-            f"  mean response length {s['mean_response_tokens']:.1f} tokens, truncated {100 * s['truncation_rate']:.1f} %")
+            f"  mean response length {s['mean_response_tokens']:.1f} tokens, truncated {100 * s['truncation_rate']:.1f} %\n"
+            f"  scoring time-outs {counts.get('scoring_timeouts', 0)} (scored 0 after {manifest.get('scoring_deadline_seconds', '?')} s)")

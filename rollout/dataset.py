@@ -66,7 +66,7 @@ class DatasetWriter:
         self.manifest.setdefault("shards", [])
         write_json(self.out / "manifest.json", self.manifest)
 
-    def write_shard(self, rows: list[dict]) -> Path:
+    def write_shard(self, rows: list[dict], scoring_timeouts: int = 0) -> Path:
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         path = self.data_dir / f"shard-{len(self.manifest['shards']):05d}.parquet"
         sink = pa.BufferOutputStream()
@@ -76,6 +76,7 @@ class DatasetWriter:
         counts["prompts"] += len({r["prompt_id"] for r in rows})
         counts["responses"] += len(rows)
         counts["accepted"] += sum(1 for r in rows if r["reward"] == 1.0)
+        counts["scoring_timeouts"] = counts.get("scoring_timeouts", 0) + scoring_timeouts
         self.manifest["pass_rate"] = counts["accepted"] / max(1, counts["responses"])
         self.manifest["shards"].append(path.name)
         write_json(self.out / "manifest.json", self.manifest)

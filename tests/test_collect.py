@@ -168,3 +168,48 @@ def test_chat_template_source_logprobs_match_transformers(tmp_path, chat_model):
     assert mean_abs_diff([r["behavior_logprobs"] for r in rows], transformers_logprobs(chat_model, rows)) <= 0.02
 
 
+
+
+HOSTILE = ["so \\boxed{9^{9^{9^{9^{9^{9}}}}}}",  # a tower: the LaTeX parser would evaluate it for seconds
+           "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",  # 5,000 nested braces
+           "x " * 50_000 + "\\boxed{5}",  # 10^5 characters, right
+           "\\boxed{" + "1" * 100_000 + "}"]  # a 10^5-character answer
+
+
+class HostileEngine:
+    """Stands in for vLLM: every prompt gets the four hostile responses above."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def generate(self, prompt_token_ids, sampling, seeds=None, use_tqdm=True):
+        from rollout.engines import Sample
+
+        return [[Sample([1, 2, 3], [-0.1, -0.1, -0.1], text, "stop") for text in HOSTILE[: sampling.n]]
+                for _ in prompt_token_ids]
+
+    def close(self):
+        pass
+
+
+def test_collect_scores_hostile_responses_in_parallel_under_the_deadline(tmp_path, tiny_model_dir, capfd, monkeypatch):
+    from rollout.engines import EngineFlags
+    from tests.test_bad_input import run_command
+
+    source = tmp_path / "problems.jsonl"
+    source.write_text("".join(json.dumps({"question": f"What is {i} - {i} + 5?", "answer": "5"}) + "\n"
+                              for i in range(50)))
+    monkeypatch.setattr(EngineFlags, "engine", lambda self, model, seed: HostileEngine())
+    deadline, workers = 0.2, 2
+    start = time.time()
+    code, err = run_command("collect", ["--out", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--source",
+                                        str(source), "--n", "4", "--backend", "hf", "--scoring-deadline", str(deadline)],
+                            capfd)
+    seconds = time.time() - start
+    assert code == 0, err
+    manifest = read_manifest(tmp_path / "data")
+    assert manifest["counts"]["responses"] == 200
+    assert manifest["counts"]["scoring_timeouts"] == 50  # every tower, and nothing else
+    assert manifest["counts"]["accepted"] == 50  # the long right answers still score 1
+    print(f"collect of 200 hostile responses: {seconds:.1f} s")
+    assert seconds < deadline * 200 / workers  # bounded by the deadline over the workers, not by a serial sum
