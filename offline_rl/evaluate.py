@@ -73,26 +73,55 @@ def pass_ks(k: int) -> list[int]:
     return sorted({2**i for i in range(k.bit_length()) if 2**i <= k} | {k})
 
 
-def majority_correct(preds: list[str], correct: list[float]) -> float:
-    """maj@k: is the most frequent extracted answer right?
+def _answer_key(pred: str) -> str:
+    return re.sub(r"\s+", "", normalize_answer(pred))
 
-    Answers are grouped by their normalised text, except that every correct answer joins one
-    group (each equals the gold, so they equal each other: ``1/2`` and ``\\frac{1}{2}`` vote
-    together). Samples without an answer do not vote. Ties go to the group whose first sample
-    came first, so the result is a function of the samples in order.
+
+def wrong_answer_pairs(preds: list[str], correct: list[float]) -> list[tuple[str, str]]:
+    """The pairs of distinct wrong answers of one problem whose equivalence maj@k needs (earlier first)."""
+    keys = list(dict.fromkeys(_answer_key(p) for p, ok in zip(preds, correct, strict=True) if not ok and _answer_key(p)))
+    return [(keys[i], keys[j]) for i in range(len(keys)) for j in range(i + 1, len(keys))]
+
+
+def majority_correct(preds: list[str], correct: list[float], equal: dict[tuple[str, str], bool] | None = None) -> float:
+    """maj@k: is the largest group of equivalent answers the right one?
+
+    Answers are grouped by verifier equivalence: every correct answer joins one group (each equals
+    the gold), and wrong answers join each other's group when the verifier finds them equal
+    (``equal[(earlier, later)]``, from :func:`wrong_answer_pairs`; without it, equal normalised text).
+    So ``["1/3" (right), "0.5", "\\frac{1}{2}"]`` is lost 1 to 2. Samples without an answer do not vote.
+    Ties go to the group whose first sample came first: a function of the samples in order.
     """
+    equal = equal or {}
+    group_of: dict[str, str] = {}  # answer key -> its group's first key
     votes: Counter[str] = Counter()
     first: dict[str, int] = {}
     for i, (pred, ok) in enumerate(zip(preds, correct, strict=True)):
-        key = "\0correct" if ok else re.sub(r"\s+", "", normalize_answer(pred))
+        key = "\0correct" if ok else _answer_key(pred)
         if not key:
             continue
-        votes[key] += 1
-        first.setdefault(key, i)
+        if key not in group_of:
+            group_of[key] = next((g for g in dict.fromkeys(group_of.values()) if g != "\0correct"
+                                  and equal.get((g, key), False)), key)
+        group = group_of[key]
+        votes[group] += 1
+        first.setdefault(group, i)
     if not votes:
         return 0.0
     winner = min(votes, key=lambda key: (-votes[key], first[key]))
     return 1.0 if winner == "\0correct" else 0.0
+
+
+def equal_wrong_answers(preds: list[list[str]], correct: list[list[float]]) -> dict[tuple[str, str], bool]:
+    """Verifier equivalence of every pair of distinct wrong answers within each problem, scored in one
+    parallel, deadline-bounded batch (the scoring path of collect and eval)."""
+    from rewards.batch import equivalent_batch
+
+    pairs = sorted({pair for p, c in zip(preds, correct, strict=True) for pair in wrong_answer_pairs(p, c)})
+    if not pairs:
+        return {}
+    result = equivalent_batch([later for _, later in pairs], [earlier for earlier, _ in pairs])
+    return {pair: reward == 1.0 for pair, reward in zip(pairs, result.rewards, strict=True)}
 
 
 def benchmark_metrics(correct: list[list[float]], preds: list[list[str]], lengths: list[list[int]],
@@ -101,7 +130,8 @@ def benchmark_metrics(correct: list[list[float]], preds: list[list[str]], length
     metrics = {"problems": len(correct), f"avg@{k}": avg_at_k(correct)}
     for j in pass_ks(k):
         metrics[f"pass@{j}"] = sum(pass_at_k(len(c), int(sum(c)), j) for c in correct) / max(1, len(correct))
-    metrics[f"maj@{k}"] = sum(majority_correct(p, c) for p, c in zip(preds, correct, strict=True)) / max(1, len(correct))
+    equal = equal_wrong_answers(preds, correct)
+    metrics[f"maj@{k}"] = sum(majority_correct(p, c, equal) for p, c in zip(preds, correct, strict=True)) / max(1, len(correct))
     metrics["mean_response_tokens"] = sum(map(sum, lengths)) / n_samples
     metrics["truncation_rate"] = sum(map(sum, truncated)) / n_samples
     return metrics

@@ -46,6 +46,19 @@ def test_majority_vote_on_hand_made_answer_sets(preds, correct, expected):
     assert majority_correct(preds, [float(c) for c in correct]) == expected
 
 
+@pytest.mark.parametrize("preds, correct, expected", [
+    (["1/3", "0.5", "\\frac{1}{2}"], [1, 0, 0], 0.0),  # the majority, 1/2, is wrong: it wins 2 to 1
+    (["2", "0.5", "1/2", "2", "\\frac{1}{2}"], [1, 0, 0, 1, 0], 0.0),  # equal wrong answers written three ways
+    (["2", "0.5", "0.25", "2"], [1, 0, 0, 1], 1.0),  # different wrong answers do not vote together
+    (["0.5", "1/3", "\\frac{1}{2}", "1/3"], [0, 1, 0, 1], 0.0),  # a tie of groups: the first sample's group wins
+])
+def test_majority_groups_wrong_answers_by_verifier_equivalence(preds, correct, expected):
+    from offline_rl.evaluate import equal_wrong_answers
+
+    correct = [float(c) for c in correct]
+    assert majority_correct(preds, correct, equal_wrong_answers([preds], [correct])) == expected
+
+
 def test_eval_of_a_tiny_model_on_a_tiny_file_benchmark(tmp_path, tiny_model_dir):
     from offline_rl import world
 
