@@ -26,7 +26,7 @@ from rewards.normalize import normalize_answer
 from rollout.cli import UsageError, parse_config, print_config, save_config
 from rollout.collect import load_tokenizer, resolve_model, start_engine
 from rollout.dataset import atomic_write_bytes, write_json
-from rollout.engines import EngineFlags, SamplingConfig, prompt_seed
+from rollout.engines import EngineFlags, SamplingConfig, context_length, prompt_seed
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
@@ -212,16 +212,10 @@ def main(argv: list[str] | None, default_model: str | None = None) -> dict:
     return results
 
 
-def model_max_len(model: str, cfg: EvalConfig) -> int | None:
-    from transformers import AutoConfig
-
-    return cfg.max_model_len or getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
-
-
 def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Template], cfg: EvalConfig
              ) -> tuple[dict, list[dict]]:
     start = time.time()
-    max_len = model_max_len(model, cfg)
+    max_len = context_length(model, cfg.max_model_len)
     engine = start_engine(cfg, model)
     sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     results = {"model": model, "name": cfg.name or Path(model).name, "k": cfg.k, "temperature": cfg.temperature,

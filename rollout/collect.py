@@ -23,7 +23,7 @@ import rewards
 from rewards.files import TextError, hold_directory, is_disk_full
 from rollout.cli import UsageError, parse_config, pause_point, print_config, save_config
 from rollout.dataset import DatasetWriter, merge, read_manifest, read_rows
-from rollout.engines import EngineFlags, SamplingConfig, prompt_seed
+from rollout.engines import EngineFlags, SamplingConfig, context_length, prompt_seed
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
@@ -238,8 +238,15 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
     pause_point("collect:started")
     engine = start_engine(cfg, model)
     todo = [r for r in records if r["prompt_id"] not in done_ids]
+    # a prompt the model cannot hold would fail its whole shard, on every resume: skipped and counted, as in eval
+    max_len = context_length(model, cfg.max_model_len)
+    too_long = {r["prompt_id"] for r in todo
+                if max_len is not None and len(template.token_ids(template.render(r["question"]))) >= max_len}
+    todo = [r for r in todo if r["prompt_id"] not in too_long]
+    writer.manifest["prompts_too_long"] = len(too_long)
     accepted = responses = tokens = 0
-    bar = tqdm(total=len(records), initial=len(records) - len(todo), desc="collect", unit="prompt")
+    bar = tqdm(total=len(records) - len(too_long), initial=len(records) - len(too_long) - len(todo), desc="collect",
+               unit="prompt")
     for begin in range(0, len(todo), cfg.shard_size):
         chunk = todo[begin : begin + cfg.shard_size]
         prompts = [template.render(r["question"]) for r in chunk]
@@ -295,4 +302,5 @@ def format_summary(manifest: dict, out: Path) -> str:
             f"  pass rate {s['pass_rate']:.3f} ({counts['accepted']} accepted)\n"
             f"  correct per prompt  {histogram}\n"
             f"  mean response length {s['mean_response_tokens']:.1f} tokens, truncated {100 * s['truncation_rate']:.1f} %\n"
-            f"  scoring time-outs {counts.get('scoring_timeouts', 0)} (scored 0 after {manifest.get('scoring_deadline_seconds', '?')} s)")
+            f"  scoring time-outs {counts.get('scoring_timeouts', 0)} (scored 0 after {manifest.get('scoring_deadline_seconds', '?')} s)"
+            f"; prompts longer than the model's context, skipped: {manifest.get('prompts_too_long', 0)}")

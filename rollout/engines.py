@@ -49,6 +49,13 @@ class EngineFlags:
                                      gpu_memory_utilization=self.gpu_memory_utilization)
 
 
+def context_length(model: str, max_model_len: int | None = None) -> int | None:
+    """Tokens the engine can hold per sequence: ``--max-model-len``, else the model's own limit."""
+    from transformers import AutoConfig
+
+    return max_model_len or getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
+
+
 def prompt_seed(run_seed: int, prompt_id: str) -> int:
     """A prompt's own sampling seed: the same responses whatever the batching, sharding or resumption."""
     digest = hashlib.sha256(f"{run_seed}:{prompt_id}".encode()).digest()

@@ -213,3 +213,25 @@ def test_collect_scores_hostile_responses_in_parallel_under_the_deadline(tmp_pat
     assert manifest["counts"]["accepted"] == 50  # the long right answers still score 1
     print(f"collect of 200 hostile responses: {seconds:.1f} s")
     assert seconds < deadline * 200 / workers  # bounded by the deadline over the workers, not by a serial sum
+
+
+def test_prompts_longer_than_the_context_are_skipped_counted_and_resumed_past(tmp_path, tiny_model_dir, capfd):
+    from tests.test_bad_input import run_command
+
+    source = tmp_path / "problems.jsonl"
+    long_question = "Mia has 3 apples. " * 200  # ~1,000 tokens: more than the tiny model's 512 positions
+    source.write_text("".join(json.dumps({"question": q, "answer": "4"}) + "\n"
+                              for q in ["What is 2 + 2?", long_question, "What is 1 + 3?"]))
+    args = ["--out", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--source", str(source), "--n", "1",
+            "--max-tokens", "4", "--backend", "hf", "--shard-size", "1"]
+    code, err = run_command("collect", args, capfd)
+    assert code == 0, err
+    manifest = read_manifest(tmp_path / "data")
+    assert manifest["prompts_too_long"] == 1 and manifest["counts"]["prompts"] == 2 and manifest["complete"]
+    from rollout.collect import format_summary
+
+    assert "prompts longer than the model's context, skipped: 1" in format_summary(manifest, tmp_path / "data")
+    code, err = run_command("collect", args, capfd)  # a resume after it: nothing left to do, nothing fails
+    assert code == 0, err
+    assert read_manifest(tmp_path / "data")["counts"] == manifest["counts"]
+    assert read_manifest(tmp_path / "data")["prompts_too_long"] == 1
