@@ -41,11 +41,12 @@ class EvalConfig(EngineFlags):
     benchmarks: str = field(default="test-id,test-ood", metadata={"help": "comma-separated: world splits, gsm8k/math500/minerva/olympiad/aime24/amc23 (with --data-dir), JSONL/Parquet files or hub names"})
     data_dir: str = field(default=None, metadata={"help": "folder holding the short-named benchmarks' files (e.g. ../shared/data/benchmarks)"})
     hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk benchmark"})
-    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for world splits, else chat if the model has one, else qwen-boxed)"})
+    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for world splits, else qwen-boxed, the Qwen2.5-Math harness prompt)"})
     k: int = field(default=4, metadata={"help": "samples per problem", "min": 1})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
     max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
+    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, <|endoftext|>)"})
     limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: str = field(default=None, metadata={"help": "directory for results.json and generations.parquet (default: print only)"})
@@ -217,12 +218,14 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
     start = time.time()
     max_len = context_length(model, cfg.max_model_len)
     engine = start_engine(cfg, model)
-    sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
     results = {"model": model, "name": cfg.name or Path(model).name, "k": cfg.k, "temperature": cfg.temperature,
                "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "benchmarks": {}}
     generations: list[dict] = []
     for bench in benchmarks:
         template = templates[bench.name]
+        stop = [s for s in cfg.stop.split(",") if s] if cfg.stop else (template.stop or None)
+        sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                                  stop=stop)
         prompts = [template.render(r["question"]) for r in bench.records]
         prompt_ids = [template.token_ids(p) for p in prompts]
         # a prompt the model cannot even read counts as k wrong answers, and is counted
@@ -257,6 +260,7 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
         metrics["prompts_too_long"] = len(bench.records) - len(fits)
         metrics["scoring_timeouts"] = len(scored.timed_out)
         metrics["template"] = template.name
+        metrics["stop"] = stop
         results["benchmarks"][bench.name] = metrics
     engine.close()
     results["wall_seconds"] = round(time.time() - start, 2)

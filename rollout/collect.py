@@ -38,12 +38,12 @@ class CollectConfig(EngineFlags):
     answer_field: str = field(default=None, metadata={"help": "field holding the gold answer (overrides the format)"})
     hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk dataset"})
     strict: bool = field(default=False, metadata={"help": "reject a source with rows lacking a gold answer instead of skipping them"})
-    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the world, else chat if the model has one, else qwen-boxed)"})
+    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the world, else qwen-boxed, the Qwen2.5-Math harness prompt)"})
     n: int = field(default=4, metadata={"help": "responses sampled per prompt", "min": 1})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
     max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
-    stop: str = field(default=None, metadata={"help": "comma-separated stop strings"})
+    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, <|endoftext|>)"})
     skip: int = field(default=0, metadata={"help": "skip the first N prompts", "min": 0})
     limit: int = field(default=None, metadata={"help": "then use at most N prompts", "min": 1})
     shard: str = field(default="0/1", metadata={"help": "I/N: take every N-th prompt starting at I (for several processes or machines)"})
@@ -226,7 +226,7 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
             out: Path, done_ids: set[str]) -> dict:
     start = time.time()
     sampling = SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                              stop=[s for s in cfg.stop.split(",") if s] if cfg.stop else None)
+                              stop=[s for s in cfg.stop.split(",") if s] if cfg.stop else (template.stop or None))
     writer = DatasetWriter(out, {
         "toolkit_version": toolkit_version(), "git_commit": git_commit(), "model": model,
         "source": loaded.description, "template": template.name, "sampling": asdict(sampling), "seed": cfg.seed,

@@ -1,9 +1,14 @@
 """Prompt templates: how a question is rendered into the text fed to the model.
 
-Built in: ``world`` (the embedded world's plain format), ``qwen-boxed`` (the
-instruction Qwen2.5-Math and the DFT paper use, without a chat wrapper) and
-``chat`` (that instruction inside the model's own chat template). Any other
-name is read as a file whose text contains ``{question}``.
+Built in:
+- ``world``: the embedded world's plain format;
+- ``qwen-boxed``: the Qwen2.5-Math evaluation harness's ``qwen-boxed`` prompt, character for
+  character (its ``evaluation/utils.py``): a fixed ChatML text with the system turn "You are a
+  helpful assistant.", whatever the model's own template, and the harness's stop strings. It is
+  what the DFT paper's numbers were measured with, and the default for real benchmarks;
+- ``qwen-boxed-plain``: the same instruction as plain text, no chat turns;
+- ``chat``: that instruction inside the model's own chat template.
+Any other name is read as a file whose text contains ``{question}``.
 """
 
 from __future__ import annotations
@@ -15,9 +20,14 @@ from rewards.files import read_text
 QWEN_BOXED = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 TEMPLATES = {
     "world": "Question: {question}\nAnswer:",
-    "qwen-boxed": QWEN_BOXED + "\n",
+    "qwen-boxed": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                   "<|im_start|>user\n" + QWEN_BOXED + "<|im_end|>\n<|im_start|>assistant\n"),
+    "qwen-boxed-plain": QWEN_BOXED + "\n",
     "chat": None,  # rendered by the tokenizer's chat template
 }
+# Each template's default stop strings (--stop overrides): the harness stops at these, so that a base
+# model whose EOS is <|endoftext|> cannot run past <|im_end|> into an invented next turn.
+STOPS = {"qwen-boxed": ["</s>", "<|im_end|>", "<|endoftext|>"]}
 
 
 class TemplateError(ValueError):
@@ -30,6 +40,7 @@ class Template:
     def __init__(self, name: str, tokenizer=None):
         self.name = name
         self.tokenizer = tokenizer
+        self.stop = list(STOPS.get(name, []))
         if name == "chat":
             if tokenizer is None or not getattr(tokenizer, "chat_template", None):
                 raise TemplateError("template 'chat' needs a model with a chat template; this one has none")
@@ -59,10 +70,9 @@ class Template:
         return self.tokenizer(prompt, add_special_tokens=self.text is not None)["input_ids"]
 
 
-def default_template(source_kind: str, tokenizer) -> str:
-    if source_kind == "world":
-        return "world"
-    return "chat" if getattr(tokenizer, "chat_template", None) else "qwen-boxed"
+def default_template(source_kind: str, tokenizer=None) -> str:
+    """``world`` for the world's splits; for every other source the harness prompt the paper measured with."""
+    return "world" if source_kind == "world" else "qwen-boxed"
 
 
 def render(template: str, question: str) -> str:

@@ -23,7 +23,7 @@ def test_offline_dataset_round_trips_through_load_dataset(tmp_path):
             assert got[column] == pytest.approx(want[column]), column
 
     manifest = read_manifest(tmp_path)
-    assert manifest["counts"] == {"prompts": 3, "responses": 6, "accepted": 3}
+    assert manifest["counts"] == {"prompts": 3, "responses": 6, "accepted": 3, "scoring_timeouts": 0}
     assert manifest["pass_rate"] == 0.5 and manifest["complete"] is True
     assert len(load_offline_dataset(tmp_path)) == 6
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporaries behind

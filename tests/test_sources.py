@@ -7,7 +7,7 @@ import pytest
 
 from rollout.engines import prompt_seed
 from rollout.sources import SourceError, load_source
-from rollout.templates import Template, TemplateError
+from rollout.templates import Template, TemplateError, default_template
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
 SHARED = [("gsm8k_test.jsonl", "gsm8k", 1319), ("math500_test.jsonl", "math500", 500),
@@ -66,8 +66,8 @@ def test_missing_source():
 def test_templates(tmp_path, tiny_model):
     _, tokenizer = tiny_model
     assert Template("world", tokenizer).render("Q?") == "Question: Q?\nAnswer:"
-    assert Template("qwen-boxed", tokenizer).render("x^{2}").endswith("within \\boxed{}.\n")
-    assert Template("qwen-boxed", tokenizer).render("x^{2}").startswith("x^{2}\n")
+    assert Template("qwen-boxed-plain", tokenizer).render("x^{2}").endswith("within \\boxed{}.\n")
+    assert Template("qwen-boxed-plain", tokenizer).render("x^{2}").startswith("x^{2}\n")
     (tmp_path / "t.txt").write_text("Solve {question} in \\boxed{}:")
     assert Template(str(tmp_path / "t.txt"), tokenizer).render("a{b}") == "Solve a{b} in \\boxed{}:"
     with pytest.raises(TemplateError, match="needs a model with a chat template"):
@@ -80,3 +80,33 @@ def test_prompt_seeds_are_stable_and_distinct():
     assert prompt_seed(0, "train-00001") == prompt_seed(0, "train-00001")
     assert len({prompt_seed(0, f"train-{i:05d}") for i in range(1000)}) == 1000
     assert prompt_seed(0, "a") != prompt_seed(1, "a")
+
+
+# The Qwen2.5-Math harness's qwen-boxed prompt as its evaluation/utils.py writes it (input template, then
+# .strip(" ")), for one question; and Qwen2's chat template, as its tokenizer_config.json carries it.
+HARNESS_QWEN_BOXED = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                      "What is $\\frac{1}{2} + \\frac{1}{3}$?\nPlease reason step by step, and put your final answer "
+                      "within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
+QWEN_CHAT_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                      "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+                      "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+                      "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_qwen_boxed_is_the_harness_prompt_character_for_character(tiny_model):
+    from transformers import PreTrainedTokenizerFast
+
+    _, tokenizer = tiny_model
+    qwen_style = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="<|endoftext|>",
+                                         chat_template=QWEN_CHAT_TEMPLATE)
+    question = "What is $\\frac{1}{2} + \\frac{1}{3}$?"
+    template = Template("qwen-boxed", qwen_style)
+    assert template.render(question) == HARNESS_QWEN_BOXED
+    # the same text the model's own Qwen chat template gives for that user turn: the harness writes it out
+    # whatever the model's template is, so a base model gets it too
+    user = question + "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert qwen_style.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                          add_generation_prompt=True) == HARNESS_QWEN_BOXED
+    assert template.stop == ["</s>", "<|im_end|>", "<|endoftext|>"]
+    assert Template("qwen-boxed", tokenizer).render(question) == HARNESS_QWEN_BOXED  # a tokenizer without one
+    assert default_template("file") == "qwen-boxed" and default_template("world") == "world"
