@@ -196,10 +196,12 @@ def merge(out: str | Path, inputs: list[str | Path], force: bool = False) -> dic
             shutil.copyfile(p / "data" / name, tmp)
             tmp.replace(out / "data" / target)
             shards.append(target)
-    counts = {k: sum(m["counts"][k] for m in manifests) for k in ("prompts", "responses", "accepted")}
+    counts = {k: sum(m["counts"].get(k, 0) for m in manifests)
+              for k in ("prompts", "responses", "accepted", "scoring_timeouts")}
     manifest = {**manifests[0], "shards": shards, "counts": counts, "merged_from": [str(p) for p in inputs],
                 "pass_rate": counts["accepted"] / max(1, counts["responses"]),
-                "complete": all(m.get("complete") for m in manifests)}
+                "complete": all(m.get("complete") for m in manifests),
+                "prompts_too_long": sum(m.get("prompts_too_long", 0) for m in manifests)}
     manifest.pop("summary", None)
     manifest.pop("replaced_shards", None)
     write_json(out / "manifest.json", manifest)

@@ -159,7 +159,7 @@ def test_chat_template_source_logprobs_match_transformers(tmp_path, chat_model):
                               for a, b in [(3, 4), (12, 5), (20, 7), (9, 9)]))
     out = tmp_path / "data"
     result = run_bin("collect", "--out", str(out), "--model", str(chat_model), "--source", str(source), "--n", "2",
-                     "--max-tokens", "64")
+                     "--max-tokens", "64", "--template", "chat")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = read_manifest(out)
     assert manifest["template"] == "chat" and manifest["source"]["format"] == "math500"
