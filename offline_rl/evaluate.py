@@ -52,6 +52,7 @@ class EvalConfig(EngineFlags):
     out: str = field(default=None, metadata={"help": "directory for results.json and generations.parquet (default: print only)"})
     name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
     force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make"})
+    extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
 
 
 # ---------------------------------------------------------------- metrics
@@ -219,7 +220,8 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
     max_len = context_length(model, cfg.max_model_len)
     engine = start_engine(cfg, model)
     results = {"model": model, "name": cfg.name or Path(model).name, "k": cfg.k, "temperature": cfg.temperature,
-               "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "benchmarks": {}}
+               "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "extraction": cfg.extraction,
+               "verifier_version": rewards.VERIFIER_VERSION, "benchmarks": {}}
     generations: list[dict] = []
     for bench in benchmarks:
         template = templates[bench.name]
@@ -238,7 +240,7 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
                 outputs[i] = samples
         texts = [s.text for samples in outputs for s in samples]
         golds = [r["gold"] for r, samples in zip(bench.records, outputs, strict=True) for _ in samples]
-        scored = rewards.score_batch_detailed(texts, golds)
+        scored = rewards.score_batch_detailed(texts, golds, extraction=cfg.extraction)
         flat = iter(range(len(texts)))
         correct, preds, lengths, truncated = [], [], [], []
         for record, prompt, samples in zip(bench.records, prompts, outputs, strict=True):

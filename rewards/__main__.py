@@ -7,7 +7,7 @@ import json
 import sys
 
 from rewards.batch import DEFAULT_DEADLINE_SECONDS
-from rewards.extract import DEFAULT_FALLBACKS, FALLBACKS
+from rewards.extract import DEFAULT_FALLBACKS, EXTRACTIONS, FALLBACKS
 from rewards.files import BadInput, is_disk_full, release_unused
 from rewards.rescore import rescore
 
@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--workers", type=int, default=None, help="scoring processes (default: one per CPU)")
     cmd.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_SECONDS,
                      help="wall-clock seconds per response before its worker is killed and it scores 0")
+    cmd.add_argument("--extraction", choices=list(EXTRACTIONS), default=None,
+                     help="answer extraction mode: boxed, qwen, math-verify (replaces --fallbacks)")
     cmd.add_argument("--fallbacks", default=",".join(DEFAULT_FALLBACKS),
                      help=f"comma-separated answer fallbacks after the last box, in order; known: {', '.join(FALLBACKS)}")
     args = parser.parse_args(argv)
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        summary = rescore(args.dataset, workers=args.workers, deadline=args.deadline, fallbacks=fallbacks)
+        summary = rescore(args.dataset, workers=args.workers, deadline=args.deadline, fallbacks=fallbacks,
+                          extraction=args.extraction)
     except BadInput as e:
         release_unused()
         print(f"python -m rewards rescore: {e}", file=sys.stderr)

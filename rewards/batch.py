@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
 from rewards.extract import DEFAULT_FALLBACKS, extract_answer
-from rewards.verify import STAGE_TIMEOUT_SECONDS, equivalent, quick_verdict
+from rewards.verify import STAGE_TIMEOUT_SECONDS, equivalent, extraction_fallbacks, quick_verdict, verify_response
 
 DEFAULT_DEADLINE_SECONDS = 2.0
 # A worker's address-space cap: a 9^9^9-sized integer fails with MemoryError instead of swapping the host.
@@ -63,8 +63,11 @@ def _worker_main(conn, stage_timeout: int) -> None:
     try:
         conn.send("ready")
         while (message := conn.recv()) is not None:
-            index, pred, gold = message
-            conn.send((index, equivalent(pred, gold, timeout_seconds=stage_timeout)))
+            index, text, gold, whole_response = message
+            if whole_response:  # the math-verify mode: it finds the answer in the response itself
+                conn.send((index, *verify_response(text, gold, timeout_seconds=stage_timeout)))
+            else:
+                conn.send((index, equivalent(text, gold, timeout_seconds=stage_timeout), None))
     except (EOFError, OSError):  # the parent is gone (killed, or exited without closing us): so are we
         return
 
@@ -126,7 +129,7 @@ class WorkerPool:
         self.failed_starts = 0
 
     def run(self, preds: list[str], golds: list[str], todo: list[int], deadline: float,
-            result: BatchResult) -> None:
+            result: BatchResult, whole_response: bool = False) -> None:
         """Score items ``todo`` (indices into preds/golds) into ``result``.
 
         Each worker holds up to ``PIPELINE_DEPTH`` items so that it never waits for the parent;
@@ -140,7 +143,7 @@ class WorkerPool:
                     if not worker.in_flight:
                         worker.clock = time.monotonic()
                     worker.in_flight.append(index)
-                    worker.conn.send((index, preds[index], golds[index]))
+                    worker.conn.send((index, preds[index], golds[index], whole_response))
             busy = [w for w in self.workers if w.in_flight]
             wake = min((w.clock + deadline for w in busy), default=time.monotonic() + 0.5)
             for conn in wait([w.conn for w in self.workers], timeout=max(0.0, wake - time.monotonic())):
@@ -160,6 +163,8 @@ class WorkerPool:
                 if message == "ready":
                     worker.ready, self.failed_starts = True, 0
                 elif worker.in_flight and message[0] == worker.in_flight[0]:
+                    if message[2] is not None:
+                        result.preds[message[0]] = message[2]
                     self._finish(worker, 1.0 if message[1] else 0.0, result)
             now = time.monotonic()
             for worker in [w for w in self.workers if w.in_flight and now - w.clock > deadline]:
@@ -210,8 +215,9 @@ def close_pool() -> None:
 
 
 def equivalent_batch(preds: list[str], golds: list[str], workers: int | None = None,
-                     deadline: float = DEFAULT_DEADLINE_SECONDS) -> BatchResult:
-    """``equivalent`` over pairs in parallel, each under a hard ``deadline`` in seconds."""
+                     deadline: float = DEFAULT_DEADLINE_SECONDS, whole_response: bool = False) -> BatchResult:
+    """``equivalent`` over pairs in parallel, each under a hard ``deadline`` in seconds. With
+    ``whole_response``, ``preds`` are whole responses and math-verify extracts (the math-verify mode)."""
     if len(preds) != len(golds):
         raise ValueError(f"{len(preds)} answers but {len(golds)} golds")
     n = len(preds)
@@ -220,6 +226,9 @@ def equivalent_batch(preds: list[str], golds: list[str], workers: int | None = N
     golds = [g if isinstance(g, str) else "" for g in golds]
     todo = []
     for i in range(n):  # what string work settles (nothing to compare, the same text) needs no worker
+        if whole_response:
+            todo.append(i)
+            continue
         start = time.monotonic()
         verdict = quick_verdict(result.preds[i], golds[i])
         if verdict is None:
@@ -232,7 +241,7 @@ def equivalent_batch(preds: list[str], golds: list[str], workers: int | None = N
     with _POOL_LOCK:  # one batch at a time per process: the pool's workers are shared
         pool = _pool(max(1, workers or os.cpu_count() or 1))
         try:
-            pool.run(result.preds, golds, todo, deadline, result)
+            pool.run(list(result.preds), golds, todo, deadline, result, whole_response)
         except BaseException:
             close_pool()  # workers may still hold items of this batch: never reuse them
             raise
@@ -241,15 +250,24 @@ def equivalent_batch(preds: list[str], golds: list[str], workers: int | None = N
 
 def score_batch_detailed(responses: list[str], golds: list[str], workers: int | None = None,
                          deadline: float = DEFAULT_DEADLINE_SECONDS,
-                         fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> BatchResult:
-    """Extracted answers, rewards, per-item seconds and the indices that timed out."""
+                         fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS, extraction: str | None = None) -> BatchResult:
+    """Extracted answers, rewards, per-item seconds and the indices that timed out. ``extraction`` names a
+    mode (boxed, qwen, math-verify); without it, the last box, else ``fallbacks``."""
+    if extraction == "math-verify":
+        texts = [r if isinstance(r, str) else "" for r in responses]
+        result = equivalent_batch(texts, list(golds), workers=workers, deadline=deadline, whole_response=True)
+        result.preds = [p if p is not t else "" for p, t in zip(result.preds, texts, strict=True)]
+        return result
+    if extraction is not None:
+        fallbacks = extraction_fallbacks(extraction)
     preds = [extract_answer(r, fallbacks) if isinstance(r, str) else "" for r in responses]
     return equivalent_batch(preds, list(golds), workers=workers, deadline=deadline)
 
 
 def score_batch(responses: list[str], golds: list[str], workers: int | None = None,
                 deadline: float = DEFAULT_DEADLINE_SECONDS,
-                fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> list[float]:
+                fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS, extraction: str | None = None) -> list[float]:
     """``score`` over many responses in parallel processes (default: one per CPU), each item
     under a hard wall-clock ``deadline`` in seconds: a stuck worker is killed and replaced, its item scores 0.0."""
-    return score_batch_detailed(responses, golds, workers=workers, deadline=deadline, fallbacks=fallbacks).rewards
+    return score_batch_detailed(responses, golds, workers=workers, deadline=deadline, fallbacks=fallbacks,
+                                extraction=extraction).rewards

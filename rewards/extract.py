@@ -7,6 +7,7 @@ without nested quantifiers), so a 10^5-character response costs milliseconds, ne
 from __future__ import annotations
 
 import re
+import unicodedata
 
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -16,6 +17,35 @@ _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*([^\n]{1,200}?)\s*(?:\.(?:\s|
 _HASHES = re.compile(r"####\s*([^\n]{1,100})")
 # A number such as -1,234.5 or 3/4 (the regex has no nested quantifiers: linear time).
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+# after NFKC: what Unicode writes that LaTeX and math-verify read otherwise
+_SYMBOLS = {"\u2212": "-", "\u2013": "-", "\u2044": "/", "\u00d7": "\\times ", "\u00f7": "\\div ", "\u221a": "\\sqrt",
+            "\u03c0": "\\pi ", "\u00b0": "^{\\circ}", "\u2264": "\\le ", "\u2265": "\\ge ", "\u221e": "\\infty "}
+# Cyrillic and Greek letters that look like Latin ones (a model's tokenizer can swap them)
+_LOOKALIKES = dict(zip("\u0430\u0435\u043e\u0440\u0441\u0445\u0443\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0391\u0392\u0395\u039a\u039c\u039f\u03a1\u03a4\u03a7",
+                       "aeopcxyABEKMHOPCTXABEKMOPTX", strict=True))
+_SYMBOL_RE = re.compile("|".join(map(re.escape, _SYMBOLS)))
+_LOOKALIKE_TABLE = str.maketrans(_LOOKALIKES)
+
+
+def normalize_unicode(text: str) -> str:
+    """NFKC (full-width and mathematical-bold digits, ``½`` -> ``1⁄2``), zero-width characters removed,
+    look-alike Cyrillic/Greek letters mapped to Latin, and the Unicode minus, fraction slash, √, π, °,
+    ≤, ≥, ∞, ×, ÷ written as LaTeX reads them. Linear time."""
+    if text.isascii():
+        return text
+    text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH).translate(_LOOKALIKE_TABLE)
+    return _SYMBOL_RE.sub(lambda m: _SYMBOLS[m.group()], text)
+
+
+_BARE_BOX = re.compile(r"\\(boxed|fbox) +([^\s{$][^\s$]{0,199})")
+
+
+def brace_bare_boxes(text: str) -> str:
+    """``\\boxed 5`` -> ``\\boxed{5}``: what TeX reads, for parsers that need the braces."""
+    return _BARE_BOX.sub(lambda m: f"\\{m.group(1)}{{{m.group(2).rstrip('.,;')}}}", text)
 
 
 def extract_boxed(text: str) -> str:
@@ -35,6 +65,10 @@ def extract_boxed(text: str) -> str:
         if i < len(text) and text[i] == "{":
             j = closing.get(i)
             return text[i + 1 : j].strip() if j is not None else ""
+        if i > end:  # "\boxed 5": TeX takes the next token as the argument
+            bare = re.match(r"[^\s$]+", text[i : i + 200])
+            if bare:
+                return bare.group().rstrip(".,;")
     return ""
 
 
@@ -59,6 +93,12 @@ def _gsm8k_hashes(text: str) -> str:
     return matches[-1].group(1) if matches else ""
 
 
+def _last_number_anywhere(text: str) -> str:
+    """The last number of the whole response, commas dropped (the Qwen2.5-Math harness's last resort)."""
+    numbers = re.findall(r"-?\d*\.?\d+", text[-5000:].replace(",", ""))
+    return numbers[-1] if numbers else ""
+
+
 def _last_number(text: str) -> str:
     """The last number on the last non-empty line."""
     lines = [line for line in text[-2000:].splitlines() if line.strip()]
@@ -67,9 +107,17 @@ def _last_number(text: str) -> str:
 
 
 # Tried in order after the box, when a response has none. A visible dict: grep finds every fallback.
-FALLBACKS = {"answer_is": _answer_is, "gsm8k_hashes": _gsm8k_hashes, "last_number": _last_number}
+FALLBACKS = {"answer_is": _answer_is, "gsm8k_hashes": _gsm8k_hashes, "last_number": _last_number,
+             "last_number_anywhere": _last_number_anywhere}
 # "The answer is X" commits to an answer as clearly as a box; a bare last number does not, so it is opt-in.
 DEFAULT_FALLBACKS = ("answer_is",)
+# Extraction modes, one name each, recorded wherever a score is stored:
+# - boxed: the toolkit's strict rule, the last box, else "The answer is X";
+# - qwen: the Qwen2.5-Math harness's order, the last box, else "the answer is", else the last number;
+# - math-verify: math-verify's own LaTeX extraction over the whole response (no box needed).
+# All three share normalize_unicode and read "\boxed 5".
+EXTRACTIONS = {"boxed": ("answer_is",), "qwen": ("answer_is", "last_number_anywhere"), "math-verify": None}
+DEFAULT_EXTRACTION = "boxed"
 
 
 def clean_answer(answer: str) -> str:
@@ -96,6 +144,7 @@ def extract_answer(response: str, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS
     """
     if not isinstance(response, str):
         return ""
+    response = normalize_unicode(response)
     if any(cmd in response for cmd in BOX_COMMANDS):
         return clean_answer(extract_boxed(response))  # a box was attempted: no fallback overrides it
     for name in fallbacks:

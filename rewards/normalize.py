@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from rewards.extract import clean_answer, extract_boxed
+from rewards.extract import clean_answer, extract_boxed, normalize_unicode
 
 # 10{,}000 / 10\,000 / 10\!000: LaTeX spacing between digit groups; 1,234,567 as a whole answer.
 _LATEX_SEPARATOR = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\!)(?=\d{3})")
@@ -22,7 +22,7 @@ def normalize_answer(answer: str) -> str:
     ``1,234,567`` only when it is the whole answer (``1,234`` inside a tuple may be two numbers).
     Units, degrees and percent are left to math-verify's own normalisation, which both sides share.
     """
-    answer = clean_answer(answer)
+    answer = clean_answer(normalize_unicode(answer))
     answer = re.sub(r"^\\\$\s*|^\$\s*(?=\d)", "", answer)  # "\$18" and "$18": currency, not math mode
     answer = _LATEX_SEPARATOR.sub("", answer)
     if _PLAIN_GROUPED.fullmatch(answer):

@@ -80,13 +80,14 @@ def _remove_unlisted(data_dir: Path, manifest: dict) -> None:
 
 
 def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
-                   fallbacks: tuple[str, ...]) -> tuple[pa.Table, dict]:
+                   fallbacks: tuple[str, ...], extraction: str | None = None) -> tuple[pa.Table, dict]:
     for column in ("response", "gold", "pred", "reward"):
         if column not in table.column_names:
             raise DatasetError(f"shard has no {column!r} column")
     responses = table.column("response").to_pylist()
     golds = table.column("gold").to_pylist()
-    result = score_batch_detailed(responses, golds, workers=workers, deadline=deadline, fallbacks=fallbacks)
+    result = score_batch_detailed(responses, golds, workers=workers, deadline=deadline, fallbacks=fallbacks,
+                                  extraction=extraction)
     old_preds, old_rewards = table.column("pred").to_pylist(), table.column("reward").to_pylist()
     pred_type = table.schema.field("pred").type
     reward_type = table.schema.field("reward").type
@@ -107,7 +108,7 @@ def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
 
 
 def rescore(dataset: str | Path, workers: int | None = None, deadline: float = DEFAULT_DEADLINE_SECONDS,
-            fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> dict:
+            fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS, extraction: str | None = None) -> dict:
     """Recompute ``pred`` and ``reward`` of every row of ``dataset``; returns the summary written to the manifest."""
     start = time.time()
     dataset = Path(dataset)
@@ -125,7 +126,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
             table = pq.read_table(data_dir / name)
         except (OSError, pa.ArrowException) as e:
             raise DatasetError(f"{data_dir / name}: unreadable shard ({e})") from None
-        table, stats = _rescore_table(table, workers, deadline, fallbacks)
+        table, stats = _rescore_table(table, workers, deadline, fallbacks, extraction)
         for key, value in stats.items():
             totals[key] = totals.get(key, 0) + value
         new_name = f"{_RESCORED.sub('', Path(name).stem)}.r{token}.parquet"
@@ -146,12 +147,14 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
         "rows": totals["rows"],
         "deadline_seconds": deadline,
         "fallbacks": list(fallbacks),
+        "extraction": extraction or ("boxed" if tuple(fallbacks) == DEFAULT_FALLBACKS else "boxed+" + ",".join(fallbacks)),
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_seconds": round(time.time() - start, 3),
     }
     manifest["shards"] = new_shards
     manifest["replaced_shards"] = old_shards  # deleted below; a rescore killed before that finishes the job
     manifest["verifier_version"] = VERIFIER_VERSION
+    manifest["extraction"] = summary["extraction"]
     manifest["pass_rate"] = summary["pass_rate_after"]
     if isinstance(manifest.get("counts"), dict):
         manifest["counts"]["accepted"] = totals["accepted_after"]

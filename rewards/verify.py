@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 from importlib.metadata import version
 
-from rewards.extract import DEFAULT_FALLBACKS, extract_answer
+from rewards.extract import DEFAULT_FALLBACKS, EXTRACTIONS, brace_bare_boxes, extract_answer, normalize_unicode
 from rewards.normalize import normalize_answer
 
-VERIFIER_VERSION = f"math-verify-{version('math-verify')}/last-box+answer-is/2"
+VERIFIER_VERSION = f"math-verify-{version('math-verify')}/unicode+exact-numbers/3"
 # Longer "answers" are not answers (the longest gold of the six benchmarks is ~250 characters);
 # refusing them keeps megabyte boxes away from the LaTeX parser.
 MAX_ANSWER_CHARS = 1000
@@ -72,6 +73,32 @@ def _parse_gold(gold: str, timeout: int | None):
     return parsed
 
 
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_INTEGER_SUM = re.compile(r"[+-]?\d+(?:[+-]\d+)+")
+_SPACED_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
+
+
+def exact_number(answer: str) -> tuple | None:
+    """A canonical form of a plain decimal (``-12.50``, ``10 000``) or of a sum of integer literals
+    (``1+2+...+100``), in linear time and without a parser; None for anything else. Huge or long
+    answers that are equal settle here instead of timing out in the LaTeX parser."""
+    if _SPACED_THOUSANDS.fullmatch(answer):
+        answer = answer.replace(" ", "")
+    answer = answer.replace(" ", "")
+    if _DECIMAL.fullmatch(answer):  # compared as text: a 10^5-digit integer never becomes an int
+        sign = "-" if answer.startswith("-") else ""
+        whole, _, fraction = answer.lstrip("+-").partition(".")
+        whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+        return ("" if whole == "0" and not fraction else sign, whole, fraction)
+    if len(answer) <= 100_000 and _INTEGER_SUM.fullmatch(answer):
+        try:
+            total = sum(int(term) for term in re.findall(r"[+-]?\d+", answer))
+        except ValueError:  # a term beyond Python's int-from-text limit
+            return None
+        return ("-" if total < 0 else "", str(abs(total)), "")
+    return None
+
+
 def in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -81,10 +108,15 @@ def quick_verdict(pred: str, gold: str) -> bool | None:
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
     pred, gold = normalize_answer(pred), normalize_answer(gold)
-    if not pred or not gold or len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+    if not pred or not gold:
         return False
     if pred == gold:
         return True
+    pred_value, gold_value = exact_number(pred), exact_number(gold)
+    if pred_value is not None and gold_value is not None:
+        return pred_value == gold_value
+    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return False
     return None
 
 
@@ -113,6 +145,51 @@ def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SEC
         return False
 
 
-def score(response: str, gold: str, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> float:
-    """1.0 if the response's final answer (last box, else a fallback) equals ``gold`` mathematically, else 0.0."""
+@functools.cache
+def _whole_response_config():
+    """math-verify's own default LaTeX extraction (anchored and unanchored, every box), never its
+    expression extraction, whose sympy ``parse_expr`` would ``eval`` model text."""
+    from math_verify import LatexExtractionConfig
+
+    return [LatexExtractionConfig()]
+
+
+def verify_response(response: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SECONDS) -> tuple[bool, str]:
+    """The ``math-verify`` extraction mode: math-verify finds the answer anywhere in the response itself.
+    Returns (verdict, the answer text it found)."""
+    parse, verify, _, TimeoutException = _math_verify()
+    if not isinstance(response, str) or not isinstance(gold, str):
+        return False, ""
+    response = brace_bare_boxes(normalize_unicode(response))
+    boxed = extract_answer(response, ())
+    if boxed and quick_verdict(boxed, gold):  # exact and cheap numeric matches first, as in every mode
+        return True, boxed
+    gold = normalize_answer(gold)
+    if not gold or len(gold) > MAX_ANSWER_CHARS:
+        return False, ""
+    try:
+        pred_parsed = parse(response, extraction_config=_whole_response_config(),
+                            parsing_timeout=timeout_seconds)
+        pred = str(pred_parsed[-1]) if pred_parsed else ""
+        gold_parsed = _parse_gold(gold, timeout_seconds)
+        if not gold_parsed or not pred_parsed:
+            return False, pred
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds)), pred
+    except (Exception, TimeoutException):
+        return False, ""
+
+
+def score(response: str, gold: str, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS, extraction: str | None = None) -> float:
+    """1.0 if the response's final answer equals ``gold`` mathematically, else 0.0. ``extraction`` names a
+    mode of ``EXTRACTIONS`` (boxed, qwen, math-verify); without it, the last box, else ``fallbacks``."""
+    if extraction == "math-verify":
+        return 1.0 if verify_response(response, gold)[0] else 0.0
+    if extraction is not None:
+        fallbacks = extraction_fallbacks(extraction)
     return 1.0 if equivalent(extract_answer(response, fallbacks), gold) else 0.0
+
+
+def extraction_fallbacks(extraction: str) -> tuple[str, ...]:
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"unknown extraction {extraction!r}; known: {', '.join(EXTRACTIONS)}")
+    return EXTRACTIONS[extraction] or ()

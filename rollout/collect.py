@@ -51,6 +51,7 @@ class CollectConfig(EngineFlags):
     data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out", "min": 1})
     shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)", "min": 1})
     force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters, or write into one bin/collect did not make"})
+    extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
     scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one response may take to score before its worker is killed and it scores 0 (counted)", "above": 0})
 
 
@@ -232,7 +233,7 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
         "source": loaded.description, "template": template.name, "sampling": asdict(sampling), "seed": cfg.seed,
         "backend": cfg.backend, "shard": cfg.shard, "verifier_version": rewards.VERIFIER_VERSION,
         "skipped_without_gold": loaded.skipped_without_gold, "identity": identity, "complete": False,
-        "scoring_deadline_seconds": cfg.scoring_deadline,
+        "scoring_deadline_seconds": cfg.scoring_deadline, "extraction": cfg.extraction,
     })  # the first write: from here on every crash point is resumable
     save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
     pause_point("collect:started")
@@ -256,7 +257,8 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
         # one scoring path: the worker pool with its hard per-item deadline, as in eval and rescore
         scored = rewards.score_batch_detailed([s.text for samples in outputs for s in samples],
                                               [r["gold"] for r, samples in zip(chunk, outputs, strict=True)
-                                               for _ in samples], deadline=cfg.scoring_deadline)
+                                               for _ in samples], deadline=cfg.scoring_deadline,
+                                              extraction=cfg.extraction)
         rows, flat = [], iter(range(len(scored.rewards)))
         for record, prompt, ids, samples in zip(chunk, prompts, prompt_ids, outputs, strict=True):
             for idx, s in enumerate(samples):

@@ -154,3 +154,30 @@ def test_a_gold_that_timed_out_once_is_parsed_again(monkeypatch):
     assert verify.equivalent("6/14", gold) is False  # the timed-out attempt
     assert verify.equivalent("6/14", gold) is True  # the next sample of that prompt: parsed again, right
     assert verify.equivalent("0.5", gold) is False and calls.count(gold) == 2  # and cached once it parsed
+
+
+# (response, gold, {mode: expected}) for the classes where graders differ
+MODE_CASES = [
+    ("so \\boxed{5}", "5", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),
+    ("so \\boxed 5", "5", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # no braces: TeX's next token
+    ("The answer is $\\frac{1}{2}$.", "0.5", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),
+    ("First 3 apples, then 4 more, so 7 apples in all", "7", {"boxed": 0.0, "qwen": 1.0, "math-verify": 0.0}),
+    ("We get $x = 12$ in the end.", "12", {"boxed": 0.0, "qwen": 1.0, "math-verify": 1.0}),  # no box, no phrase
+    ("\\boxed{１２}", "12", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # full-width digits
+    ("\\boxed{𝟏𝟐}", "12", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # mathematical bold
+    ("\\boxed{1\u200b2}", "12", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # a zero-width space
+    ("\\boxed{\u2212 3}", "-3", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # the Unicode minus
+    ("\\boxed{½}", "\\frac{1}{2}", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),
+    ("\\boxed{10 000}", "10000", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # spaced thousands
+    ("\\boxed{" + "9" * 20_000 + "}", "9" * 20_000, {"boxed": 1.0, "qwen": 1.0}),  # huge, equal: no parser
+    ("\\boxed{" + "+".join(["1"] * 3000) + "}", "3000", {"boxed": 1.0, "qwen": 1.0}),  # a long literal sum
+    ("\\boxed{4}", "5", {"boxed": 0.0, "qwen": 0.0, "math-verify": 0.0}),
+]
+
+
+@pytest.mark.parametrize("response, gold, expected", MODE_CASES)
+def test_extraction_modes(response, gold, expected):
+    got = {mode: rewards.score(response, gold, extraction=mode) for mode in expected}
+    assert got == expected
+    batch = {mode: rewards.score_batch([response], [gold], workers=1, extraction=mode)[0] for mode in expected}
+    assert batch == expected  # the parallel path agrees with score()

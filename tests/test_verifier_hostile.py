@@ -52,7 +52,7 @@ def hostile_cases(sentinel: str) -> list[tuple[str, str, float]]:
         # unicode look-alikes: full-width and mathematical digits, Cyrillic letters, a lone surrogate, zero-width space
         ("\\boxed{１９}", "18", 0.0),
         ("\\boxed{𝟏𝟗}", "18", 0.0),
-        ("\\boxed{\u0445 + 1}", "x + 1", 0.0),
+        ("\\boxed{\u0445 + 1}", "x + 1", 1.0),  # a Cyrillic look-alike reads as the Latin letter
         ("\\boxed{1\u200b9}", "18", 0.0),
         ("\\boxed{\ud800}", "1", 0.0),
         ("\\boxed{\u2212 5}", "5", 0.0),
