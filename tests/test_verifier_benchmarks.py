@@ -34,20 +34,21 @@ def other_gold(golds: list[str], i: int) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("extraction", list(rewards.EXTRACTIONS))
 @pytest.mark.parametrize("name", NAMES)
-def test_own_gold_scores_one_and_other_gold_zero(name):
+def test_own_gold_scores_one_and_other_gold_zero(name, extraction):
     golds = load_golds(name)
     assert all(golds), f"{name}: a record without a gold answer"
     others = [other_gold(golds, i) for i in range(len(golds))]
     responses = [f"Putting it together, the final answer is $\\boxed{{{g}}}$." for g in golds]
-    result = rewards.score_batch_detailed(responses + responses, golds + others, deadline=5.0)
+    result = rewards.score_batch_detailed(responses + responses, golds + others, deadline=5.0, extraction=extraction)
     n = len(golds)
     own, other = result.rewards[:n], result.rewards[n:]
     own_rate = sum(own) / n
     other_rate = sum(1 for r in other if r == 0.0) / n
     own_failures = [golds[i] for i in range(n) if own[i] != 1.0]
     other_failures = [(golds[i], others[i]) for i in range(n) if other[i] != 0.0]
-    print(f"\n{name}: {n} problems, own gold scores 1.0: {own_rate:.2%}, other gold scores 0.0: {other_rate:.2%}, "
+    print(f"\n{name} ({extraction}): {n} problems, own gold scores 1.0: {own_rate:.2%}, other gold scores 0.0: {other_rate:.2%}, "
           f"timed out: {len(result.timed_out)}; failures: own {own_failures}, other {other_failures}")
     assert own_rate >= REQUIRED_RATE, own_failures
     assert other_rate >= REQUIRED_RATE, other_failures
