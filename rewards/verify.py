@@ -154,6 +154,23 @@ def _whole_response_config():
     return [LatexExtractionConfig()]
 
 
+_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:[ ,]\d{3})+|\d+)(?:[.,]\d+)?|-?\.\d+")
+
+
+def plain_number(text: str) -> str:
+    """The last plain-text number of ``text`` as a decimal (``1,000.99``, ``1 000``, and the decimal commas
+    ``2,74`` and ``0,111``), or "": what math-verify's expression extraction finds, without its ``eval``."""
+    found = _PLAIN_NUMBER.findall(text[-5000:])
+    if not found:
+        return ""
+    number = found[-1].replace(" ", "")
+    if "," in number and "." in number:
+        return number.replace(",", "")
+    if "," in number and (re.fullmatch(r"-?\d{1,3}(?:,\d{3})+", number) and not re.match(r"-?0,", number)):
+        return number.replace(",", "")  # thousands separators
+    return number.replace(",", ".")  # a decimal comma
+
+
 def verify_response(response: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SECONDS) -> tuple[bool, str]:
     """The ``math-verify`` extraction mode: math-verify finds the answer anywhere in the response itself.
     Returns (verdict, the answer text it found)."""
@@ -165,12 +182,16 @@ def verify_response(response: str, gold: str, *, timeout_seconds: int = STAGE_TI
     if boxed and quick_verdict(boxed, gold):  # exact and cheap numeric matches first, as in every mode
         return True, boxed
     gold = normalize_answer(gold)
+    if re.fullmatch(r"-?\d+,\d+", gold):  # a decimal comma ("1,22"): a whole-answer thousands group is gone already
+        gold = gold.replace(",", ".")
     if not gold or len(gold) > MAX_ANSWER_CHARS:
         return False, ""
     try:
         pred_parsed = parse(response, extraction_config=_whole_response_config(),
                             parsing_timeout=timeout_seconds)
         pred = str(pred_parsed[-1]) if pred_parsed else ""
+        if not pred_parsed and (number := plain_number(response)):  # no LaTeX at all: its last plain number
+            pred, pred_parsed = number, _parse(number, timeout_seconds)
         gold_parsed = _parse_gold(gold, timeout_seconds)
         if not gold_parsed or not pred_parsed:
             return False, pred

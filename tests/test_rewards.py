@@ -161,7 +161,7 @@ MODE_CASES = [
     ("so \\boxed{5}", "5", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),
     ("so \\boxed 5", "5", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # no braces: TeX's next token
     ("The answer is $\\frac{1}{2}$.", "0.5", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),
-    ("First 3 apples, then 4 more, so 7 apples in all", "7", {"boxed": 0.0, "qwen": 1.0, "math-verify": 0.0}),
+    ("First 3 apples, then 4 more, so 7 apples in all", "7", {"boxed": 0.0, "qwen": 1.0, "math-verify": 1.0}),
     ("We get $x = 12$ in the end.", "12", {"boxed": 0.0, "qwen": 1.0, "math-verify": 1.0}),  # no box, no phrase
     ("\\boxed{１２}", "12", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # full-width digits
     ("\\boxed{𝟏𝟐}", "12", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),  # mathematical bold
@@ -181,3 +181,14 @@ def test_extraction_modes(response, gold, expected):
     assert got == expected
     batch = {mode: rewards.score_batch([response], [gold], workers=1, extraction=mode)[0] for mode in expected}
     assert batch == expected  # the parallel path agrees with score()
+
+
+@pytest.mark.parametrize("text, number", [
+    ("so it is 7,425,000 in all", "7425000"), ("1 000", "1000"), ("costs 1,000.99€", "1000.99"),
+    ("Soucis : 2,74 $ a..", "2.74"), ("1000,99", "1000.99"), ("0,111", "0.111"), ("about .4 of it", ".4"),
+    ("no number here", ""),
+])
+def test_plain_numbers_for_the_math_verify_mode(text, number):
+    from rewards.verify import plain_number
+
+    assert plain_number(text) == number
