@@ -80,10 +80,10 @@ def cold_start(workers: int) -> None:
     """Empty sympy's and our caches and restart the pool, so that no method inherits another's warm caches."""
     from sympy.core.cache import clear_cache
 
-    from rewards.verify import _parse_gold
+    from rewards.verify import _GOLD_CACHE
 
     clear_cache()
-    _parse_gold.cache_clear()
+    _GOLD_CACHE.clear()
     close_pool()
     rewards.score_batch(["\\boxed{1}", "\\boxed{2}"], ["1.0", "2.0"], workers=workers)  # start, outside the clock
 
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="score_batch processes (default: one per CPU)")
     parser.add_argument("--deadline", type=float, default=2.0, help="score_batch per-item deadline, seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--collect-only", action="store_true",
+                        help="only the pathological batch as bin/collect scores it: before (serial, main thread) and now")
     args = parser.parse_args()
     if not BENCHMARKS.is_dir():
         sys.exit(f"bench/verifier.py: benchmark data absent: {BENCHMARKS}")
@@ -118,6 +120,9 @@ def main() -> None:
     start = time.perf_counter()
     rewards.score_batch([r for r, _ in clean[:20]], [g for _, g in clean[:20]], workers=workers)
     print(f"  (worker pool start: {time.perf_counter() - start:.2f} s, once per process, not counted below)")
+
+    if args.collect_only:
+        return collect_before_and_now(clean, args, workers)
 
     print(f"\nclean: {len(clean)} responses")
     cold_start(workers)
@@ -165,6 +170,34 @@ def main() -> None:
     print(f"  clean throughput:             {baseline_wall / batch_wall:5.2f}x   (target >= 1.7x)")
     print(f"  clean throughput vs rewards.score in one process: {sequential_wall / batch_wall:5.2f}x")
     print(f"  5%-pathological batch wall:   {mixed_baseline_wall / mixed_batch_wall:5.2f}x   (target >= 3x)")
+    close_pool()
+
+
+def pathological_batch(clean: list[tuple[str, str]], args) -> list[tuple[str, str]]:
+    n_bad = round(args.batch * args.pathological)
+    mixed = clean[: args.batch - n_bad] + [(PATHOLOGICAL[i % len(PATHOLOGICAL)], "5") for i in range(n_bad)]
+    random.Random(args.seed + 1).shuffle(mixed)
+    return mixed
+
+
+def collect_before_and_now(clean: list[tuple[str, str]], args, workers: int) -> None:
+    """bin/collect's scoring of one shard: before, ``rewards.score`` per response in its main thread
+    (math-verify's own 1 s alarms per stage); now, ``score_batch_detailed`` in the worker pool."""
+    mixed = pathological_batch(clean, args)
+    print(f"\ncollect's scoring of a batch of {len(mixed)} responses, {args.pathological:.0%} pathological")
+    cold_start(workers)
+    start = time.perf_counter()
+    before = [rewards.score(response, gold) for response, gold in mixed]
+    before_wall = time.perf_counter() - start
+    cold_start(workers)
+    start = time.perf_counter()
+    now = rewards.score_batch_detailed([r for r, _ in mixed], [g for _, g in mixed], workers=workers,
+                                       deadline=args.deadline)
+    now_wall = time.perf_counter() - start
+    same = sum(a == b for a, b in zip(before, now.rewards, strict=True)) / len(mixed)
+    print(f"  before (serial, main thread): {before_wall:7.2f} s\n  now (score_batch, {workers} workers): "
+          f"{now_wall:7.2f} s, {len(now.timed_out)} timed out\n  before / now: {before_wall / now_wall:5.2f}x; "
+          f"same verdicts on {same:.1%}")
     close_pool()
 
 
