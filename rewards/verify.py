@@ -154,7 +154,8 @@ def _whole_response_config():
     return [LatexExtractionConfig()]
 
 
-_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:[ ,]\d{3})+|\d+)(?:[.,]\d+)?|-?\.\d+")
+# a number standing alone: not the "2" of "AZYUK2A" or of "m2" (NFKC's "m²")
+_PLAIN_NUMBER = re.compile(r"(?<![A-Za-z\d.])(?:-?(?:\d{1,3}(?:[ ,]\d{3})+|\d+)(?:[.,]\d+)?|-?\.\d+)(?!\d)")
 
 
 def plain_number(text: str) -> str:

@@ -186,7 +186,7 @@ def test_extraction_modes(response, gold, expected):
 @pytest.mark.parametrize("text, number", [
     ("so it is 7,425,000 in all", "7425000"), ("1 000", "1000"), ("costs 1,000.99€", "1000.99"),
     ("Soucis : 2,74 $ a..", "2.74"), ("1000,99", "1000.99"), ("0,111", "0.111"), ("about .4 of it", ".4"),
-    ("no number here", ""),
+    ("no number here", ""), ("AZYUK2A", ""), ("it is 1,000.99m\u00b2", "1000.99"),
 ])
 def test_plain_numbers_for_the_math_verify_mode(text, number):
     from rewards.verify import plain_number
