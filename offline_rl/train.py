@@ -91,12 +91,12 @@ def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict) -
 RESUMABLE_CHANGES = ("resume", "force", "log_every", "save_every", "out")
 
 
-def run_identity(cfg: TrainConfig, learner_cfg, model_path: str) -> dict:
+def run_identity(cfg: TrainConfig, learner_cfg, model_path: str, manifests: dict[str, dict]) -> dict:
     """What a checkpoint's weights depend on: the settings, the learner's, the model and the data's shards."""
     identity = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
     identity["model"] = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
-    identity["data"] = [str(p.resolve()) for p in dataset_paths(cfg.data)]
-    identity["data_shards"] = [read_manifest(p).get("shards", []) for p in dataset_paths(cfg.data)]
+    identity["data"] = [str(Path(p).resolve()) for p in manifests]
+    identity["data_shards"] = [m.get("shards", []) for m in manifests.values()]
     identity.update({f"{cfg.learner}.{k}": v for k, v in asdict(learner_cfg).items()})
     return identity
 
@@ -189,9 +189,10 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     ratio_temperature = (behavior_temperature(manifests, model_path, cfg.learner, cfg.approximate_ratios)
                          if getattr(learner, "USES_BEHAVIOR_RATIO", False) else None)
     float32_projection = getattr(learner, "FLOAT32_PROJECTION", False)
+    temperatures = (1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature)  # projected per chunk
     context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest, manifests=manifests, model_path=model_path,
                               include_truncated=cfg.include_truncated, dropped_truncated=0, accelerator=accelerator,
-                              logit_chunk_size=cfg.logit_chunk_size, approximate_ratios=cfg.approximate_ratios)
+                              logit_chunk_size=cfg.logit_chunk_size)
     examples = learner.examples(dataset, context, learner_cfg)
     if context.dropped_truncated and accelerator.is_main_process:
         print(f"left out {context.dropped_truncated} accepted responses cut at the token limit (no EOS); "
@@ -211,7 +212,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     checkpoints = out / "checkpoints"
     if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused
         hold_directory(out, "train", force=cfg.force, owned=lambda d: (d / "train_config.json").is_file())
-    identity = run_identity(cfg, learner_cfg, model_path)
+    identity = run_identity(cfg, learner_cfg, model_path, manifests)
     resume_from = latest_checkpoint(checkpoints) if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise UsageError(f"--resume: no checkpoint in {checkpoints}")
@@ -293,7 +294,6 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                temperatures = (1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature)
                 logprobs = token_logprobs_at(model, batch, cfg.logit_chunk_size, temperatures, float32_projection)
                 batch["ratio_logprobs"] = logprobs[-1]  # log pi_theta at the behaviour's temperature: [B, T]
                 loss_sum, _, metrics = learner.loss(logprobs[0], batch, learner_cfg)

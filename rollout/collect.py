@@ -238,20 +238,20 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
     save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
     pause_point("collect:started")
     engine = start_engine(cfg, model)
-    todo = [r for r in records if r["prompt_id"] not in done_ids]
+    # each prompt rendered and tokenised once: (record, prompt text, prompt token ids)
+    todo = [(r, prompt, template.token_ids(prompt)) for r in records if r["prompt_id"] not in done_ids
+            for prompt in [template.render(r["question"])]]
     # a prompt the model cannot hold would fail its whole shard, on every resume: skipped and counted, as in eval
     max_len = context_length(model, cfg.max_model_len)
-    too_long = {r["prompt_id"] for r in todo
-                if max_len is not None and len(template.token_ids(template.render(r["question"]))) >= max_len}
-    todo = [r for r in todo if r["prompt_id"] not in too_long]
-    writer.manifest["prompts_too_long"] = len(too_long)
+    fits = [item for item in todo if max_len is None or len(item[2]) < max_len]
+    too_long = len(todo) - len(fits)
+    todo = fits
+    writer.manifest["prompts_too_long"] = too_long
     accepted = responses = tokens = 0
-    bar = tqdm(total=len(records) - len(too_long), initial=len(records) - len(too_long) - len(todo), desc="collect",
+    bar = tqdm(total=len(records) - too_long, initial=len(records) - too_long - len(todo), desc="collect",
                unit="prompt")
     for begin in range(0, len(todo), cfg.shard_size):
-        chunk = todo[begin : begin + cfg.shard_size]
-        prompts = [template.render(r["question"]) for r in chunk]
-        prompt_ids = [template.token_ids(p) for p in prompts]
+        chunk, prompts, prompt_ids = (list(column) for column in zip(*todo[begin : begin + cfg.shard_size], strict=True))
         outputs = engine.generate(prompt_ids, sampling, seeds=[prompt_seed(cfg.seed, r["prompt_id"]) for r in chunk],
                                   use_tqdm=False)
         # one scoring path: the worker pool with its hard per-item deadline, as in eval and rescore
