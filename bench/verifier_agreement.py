@@ -80,7 +80,8 @@ def main() -> None:
         for mode in rewards.EXTRACTIONS:
             agree = {}
             for name, table in tables.items():
-                golds = [gold_answer(g) for g, _, _ in table]
+                # math-verify mode takes a gold text as math-verify does; the box modes take the answer
+                golds = [g if mode == "math-verify" else gold_answer(g) for g, _, _ in table]
                 got = rewards.score_batch([p for _, p, _ in table], golds, extraction=mode, deadline=5.0)
                 agree[name] = sum(1 for (_, _, want), g in zip(table, got, strict=True) if g == float(want))
             share = sum(agree.values()) / total

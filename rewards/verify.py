@@ -22,6 +22,7 @@ import re
 import threading
 from importlib.metadata import version
 
+from rewards.arithmetic import expressions_without_eval, hook_available
 from rewards.extract import DEFAULT_FALLBACKS, EXTRACTIONS, brace_bare_boxes, extract_answer, normalize_unicode
 from rewards.normalize import normalize_answer
 
@@ -146,54 +147,59 @@ def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SEC
 
 
 @functools.cache
-def _whole_response_config():
-    """math-verify's own default LaTeX extraction (anchored and unanchored, every box), never its
-    expression extraction, whose sympy ``parse_expr`` would ``eval`` model text."""
-    from math_verify import LatexExtractionConfig
+def _defaults_config():
+    """math-verify's own defaults: LaTeX extraction (anchored and unanchored, every box) and expression
+    extraction, whose text goes to ``rewards.arithmetic`` instead of sympy's eval-based ``parse_expr``. A
+    math-verify that does not route expressions through the replaceable hook gets LaTeX extraction only."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
-    return [LatexExtractionConfig()]
-
-
-# a number standing alone: not the "2" of "AZYUK2A" or of "m2" (NFKC's "m²")
-_PLAIN_NUMBER = re.compile(r"(?<![A-Za-z\d.])(?:-?(?:\d{1,3}(?:[ ,]\d{3})+|\d+)(?:[.,]\d+)?|-?\.\d+)(?!\d)")
+    return [LatexExtractionConfig(), ExprExtractionConfig()] if hook_available() else [LatexExtractionConfig()]
 
 
-def plain_number(text: str) -> str:
-    """The last plain-text number of ``text`` as a decimal (``1,000.99``, ``1 000``, and the decimal commas
-    ``2,74`` and ``0,111``), or "": what math-verify's expression extraction finds, without its ``eval``."""
-    found = _PLAIN_NUMBER.findall(text[-5000:])
-    if not found:
-        return ""
-    number = found[-1].replace(" ", "")
-    if "," in number and "." in number:
-        return number.replace(",", "")
-    if "," in number and (re.fullmatch(r"-?\d{1,3}(?:,\d{3})+", number) and not re.match(r"-?0,", number)):
-        return number.replace(",", "")  # thousands separators
-    return number.replace(",", ".")  # a decimal comma
+# math delimiters or a box: a gold text math-verify reads as it is; otherwise a bare answer
+_DELIMITED = re.compile(r"\\\(|\\\[|\$|\\boxed|\\fbox")
+# one plain number ("0,111", "12,000,023", "100%") or comma-free arithmetic ("2/3"): what its expression
+# extraction reads; "1, 2" (a list) is not one of them
+_PLAIN = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?\s*%?|[\d.\s+\-*/^()]+")
+
+
+def _parse_defaults(text: str, timeout: int | None):
+    parse = _math_verify()[0]
+    with expressions_without_eval():
+        return parse(text, extraction_config=_defaults_config(), parsing_timeout=timeout)
+
+
+def _parse_gold_text(gold: str, timeout: int | None):
+    """A gold as math-verify's users parse it: a text with math delimiters, or a plain number or arithmetic
+    (its decimal commas included), through the defaults; any other bare answer (``\\frac{1}{2}``, ``x^2``)
+    as the content of one box."""
+    if _DELIMITED.search(gold) or _PLAIN.fullmatch(gold):
+        key = ("defaults", gold, timeout)
+        if key not in _GOLD_CACHE and (parsed := _parse_defaults(gold, timeout)):
+            _GOLD_CACHE[key] = parsed
+        if key in _GOLD_CACHE:
+            return _GOLD_CACHE[key]
+    return _parse_gold(normalize_answer(gold), timeout)
 
 
 def verify_response(response: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SECONDS) -> tuple[bool, str]:
-    """The ``math-verify`` extraction mode: math-verify finds the answer anywhere in the response itself.
-    Returns (verdict, the answer text it found)."""
-    parse, verify, _, TimeoutException = _math_verify()
+    """The ``math-verify`` extraction mode: math-verify's default extraction over the whole response (and over
+    a gold text with delimiters), with plain-text expressions read without eval. Returns (verdict, the answer
+    text it found)."""
+    _, verify, _, TimeoutException = _math_verify()
     if not isinstance(response, str) or not isinstance(gold, str):
         return False, ""
     response = brace_bare_boxes(normalize_unicode(response))
+    gold = normalize_unicode(gold).strip()
     boxed = extract_answer(response, ())
     if boxed and quick_verdict(boxed, gold):  # exact and cheap numeric matches first, as in every mode
         return True, boxed
-    gold = normalize_answer(gold)
-    if re.fullmatch(r"-?\d+,\d+", gold):  # a decimal comma ("1,22"): a whole-answer thousands group is gone already
-        gold = gold.replace(",", ".")
     if not gold or len(gold) > MAX_ANSWER_CHARS:
         return False, ""
     try:
-        pred_parsed = parse(response, extraction_config=_whole_response_config(),
-                            parsing_timeout=timeout_seconds)
+        pred_parsed = _parse_defaults(response, timeout_seconds)
         pred = str(pred_parsed[-1]) if pred_parsed else ""
-        if not pred_parsed and (number := plain_number(response)):  # no LaTeX at all: its last plain number
-            pred, pred_parsed = number, _parse(number, timeout_seconds)
-        gold_parsed = _parse_gold(gold, timeout_seconds)
+        gold_parsed = _parse_gold_text(gold, timeout_seconds)
         if not gold_parsed or not pred_parsed:
             return False, pred
         return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds)), pred

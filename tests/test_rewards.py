@@ -185,10 +185,41 @@ def test_extraction_modes(response, gold, expected):
 
 @pytest.mark.parametrize("text, number", [
     ("so it is 7,425,000 in all", "7425000"), ("1 000", "1000"), ("costs 1,000.99€", "1000.99"),
-    ("Soucis : 2,74 $ a..", "2.74"), ("1000,99", "1000.99"), ("0,111", "0.111"), ("about .4 of it", ".4"),
-    ("no number here", ""), ("AZYUK2A", ""), ("it is 1,000.99m\u00b2", "1000.99"),
+    ("Soucis : 2,74 $ a..", "2.74"), ("1000,99", "1000.99"), ("0,111", "0.111"), ("about .4 of it", "0.4"),
+    ("it is 1,000.99m\u00b2", "1000.99"), ("P(A) = (1/2) / (3/4) so P(A) = 2/3. <|im_start|>user", "2/3"),
+    ("Final Answer: The final answer is 7.78.", "7.78"), ("The volume is $5 \\times 6 \\times 4 = 120$. So 120.", "120"),
 ])
-def test_plain_numbers_for_the_math_verify_mode(text, number):
-    from rewards.verify import plain_number
+def test_plain_text_answers_in_the_math_verify_mode(text, number):
+    """math-verify's expression extraction (numbers with separators and decimal commas, arithmetic), which
+    the box modes do not do; AZYUK2A holds no number."""
+    assert rewards.score(text, number, extraction="math-verify") == 1.0
+    assert rewards.score("AZYUK2A", "2", extraction="math-verify") == 0.0
 
-    assert plain_number(text) == number
+
+@pytest.mark.parametrize("gold, response", [
+    ("0,111", "so 0.111"),  # a decimal comma in the gold
+    ("\\boxed{1}\\boxed{2}", "$\\boxed{1,2}$"),  # a gold text with several boxes is their set
+    ("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", "$\\boxed{-2,1}$."),
+    ("\\frac{1}{2}", "it is 1/2"), ("x^2+1", "$x^2+1$"),  # bare answers: one box's content
+])
+def test_gold_texts_in_the_math_verify_mode(gold, response):
+    assert rewards.score(response, gold, extraction="math-verify") == 1.0
+
+
+def test_plain_arithmetic_is_never_evaluated(monkeypatch):
+    """math-verify hands plain-text expressions to sympy's parse_expr (its own import of it), which calls eval;
+    ours reads a syntax tree and builds numbers and operations only."""
+    import math_verify.parser
+    import sympy
+
+    from rewards.arithmetic import arithmetic
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("parse_expr was called")
+
+    monkeypatch.setattr(math_verify.parser, "parse_expr", refuse)
+    assert rewards.score("P(A) = (1/2) * (4/3) = 2/3", "\\frac{2}{3}", extraction="math-verify") == 1.0
+    assert str(arithmetic("3 * (4 + 5)")) == "3*(4 + 5)" and arithmetic("2**-1").doit() == sympy.Rational(1, 2)
+    for code in ["__import__('os').system('true')", "x + 1", "2(3)", "(1).real", "[1][0]", "9" * 5000]:
+        with pytest.raises(ValueError):
+            arithmetic(code)
