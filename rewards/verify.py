@@ -7,6 +7,8 @@ its own grammar. Its traps, and what we do about them:
   ``LatexExtractionConfig``, so model text is never evaluated as code.
 - With default settings every box of a text is joined into one set: we hand it one box, the
   answer we extracted ourselves (``boxed="last"`` as a second guard).
+- By default it accepts an interval answer for an inequality gold but not the reverse: we set
+  ``allow_set_relation_comp`` so that ``-2 \\le x \\le 7`` also answers the gold ``[-2, 7]``.
 - Its recommended reward settings differ from its defaults: a box only (no unanchored
   matches), boxes matched first, first match only.
 - Its ``TimeoutException`` derives from ``BaseException`` and its timeouts use
@@ -141,9 +143,10 @@ def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SEC
         pred_parsed = _parse(pred, timeout_seconds)
         if not gold_parsed or not pred_parsed:
             return False
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds))
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds, allow_set_relation_comp=True))
     except (Exception, TimeoutException):  # TimeoutException is a BaseException: name it
         return False
+
 
 
 @functools.cache
@@ -202,7 +205,8 @@ def verify_response(response: str, gold: str, *, timeout_seconds: int = STAGE_TI
         gold_parsed = _parse_gold_text(gold, timeout_seconds)
         if not gold_parsed or not pred_parsed:
             return False, pred
-        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds)), pred
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds,
+                           allow_set_relation_comp=True)), pred
     except (Exception, TimeoutException):
         return False, ""
 

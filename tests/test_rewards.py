@@ -128,12 +128,13 @@ def test_verifier_version_names_the_engine():
 
 
 def test_gold_goes_first_to_math_verify():
-    """math-verify's verify(gold, answer) is asymmetric: gold x<2 accepts the interval (-inf, 2), not the reverse.
-    Swapping the arguments inside `equivalent` flips both verdicts below."""
+    """math-verify's verify(gold, answer) is asymmetric: an answer written as an equation is read as its right
+    side (``2x+z=1`` answers 1), but a gold equation that is not an assignment is not unwrapped. Swapping the
+    arguments inside `equivalent` flips both verdicts below."""
     from rewards import equivalent
 
-    assert equivalent("(-\\infty,2)", "x<2") is True  # pred, gold
-    assert equivalent("x<2", "(-\\infty,2)") is False
+    assert equivalent("2x+z=1", "1") is True  # pred, gold
+    assert equivalent("1", "2x+z=1") is False
 
 
 def test_a_gold_that_timed_out_once_is_parsed_again(monkeypatch):
@@ -172,6 +173,11 @@ MODE_CASES = [
     ("\\boxed{" + "9" * 20_000 + "}", "9" * 20_000, {"boxed": 1.0, "qwen": 1.0}),  # huge, equal: no parser
     ("\\boxed{" + "+".join(["1"] * 3000) + "}", "3000", {"boxed": 1.0, "qwen": 1.0}),  # a long literal sum
     ("\\boxed{4}", "5", {"boxed": 0.0, "qwen": 0.0, "math-verify": 0.0}),
+    # an interval written as inequalities, either way round; open and closed ends still differ
+    ("\\boxed{-2 \\le x \\le 7}", "[-2,7]", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),
+    ("\\boxed{(-\\infty,2)}", "x<2", {"boxed": 1.0, "qwen": 1.0, "math-verify": 1.0}),
+    ("so $x > 1$", "x \\in (1,\\infty)", {"boxed": 0.0, "qwen": 0.0, "math-verify": 1.0}),
+    ("\\boxed{x \\le 2}", "(-\\infty,2)", {"boxed": 0.0, "qwen": 0.0, "math-verify": 0.0}),
 ]
 
 
@@ -218,6 +224,7 @@ def test_plain_arithmetic_is_never_evaluated(monkeypatch):
         raise AssertionError("parse_expr was called")
 
     monkeypatch.setattr(math_verify.parser, "parse_expr", refuse)
+    math_verify.parser.parse_expr_cached.cache_clear()  # earlier tests may have parsed the same text
     assert rewards.score("P(A) = (1/2) * (4/3) = 2/3", "\\frac{2}{3}", extraction="math-verify") == 1.0
     assert str(arithmetic("3 * (4 + 5)")) == "3*(4 + 5)" and arithmetic("2**-1").doit() == sympy.Rational(1, 2)
     for code in ["__import__('os').system('true')", "x + 1", "2(3)", "(1).real", "[1][0]", "9" * 5000]:
