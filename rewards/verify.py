@@ -28,7 +28,7 @@ from rewards.arithmetic import expressions_without_eval, hook_available
 from rewards.extract import DEFAULT_FALLBACKS, EXTRACTIONS, brace_bare_boxes, extract_answer, normalize_unicode
 from rewards.normalize import normalize_answer
 
-VERIFIER_VERSION = f"math-verify-{version('math-verify')}/unicode+exact-numbers/3"
+VERIFIER_VERSION = f"math-verify-{version('math-verify')}/unicode+exact-numbers+expressions/4"
 # Longer "answers" are not answers (the longest gold of the six benchmarks is ~250 characters);
 # refusing them keeps megabyte boxes away from the LaTeX parser.
 MAX_ANSWER_CHARS = 1000

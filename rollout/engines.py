@@ -56,6 +56,14 @@ def context_length(model: str, max_model_len: int | None = None) -> int | None:
     return max_model_len or getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
 
 
+def stop_token_ids(tokenizer, stop: list[str] | None) -> list[int]:
+    """The ids of stop strings that are single special tokens (``<|im_end|>``, ``<|endoftext|>``). vLLM matches
+    stop strings in text decoded without special tokens, where these never appear: the Qwen2.5-Math harness
+    passes them as stop token ids (151645, 151643 for Qwen tokenizers), and so do we."""
+    added = tokenizer.get_added_vocab() if stop else {}
+    return sorted({added[s] for s in stop or [] if s in added})
+
+
 def prompt_seed(run_seed: int, prompt_id: str) -> int:
     """A prompt's own sampling seed: the same responses whatever the batching, sharding or resumption."""
     digest = hashlib.sha256(f"{run_seed}:{prompt_id}".encode()).digest()
@@ -110,7 +118,8 @@ class VLLMEngine:
 
         seeds = seeds or [None] * len(prompt_token_ids)
         params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_tokens, stop=sampling.stop, logprobs=0, seed=seed)
+                                 max_tokens=sampling.max_tokens, stop=sampling.stop, logprobs=0, seed=seed,
+                                 stop_token_ids=stop_token_ids(self.tokenizer, sampling.stop))
                   for seed in seeds]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], params,
                                     use_tqdm=use_tqdm)

@@ -5,7 +5,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from rollout.engines import prompt_seed
+from rollout.engines import prompt_seed, stop_token_ids
 from rollout.sources import SourceError, load_source
 from rollout.templates import Template, TemplateError, default_template
 
@@ -108,5 +108,10 @@ def test_qwen_boxed_is_the_harness_prompt_character_for_character(tiny_model):
     assert qwen_style.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                           add_generation_prompt=True) == HARNESS_QWEN_BOXED
     assert template.stop == ["</s>", "<|im_end|>", "<|endoftext|>"]
+    # vLLM never sees special tokens in the text it matches stop strings against: they go as stop token ids
+    qwen_style.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    added = qwen_style.get_added_vocab()
+    assert stop_token_ids(qwen_style, template.stop) == sorted([added["<|im_end|>"], added["<|endoftext|>"]])
+    assert stop_token_ids(qwen_style, ["\n\n", "Question:"]) == [] and stop_token_ids(qwen_style, None) == []
     assert Template("qwen-boxed", tokenizer).render(question) == HARNESS_QWEN_BOXED  # a tokenizer without one
     assert default_template("file") == "qwen-boxed" and default_template("world") == "world"
