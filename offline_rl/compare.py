@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from offline_rl import world
 from offline_rl.evaluate import EvalConfig, load_benchmark, pass_ks
 from offline_rl.learners import LEARNERS
 from rewards.files import hold_directory
@@ -50,7 +51,7 @@ class CompareConfig:
     collect_limit: int = field(default=None, metadata={"help": "when collecting: use at most N prompts of the source", "min": 1})
     learners: str = field(default=",".join(LEARNERS), metadata={"help": f"comma-separated learners: {', '.join(LEARNERS)}"})
     seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
-    benchmarks: str = field(default="test-id,test-ood", metadata={"help": "benchmarks, as bin/eval takes them"})
+    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "benchmarks, as bin/eval takes them (default: every world test split)"})
     data_dir: str = field(default=None, metadata={"help": "folder of the short-named benchmarks' files (bin/eval --data-dir)"})
     budget_steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)", "min": 1})
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
@@ -292,6 +293,29 @@ def format_report_table(rows: list[dict], models: list[str], benchmarks: list[st
     return "\n".join(lines)
 
 
+def transfer_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str) -> str:
+    """Each learner's gain over the base model (points of ``metric``, mean over seeds) per benchmark, marked *
+    where it exceeds two pooled seed stds (sqrt of the mean of the two variances): a gain beyond seed noise."""
+    stats = {}
+    for model in models:
+        for bench in benchmarks:
+            values = [100 * r[metric] for r in rows if r["model"] == model and r["benchmark"] == bench and metric in r]
+            if values:
+                stats[model, bench] = mean_std(values)
+    lines = ["| model | " + " | ".join(benchmarks) + " |", "|---|" + "---:|" * len(benchmarks)]
+    for model in [m for m in models if m != "base"]:
+        cells = []
+        for bench in benchmarks:
+            if (model, bench) not in stats or ("base", bench) not in stats:
+                cells.append("–")
+                continue
+            (mean, std), (base_mean, base_std) = stats[model, bench], stats["base", bench]
+            gain, pooled = mean - base_mean, ((std ** 2 + base_std ** 2) / 2) ** 0.5
+            cells.append(f"{gain:+.1f}" + (" *" if abs(gain) > 2 * pooled and pooled > 0 else ""))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[int], data: Path) -> dict:
     rows = collect_results(out, models, seeds)
     benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
@@ -325,6 +349,9 @@ def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[i
     if any(recipes.get(m) for m in models):
         lines.append("Learner recipes: " + "; ".join(f"{m} `{' '.join(recipes[m])}`" for m in models if recipes.get(m)) + ".")
     lines += ["", f"## avg@{k} (%; mean ± std over seeds; best per column in bold)", "", table, ""]
+    if "base" in models and len(seeds) > 1:
+        lines += [f"## Transfer: gain over the base model (avg@{k} points; * beyond two pooled seed stds)", "",
+                  transfer_table(rows, models, benchmarks, f"avg@{k}"), ""]
     for metric in [f"pass@{k}", f"maj@{k}"]:
         if k > 1:
             lines += [f"## {metric} (%)", "", format_report_table(rows, models, benchmarks, metric), ""]
@@ -366,27 +393,44 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], metric: str, path: Path) -> None:
-    """Bars of mean accuracy with std error bars, one panel per benchmark; each seed a dot."""
+    """One panel per benchmark. Top: bars of mean accuracy with std error bars, each seed a dot. Bottom (with a
+    base model): each learner's gain over the base, the gray band two of the base's seed stds either way,
+    so that transfer along an out-of-distribution split shows at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, max(1, len(benchmarks)), figsize=(1.2 + 0.7 * len(models) * max(1, len(benchmarks)), 3.6),
-                             squeeze=False)
-    for ax, bench in zip(axes[0], benchmarks, strict=False):
+    with_gain = "base" in models
+    fig, axes = plt.subplots(2 if with_gain else 1, max(1, len(benchmarks)), squeeze=False,
+                             figsize=(1.2 + 0.5 * len(models) * max(1, len(benchmarks)), 6.4 if with_gain else 3.6))
+    for column, bench in enumerate(benchmarks):
+        ax = axes[0][column]
         present = [m for m in models if any(r["model"] == m and r["benchmark"] == bench for r in rows)]
-        values = [[100 * r[metric] for r in rows if r["model"] == m and r["benchmark"] == bench] for m in present]
-        means = [statistics.fmean(v) for v in values]
-        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        colors = [_color(m, models) for m in present]
-        ax.bar(range(len(present)), means, yerr=stds, capsize=3, color=colors)
-        for i, v in enumerate(values):
-            ax.plot([i] * len(v), v, "k.", markersize=3)
+        values = {m: [100 * r[metric] for r in rows if r["model"] == m and r["benchmark"] == bench] for m in present}
+        means = {m: statistics.fmean(v) for m, v in values.items()}
+        stds = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in values.items()}
+        ax.bar(range(len(present)), [means[m] for m in present], yerr=[stds[m] for m in present], capsize=3,
+               color=[_color(m, models) for m in present])
+        for i, m in enumerate(present):
+            ax.plot([i] * len(values[m]), values[m], "k.", markersize=3)
         ax.set_xticks(range(len(present)), present, rotation=45, ha="right")
         ax.set_title(bench)
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylabel(f"{metric} (%)" if column == 0 else "")
         ax.grid(axis="y", alpha=0.3)
+        if not with_gain:
+            continue
+        ax = axes[1][column]
+        learners = [m for m in present if m != "base"]
+        if "base" in means:
+            ax.axhspan(-2 * stds["base"], 2 * stds["base"], color="0.85")
+            ax.bar(range(len(learners)), [means[m] - means["base"] for m in learners],
+                   yerr=[stds[m] for m in learners], capsize=3, color=[_color(m, models) for m in learners])
+        ax.axhline(0, color="0.4", linewidth=0.8)
+        ax.set_xticks(range(len(learners)), learners, rotation=45, ha="right")
+        ax.set_ylabel("gain over base (points)" if column == 0 else "")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
     _save_figure(fig, path)
 
 

@@ -38,7 +38,7 @@ SHARED_BENCHMARKS = {"gsm8k": "gsm8k_test", "math500": "math500_test", "minerva"
 @dataclass
 class EvalConfig(EngineFlags):
     model: str = field(default=None, metadata={"help": "checkpoint directory or hub name (default: the embedded base model)"})
-    benchmarks: str = field(default="test-id,test-ood", metadata={"help": "comma-separated: world splits, gsm8k/math500/minerva/olympiad/aime24/amc23 (with --data-dir), JSONL/Parquet files or hub names"})
+    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "comma-separated (default: every world test split): world splits, gsm8k/math500/minerva/olympiad/aime24/amc23 (with --data-dir), JSONL/Parquet files or hub names"})
     data_dir: str = field(default=None, metadata={"help": "folder holding the short-named benchmarks' files (e.g. ../shared/data/benchmarks)"})
     hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk benchmark"})
     template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for world splits, else qwen-boxed, the Qwen2.5-Math harness prompt)"})

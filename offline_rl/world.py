@@ -12,6 +12,17 @@ Splits (all disjoint by question text):
              A fraction of its solutions carry one careless arithmetic slip, so
              the base model learns to be only partly reliable, as web-trained
              base models are.
+
+Out-of-distribution axes: each varies exactly one property away from ``train`` (1-3 steps,
+start values 5-30, the words above) and keeps the rest, so each measures one kind of transfer.
+They come after ``pretrain`` in the generation order, so the four splits above are unchanged.
+  test-names     people's names that occur in no train or pretrain question
+  test-items     items that occur in no train or pretrain question
+  test-verbs     verbs of gaining and losing that occur in no train or pretrain question
+  test-distract  one irrelevant sentence, about another person's other items, before the question
+Axes tried and left out, because the shipped base model sits at the floor on them (avg@4 at
+T = 1, seed 0, 150 problems), so no learner's transfer could show: exactly 4 steps 3.2 %; start
+values 60-99 0.0 %, 31-50 0.5 %; new names, items, verbs and connectives at once 3.3 %.
 """
 
 from __future__ import annotations
@@ -38,6 +49,37 @@ CONNECT = ["", "Then ", "After that, ", "Later, "]
 
 
 @dataclass(frozen=True)
+class Wording:
+    names: tuple[str, ...]
+    items: tuple[str, ...]
+    gain: tuple[str, ...]
+    loss: tuple[str, ...]
+    connect: tuple[str, ...]
+
+
+TRAIN_WORDING = Wording(tuple(NAMES), tuple(ITEMS), tuple(GAIN), tuple(LOSS), tuple(CONNECT))
+# the OOD axes' words: none occurs in a train or pretrain question (tested)
+NEW_NAMES = ("Kai", "Rosa", "Ezra", "Iris", "Hugo", "Vera", "Omar", "Jade", "Abel", "Tess")
+PRONOUN.update({n: ("She" if n in {"Rosa", "Iris", "Vera", "Jade", "Tess"} else "He") for n in NEW_NAMES})
+NEW_ITEMS = ("buttons", "feathers", "tickets", "ribbons", "acorns", "crayons", "magnets", "keys")
+NEW_GAIN = ("collects {k} more {item}", "picks up {k} more {item}", "wins {k} more {item}", "earns {k} more {item}")
+NEW_LOSS = ("drops {k} {item}", "donates {k} {item}", "misplaces {k} {item}", "trades {k} {item}")
+_T = TRAIN_WORDING
+
+
+@dataclass(frozen=True)
+class Style:
+    """What a split varies; the default is train's distribution."""
+
+    start: tuple[int, int] = (5, 30)
+    wording: Wording = TRAIN_WORDING
+    distractor: bool = False
+
+
+TRAIN_STYLE = Style()
+
+
+@dataclass(frozen=True)
 class Problem:
     id: str
     question: str
@@ -50,10 +92,16 @@ class Problem:
         return render("world", self.question)
 
 
-def _make_problem(rng: random.Random, steps: int, slip_rate: float = 0.0) -> tuple[str, str, str]:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    value = rng.randint(5, 30)
+def _make_problem(rng: random.Random, steps: int, slip_rate: float = 0.0,
+                  style: Style = TRAIN_STYLE) -> tuple[str, str, str]:
+    words = style.wording
+    name, item = rng.choice(words.names), rng.choice(words.items)
+    value = rng.randint(*style.start)
     sentences = [f"{name} has {value} {item}."]
+    distractor = ""
+    if style.distractor:  # someone else's things, which the question does not ask about
+        other = rng.choice([n for n in words.names if n != name])
+        distractor = f"{other} has {rng.randint(*style.start)} {rng.choice([i for i in words.items if i != item])}."
     lines = [f"{name} starts with {value} {item}."]
     slip_step = rng.randrange(steps) if rng.random() < slip_rate else -1
     true_value, shown = value, value
@@ -61,11 +109,11 @@ def _make_problem(rng: random.Random, steps: int, slip_rate: float = 0.0) -> tup
         pronoun = PRONOUN[name]
         if true_value > 2 and rng.random() < 0.5:
             k = rng.randint(1, min(true_value - 1, 9))
-            verb, sign = rng.choice(LOSS), -1
+            verb, sign = rng.choice(words.loss), -1
         else:
             k = rng.randint(1, 9)
-            verb, sign = rng.choice(GAIN), 1
-        connect = CONNECT[0] if s == 0 else rng.choice(CONNECT)
+            verb, sign = rng.choice(words.gain), 1
+        connect = words.connect[0] if s == 0 else rng.choice(words.connect)
         subject = pronoun if not connect else pronoun.lower()
         sentences.append(f"{connect}{subject} {verb.format(k=k, item=item)}.")
         true_value += sign * k
@@ -75,18 +123,26 @@ def _make_problem(rng: random.Random, steps: int, slip_rate: float = 0.0) -> tup
         op = "+" if sign > 0 else "-"
         lines.append(f"{shown} {op} {k} = {result}.")
         shown = result
+    if distractor:  # just before the question, so that every pronoun still refers to the asker
+        sentences.append(distractor)
     sentences.append(f"How many {item} does {name} have now?")
     lines.append(f"The answer is \\boxed{{{shown}}}.")
     return " ".join(sentences), str(true_value), "\n".join(lines)
 
 
 SPLITS = {
-    # name: (number of problems, min steps, max steps, slip rate, seed offset)
+    # name: (number of problems, min steps, max steps, slip rate, seed offset[, style])
     "test-id": (300, 1, 3, 0.0, 1),
     "test-ood": (300, 4, 5, 0.0, 2),
     "train": (3000, 1, 3, 0.0, 3),
     "pretrain": (40000, 1, 3, 0.35, 4),
+    # out-of-distribution axes, one varied property each (see the module docstring)
+    "test-names": (100, 1, 3, 0.0, 5, Style(wording=Wording(NEW_NAMES, _T.items, _T.gain, _T.loss, _T.connect))),
+    "test-items": (100, 1, 3, 0.0, 6, Style(wording=Wording(_T.names, NEW_ITEMS, _T.gain, _T.loss, _T.connect))),
+    "test-verbs": (100, 1, 3, 0.0, 7, Style(wording=Wording(_T.names, _T.items, NEW_GAIN, NEW_LOSS, _T.connect))),
+    "test-distract": (100, 1, 3, 0.0, 8, Style(distractor=True)),
 }
+TEST_SPLITS = [name for name in SPLITS if name.startswith("test-")]
 
 
 def load_split(split: str, seed: int = WORLD_SEED) -> list[Problem]:
@@ -103,13 +159,14 @@ def load_split(split: str, seed: int = WORLD_SEED) -> list[Problem]:
 
 
 def _generate(split: str, seed: int, taken: set[str]) -> list[Problem]:
-    count, lo, hi, slip_rate, offset = SPLITS[split]
+    count, lo, hi, slip_rate, offset, *style = SPLITS[split]
+    style = style[0] if style else TRAIN_STYLE
     rng = random.Random(seed * 1000 + offset)
     problems: list[Problem] = []
     seen: set[str] = set()
     while len(problems) < count:
         steps = rng.randint(lo, hi)
-        question, gold, solution = _make_problem(rng, steps, slip_rate)
+        question, gold, solution = _make_problem(rng, steps, slip_rate, style)
         if question in taken or question in seen:
             continue
         seen.add(question)

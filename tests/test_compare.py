@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from offline_rl.compare import CompareConfig, format_report_table, parse_learner_args, train_flags
+from offline_rl.compare import CompareConfig, format_report_table, parse_learner_args, plot_accuracy, train_flags, transfer_table
 from tests.conftest import run_bin
 
 ARGS = ["--learners", "dft", "--seeds", "0,1", "--benchmarks", "test-id", "--eval-limit", "6", "--k", "2",
@@ -50,6 +50,18 @@ def test_report_table_marks_the_best_mean_per_column():
     table = format_report_table(rows, ["base", "dft"], ["a", "b"], "avg@4").splitlines()
     assert table[2] == "| base | 30.0 ± 14.1 | **30.0 ± 0.0** | 2 |"
     assert table[3] == "| dft | **60.0 ± 14.1** | 10.0 ± 0.0 | 2 |"
+
+
+def test_transfer_table_marks_gains_beyond_seed_noise_and_the_plot_shows_them(tmp_path):
+    acc = {("base", "test-id"): [0.30, 0.31, 0.29], ("dft", "test-id"): [0.40, 0.41, 0.39],
+           ("base", "test-items"): [0.10, 0.12, 0.08], ("dft", "test-items"): [0.11, 0.13, 0.09],
+           ("rft", "test-id"): [0.20, 0.21, 0.19]}
+    rows = [{"model": m, "seed": i, "benchmark": b, "avg@4": v} for (m, b), vs in acc.items() for i, v in enumerate(vs)]
+    table = transfer_table(rows, ["base", "dft", "rft"], ["test-id", "test-items"], "avg@4")
+    assert table.splitlines()[2] == "| dft | +10.0 * | +1.0 |"  # one point on test-items is within 2 stds (2.0)
+    assert table.splitlines()[3] == "| rft | -10.0 * | – |"
+    plot_accuracy(rows, ["base", "dft", "rft"], ["test-id", "test-items"], "avg@4", tmp_path / "accuracy.png")
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_learner_recipes_and_overrides():

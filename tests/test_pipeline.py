@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from offline_rl import world
 from offline_rl.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import COLUMNS, load_offline_dataset, read_manifest
 from tests.conftest import run_bin
@@ -73,7 +74,8 @@ def test_train_dft_then_eval_loads_the_checkpoint_in_vllm(vllm_dataset, tmp_path
     result = run_bin("eval", "--model", str(model_dir), "--limit", "8", "--k", "2", "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    for bench in ("test-id", "test-ood"):
+    assert list(results["benchmarks"]) == world.TEST_SPLITS  # every world test split by default
+    for bench in world.TEST_SPLITS:
         assert results["benchmarks"][bench]["problems"] == 8
         assert 0.0 <= results["benchmarks"][bench]["avg@2"] <= 1.0
     # stdout is the table alone (bin/eval > table.md): vLLM's and transformers' logs go to stderr, quietly

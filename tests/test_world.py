@@ -1,4 +1,7 @@
+import hashlib
 import re
+
+import pytest
 
 from offline_rl import world
 from rewards import extract_boxed
@@ -18,6 +21,41 @@ def test_splits_are_disjoint():
             assert not questions[a] & questions[b], (a, b)
 
 
+# sha256 over id, question, gold and solution of every problem, as the shipped base model and the committed
+# results were made from them: adding splits must not move these
+FROZEN = {
+    "test-id": "a04406c2783b53c97262ed304d706b40418ffe224eec6f2deadc83d6071563db",
+    "test-ood": "db0c820b2465fb4b7bd9cd8b9188fae2b8250cfa7564ac1a4c317c663119c025",
+    "train": "f3be8e4911fa74d0d87c8af72721a6db0e1d18b0ba8eaa5aa6a296d3f17ce129",
+    "pretrain": "ffee0f2cdeb8db1982f4ff2b15e34487e607f269c09d0defe7ee6a5da6cf179f",
+}
+
+
+@pytest.mark.parametrize("split", FROZEN)
+def test_the_original_splits_are_unchanged(split):
+    text = "".join(p.id + p.question + p.gold + p.solution for p in world.load_split(split))
+    assert hashlib.sha256(text.encode()).hexdigest() == FROZEN[split]
+
+
+def test_each_ood_axis_varies_one_property():
+    seen = " ".join(p.question for split in ("train", "pretrain") for p in world.load_split(split))
+    seen_words = set(re.findall(r"[A-Za-z]+", seen))
+    new = {"test-names": world.NEW_NAMES, "test-items": world.NEW_ITEMS,
+           "test-verbs": [v.split()[0] for v in world.NEW_GAIN + world.NEW_LOSS]}
+    for split, words in new.items():
+        assert not set(words) & seen_words, split  # never in a train or pretrain question
+        questions = [p.question for p in world.load_split(split)]
+        assert all(any(w in q for w in words) for q in questions), split
+        others = {w for s, ws in new.items() if s != split for w in ws}  # and nothing of the other axes
+        assert not others & set(re.findall(r"[A-Za-z]+", " ".join(questions))), split
+    train_words = seen_words | {"How", "many", "does", "have", "now"}
+    for p in world.load_split("test-distract"):
+        sentences = p.question.split(". ")
+        assert len(sentences) >= 4 and set(re.findall(r"[A-Za-z]+", p.question)) <= train_words
+        assert int(p.gold) == int(p.solution.split("boxed{")[1].rstrip("}."))  # the distractor changes nothing
+    assert all(1 <= p.steps <= 3 for split in new for p in world.load_split(split))
+
+
 def test_ood_has_longer_chains_than_training_ever_shows():
     train_steps = {p.steps for p in world.load_split("train")} | {p.steps for p in world.load_split("pretrain")}
     ood_steps = {p.steps for p in world.load_split("test-ood")}
@@ -25,7 +63,7 @@ def test_ood_has_longer_chains_than_training_ever_shows():
 
 
 def test_reference_solutions_compute_the_gold_answer():
-    for split in ("train", "test-id", "test-ood"):
+    for split in ("train", *world.TEST_SPLITS):
         for p in world.load_split(split)[:200]:
             assert extract_boxed(p.solution) == p.gold
             for a, op, b, c in re.findall(r"(\d+) ([+-]) (\d+) = (-?\d+)", p.solution):
