@@ -184,7 +184,7 @@ CASES = [
     ("train", [*TRAIN, "--learner", "rft", "--clip-eps", "0.1"], "--clip-eps is a flag of ppo, not of rft"),
     ("train", [*TRAIN, "--learner", "dpo", "--pairing", "best"], "invalid choice: 'best'"),
     # ratio learners: exact or refused, on every dataset of --data
-    ("train", ["--learner", "ppo", "--data", "{ws}/no-logprobs", "--out", "{ws}/new"], "needs behaviour log-probs"),
+    ("train", ["--learner", "ppo", "--data", "{ws}/no-logprobs", "--out", "{ws}/new"], "needs the sampling policy's log-probs"),
     ("train", ["--learner", "ppo", "--data", "{ws}/ds-topp", "--out", "{ws}/new"], "top-p 0.9"),
     ("train", ["--learner", "iwsft", "--data", "{ws}/ds,{ws}/ds-topp", "--out", "{ws}/new"], "--approximate-ratios"),
     ("train", ["--learner", "adft", "--data", "{ws}/ds,{ws}/ds-t07", "--out", "{ws}/new"], "different temperatures"),
