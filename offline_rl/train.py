@@ -107,8 +107,8 @@ def check_resume_identity(checkpoint: Path, identity: dict) -> None:
     if not saved_file.is_file():
         return  # a checkpoint from before run.json was saved
     saved = json.loads(saved_file.read_text())
-    differs = [f"{k} ({saved.get(k)!r}, now {identity.get(k)!r})" for k in sorted(set(saved) | set(identity))
-               if saved.get(k) != identity.get(k)]
+    keys = sorted(set(saved) | set(identity), key=lambda k: ("." in k, k))  # a learner's own settings last
+    differs = [f"{k} ({saved.get(k)!r}, now {identity.get(k)!r})" for k in keys if saved.get(k) != identity.get(k)]
     if differs:
         raise UsageError(f"--resume: {checkpoint} was trained with different {'; '.join(differs)}; "
                          "resume with the same settings, or choose another --out")

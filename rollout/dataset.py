@@ -156,7 +156,11 @@ def load_offline_dataset(path: str | Path | list):
             raise DatasetError(f"{directory}: a shard is damaged: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
         if "origin" not in part.column_names:
             part = part.add_column("origin", ["sample"] * len(part))
-        parts.append(part.select_columns(COLUMNS).cast(parts[0].features) if parts else part.select_columns(COLUMNS))
+        part = part.select_columns(COLUMNS)
+        if parts and part.features != parts[0].features:  # e.g. null log-probs typed apart from float lists
+            with quiet_datasets():
+                part = part.cast(parts[0].features)
+        parts.append(part)
     if not parts:
         raise DatasetError(f"{path} holds no data shards")
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)

@@ -229,7 +229,7 @@ CASES = [
     ("eval", ["--limit", "1", "--template", "{ws}/latin1.txt"], "not UTF-8"),
     # compare
     ("compare", ["--out", "{ws}/new", "--budget-steps", "0"], "--budget-steps must be >= 1"),
-    ("compare", ["--out", "{ws}/new", "--learners", "dft,ddpg"], "unknown learner ddpg; known: sft, rft, dft"),
+    ("compare", ["--out", "{ws}/new", "--learners", "dft,ddpg"], "'ddpg' is not a known learner"),
     ("compare", ["--out", "{ws}/new", "--seeds", "0,one"], "--seeds"),
     ("compare", ["--out", "{ws}/new", "--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),
     ("compare", ["--out", "{ws}/new", "--learner-args", "ddpg: --beta 1"], "--learner-args"),

@@ -92,3 +92,30 @@ def test_nft_raises_accepted_responses_over_rejected_ones(tiny_model, pairs):
         return (_sequence_logprobs(m, right, pad) - _sequence_logprobs(m, wrong, pad)).mean().item()
 
     assert gap(_train(model, LEARNERS["nft"], items, pad)) > gap(model) + 0.5
+
+
+def test_dpo_raises_the_chosen_minus_rejected_margin(tiny_model, pairs):
+    model, tokenizer = tiny_model
+    pad = tokenizer.eos_token_id
+    chosen, rejected = [w for w, _ in pairs], [lose for _, lose in pairs]
+    reference_chosen, reference_rejected = _sequence_logprobs(model, chosen, pad), _sequence_logprobs(model, rejected, pad)
+    items = [dpo.Pair(replace(w, reference_logprob=float(rw)), replace(lose, reference_logprob=float(rl)))
+             for w, lose, rw, rl in zip(chosen, rejected, reference_chosen, reference_rejected, strict=True)]
+    trained = _train(model, dpo, items, pad)
+    margin = ((_sequence_logprobs(trained, chosen, pad) - reference_chosen)
+              - (_sequence_logprobs(trained, rejected, pad) - reference_rejected))  # [P]; 0 before training
+    assert margin.mean() > 0.5, margin
+
+
+def test_ppo_raises_positive_advantage_responses_over_negative_ones(tiny_model, pairs):
+    model, tokenizer = tiny_model
+    pad = tokenizer.eos_token_id
+    items = group_advantages([e for pair in pairs for e in pair], scale_by_std=True)
+    positive = [e for e in items if e.advantage > 0]
+    negative = [e for e in items if e.advantage < 0]
+    assert len(positive) == len(negative) == len(pairs)
+
+    def gap(m) -> float:
+        return (_sequence_logprobs(m, positive, pad) - _sequence_logprobs(m, negative, pad)).mean().item()
+
+    assert gap(_train(model, LEARNERS["ppo"], items, pad)) > gap(model) + 0.5
