@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -49,7 +50,9 @@ class CompareConfig:
     data: str = field(default=None, metadata={"help": "offline dataset from bin/collect (default: collect one into OUT/data with bin/collect's defaults)"})
     model: str = field(default=None, metadata={"help": "initial model of every learner (default: the dataset's model)"})
     collect_limit: int = field(default=None, metadata={"help": "when collecting: use at most N prompts of the source", "min": 1})
-    learners: str = field(default=",".join(LEARNERS), metadata={"help": f"comma-separated learners: {', '.join(LEARNERS)}"})
+    learners: str = field(default="sft,rft,dft,dpo,ppo,iwsft,adft", metadata={"help": f"comma-separated learners ({', '.join(LEARNERS)}); NAME=LEARNER adds a named variant, its flags in --learner-args (e.g. dft_seq=dft)"})
+    demonstrations: str = field(default="world", metadata={"help": "demonstrations for --demonstration-learners: world (the world's reference solutions of --data's prompts, when they come from the world), a bin/import dataset directory, or none"})
+    demonstration_learners: str = field(default="sft", metadata={"help": "comma-separated learner names trained on the demonstrations instead of --data"})
     seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
     benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "benchmarks, as bin/eval takes them (default: every world test split)"})
     data_dir: str = field(default=None, metadata={"help": "folder of the short-named benchmarks' files (bin/eval --data-dir)"})
@@ -90,15 +93,33 @@ class Stage:
         return self.done.exists()
 
 
-def parse_learner_args(spec: str | None) -> dict[str, list[str]]:
+def parse_learners(spec: str) -> dict[str, str]:
+    """'sft,dft,dft_seq=dft' -> {"sft": "sft", "dft": "dft", "dft_seq": "dft"}: each run's name and its learner."""
+    named = {}
+    for part in spec.split(","):
+        name, _, learner = part.strip().partition("=")
+        if not name:
+            continue
+        learner = learner.strip() or name
+        if learner not in LEARNERS or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name == "base" or name in named:
+            raise UsageError(f"--learners: {part.strip()!r} is not a known learner, or NAME=LEARNER with a new name; "
+                             f"known: {', '.join(LEARNERS)}")
+        named[name] = learner
+    if not named:
+        raise UsageError("--learners: need at least one learner")
+    return named
+
+
+def parse_learner_args(spec: str | None, names: set[str] | None = None) -> dict[str, list[str]]:
     """'dpo: --beta 0.2; ppo: --clip-eps 0.1' -> {"dpo": [...], "ppo": [...]}; a learner named here loses its recipe."""
+    names = set(LEARNERS) | (names or set())
     args = {name: list(flags) for name, flags in RECIPES.items()}
     for part in (spec or "").split(";"):
         if not part.strip():
             continue
         name, sep, flags = part.partition(":")
         name = name.strip()
-        if not sep or name not in LEARNERS:
+        if not sep or name not in names:
             raise UsageError(f"--learner-args: expected 'LEARNER: FLAGS; ...' with a known learner, got {part.strip()!r}")
         args[name] = shlex.split(flags)
     return args
@@ -114,9 +135,11 @@ def train_flags(learner: str, cfg: CompareConfig, extra: dict[str, list[str]]) -
     return ["--lr", f"{lr:g}", *flags]
 
 
-def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: list[int]) -> list[Stage]:
+def plan(cfg: CompareConfig, out: Path, data: Path, learners: dict[str, str], seeds: list[int],
+         demonstrations: Path | None = None) -> list[Stage]:
     bins = lambda name: [sys.executable, str(ROOT / "bin" / name)]  # noqa: E731
-    extra = parse_learner_args(cfg.learner_args)
+    extra = parse_learner_args(cfg.learner_args, set(learners))
+    on_demonstrations = {n.strip() for n in cfg.demonstration_learners.split(",")} if demonstrations else set()
     model = ["--model", cfg.model] if cfg.model else []
     stages = []
     collect = Stage("collect", [], data / "manifest.json")
@@ -124,6 +147,13 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: 
         limit = ["--limit", str(cfg.collect_limit)] if cfg.collect_limit else []
         collect.command = [*bins("collect"), "--out", str(data), "--backend", cfg.backend, *model, *limit]
         stages.append(collect)
+    if demonstrations is not None and demonstrations == out / "demonstrations":  # the world's, imported here
+        imported = Stage("import", [], demonstrations / "manifest.json")
+        if not imported.finished():
+            limit = ["--limit", str(cfg.collect_limit)] if cfg.collect_limit else []
+            imported.command = [*bins("import"), "--source", "world:train", "--out", str(demonstrations),
+                                "--model", cfg.model or DATASET_MODEL, *limit]
+            stages.append(imported)
     evaluation = ["--benchmarks", cfg.benchmarks, "--k", str(cfg.k), "--temperature", str(cfg.temperature),
                   "--max-tokens", str(cfg.max_tokens), "--backend", cfg.backend,
                   *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else []),
@@ -133,10 +163,11 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: 
         stages.append(Stage(f"eval base s{seed}", [*bins("eval"), "--model", base_model, "--name", "base", "--seed",
                                                    str(seed), *evaluation, "--out", str(out / "evals" / f"base-s{seed}")],
                             out / "evals" / f"base-s{seed}" / "results.json"))
-        for learner in learners:
+        for learner, module in learners.items():
             run = out / "runs" / f"{learner}-s{seed}"
+            source = demonstrations if learner in on_demonstrations else data
             stages.append(Stage(f"train {learner} s{seed}", [
-                *bins("train"), "--learner", learner, "--data", str(data), *model, "--out", str(run),
+                *bins("train"), "--learner", module, "--data", str(source), *model, "--out", str(run),
                 "--max-steps", str(cfg.budget_steps), "--batch-size", str(cfg.batch_size), "--seed", str(seed),
                 "--save-every", str(max(1, cfg.budget_steps // 3)), "--log-every", "5",
                 *train_flags(learner, cfg, extra)], run / "train_summary.json", resume=run / "checkpoints"))
@@ -144,6 +175,23 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: list[str], seeds: 
                 *bins("eval"), "--model", str(run), "--name", learner, "--seed", str(seed), *evaluation,
                 "--out", str(out / "evals" / f"{learner}-s{seed}")], out / "evals" / f"{learner}-s{seed}" / "results.json"))
     return stages
+
+
+def demonstrations_for(cfg: CompareConfig, out: Path, data: Path, learners: dict[str, str]) -> Path | None:
+    """Where --demonstration-learners train: a given bin/import dataset, the world's reference solutions
+    imported into OUT/demonstrations (when --data's prompts are the world's), or nowhere (they use --data)."""
+    wanted = {n.strip() for n in cfg.demonstration_learners.split(",") if n.strip()} & set(learners)
+    if not wanted or cfg.demonstrations == "none":
+        return None
+    if cfg.demonstrations != "world":
+        path = Path(cfg.demonstrations)
+        if read_manifest(path).get("kind") != "demonstrations":
+            raise UsageError(f"--demonstrations {path} is not a bin/import dataset")
+        return path
+    source = read_manifest(data).get("source", {}) if (data / "manifest.json").exists() else {"kind": "world"}
+    if source.get("kind") != "world" or source.get("split", "train") != "train":
+        return None  # no reference solutions for these prompts: they train on --data's accepted view
+    return out / "demonstrations"
 
 
 def _die_with_parent() -> None:
@@ -177,10 +225,7 @@ def main(argv: list[str] | None) -> dict:
     cfg = parse_config(CompareConfig, argv, "compare", __doc__)
     if cfg.out is None:
         raise UsageError("--out is required")
-    learners = [name.strip() for name in cfg.learners.split(",") if name.strip()]
-    unknown = [name for name in learners if name not in LEARNERS]
-    if unknown or not learners:
-        raise UsageError(f"unknown learner {','.join(unknown) or '(none)'}; known: {', '.join(LEARNERS)}")
+    learners = parse_learners(cfg.learners)
     try:
         seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
     except ValueError:
@@ -190,9 +235,10 @@ def main(argv: list[str] | None) -> dict:
     for name in cfg.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
         if name.strip():
             load_benchmark(name.strip(), EvalConfig(data_dir=cfg.data_dir))
-    parse_learner_args(cfg.learner_args)
+    parse_learner_args(cfg.learner_args, set(learners))
     out = Path(cfg.out)
     data = Path(cfg.data) if cfg.data else out / "data"
+    demonstrations = demonstrations_for(cfg, out, data, learners)
     if cfg.data and not (data / "manifest.json").is_file():
         raise UsageError(f"{data} is not an offline dataset (no manifest.json); omit --data to collect one")
     if cfg.data and read_manifest(data).get("complete") is not True:
@@ -214,7 +260,7 @@ def main(argv: list[str] | None) -> dict:
     print_config(cfg)
     save_config(cfg, saved)
 
-    stages = plan(cfg, out, data, learners, seeds)
+    stages = plan(cfg, out, data, learners, seeds, demonstrations)
     todo = [s for s in stages if not s.finished()]
     failures: list[str] = []
     bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="compare", unit="stage")
@@ -237,7 +283,7 @@ def main(argv: list[str] | None) -> dict:
         bar.update(1)
     bar.close()
 
-    summary = write_report(out, cfg, ["base", *learners], seeds, data)
+    summary = write_report(out, cfg, ["base", *learners], seeds, data, demonstrations)
     print(summary["table"])
     print(f"\nreport: {out / 'report.md'}, {out / 'results.csv'}, plots in {out / 'plots'}")
     if failures:
@@ -316,7 +362,8 @@ def transfer_table(rows: list[dict], models: list[str], benchmarks: list[str], m
     return "\n".join(lines)
 
 
-def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[int], data: Path) -> dict:
+def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[int], data: Path,
+                 demonstrations: Path | None = None) -> dict:
     rows = collect_results(out, models, seeds)
     benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
     k = cfg.k
@@ -328,7 +375,7 @@ def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[i
     table = format_report_table(rows, models, benchmarks, f"avg@{k}")
     manifest = read_manifest(data) if (data / "manifest.json").exists() else {}
     counts = manifest.get("counts", {})
-    recipes = parse_learner_args(cfg.learner_args)
+    recipes = parse_learner_args(cfg.learner_args, set(models))
     model = str(manifest.get("model", "?"))
     if Path(model).is_absolute() and Path(model).is_relative_to(ROOT):
         model = str(Path(model).relative_to(ROOT))  # the shipped base model, wherever the repo lives
@@ -346,6 +393,11 @@ def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[i
     ]
     lines.append(f"Time: training {train_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min in all "
                  "(inside the commands; process start-up not included).")
+    if demonstrations is not None:
+        shown = [m for m in models if m in {n.strip() for n in cfg.demonstration_learners.split(",")}]
+        demo = read_manifest(demonstrations) if (demonstrations / "manifest.json").exists() else {}
+        lines.append(f"Trained on demonstrations (`{demonstrations}`, {demo.get('counts', {}).get('responses', '?')} "
+                     f"rows from {demo.get('source', {}).get('kind', '?')}): {', '.join(shown)}; the others on the dataset above.")
     if any(recipes.get(m) for m in models):
         lines.append("Learner recipes: " + "; ".join(f"{m} `{' '.join(recipes[m])}`" for m in models if recipes.get(m)) + ".")
     lines += ["", f"## avg@{k} (%; mean ± std over seeds; best per column in bold)", "", table, ""]

@@ -17,6 +17,53 @@ class Example:
     advantage: float = 0.0
     reference_logprob: float = 0.0  # sequence log-prob under the reference model (DPO)
     truncated: bool = False  # cut at the token limit, no EOS
+    group_accuracy: float = 0.0  # share of rewarded samples among the prompt's (the groups view)
+
+
+# What a learner trains on is a view of the dataset, chosen apart from its loss (--view). Each learner
+# declares the views it can use (VIEWS, the first its default) and whether it needs behaviour log-probs.
+VIEWS = {
+    "accepted": "rows with reward 1 (verified samples, demonstrations agreeing with their gold), not truncated",
+    "all": "every row with a response, whatever its reward",
+    "pairs": "a rewarded and an unrewarded response to one prompt",
+    "groups": "every sample of each prompt, with the group's rewards",
+}
+
+
+def check_view(name: str, learner, view: str, manifests: dict[str, dict]) -> None:
+    """One line (UsageError) if ``learner`` cannot train on ``view`` of these datasets, naming what is missing."""
+    from rollout.cli import UsageError
+
+    if view not in VIEWS:
+        raise UsageError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+    if view not in learner.VIEWS:
+        raise UsageError(f"{name} trains on the {' or '.join(learner.VIEWS)} view, not on {view}: "
+                         f"its loss needs {VIEWS[learner.VIEWS[0]]}")
+    if getattr(learner, "USES_BEHAVIOR_RATIO", False):
+        for path, manifest in manifests.items():
+            if manifest.get("kind") == "demonstrations":
+                raise UsageError(f"{name} needs the sampling policy's log-probs, and {path} holds demonstrations, "
+                                 "which have none; train sft, dft, rft or prob on them, or give sampled data")
+
+
+def view_examples(dataset, view: str, context=None) -> list[Example]:
+    """The rows of the accepted, all or groups view as examples (pairs are built by the learner that uses them)."""
+    if view == "accepted":
+        return sampled_examples(dataset, accepted_only=True, context=context)
+    rows = sampled_examples(dataset, accepted_only=False, context=context)
+    if view == "groups":
+        return group_accuracies(rows)
+    return rows
+
+
+def group_accuracies(examples: list[Example]) -> list[Example]:
+    """Each example with its prompt's share of rewarded samples."""
+    from dataclasses import replace
+
+    groups: dict[str, list[float]] = {}
+    for e in examples:
+        groups.setdefault(e.prompt_id, []).append(float(e.reward == 1.0))
+    return [replace(e, group_accuracy=sum(groups[e.prompt_id]) / len(groups[e.prompt_id])) for e in examples]
 
 
 def sampled_examples(dataset, accepted_only: bool, context=None) -> list[Example]:
@@ -48,7 +95,8 @@ def require_behavior_logprobs(dataset, learner: str) -> None:
     from rollout.cli import UsageError
 
     if any(not lp for lp in dataset["behavior_logprobs"]):
-        raise UsageError(f"{learner} needs behaviour log-probs; this dataset has rows without them")
+        raise UsageError(f"{learner} needs the sampling policy's log-probs; this dataset has rows without them "
+                         "(demonstrations, or samples collected without them)")
 
 
 def behavior_temperature(manifests: dict[str, dict], model_path: str, learner: str, approximate: bool) -> float:
@@ -107,6 +155,7 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
     behavior_logprobs = torch.zeros((len(examples), width))  # [B, T]
     rewards = torch.tensor([e.reward for e in examples], dtype=torch.float)  # [B]
     advantages = torch.tensor([e.advantage for e in examples], dtype=torch.float)  # [B]
+    group_accuracy = torch.tensor([e.group_accuracy for e in examples], dtype=torch.float)  # [B]
     for b, (e, seq) in enumerate(zip(examples, sequences, strict=True)):
         n_prompt, n_resp = len(e.prompt_token_ids), len(e.response_token_ids)
         input_ids[b, : len(seq)] = torch.tensor(seq)
@@ -117,7 +166,7 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
             behavior_logprobs[b, n_prompt - 1 : n_prompt - 1 + n_resp] = torch.tensor(e.behavior_logprobs)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "targets": targets,
             "response_mask": response_mask, "behavior_logprobs": behavior_logprobs, "rewards": rewards,
-            "advantages": advantages}
+            "advantages": advantages, "group_accuracy": group_accuracy}
 
 
 def token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int = 0, float32: bool = False) -> torch.Tensor:

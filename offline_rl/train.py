@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
-from offline_rl.data import behavior_temperature, collate, token_logprobs_at
+from offline_rl.data import VIEWS, behavior_temperature, check_view, collate, token_logprobs_at
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from rewards.files import atomic_write, hold_directory, is_disk_full
 from rollout.cli import CommandFailed, UsageError, parse_config, pause_point, print_config, save_config
@@ -33,7 +33,8 @@ from rollout.dataset import dataset_paths, load_offline_dataset, read_manifest, 
 @dataclass
 class TrainConfig:
     learner: str = field(default="dft", metadata={"help": f"learner: {', '.join(LEARNERS)}"})
-    data: str = field(default=None, metadata={"help": "offline dataset directory made by bin/collect, or several comma-separated (e.g. --shard outputs) (required)"})
+    data: str = field(default=None, metadata={"help": "offline dataset directory made by bin/collect or bin/import, or several comma-separated (samples and demonstrations mix) (required)"})
+    view: str = field(default=None, metadata={"help": f"what the learner trains on: {', '.join(VIEWS)} (default: the learner's own)", "choices": list(VIEWS)})
     out: str = field(default=None, metadata={"help": "output directory: final model here, metrics and config beside it (required)"})
     model: str = field(default=None, metadata={"help": "initial checkpoint (default: the model that collected the data)"})
     max_steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)", "min": 1})
@@ -106,8 +107,8 @@ def check_resume_identity(checkpoint: Path, identity: dict) -> None:
     if not saved_file.is_file():
         return  # a checkpoint from before run.json was saved
     saved = json.loads(saved_file.read_text())
-    differs = [f"{k} ({saved.get(k)!r}, now {identity.get(k)!r})" for k in sorted(set(saved) | set(identity))
-               if saved.get(k) != identity.get(k)]
+    keys = sorted(set(saved) | set(identity), key=lambda k: ("." in k, k))  # a learner's own settings last
+    differs = [f"{k} ({saved.get(k)!r}, now {identity.get(k)!r})" for k in keys if saved.get(k) != identity.get(k)]
     if differs:
         raise UsageError(f"--resume: {checkpoint} was trained with different {'; '.join(differs)}; "
                          "resume with the same settings, or choose another --out")
@@ -184,6 +185,8 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
     set_seed(cfg.seed)
 
+    cfg = replace(cfg, view=cfg.view or learner.VIEWS[0])
+    check_view(cfg.learner, learner, cfg.view, manifests)  # one line naming what is missing, before any loading
     tokenizer = load_tokenizer(model_path)  # one line if the checkpoint's config or tokenizer is damaged
     # ratio learners read the policy at the behaviour's temperature: exact, or refused (data.behavior_temperature)
     ratio_temperature = (behavior_temperature(manifests, model_path, cfg.learner, cfg.approximate_ratios)
@@ -192,7 +195,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     temperatures = (1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature)  # projected per chunk
     context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest, manifests=manifests, model_path=model_path,
                               include_truncated=cfg.include_truncated, dropped_truncated=0, accelerator=accelerator,
-                              logit_chunk_size=cfg.logit_chunk_size)
+                              logit_chunk_size=cfg.logit_chunk_size, view=cfg.view)
     examples = learner.examples(dataset, context, learner_cfg)
     if context.dropped_truncated and accelerator.is_main_process:
         print(f"left out {context.dropped_truncated} accepted responses cut at the token limit (no EOS); "

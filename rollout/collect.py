@@ -265,7 +265,8 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
                 i = next(flat)
                 rows.append({**record, "prompt": prompt, "prompt_token_ids": ids, "response_token_ids": s.token_ids,
                              "response": s.text, "behavior_logprobs": s.logprobs, "sample_idx": idx,
-                             "finish_reason": s.finish_reason, "pred": scored.preds[i], "reward": scored.rewards[i]})
+                             "finish_reason": s.finish_reason, "pred": scored.preds[i], "reward": scored.rewards[i],
+                             "origin": "sample"})
                 accepted += scored.rewards[i] == 1.0
                 responses += 1
                 tokens += len(s.token_ids)

@@ -30,6 +30,9 @@ SCHEMA = pa.schema([
     ("finish_reason", pa.string()),
     ("pred", pa.string()),
     ("reward", pa.float32()),
+    # "sample" (drawn by bin/collect, with the sampling policy's log-probs) or "demonstration" (bin/import:
+    # a given solution, behavior_logprobs null); datasets written before this column are samples
+    ("origin", pa.string()),
 ])
 COLUMNS = SCHEMA.names
 
@@ -67,7 +70,7 @@ class DatasetWriter:
         write_json(self.out / "manifest.json", self.manifest)
 
     def write_shard(self, rows: list[dict], scoring_timeouts: int = 0) -> Path:
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        table = pa.Table.from_pylist([{"origin": "sample", **r} for r in rows], schema=SCHEMA)
         path = self.data_dir / f"shard-{len(self.manifest['shards']):05d}.parquet"
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -137,17 +140,30 @@ def dataset_paths(spec: str | Path | list) -> list[Path]:
 
 
 def load_offline_dataset(path: str | Path | list):
-    """The rows of one or several datasets as one ``datasets.Dataset`` (a row per sampled response)."""
+    """The rows of one or several datasets (samples, demonstrations, or both: ``--data A,B``) as one
+    ``datasets.Dataset``, a row per response. Shards written before the ``origin`` column read as samples."""
     import datasets
 
-    files = [str(f) for p in dataset_paths(path) for f in shard_files(p)]
-    if not files:
+    parts = []
+    for directory in dataset_paths(path):
+        files = [str(f) for f in shard_files(directory)]
+        if not files:
+            continue
+        try:
+            with quiet_datasets():
+                part = datasets.load_dataset("parquet", data_files=files, split="train")
+        except Exception as e:  # datasets wraps a damaged file (or shards of mixed schemas) in several types
+            raise DatasetError(f"{directory}: a shard is damaged: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        if "origin" not in part.column_names:
+            part = part.add_column("origin", ["sample"] * len(part))
+        part = part.select_columns(COLUMNS)
+        if parts and part.features != parts[0].features:  # e.g. null log-probs typed apart from float lists
+            with quiet_datasets():
+                part = part.cast(parts[0].features)
+        parts.append(part)
+    if not parts:
         raise DatasetError(f"{path} holds no data shards")
-    try:
-        with quiet_datasets():
-            return datasets.load_dataset("parquet", data_files=files, split="train")
-    except Exception as e:  # datasets wraps a damaged file in several exception types
-        raise DatasetError(f"{path}: a shard is damaged: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 @contextlib.contextmanager

@@ -184,7 +184,7 @@ CASES = [
     ("train", [*TRAIN, "--learner", "rft", "--clip-eps", "0.1"], "--clip-eps is a flag of ppo, not of rft"),
     ("train", [*TRAIN, "--learner", "dpo", "--pairing", "best"], "invalid choice: 'best'"),
     # ratio learners: exact or refused, on every dataset of --data
-    ("train", ["--learner", "ppo", "--data", "{ws}/no-logprobs", "--out", "{ws}/new"], "needs behaviour log-probs"),
+    ("train", ["--learner", "ppo", "--data", "{ws}/no-logprobs", "--out", "{ws}/new"], "needs the sampling policy's log-probs"),
     ("train", ["--learner", "ppo", "--data", "{ws}/ds-topp", "--out", "{ws}/new"], "top-p 0.9"),
     ("train", ["--learner", "iwsft", "--data", "{ws}/ds,{ws}/ds-topp", "--out", "{ws}/new"], "--approximate-ratios"),
     ("train", ["--learner", "adft", "--data", "{ws}/ds,{ws}/ds-t07", "--out", "{ws}/new"], "different temperatures"),
@@ -229,7 +229,7 @@ CASES = [
     ("eval", ["--limit", "1", "--template", "{ws}/latin1.txt"], "not UTF-8"),
     # compare
     ("compare", ["--out", "{ws}/new", "--budget-steps", "0"], "--budget-steps must be >= 1"),
-    ("compare", ["--out", "{ws}/new", "--learners", "dft,ddpg"], "unknown learner ddpg; known: sft, rft, dft"),
+    ("compare", ["--out", "{ws}/new", "--learners", "dft,ddpg"], "'ddpg' is not a known learner"),
     ("compare", ["--out", "{ws}/new", "--seeds", "0,one"], "--seeds"),
     ("compare", ["--out", "{ws}/new", "--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),
     ("compare", ["--out", "{ws}/new", "--learner-args", "ddpg: --beta 1"], "--learner-args"),

@@ -5,7 +5,14 @@ import json
 
 import pytest
 
-from offline_rl.compare import CompareConfig, format_report_table, parse_learner_args, plot_accuracy, train_flags, transfer_table
+from offline_rl.compare import (
+    CompareConfig,
+    format_report_table,
+    parse_learner_args,
+    plot_accuracy,
+    train_flags,
+    transfer_table,
+)
 from tests.conftest import run_bin
 
 ARGS = ["--learners", "dft", "--seeds", "0,1", "--benchmarks", "test-id", "--eval-limit", "6", "--k", "2",

@@ -20,7 +20,7 @@ def test_offline_dataset_round_trips_through_load_dataset(tmp_path):
     assert len(ds) == len(rows)
     for got, want in zip(ds, rows, strict=True):
         for column in COLUMNS:
-            assert got[column] == pytest.approx(want[column]), column
+            assert got[column] == pytest.approx(want.get(column, "sample")), column  # rows without origin: samples
 
     manifest = read_manifest(tmp_path)
     assert manifest["counts"] == {"prompts": 3, "responses": 6, "accepted": 3, "scoring_timeouts": 0}

@@ -1,6 +1,7 @@
 """Every learner moves what it exists to move, after a few steps on a tiny model; a flipped sign fails here.
 
-- sft, rft, dft, iwsft, adft lower the NLL of the responses they train on;
+- sft, rft, dft (every weighting), prob, iwsft, adft lower the NLL of the responses they train on;
+- nft raises accepted responses over rejected ones (through the implicit negative policy);
 - dpo raises the chosen-minus-rejected margin of log-ratios to the reference (0 at the start);
 - ppo raises the log-prob of positive-advantage responses relative to negative-advantage ones.
 Each learner runs its own ``loss`` (and ``collate``) in a plain Adam loop, as the training loop would.
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from offline_rl import world
-from offline_rl.data import Example, collate, group_advantages, token_logprobs
+from offline_rl.data import Example, collate, group_accuracies, group_advantages, token_logprobs
 from offline_rl.learners import LEARNERS, dpo
 
 STEPS, LR = 6, 3e-3
@@ -51,28 +52,46 @@ def _sequence_logprobs(model, examples, pad) -> torch.Tensor:
         return (token_logprobs(model, batch) * batch["response_mask"]).sum(-1)  # [B]
 
 
-def _train(model, learner, items, pad):
+def _train(model, learner, items, pad, cfg=None):
     model = copy.deepcopy(model)
+    cfg = cfg or learner.Config()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     collate_items = getattr(learner, "collate", collate)
     for _ in range(STEPS):
         batch = collate_items(items, pad)
         logprobs = token_logprobs(model, batch, chunk_size=8)
-        loss_sum, count, _ = learner.loss(logprobs, batch, learner.Config())
+        loss_sum, count, _ = learner.loss(logprobs, batch, cfg)
         (loss_sum / count).backward()
         optimizer.step()
         optimizer.zero_grad()
     return model
 
 
-@pytest.mark.parametrize("name", ["sft", "rft", "dft", "iwsft", "adft"])
-def test_likelihood_learners_lower_the_nll_of_their_targets(tiny_model, pairs, name):
+@pytest.mark.parametrize("name, settings", [
+    ("sft", {}), ("rft", {}), ("dft", {}), ("dft", {"weighting": "geometric"}),
+    ("dft", {"weighting": "sequence", "min_weight": 0.1}), ("prob", {"alpha": 1.0}), ("iwsft", {}), ("adft", {})])
+def test_likelihood_learners_lower_the_nll_of_their_targets(tiny_model, pairs, name, settings):
     model, tokenizer = tiny_model
     targets = [right for right, _ in pairs]
+    learner = LEARNERS[name]
     before = -_sequence_logprobs(model, targets, tokenizer.eos_token_id).sum()
-    after = -_sequence_logprobs(_train(model, LEARNERS[name], targets, tokenizer.eos_token_id), targets,
-                                tokenizer.eos_token_id).sum()
-    assert after < before - 1.0, (name, before.item(), after.item())
+    after = -_sequence_logprobs(_train(model, learner, targets, tokenizer.eos_token_id, learner.Config(**settings)),
+                                targets, tokenizer.eos_token_id).sum()
+    assert after < before - 1.0, (name, settings, before.item(), after.item())
+
+
+def test_nft_raises_accepted_responses_over_rejected_ones(tiny_model, pairs):
+    """Each pair shares all but its final answer: NFT's positive and negative terms balance on the shared
+    tokens (at R = 1, r = 1/2 their weights are equal) and separate the answers."""
+    model, tokenizer = tiny_model
+    pad = tokenizer.eos_token_id
+    items = group_accuracies([e for pair in pairs for e in pair])  # r_q = 1/2 for every prompt
+    right, wrong = [e for e in items if e.reward == 1.0], [e for e in items if e.reward != 1.0]
+
+    def gap(m) -> float:
+        return (_sequence_logprobs(m, right, pad) - _sequence_logprobs(m, wrong, pad)).mean().item()
+
+    assert gap(_train(model, LEARNERS["nft"], items, pad)) > gap(model) + 0.5
 
 
 def test_dpo_raises_the_chosen_minus_rejected_margin(tiny_model, pairs):

@@ -32,8 +32,10 @@ def test_views_pick_the_rows_each_learner_trains_on(tmp_path, tiny_model):
     accepted = {r["prompt_id"] for r in dataset if r["reward"] == 1.0}
     assert {e.prompt_id for e in rft.examples(dataset, context)} == accepted
     assert {e.prompt_id for e in dft.examples(dataset, context)} == accepted
+    assert {e.prompt_id for e in sft.examples(dataset, context)} == accepted  # sft's default view: accepted
+    context.view = "all"
     sft_examples = sft.examples(dataset, context)
-    assert len(sft_examples) == 16  # one reference solution per prompt, whatever the reward
+    assert len(sft_examples) == 16  # every row, whatever the reward
     solution = world.load_split("train")[0].solution
     assert tokenizer.decode(sft_examples[0].response_token_ids, skip_special_tokens=True).strip() == solution
 

@@ -28,6 +28,7 @@ class ADFTConfig:
 
 
 Config = ADFTConfig
+VIEWS = ("accepted",)  # the first is the default
 USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
 FLOAT32_PROJECTION = True
 

@@ -1,38 +1,62 @@
-"""DFT: Dynamic Fine-Tuning on the policy's own accepted samples.
+"""DFT: Dynamic Fine-Tuning, NLL weighted by the detached probability of what is learned.
 
-Wu et al., "On the Generalization of SFT: A Reinforcement Learning Perspective
-with Reward Rectification" (arXiv 2508.05629), Eq. 9 / Algorithm 1. The SFT
-gradient is a policy gradient with implicit reward 1/p(y_t), which explodes on
-unlikely tokens; scaling each token's NLL by its own detached probability,
-``loss_t = -sg(p_t) * log p_t``, rectifies it. In the paper's offline-RL setting
-the samples are the base model's own verified-correct responses.
+Wu et al., "On the Generalization of SFT: A Reinforcement Learning Perspective with Reward
+Rectification" (arXiv 2508.05629), Eq. 9 / Algorithm 1. The SFT gradient is a policy gradient with
+implicit reward 1/p, which explodes on unlikely tokens; weighting each token's NLL by a detached
+probability rectifies it. ``--weighting`` picks the probability (the paper's Table 5 ablation),
+for a response y_1..y_n with p_t = pi(y_t | x, y_<t) and sg() a stop-gradient:
+
+- ``token`` (the paper's DFT):  loss_t = -sg(p_t) * log p_t
+- ``sequence``:                 loss_t = -sg(prod_s p_s) * log p_t        (one weight per response)
+- ``geometric``:                loss_t = -sg(exp(mean_s log p_s)) * log p_t  (the per-token geometric mean)
+
+``--min-weight W`` floors the weight, ``max(w, W)``: EOS and other rare special tokens otherwise get
+tiny weights, and a model trained so can fail to stop. The loss is a token mean, as SFT's. Runs on any
+view with rewarded rows: demonstrations (the paper's main setting) or accepted samples (its offline RL).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import sampled_examples
+from offline_rl.data import view_examples
 
 
 @dataclass
 class DFTConfig:
-    pass  # no hyper-parameters of its own
+    weighting: str = field(default="token", metadata={"help": "dft: the detached weight: token sg(p_t), sequence sg(prod p_t), geometric sg(exp(mean log p_t))", "choices": ["token", "sequence", "geometric"]})
+    min_weight: float = field(default=0.0, metadata={"help": "dft: floor of the detached weight (0: none)", "min": 0, "max": 1})
 
 
 Config = DFTConfig
+VIEWS = ("accepted", "all")  # the first is the default
 
 
 def examples(dataset, context, cfg: Config | None = None):
-    return sampled_examples(dataset, accepted_only=True, context=context)
+    return view_examples(dataset, getattr(context, "view", VIEWS[0]), context)
+
+
+def weights(logprobs: torch.Tensor, mask: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """The detached weight of every response token: [B, T]."""
+    logprobs = logprobs.detach() * mask
+    if cfg.weighting == "token":
+        w = logprobs.exp()
+    else:
+        total = logprobs.sum(-1, keepdim=True)  # [B, 1]: log prod_s p_s
+        if cfg.weighting == "geometric":
+            total = total / mask.sum(-1, keepdim=True).clamp(min=1)
+        w = total.exp().expand_as(logprobs)
+    return w.clamp(min=cfg.min_weight) * mask
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+    cfg = cfg or Config()
     mask = batch["response_mask"]  # [B, T]
-    token_probs = logprobs.detach().exp()  # [B, T]; sg(p_t): a weight, never differentiated
-    dft_sum = -(token_probs * logprobs * mask).sum()
+    w = weights(logprobs, mask, cfg)  # [B, T]; sg(.): a weight, never differentiated
+    dft_sum = -(w * logprobs * mask).sum()
     n_tokens = mask.sum()
     # DFT's loss is ~p times smaller than CE and can fall while NLL rises: log both
-    return dft_sum, n_tokens, {"nll_sum": -(logprobs.detach() * mask).sum(), "p_sum": (token_probs * mask).sum()}
+    return dft_sum, n_tokens, {"nll_sum": -(logprobs.detach() * mask).sum(),
+                               "p_sum": (logprobs.detach().exp() * mask).sum(), "weight_sum": w.sum()}

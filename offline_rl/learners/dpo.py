@@ -33,6 +33,7 @@ class DPOConfig:
 
 
 Config = DPOConfig
+VIEWS = ("pairs",)  # the first is the default
 FLOAT32_PROJECTION = True  # the policy's log-probs in the same precision as the reference's
 
 

@@ -25,6 +25,7 @@ class IWSFTConfig:
 
 
 Config = IWSFTConfig
+VIEWS = ("accepted",)  # the first is the default
 USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
 FLOAT32_PROJECTION = True
 

@@ -26,6 +26,7 @@ class PPOConfig:
 
 
 Config = PPOConfig
+VIEWS = ("groups",)  # the first is the default
 USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
 FLOAT32_PROJECTION = True
 

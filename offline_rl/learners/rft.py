@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from offline_rl.data import sampled_examples
+from offline_rl.data import view_examples
 
 
 @dataclass
@@ -20,10 +20,11 @@ class RFTConfig:
 
 
 Config = RFTConfig
+VIEWS = ("accepted",)  # the first is the default
 
 
 def examples(dataset, context, cfg: Config | None = None):
-    return sampled_examples(dataset, accepted_only=True, context=context)
+    return view_examples(dataset, getattr(context, "view", VIEWS[0]), context)
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):

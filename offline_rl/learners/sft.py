@@ -1,8 +1,8 @@
-"""SFT: NLL on given reference solutions (the world's, for the embedded default).
+"""SFT: maximum likelihood (token-mean NLL) on a view of the data.
 
-The baseline the DFT paper rectifies: maximum likelihood on expert
-demonstrations, here the world's reference chain-of-thought solutions for the
-dataset's prompts, tokenised after the stored prompt tokens.
+The baseline the DFT paper rectifies. On demonstrations (``bin/import``) it is the paper's SFT; on
+the accepted view of the policy's own samples it is rejection-sampling fine-tuning (``rft`` is the
+same loss under that name). Any dataset, any of its views: nothing here knows where rows came from.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from offline_rl import world
-from offline_rl.data import Example
-from rollout.cli import UsageError
+from offline_rl.data import view_examples
 
 
 @dataclass
@@ -22,21 +20,11 @@ class SFTConfig:
 
 
 Config = SFTConfig
+VIEWS = ("accepted", "all")  # the first is the default
 
 
 def examples(dataset, context, cfg: Config | None = None):
-    solutions = world.reference_solutions(context.manifest.get("source", {}))
-    if not solutions:
-        raise UsageError("sft needs reference solutions; this dataset's prompt source provides none")
-    seen: dict[str, Example] = {}
-    eos = context.tokenizer.eos_token_id
-    for r in dataset.select_columns(["prompt_id", "prompt_token_ids"]):
-        pid = r["prompt_id"]
-        if pid in seen or pid not in solutions:
-            continue
-        response = context.tokenizer(" " + solutions[pid])["input_ids"] + [eos]
-        seen[pid] = Example(pid, r["prompt_token_ids"], response)
-    return list(seen.values())
+    return view_examples(dataset, getattr(context, "view", VIEWS[0]), context)
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):

@@ -1,0 +1,205 @@
+"""bin/import: every field layout into the dataset contract; views; learners on demonstrations, or refused."""
+
+import csv
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from offline_rl import world
+from rollout import demonstrations
+from rollout.cli import UsageError, run
+from rollout.dataset import COLUMNS, read_manifest, shard_files
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
+SOLUTION = "We add 2 and 3 to get 5. The answer is \\boxed{5}."
+WRONG = "We add 2 and 3 to get 6. The answer is \\boxed{6}."
+
+
+def _import(tmp_path, model, source, *args) -> tuple[dict, list[dict]]:
+    out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+    manifest = demonstrations.main(["--source", str(source), "--out", str(out), *args], world=world.load_split,
+                                   default_model=str(model))
+    table = datasets.load_dataset("parquet", data_files=[str(f) for f in shard_files(out)], split="train")
+    assert table.column_names == COLUMNS  # the full contract, readable by anyone's parquet loader
+    rows = table.to_list()
+    assert all(r["behavior_logprobs"] is None and r["origin"] == "demonstration" for r in rows)  # null, not []
+    assert read_manifest(out) == manifest and manifest["complete"] and manifest["kind"] == "demonstrations"
+    return manifest, rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return path
+
+
+LAYOUTS = [  # (format, file name, a right row, the same row with a wrong final answer)
+    ("numina", "numina.parquet", {"problem": "2+3?", "solution": SOLUTION,
+                                  "messages": [{"role": "user", "content": "2+3?"}]}, None),
+    ("metamath", "metamath.jsonl", {"query": "2+3?", "response": "2 + 3 = 5\nThe answer is: 5"}, None),
+    ("math", "math.jsonl", {"problem": "2+3?", "solution": SOLUTION}, None),
+    ("gsm8k", "gsm8k.jsonl", {"question": "2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}, None),
+    ("openr1", "openr1.jsonl", {"problem": "2+3?", "solution": SOLUTION, "answer": "5"},
+     {"problem": "2+3?", "solution": WRONG, "answer": "5"}),
+    ("messages", "chat.jsonl", {"messages": [{"role": "user", "content": "2+3?"},
+                                             {"role": "assistant", "content": SOLUTION}], "answer": "5"},
+     {"messages": [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": WRONG}], "answer": "5"}),
+]
+
+
+@pytest.mark.parametrize("fmt, name, right, wrong", LAYOUTS, ids=[layout[0] for layout in LAYOUTS])
+def test_every_layout_round_trips_with_answer_marking(tmp_path, tiny_model_dir, fmt, name, right, wrong):
+    rows = [right, right] + ([wrong] if wrong else [])
+    manifest, imported = _import(tmp_path, tiny_model_dir, _write(tmp_path / name, rows), "--template", "world")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert [r["reward"] for r in imported] == [1.0, 1.0] + ([0.0] if wrong else [])  # kept, marked
+    assert manifest["counts"]["disagreeing"] == (1 if wrong else 0) and manifest["counts"]["responses"] == len(rows)
+    assert imported[0]["gold"] == "5" and imported[0]["pred"] == "5"
+    first = imported[0]
+    assert first["prompt"] == "Question: 2+3?\nAnswer:"
+    assert first["response_token_ids"][-1] == tokenizer.eos_token_id  # EOS after the solution
+    assert tokenizer.decode(first["response_token_ids"][:-1]).strip() == first["response"].strip()
+    assert len({r["prompt_id"] for r in imported}) == len(rows)
+
+
+def test_plain_layout_csv_and_the_worlds_reference_solutions(tmp_path, tiny_model_dir):
+    source = _write(tmp_path / "plain.csv", [{"q": "2+3?", "worked": SOLUTION, "gold": "5"}])
+    manifest, rows = _import(tmp_path, tiny_model_dir, source, "--format", "plain", "--question-field", "q",
+                             "--solution-field", "worked", "--answer-field", "gold", "--template", "world")
+    assert rows[0]["reward"] == 1.0 and rows[0]["question"] == "2+3?"
+    manifest, rows = _import(tmp_path, tiny_model_dir, "world:train", "--limit", "50")
+    problems = world.load_split("train")[:50]
+    assert [r["prompt_id"] for r in rows] == [p.id for p in problems] and all(r["reward"] == 1.0 for r in rows)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # the tokens sft used to build from the world
+    assert rows[0]["response_token_ids"] == tokenizer(" " + problems[0].solution)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_shared_benchmarks_as_real_schema_demonstrations(tmp_path, tiny_model_dir):
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data/benchmarks is not beside this checkout")
+    manifest, rows = _import(tmp_path, tiny_model_dir, SHARED / "math500_test.jsonl", "--limit", "40",
+                             "--max-model-len", "100000")
+    assert manifest["source"]["format"] == "openr1"  # problem, solution, answer: the answer field is the gold
+    assert manifest["counts"]["accepted"] >= 38  # MATH solutions box their own answers
+    manifest, rows = _import(tmp_path, tiny_model_dir, SHARED / "gsm8k_test.jsonl", "--limit", "40",
+                             "--max-model-len", "100000")
+    assert manifest["source"]["format"] == "gsm8k" and manifest["counts"]["accepted"] == 40
+    manifest, _ = _import(tmp_path, tiny_model_dir, SHARED / "gsm8k_test.jsonl", "--limit", "40")
+    assert manifest["counts"]["too_long"] > 0 and manifest["counts"]["responses"] + manifest["counts"]["too_long"] == 40
+
+
+@pytest.mark.parametrize("rows, args, message", [
+    ([{"title": "x", "body": "y"}], [], "no known demonstration layout"),
+    ([{"problem": "2+3?", "solution": SOLUTION}, {"problem": "x"}], ["--format", "math"], "row 1 has no field 'solution'"),
+    ([{"q": "x"}], ["--format", "plain", "--question-field", "q"], "--solution-field"),
+    ([{"messages": [{"role": "user", "content": "x"}]}], ["--format", "messages"], "an assistant turn"),
+])
+def test_bad_layouts_are_one_line_and_exit_2(tmp_path, tiny_model_dir, capfd, rows, args, message):
+    source = _write(tmp_path / "bad.jsonl", rows)
+    argv = ["--source", str(source), "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir), *args]
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda _: demonstrations.main(argv, world=world.load_split), "import")
+    err = capfd.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert message in [line for line in err.splitlines() if line.strip()][-1]
+
+
+@pytest.fixture(scope="module")
+def world_demonstrations(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("demos") / "data"
+    demonstrations.main(["--source", "world:train", "--out", str(out), "--limit", "16"], world=world.load_split,
+                        default_model=str(tiny_model_dir))
+    return out
+
+
+@pytest.mark.parametrize("learner, args, message", [
+    ("ppo", [], "ppo needs the sampling policy's log-probs"),
+    ("iwsft", [], "holds demonstrations"),
+    ("nft", [], "holds demonstrations"),
+    ("dpo", ["--view", "all"], "dpo trains on the pairs view, not on all"),
+    ("dpo", [], "no preference pairs"),
+    ("sft", ["--view", "pairs"], "sft trains on the accepted or all view"),
+])
+def test_impossible_combinations_are_refused_in_one_line(tmp_path, world_demonstrations, capfd, learner, args, message):
+    from offline_rl import train
+
+    argv = ["--learner", learner, "--data", str(world_demonstrations), "--out", str(tmp_path / "run"), *args]
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda _: train.main(argv), "train")
+    err = capfd.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert message in [line for line in err.splitlines() if line.strip()][-1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_sft_and_dft_train_on_demonstrations_and_on_both_kinds_mixed(tmp_path, world_demonstrations, hf_dataset):
+    from offline_rl import train
+
+    summary = train.main(["--learner", "dft", "--data", str(world_demonstrations), "--out", str(tmp_path / "dft"),
+                          "--max-steps", "2", "--batch-size", "4", "--weighting", "sequence", "--min-weight", "0.1"])
+    assert summary["examples"] == 16
+    config = json.loads((tmp_path / "dft" / "train_config.json").read_text())
+    assert config["view"] == "accepted"
+    mixed = f"{world_demonstrations},{hf_dataset}"
+    summary = train.main(["--learner", "sft", "--data", mixed, "--out", str(tmp_path / "sft"), "--max-steps", "1",
+                          "--batch-size", "4", "--view", "all", "--model", str(read_manifest(hf_dataset)["model"])])
+    assert summary["examples"] == 16 + len(datasets.load_dataset("parquet", data_files=[
+        str(f) for f in shard_files(hf_dataset)], split="train").filter(lambda r: len(r["response_token_ids"]) > 0))
+    with pytest.raises(UsageError, match="holds demonstrations"):
+        train.main(["--learner", "adft", "--data", mixed, "--out", str(tmp_path / "adft")])
+
+
+def test_views_select_rows_by_reward_and_group(tmp_path):
+    from offline_rl.data import view_examples
+    from rollout.dataset import DatasetWriter, load_offline_dataset
+    from tests.conftest import make_rows
+
+    writer = DatasetWriter(tmp_path / "d", {"model": "m"})
+    writer.write_shard(make_rows(3, 2, reward=lambda p, i: float(i == 0 or p == 2)))
+    writer.finish()
+    dataset = load_offline_dataset(tmp_path / "d")
+    assert dataset["origin"] == ["sample"] * 6  # written without the column: samples
+    assert len(view_examples(dataset, "accepted")) == 4 and len(view_examples(dataset, "all")) == 6
+    groups = view_examples(dataset, "groups")
+    assert [e.group_accuracy for e in groups] == [0.5, 0.5, 0.5, 0.5, 1.0, 1.0]
+
+
+
+
+def test_the_papers_recipe_resolves_without_downloading(tmp_path):
+    """configs/paper-dft/: every key is a flag of its command, the values are the paper's settings."""
+    from offline_rl.evaluate import EvalConfig
+    from offline_rl.learners import LEARNER_CONFIGS
+    from offline_rl.train import TrainConfig
+    from rollout.cli import parse_config
+    from rollout.demonstrations import ImportConfig
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "paper-dft"
+    imported = parse_config(ImportConfig, ["--config", str(folder / "import.yaml")], "import", "")
+    assert (imported.source, imported.limit, imported.max_model_len) == ("AI-MO/NuminaMath-CoT", 100000, 2048)
+    trained, *learners = parse_config((TrainConfig, *LEARNER_CONFIGS), ["--config", str(folder / "train.yaml")],
+                                      "train", "")
+    assert (trained.learner, trained.lr, trained.epochs, trained.warmup_ratio) == ("dft", 5e-5, 1.0, 0.1)
+    assert trained.batch_size * trained.grad_accum * 8 == 256  # on the 8 GPUs its comment launches
+    evaluated = parse_config(EvalConfig, ["--config", str(folder / "eval.yaml")], "eval", "")
+    assert (evaluated.k, evaluated.temperature, evaluated.max_tokens, evaluated.template) == (16, 1.0, 4096, "qwen-boxed")
+    from offline_rl.evaluate import load_benchmark
+
+    if SHARED.is_dir():  # every benchmark it names loads
+        for name in evaluated.benchmarks.split(","):
+            assert load_benchmark(name, EvalConfig(data_dir=str(SHARED))).records

@@ -1,0 +1,67 @@
+"""The DFT variants, prob and nft against hand computations of their losses and gradients."""
+
+import math
+
+import pytest
+import torch
+
+from offline_rl.learners import dft, nft, prob
+
+
+def _batch(logp: list[list[float]], mask: list[list[float]], **extra):
+    logprobs = torch.tensor(logp, requires_grad=True)
+    return logprobs, {"response_mask": torch.tensor(mask), **extra}
+
+
+LOGP = [[math.log(0.5), math.log(0.25), math.log(0.9)], [math.log(0.1), math.log(0.8), 0.0]]
+MASK = [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
+P = [[0.5, 0.25, 0.9], [0.1, 0.8]]
+
+
+@pytest.mark.parametrize("weighting, min_weight, expected", [
+    ("token", 0.0, [[0.5, 0.25, 0.9], [0.1, 0.8]]),
+    ("sequence", 0.0, [[0.1125] * 3, [0.08] * 2]),  # prod p: 0.5 * 0.25 * 0.9, 0.1 * 0.8
+    ("geometric", 0.0, [[0.1125 ** (1 / 3)] * 3, [0.08 ** 0.5] * 2]),
+    ("token", 0.3, [[0.5, 0.3, 0.9], [0.3, 0.8]]),  # the floor lifts 0.25 and 0.1
+])
+def test_dft_weights_loss_and_gradient_by_hand(weighting, min_weight, expected):
+    logprobs, batch = _batch(LOGP, MASK)
+    cfg = dft.Config(weighting=weighting, min_weight=min_weight)
+    loss_sum, n, _ = dft.loss(logprobs, batch, cfg)
+    flat_w = [w for row in expected for w in row]
+    flat_logp = [lp for row, m in zip(LOGP, MASK, strict=True) for lp, k in zip(row, m, strict=True) if k]
+    assert n.item() == 5
+    assert loss_sum.item() == pytest.approx(-sum(w * lp for w, lp in zip(flat_w, flat_logp, strict=True)), rel=1e-5)
+    loss_sum.backward()  # the weight is detached: d loss / d log p_t = -w_t, and 0 off the response
+    grad = [g for row, m in zip(logprobs.grad.tolist(), MASK, strict=True) for g, k in zip(row, m, strict=True) if k]
+    assert grad == pytest.approx([-w for w in flat_w], rel=1e-5)
+    assert logprobs.grad[1, 2].item() == 0.0
+
+
+def test_prob_is_minus_p_to_the_alpha_and_alpha_one_has_dfts_gradient():
+    for alpha in (1.0, 10.0, 0.5):
+        logprobs, batch = _batch(LOGP, MASK)
+        loss_sum, _, _ = prob.loss(logprobs, batch, prob.Config(alpha=alpha))
+        assert loss_sum.item() == pytest.approx(-sum(p ** alpha for row in P for p in row), rel=1e-5)
+        loss_sum.backward()  # d(-p^a)/d log p = -a p^a
+        assert logprobs.grad[0].tolist() == pytest.approx([-alpha * p ** alpha for p in P[0]], rel=1e-5)
+    logprobs, batch = _batch(LOGP, MASK)
+    prob.loss(logprobs, batch, prob.Config(alpha=1.0))[0].backward()
+    dft_logprobs, dft_batch = _batch(LOGP, MASK)
+    dft.loss(dft_logprobs, dft_batch, dft.Config())[0].backward()
+    assert torch.allclose(logprobs.grad, dft_logprobs.grad)
+
+
+def test_nft_loss_and_gradient_by_hand():
+    behavior = [[math.log(0.5), math.log(0.5), math.log(0.5)], [math.log(0.2), math.log(0.4), 0.0]]
+    logprobs, batch = _batch(LOGP, MASK, behavior_logprobs=torch.tensor(behavior), rewards=torch.tensor([1.0, 0.0]),
+                             group_accuracy=torch.tensor([0.5, 0.25]))
+    loss_sum, n, _ = nft.loss(logprobs, batch, nft.Config())
+    ratios_rejected = [0.1 / 0.2, 0.8 / 0.4]  # R_t of the rejected response
+    accepted = -sum(lp - b for lp, b in zip(LOGP[0], behavior[0], strict=True))
+    rejected = -sum(math.log(max((1 - 0.25 * r) / 0.75, 1e-3)) for r in ratios_rejected)
+    assert n.item() == 5 and loss_sum.item() == pytest.approx(accepted + rejected, rel=1e-5)
+    loss_sum.backward()
+    assert logprobs.grad[0].tolist() == pytest.approx([-1.0] * 3)  # accepted: d(-log R)/d log pi = -1
+    # rejected: d/d log pi of -log(1 - r R) = r R / (1 - r R) > 0, so descent lowers pi
+    assert logprobs.grad[1, :2].tolist() == pytest.approx([0.25 * r / (1 - 0.25 * r) for r in ratios_rejected], rel=1e-5)
