@@ -39,7 +39,7 @@ from rewards.files import hold_directory, read_text
 from rollout.cli import UsageError, parse_config, print_config, save_config
 from rollout.dataset import DatasetWriter, quiet_datasets
 from rollout.engines import context_length
-from rollout.sources import SourceError
+from rollout.sources import SourceError, load_saved
 from rollout.templates import TEMPLATES, Template, TemplateError
 
 
@@ -145,14 +145,7 @@ def iter_rows(spec: str, hub_split: str) -> tuple[Iterator[dict], int | None]:
     import datasets
 
     if path.is_dir():
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:
-            raise SourceError(f"{path} is not a saved Hugging Face dataset: {str(e).splitlines()[0]}") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if hub_split not in ds:
-                raise SourceError(f"{path} has no split {hub_split!r}; it has {', '.join(ds)}")
-            ds = ds[hub_split]
+        ds = load_saved(path, hub_split)
         return iter(ds), len(ds)
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
         try:  # a hub dataset, streamed: real code, exercised wherever the hub is reachable

@@ -79,21 +79,28 @@ def load_rows(spec: str, hub_split: str = "test") -> tuple[list[dict], str]:
             raise SourceError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
         return ds.to_list(), "file"
     if path.is_dir():
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:
-            raise SourceError(f"{path} is not a saved Hugging Face dataset: {str(e).splitlines()[0]}") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if hub_split not in ds:
-                raise SourceError(f"{path} has no split {hub_split!r}; it has {', '.join(ds)}")
-            ds = ds[hub_split]
-        return ds.to_list(), "disk"
+        return load_saved(path, hub_split).to_list(), "disk"
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
         try:  # a hub dataset name: real code, exercised wherever the hub is reachable
             return datasets.load_dataset(spec, split=hub_split).to_list(), "hub"
         except Exception as e:
             raise SourceError(f"cannot load hub dataset {spec}: {str(e).splitlines()[0]}") from None
     raise SourceError(f"prompt source not found: {spec}")
+
+
+def load_saved(path: Path, split: str):
+    """One split of a ``save_to_disk`` directory (memory-mapped), or SourceError naming what is wrong."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise SourceError(f"{path} is not a saved Hugging Face dataset: {str(e).splitlines()[0]}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise SourceError(f"{path} has no split {split!r}; it has {', '.join(ds)}")
+        ds = ds[split]
+    return ds
 
 
 def detect_format(spec: str, rows: list[dict]) -> str:

@@ -203,3 +203,11 @@ def test_the_papers_recipe_resolves_without_downloading(tmp_path):
     if SHARED.is_dir():  # every benchmark it names loads
         for name in evaluated.benchmarks.split(","):
             assert load_benchmark(name, EvalConfig(data_dir=str(SHARED))).records
+
+
+def test_a_save_to_disk_directory_is_a_source(tmp_path, tiny_model_dir):
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"problem": "2+3?", "solution": SOLUTION}] * 3)}
+                         ).save_to_disk(str(saved))
+    manifest, rows = _import(tmp_path, tiny_model_dir, saved, "--template", "world")
+    assert manifest["source"]["format"] == "numina" and [r["reward"] for r in rows] == [1.0] * 3
