@@ -62,18 +62,21 @@ _GOLD_CACHE: dict[tuple[str, int | None], list] = {}
 _GOLD_CACHE_SIZE = 4096
 
 
-def _parse_gold(gold: str, timeout: int | None):
+def _cached_gold(key: tuple, parse):
     """Golds repeat n times per prompt: each is parsed once. Only a successful parse is kept: math-verify
     returns [] on a timeout, and a gold that timed out once on a loaded machine must get another try."""
-    key = (gold, timeout)
     if key in _GOLD_CACHE:
         return _GOLD_CACHE[key]
-    parsed = _parse(gold, timeout)
+    parsed = parse()
     if parsed:
         if len(_GOLD_CACHE) >= _GOLD_CACHE_SIZE:
             _GOLD_CACHE.pop(next(iter(_GOLD_CACHE)))
         _GOLD_CACHE[key] = parsed
     return parsed
+
+
+def _parse_gold(gold: str, timeout: int | None):
+    return _cached_gold((gold, timeout), lambda: _parse(gold, timeout))
 
 
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -177,11 +180,9 @@ def _parse_gold_text(gold: str, timeout: int | None):
     (its decimal commas included), through the defaults; any other bare answer (``\\frac{1}{2}``, ``x^2``)
     as the content of one box."""
     if _DELIMITED.search(gold) or _PLAIN.fullmatch(gold):
-        key = ("defaults", gold, timeout)
-        if key not in _GOLD_CACHE and (parsed := _parse_defaults(gold, timeout)):
-            _GOLD_CACHE[key] = parsed
-        if key in _GOLD_CACHE:
-            return _GOLD_CACHE[key]
+        parsed = _cached_gold(("defaults", gold, timeout), lambda: _parse_defaults(gold, timeout))
+        if parsed:
+            return parsed
     return _parse_gold(normalize_answer(gold), timeout)
 
 
