@@ -186,7 +186,8 @@ def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
 
 # ---------------------------------------------------------------- the command
 
-def main(argv: list[str] | None, default_model: str | None = None) -> dict:
+def main(argv: list[str] | None, default_model: str | None = None, engine=None) -> dict:
+    """``engine``: a live engine already holding the model's weights (rounds), used and left open."""
     cfg = parse_config(EvalConfig, argv, "eval", __doc__)
     names = [b.strip() for b in cfg.benchmarks.split(",") if b.strip()]
     if not names:
@@ -206,7 +207,7 @@ def main(argv: list[str] | None, default_model: str | None = None) -> dict:
         (out / "results.json").unlink(missing_ok=True)  # a rerun: the old results no longer mark it finished
         save_config(cfg, out / "eval_config.json")
     print_config(cfg)
-    results, generations = evaluate(model, benchmarks, templates, cfg)
+    results, generations = evaluate(model, benchmarks, templates, cfg, engine)
     print(format_table({results["name"]: results}, [b.name for b in benchmarks], cfg.k))
     if out is not None:
         write_generations(out / "generations.parquet", generations)
@@ -214,11 +215,12 @@ def main(argv: list[str] | None, default_model: str | None = None) -> dict:
     return results
 
 
-def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Template], cfg: EvalConfig
-             ) -> tuple[dict, list[dict]]:
+def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Template], cfg: EvalConfig,
+             engine=None) -> tuple[dict, list[dict]]:
     start = time.time()
     max_len = context_length(model, cfg.max_model_len)
-    engine = start_engine(cfg, model)
+    own_engine = engine is None
+    engine = engine or start_engine(cfg, model)
     results = {"model": model, "name": cfg.name or Path(model).name, "k": cfg.k, "temperature": cfg.temperature,
                "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "extraction": cfg.extraction,
                "verifier_version": rewards.VERIFIER_VERSION, "benchmarks": {}}
@@ -264,7 +266,8 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
         metrics["template"] = template.name
         metrics["stop"] = stop
         results["benchmarks"][bench.name] = metrics
-    engine.close()
+    if own_engine:
+        engine.close()
     results["wall_seconds"] = round(time.time() - start, 2)
     return results, generations
 

@@ -51,6 +51,9 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "steps between metric records", "min": 1})
     save_every: int = field(default=0, metadata={"help": "steps between checkpoints in OUT/checkpoints/step-N (0: none)", "min": 0})
     resume: bool = field(default=False, metadata={"help": "continue exactly from the last checkpoint in OUT/checkpoints (same settings only)"})
+    init_from: str = field(default=None, metadata={"help": "start from another run's checkpoint (its OUT/checkpoints/step-N): its weights, optimizer moments, schedule and RNG; steps count on from N (rounds: bin/iterate)"})
+    schedule_steps: int = field(default=None, metadata={"help": "length of the warm-up + cosine schedule (default: up to this run's last step, counted from the first run's start with --init-from)", "min": 1})
+    restart_schedule: bool = field(default=False, metadata={"help": "with --init-from: keep the optimizer's moments but start the schedule over"})
     force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, or start over in one holding checkpoints"})
     include_truncated: bool = field(default=False, metadata={"help": "let the accepted view (and DPO's chosen responses) keep responses cut at --max-tokens"})
     approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft) divide by behaviour log-probs of a truncated (top-p) distribution or another model"})
@@ -142,6 +145,19 @@ def save_final(model, tokenizer, state_dict, out: Path) -> None:
     partial.rmdir()
 
 
+def continued_from(cfg: TrainConfig) -> tuple[Path | None, int]:
+    """The checkpoint ``--init-from`` names and its step (0 without one)."""
+    if cfg.init_from is None:
+        if cfg.restart_schedule:
+            raise UsageError("--restart-schedule needs --init-from")
+        return None, 0
+    path = Path(cfg.init_from)
+    step = path.name.removeprefix("step-")
+    if not (path.is_dir() and step.isdigit() and (path / "run.json").is_file()):
+        raise UsageError(f"--init-from {path} is not a bin/train checkpoint (OUT/checkpoints/step-N)")
+    return path.resolve(), int(step)
+
+
 def lr_lambda(total_steps: int, warmup_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -208,8 +224,12 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     # every derived setting resolved now and saved: `bin/train --config OUT/train_config.json` repeats the run
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / per_step))
-    cfg = replace(cfg, model=model_path, max_steps=total_steps,
-                  warmup_steps=cfg.warmup_steps or max(1, round(cfg.warmup_ratio * total_steps)))
+    init_from, offset = continued_from(cfg)  # steps before this run's first (another run's, with --init-from)
+    last_step = offset + total_steps
+    schedule_steps = cfg.schedule_steps or (total_steps if cfg.restart_schedule else last_step)
+    cfg = replace(cfg, model=model_path, max_steps=total_steps, schedule_steps=schedule_steps,
+                  init_from=str(init_from) if init_from else None,
+                  warmup_steps=cfg.warmup_steps or max(1, round(cfg.warmup_ratio * schedule_steps)))
 
     out = Path(cfg.out)
     checkpoints = out / "checkpoints"
@@ -235,16 +255,30 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     # fused: one kernel over all parameters (measured 7.8x faster than the per-tensor loop at 0.5B on CPU)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                                   fused=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, cfg.warmup_steps))
+    schedule = lr_lambda(schedule_steps, cfg.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer = accelerator.prepare(model, optimizer)
     # registered, not prepared: a prepared scheduler steps once per process, changing the schedule under DDP
     accelerator.register_for_checkpointing(scheduler)
 
-    first_step = 0
+    first_step = offset
     if resume_from is not None:
         accelerator.load_state(str(resume_from))  # model, optimizer, scheduler and RNG states
         first_step = int(resume_from.name.removeprefix("step-"))
+    elif init_from is not None:
+        try:
+            accelerator.load_state(str(init_from))
+        except Exception as e:  # another architecture, a damaged state: torch and accelerate raise many types
+            if is_disk_full(e):
+                raise
+            raise UsageError(f"--init-from {init_from}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+        if cfg.restart_schedule:
+            scheduler.last_epoch = 0
+    if init_from is not None:  # this run's rate and schedule position, whatever the earlier run's rate was
+        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * schedule(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if accelerator.is_main_process:
         print_config(cfg)  # once the input is known good: bad input gets one line only
         print_config(learner_cfg)
@@ -280,17 +314,17 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     learner_collate = getattr(learner, "collate", collate)
-    units = getattr(learner, "units", lambda batch: batch["response_mask"].sum())  # what the loss averages over
+    units = getattr(learner, "units", lambda batch, cfg: batch["response_mask"].sum())  # what the loss averages over
     model.train()
     start, tokens_seen = time.time(), 0
-    bar = tqdm(range(first_step, total_steps), desc=f"train {cfg.learner}", unit="step", initial=first_step,
+    bar = tqdm(range(first_step, last_step), desc=f"train {cfg.learner}", unit="step", initial=first_step - offset,
                total=total_steps, disable=not accelerator.is_main_process)
     data = batches()
-    for _ in range(first_step):  # the data position: the order is a pure function of the seed
+    for _ in range(first_step - offset):  # the data position: the order is a pure function of the seed
         next(data)
     for step in bar:
         micro = [learner_collate([examples[i] for i in idx], pad) for idx in next(data)]
-        local_tokens = sum(units(b) for b in micro)
+        local_tokens = sum(units(b, learner_cfg) for b in micro)
         step_tokens = accelerator.reduce(local_tokens.to(accelerator.device), reduction="sum")
         totals: dict[str, float] = {}
         for i, batch in enumerate(micro):
@@ -302,7 +336,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
                 loss_sum, _, metrics = learner.loss(logprobs[0], batch, learner_cfg)
                 accelerator.backward(token_mean(loss_sum, step_tokens, accelerator.num_processes))
             for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
+                totals[k] = max(totals.get(k, -math.inf), float(v)) if k.endswith("_max") else totals.get(k, 0.0) + float(v)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]  # the rate this step uses
         tokens_seen += int(step_tokens)
@@ -310,12 +344,16 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
                   "tokens": int(step_tokens), "tokens_per_s": tokens_seen / (time.time() - start)}
         # metric sums over every rank and micro-batch, divided by the step's total count: the
         # same numbers whatever the number of processes or accumulation steps
-        names = sorted(totals)
+        names = sorted(k for k in totals if not k.endswith("_max"))
         summed = accelerator.reduce(torch.tensor([totals[k] for k in names], device=accelerator.device), "sum")
         record.update({k.removesuffix("_sum"): float(v) / max(1.0, float(step_tokens)) for k, v in zip(names, summed, strict=True)})
+        maxima = sorted(k for k in totals if k.endswith("_max"))  # largest over micro-batches and ranks
+        if maxima:
+            gathered = accelerator.gather(torch.tensor([totals[k] for k in maxima], device=accelerator.device))
+            record.update(zip(maxima, gathered.view(-1, len(maxima)).amax(0).tolist(), strict=True))
         bar.set_postfix(loss=f"{record['loss']:.4f}", nll=f"{record.get('nll', float('nan')):.3f}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
-        if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+        if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == last_step
                                             or not math.isfinite(record["loss"])):
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
@@ -336,7 +374,7 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
 
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # collective: gathers FSDP shards onto the main process
-    summary = {"learner": cfg.learner, "steps": total_steps, "examples": len(examples),
+    summary = {"learner": cfg.learner, "steps": total_steps, "first_step": offset, "last_step": last_step, "examples": len(examples),
                "dropped_truncated": context.dropped_truncated, "ratio_temperature": ratio_temperature,
                "seconds": round(time.time() - start, 2), "tokens_per_s": round(tokens_seen / (time.time() - start), 1)}
     if accelerator.is_main_process:

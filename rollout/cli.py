@@ -198,10 +198,10 @@ def save_config(config, path: Path) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def print_config(config, stream=sys.stderr) -> None:
+def print_config(config, stream=None) -> None:
     name = type(config).__name__
     items = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(config).items())
-    print(f"{name}({items})", file=stream, flush=True)
+    print(f"{name}({items})", file=stream or sys.stderr, flush=True)  # stderr as it is now (redirected: rounds)
 
 
 PAUSE_ENV = "OFFLINE_RL_TEST_PAUSE"  # tests: "collect:shard-1" holds the command there, to kill or race it

@@ -116,7 +116,9 @@ def toolkit_version() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None, world: Callable[[str], list] | None = None, default_model: str | None = None) -> dict:
+def main(argv: list[str] | None, world: Callable[[str], list] | None = None, default_model: str | None = None,
+         engine=None) -> dict:
+    """``engine``: a live engine already holding the model's weights (rounds), used and left open."""
     cfg = parse_config(CollectConfig, argv, "collect", __doc__)
     if cfg.out is None:
         raise UsageError("--out is required")
@@ -161,7 +163,7 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
         done_ids = {r["prompt_id"] for r in read_rows(out, columns=["prompt_id"])}
 
     print_config(cfg)
-    return collect(cfg, model, template, records, loaded, identity, out, done_ids)
+    return collect(cfg, model, template, records, loaded, identity, out, done_ids, engine)
 
 
 def is_collect_directory(out: Path) -> bool:
@@ -224,7 +226,7 @@ def load_tokenizer(model: str):
 
 
 def collect(cfg: CollectConfig, model: str, template: Template, records: list[dict], loaded, identity: dict,
-            out: Path, done_ids: set[str]) -> dict:
+            out: Path, done_ids: set[str], engine=None) -> dict:
     start = time.time()
     sampling = SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                               stop=[s for s in cfg.stop.split(",") if s] if cfg.stop else (template.stop or None))
@@ -237,7 +239,8 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
     })  # the first write: from here on every crash point is resumable
     save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
     pause_point("collect:started")
-    engine = start_engine(cfg, model)
+    own_engine = engine is None
+    engine = engine or start_engine(cfg, model)
     # each prompt rendered and tokenised once: (record, prompt text, prompt token ids)
     todo = [(r, prompt, template.token_ids(prompt)) for r in records if r["prompt_id"] not in done_ids
             for prompt in [template.render(r["question"])]]
@@ -276,7 +279,8 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
         elapsed = time.time() - start
         bar.set_postfix(pass_rate=f"{accepted / responses:.3f}", tok_s=f"{tokens / elapsed:.0f}")
     bar.close()
-    engine.close()
+    if own_engine:
+        engine.close()
     summary = summarize(read_rows(out, columns=["prompt_id", "reward", "response_token_ids", "finish_reason"]), cfg.n)
     manifest = writer.finish(summary=summary, wall_seconds=round(writer.manifest.get("wall_seconds", 0)
                                                                    + time.time() - start, 2))

@@ -140,7 +140,7 @@ def collate(pairs: list[Pair], pad_token_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def units(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def units(batch: dict[str, torch.Tensor], cfg: Config | None = None) -> torch.Tensor:
     """DPO averages over pairs, not tokens."""
     return batch["pairs"]
 

@@ -40,17 +40,26 @@ def examples(dataset, context, cfg: Config | None = None):
     return informative
 
 
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+def clipped_surrogate(batch: dict[str, torch.Tensor], cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token ``min(r A, clip(r, 1 - eps, 1 + eps) A)`` [B, T] (0 off the response) and per-token diagnostics:
+    the ratio, whether the clipped term is the active one, and |log r|."""
     mask = batch["response_mask"]  # [B, T]
     advantages = batch["advantages"].unsqueeze(-1)  # [B, 1]
-    policy = batch.get("ratio_logprobs", logprobs)  # [B, T], at the behaviour's temperature
-    ratio = torch.exp((policy - batch["behavior_logprobs"]) * mask)  # [B, T]; 1 off the response
+    log_ratio = (batch["ratio_logprobs"] - batch["behavior_logprobs"]) * mask  # [B, T], at the behaviour's temperature
+    ratio = torch.exp(log_ratio)  # 1 off the response
     clipped = ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)
-    surrogate = torch.minimum(ratio * advantages, clipped * advantages)  # [B, T]
-    loss_sum = -(surrogate * mask).sum()
+    surrogate = torch.minimum(ratio * advantages, clipped * advantages) * mask  # [B, T]
     with torch.no_grad():
-        was_clipped = (surrogate != ratio * advantages) & (mask > 0)  # the clipped term is the active one
-        metrics = {"nll_sum": -(logprobs * mask).sum(), "ratio_sum": (ratio * mask).sum(),
-                   "clip_fraction_sum": was_clipped.float().sum(),
-                   "abs_log_ratio_sum": ((policy - batch["behavior_logprobs"]).abs() * mask).sum()}
+        was_clipped = ((surrogate != ratio * advantages * mask) & (mask > 0)).float()
+    return surrogate, {"ratio": ratio.detach() * mask, "clipped": was_clipped, "abs_log_ratio": log_ratio.detach().abs()}
+
+
+def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+    mask = batch["response_mask"]  # [B, T]
+    batch = {"ratio_logprobs": logprobs, **batch}
+    surrogate, diag = clipped_surrogate(batch, cfg)
+    loss_sum = -surrogate.sum()
+    metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "ratio_sum": diag["ratio"].sum(),
+               "clip_fraction_sum": diag["clipped"].sum(), "abs_log_ratio_sum": diag["abs_log_ratio"].sum(),
+               "abs_log_ratio_max": diag["abs_log_ratio"].max()}
     return loss_sum, mask.sum(), metrics

@@ -1,0 +1,303 @@
+"""``bin/iterate``: rounds of collect -> train (-> evaluate), each collecting from the policy the last one trained.
+
+One round is the offline setting; a few steps per round is expert iteration / iterated DPO; one step per round
+with ``--learner grpo`` is online GRPO. Every round writes ordinary directories, each usable on its own:
+
+    OUT/round-K/data    an offline dataset sampled by the policy after round K-1 (its manifest names that
+                        checkpoint; its collect_config.json repeats it with bin/collect)
+    OUT/round-K/train   a bin/train run continuing the last one's optimizer moments and schedule (--init-from)
+    OUT/round-K/eval    bin/eval results (with --eval-every)
+
+One engine stays alive across rounds and takes each round's new weights in place (vLLM's own weight reload);
+``--restart-engine`` starts a new one each round instead (to measure what that costs). A killed run resumes
+when the same command is run again: finished rounds and stages are skipped, an unfinished collection goes on
+from its last shard, an unfinished training starts over from the previous round's state, which makes the end
+the same as an uninterrupted run's. OUT holds the final model, ``rounds.jsonl`` (one line per round: times,
+samples, pass rate, training metrics) and ``iterate_summary.json`` (written last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+import rewards
+from offline_rl import evaluate, train, world
+from offline_rl.learners import LEARNERS
+from rewards.files import hold_directory
+from rollout import collect
+from rollout.cli import UsageError, parse_config, pause_point, print_config, save_config
+from rollout.dataset import read_manifest, write_json
+from rollout.engines import EngineFlags, prompt_seed
+from rollout.sources import SourceError, load_source
+
+
+@dataclass
+class IterateConfig(EngineFlags):
+    learner: str = field(default="rft", metadata={"help": f"learner trained each round: {', '.join(LEARNERS)}"})
+    out: str = field(default=None, metadata={"help": "output directory (required); run again to resume"})
+    model: str = field(default=None, metadata={"help": "initial policy (default: the embedded base model)"})
+    source: str = field(default="world:train", metadata={"help": "prompts, as bin/collect takes them; round K takes the K-th window of --prompts-per-round (cycling)"})
+    format: str = field(default="auto", metadata={"help": "field layout of --source, as bin/collect takes it"})
+    template: str = field(default=None, metadata={"help": "prompt template, as bin/collect takes it"})
+    rounds: int = field(default=4, metadata={"help": "rounds of collect -> train", "min": 1})
+    steps_per_round: int = field(default=25, metadata={"help": "optimizer steps per round (1: online)", "min": 1})
+    prompts_per_round: int = field(default=64, metadata={"help": "prompts sampled per round", "min": 1})
+    n: int = field(default=4, metadata={"help": "responses sampled per prompt (the group size)", "min": 1})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "above": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
+    max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
+    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's)"})
+    extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction of the verifier", "choices": list(rewards.EXTRACTIONS)})
+    seed: int = field(default=0, metadata={"help": "run seed: training order, and each round's sampling seed derives from it"})
+    batch_size: int = field(default=16, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate", "above": 0})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of the schedule spent warming up", "min": 0, "max": 1})
+    restart_schedule: bool = field(default=False, metadata={"help": "start the warm-up + cosine schedule over each round (default: one schedule over all rounds); the optimizer's moments carry over either way"})
+    train_args: str = field(default=None, metadata={"help": "more bin/train flags for every round, e.g. '--clip-eps 0.1 --view all'"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N rounds and after the last (0: never)", "min": 0})
+    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "what --eval-every evaluates, as bin/eval takes it"})
+    eval_k: int = field(default=4, metadata={"help": "samples per problem in evaluation", "min": 1})
+    eval_limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
+    restart_engine: bool = field(default=False, metadata={"help": "start a new engine every round instead of loading the new weights into the live one"})
+    force: bool = field(default=False, metadata={"help": "reuse an OUT made with other settings, or one bin/iterate did not make"})
+
+
+# bin/train flags that the rounds set themselves
+OWN_TRAIN_FLAGS = {"--learner", "--data", "--out", "--model", "--max-steps", "--epochs", "--seed", "--save-every",
+                   "--resume", "--init-from", "--schedule-steps", "--restart-schedule", "--lr", "--batch-size",
+                   "--warmup-ratio", "--warmup-steps", "--force", "--config"}
+# settings a resumed run may change: they alter no round's data or weights
+RESUMABLE = ("out", "force", "restart_engine", "eval_every", "benchmarks", "eval_k", "eval_limit")
+MODEL_FILES_SKIPPED = {"train_config.json", "learner_config.json", "metrics.jsonl", "train_summary.json"}
+
+
+def main(argv: list[str] | None, default_model: str | None = None) -> dict:
+    cfg = parse_config(IterateConfig, argv, "iterate", __doc__)
+    if cfg.out is None:
+        raise UsageError("--out is required")
+    if cfg.learner not in LEARNERS:
+        raise UsageError(f"unknown learner {cfg.learner!r}; known: {', '.join(LEARNERS)}")
+    extra = shlex.split(cfg.train_args or "")
+    owned = sorted({a.split("=")[0] for a in extra} & OWN_TRAIN_FLAGS)
+    if owned:
+        raise UsageError(f"--train-args: {owned[0]} is set by bin/iterate itself; use its own flag")
+    model = collect.resolve_model(cfg.model or default_model)
+    try:
+        prompts = len(load_source(cfg.source, cfg.format, None, None, "test", world.load_split).records)
+    except (SourceError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    windows = prompts // cfg.prompts_per_round
+    if windows == 0:
+        raise UsageError(f"--prompts-per-round {cfg.prompts_per_round} exceeds the {prompts} prompts of {cfg.source}")
+    for name in cfg.benchmarks.split(",") if cfg.eval_every else []:  # bad benchmarks fail now, not in round 5
+        if name.strip():
+            evaluate.load_benchmark(name.strip(), evaluate.EvalConfig())
+
+    out = Path(cfg.out)
+    hold_directory(out, "iterate", force=cfg.force, owned=lambda d: (d / "iterate_config.json").is_file())
+    saved = out / "iterate_config.json"
+    settings = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
+    if saved.exists():
+        try:
+            previous = json.loads(saved.read_text())
+        except ValueError:
+            raise UsageError(f"{saved} is damaged; choose another --out, or --force") from None
+        differs = sorted(k for k, v in settings.items() if previous.get(k) != v)
+        if differs and not cfg.force:
+            raise UsageError(f"{out} was run with different {', '.join(differs)}; choose another --out, or --force")
+    print_config(cfg)
+    save_config(cfg, saved)
+    return Rounds(cfg, model, out, windows, extra).run()
+
+
+class Rounds:
+    """The state one run carries from round to round: the live engine and the policy it holds."""
+
+    def __init__(self, cfg: IterateConfig, model: str, out: Path, windows: int, train_args: list[str]):
+        self.cfg, self.initial, self.out, self.windows, self.train_args = cfg, model, out, windows, train_args
+        self.engine, self.engine_model = None, None
+
+    def policy(self, k: int) -> str:
+        """The policy that samples round k: the initial model, then each round's trained checkpoint."""
+        return self.initial if k == 1 else str(self.out / f"round-{k - 1}" / "train")
+
+    def use_engine(self, model: str) -> float | None:
+        """The engine holding ``model``'s weights; returns the ms spent getting there (None: already there)."""
+        if self.engine_model == model:
+            return None
+        start = time.perf_counter()
+        if self.engine is not None and not self.cfg.restart_engine:
+            self.engine.load_weights(model)
+        else:
+            if self.engine is not None:
+                self.engine.close()
+                self.engine = None
+            self.engine = collect.start_engine(self.cfg, model)
+        self.engine_model = model
+        return 1000 * (time.perf_counter() - start)
+
+    def run(self) -> dict:
+        cfg, out = self.cfg, self.out
+        total = cfg.rounds * cfg.steps_per_round
+        bar = tqdm(total=cfg.rounds, desc=f"iterate {cfg.learner}", unit="round", file=sys.stderr)
+        start = time.time()
+        try:
+            for k in range(1, cfg.rounds + 1):
+                record_file = out / f"round-{k}" / "round.json"
+                if record_file.exists():
+                    bar.update(1)
+                    continue
+                record = self.round(k, total, bar)
+                write_json(record_file, record)  # last: its presence marks a finished round
+                self.forget_optimizer(k - 1)
+                bar.update(1)
+                bar.set_postfix(pass_rate=f"{record['pass_rate']:.3f}",
+                                **({"eval": f"{record['eval_avg']:.1f}"} if record.get("eval_avg") is not None else {}))
+        finally:
+            bar.close()
+            if self.engine is not None:
+                self.engine.close()
+        return self.finish(time.time() - start)
+
+    def round(self, k: int, total: int, bar) -> dict:
+        cfg, rdir = self.cfg, self.out / f"round-{k}"
+        data, trained = rdir / "data", rdir / "train"
+        rdir.mkdir(parents=True, exist_ok=True)
+        record = {"round": k, "policy": self.policy(k), "engine_ms": None}
+        stages = tqdm(total=3 if self.evaluates(k) else 2, desc=f"round {k}/{cfg.rounds}", unit="stage", leave=False,
+                      position=1, file=sys.stderr)
+        with (rdir / "log.txt").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            if not _complete(data):
+                stages.set_postfix_str("collect")
+                record["engine_ms"] = self.use_engine(record["policy"])
+                pause_point(f"iterate:round-{k}:collect")
+                collect.main(self.collect_args(k, data), world=world.load_split, engine=self.engine)
+            stages.update(1)
+            pause_point(f"iterate:round-{k}:collected")
+            if not (trained / "train_summary.json").exists():
+                stages.set_postfix_str("train")
+                train.main(self.train_argv(k, data, trained, total))
+            stages.update(1)
+            if self.evaluates(k):
+                stages.set_postfix_str("eval")
+                swap = self.use_engine(str(trained))
+                record["engine_ms"] = swap if record["engine_ms"] is None else record["engine_ms"]
+                results = evaluate.main(self.eval_args(k, trained, rdir / "eval"), engine=self.engine)
+                scores = [m[f"avg@{self.cfg.eval_k}"] for m in results["benchmarks"].values()]
+                record["eval_avg"] = 100 * sum(scores) / max(1, len(scores))
+                record["eval_seconds"] = results["wall_seconds"]
+                stages.update(1)
+        stages.close()
+        manifest = read_manifest(data)
+        summary = json.loads((trained / "train_summary.json").read_text())
+        steps = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        record.update({
+            "prompts": manifest["counts"]["prompts"], "responses": manifest["counts"]["responses"],
+            "sampled_tokens": round(manifest["summary"]["mean_response_tokens"] * manifest["counts"]["responses"]),
+            "pass_rate": manifest["summary"]["pass_rate"], "collect_seconds": manifest.get("wall_seconds"),
+            "train_seconds": summary["seconds"], "examples": summary["examples"],
+            "first_step": summary["first_step"], "last_step": summary["last_step"], "steps": steps,
+        })
+        return record
+
+    def evaluates(self, k: int) -> bool:
+        return bool(self.cfg.eval_every) and (k % self.cfg.eval_every == 0 or k == self.cfg.rounds)
+
+    def collect_args(self, k: int, data: Path) -> list[str]:
+        cfg = self.cfg
+        skip = ((k - 1) % self.windows) * cfg.prompts_per_round
+        optional = {"--template": cfg.template, "--stop": cfg.stop, "--max-model-len": cfg.max_model_len}
+        return ["--out", str(data), "--model", self.policy(k), "--source", cfg.source, "--format", cfg.format,
+                "--skip", str(skip), "--limit", str(cfg.prompts_per_round), "--n", str(cfg.n),
+                "--temperature", str(cfg.temperature), "--top-p", str(cfg.top_p), "--max-tokens", str(cfg.max_tokens),
+                "--seed", str(prompt_seed(cfg.seed, f"round-{k}")), "--extraction", cfg.extraction,
+                *self.engine_args(), *[a for flag, v in optional.items() if v is not None for a in (flag, str(v))]]
+
+    def engine_args(self) -> list[str]:
+        cfg = self.cfg
+        return ["--backend", cfg.backend, "--dtype", cfg.dtype, "--kv-cache-gib", str(cfg.kv_cache_gib),
+                "--tensor-parallel-size", str(cfg.tensor_parallel_size),
+                "--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+
+    def train_argv(self, k: int, data: Path, trained: Path, total: int) -> list[str]:
+        cfg, steps = self.cfg, self.cfg.steps_per_round
+        argv = ["--learner", cfg.learner, "--data", str(data), "--out", str(trained), "--model", self.policy(k),
+                "--max-steps", str(steps), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
+                "--warmup-ratio", str(cfg.warmup_ratio), "--seed", str(cfg.seed), "--save-every", str(steps),
+                "--log-every", "1", "--schedule-steps", str(steps if cfg.restart_schedule else total)]
+        if k > 1:
+            argv += ["--init-from", str(self.out / f"round-{k - 1}" / "train" / "checkpoints" / f"step-{(k - 1) * steps}")]
+            argv += ["--restart-schedule"] if cfg.restart_schedule else []
+        if train.latest_checkpoint(trained / "checkpoints") is not None:  # killed while saving the final model
+            argv.append("--resume")
+        elif trained.exists():  # killed mid-round: start the round's training over from the last round's state
+            argv.append("--force")
+        return argv + self.train_args
+
+    def eval_args(self, k: int, model: Path, where: Path) -> list[str]:
+        cfg = self.cfg
+        return ["--model", str(model), "--name", f"round-{k}", "--benchmarks", cfg.benchmarks, "--k", str(cfg.eval_k),
+                "--temperature", str(cfg.temperature), "--top-p", str(cfg.top_p), "--max-tokens", str(cfg.max_tokens),
+                "--seed", str(cfg.seed), "--extraction", cfg.extraction, "--out", str(where), "--force",
+                *self.engine_args(), *(["--limit", str(cfg.eval_limit)] if cfg.eval_limit else []),
+                *(["--template", cfg.template] if cfg.template else [])]
+
+    def forget_optimizer(self, k: int) -> None:
+        """Round k's optimizer state, once round k+1 has its own: only the latest is needed to go on."""
+        if k >= 1:
+            shutil.rmtree(self.out / f"round-{k}" / "train" / "checkpoints", ignore_errors=True)
+
+    def finish(self, seconds: float) -> dict:
+        cfg, out = self.cfg, self.out
+        records = [json.loads((out / f"round-{k}" / "round.json").read_text()) for k in range(1, cfg.rounds + 1)]
+        final = out / f"round-{cfg.rounds}" / "train"
+        for path in final.iterdir():  # OUT loads as the final model (hard links: no copy of the weights)
+            if path.is_file() and not path.name.startswith(".") and path.name not in MODEL_FILES_SKIPPED:
+                (out / path.name).unlink(missing_ok=True)
+                try:
+                    os.link(path, out / path.name)
+                except OSError:
+                    shutil.copy2(path, out / path.name)
+        with (out / "rounds.jsonl").open("w") as f:
+            for r in records:
+                f.write(json.dumps({k: v for k, v in r.items() if k != "steps"}) + "\n")
+        with (out / "metrics.jsonl").open("w") as f:
+            for r in records:
+                for step in r["steps"]:
+                    f.write(json.dumps({"round": r["round"], **step}) + "\n")
+        swaps = [r["engine_ms"] for r in records[1:] if r["engine_ms"] is not None]
+        summary = {
+            "learner": cfg.learner, "rounds": cfg.rounds, "steps": cfg.rounds * cfg.steps_per_round,
+            "final_model": str(final), "responses": sum(r["responses"] for r in records),
+            "sampled_tokens": sum(r["sampled_tokens"] for r in records),
+            "collect_seconds": round(sum(r["collect_seconds"] or 0 for r in records), 2),
+            "train_seconds": round(sum(r["train_seconds"] for r in records), 2),
+            "eval_seconds": round(sum(r.get("eval_seconds") or 0 for r in records), 2),
+            "seconds": round(sum((r["collect_seconds"] or 0) + r["train_seconds"] for r in records), 2),
+            "engine": "restarted each round" if cfg.restart_engine else "live, weights loaded in place",
+            "engine_ms_per_round": round(sum(swaps) / len(swaps), 1) if swaps else None,
+            "wall_seconds_this_run": round(seconds, 2),
+        }
+        write_json(out / "iterate_summary.json", summary)  # last: its presence marks a finished run
+        print(f"{cfg.rounds} rounds of {cfg.learner}: {summary['responses']} responses sampled "
+              f"({summary['sampled_tokens']} tokens), {summary['steps']} steps; collect {summary['collect_seconds']:.0f} s, "
+              f"train {summary['train_seconds']:.0f} s; engine per round {summary['engine_ms_per_round']} ms "
+              f"({summary['engine']}) -> {out}")
+        return summary
+
+
+def _complete(data: Path) -> bool:
+    try:
+        return (data / "manifest.json").exists() and read_manifest(data).get("complete") is True
+    except ValueError:
+        return False

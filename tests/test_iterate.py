@@ -1,0 +1,117 @@
+"""bin/iterate: rounds carry the policy, the optimizer and the schedule; a killed run resumes to the same end;
+online GRPO samples from the current policy (every ratio 1 when a round's first step begins)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from offline_rl.train import lr_lambda
+from rollout.dataset import read_manifest, read_rows
+from tests.conftest import run_bin
+from tests.test_cli import assert_one_line_usage_error
+from tests.test_collect import kill, start_paused
+
+ROUNDS = ["--rounds", "2", "--steps-per-round", "3", "--prompts-per-round", "12", "--batch-size", "8",
+          "--lr", "1e-3", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def rft_rounds(tmp_path_factory):
+    """2 rounds x 3 steps of rft on the shipped base model, uninterrupted."""
+    out = tmp_path_factory.mktemp("iterate") / "whole"
+    result = run_bin("iterate", "--learner", "rft", *ROUNDS, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")
+
+
+def test_round_two_samples_with_round_one_and_carries_the_optimizer_and_schedule(rft_rounds):
+    out = rft_rounds
+    # round 2's dataset is an ordinary offline dataset sampled by round 1's checkpoint
+    assert read_manifest(out / "round-2" / "data")["model"] == str(out / "round-1" / "train")
+    assert read_manifest(out / "round-1" / "data")["model"].endswith("base-model")
+    collected = json.loads((out / "round-2" / "data" / "collect_config.json").read_text())
+    assert collected["model"] == str(out / "round-1" / "train") and collected["skip"] == 12  # the next window
+    # the optimizer's moments carry over: AdamW has counted all 6 steps, not round 2's 3
+    state = torch.load(out / "round-2" / "train" / "checkpoints" / "step-6" / "optimizer.bin", weights_only=False)
+    assert {int(s["step"]) for s in state["state"].values()} == {6}
+    assert not (out / "round-1" / "train" / "checkpoints").exists()  # only the latest state is kept
+    # one schedule over the 6 steps: round 2's first step uses the rate at position 3 of it, not a restart's
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6] and [s["round"] for s in steps] == [1, 1, 1, 2, 2, 2]
+    schedule = lr_lambda(6, 1)
+    for s in steps:
+        assert math.isclose(s["lr"], 1e-3 * schedule(s["step"] - 1), rel_tol=1e-6), s
+    assert not math.isclose(steps[3]["lr"], 1e-3 * lr_lambda(3, 1)(0))
+    # OUT loads as the final model: round 2's weights
+    final = weights(out)
+    assert final.keys() == weights(out / "round-2" / "train").keys()
+    assert all(torch.equal(final[k], weights(out / "round-2" / "train")[k]) for k in final)
+    summary = json.loads((out / "iterate_summary.json").read_text())
+    assert summary["responses"] == 2 * 12 * 4 and summary["steps"] == 6 and summary["sampled_tokens"] > 0
+    assert summary["engine_ms_per_round"] < 2000  # weights loaded in place, not a new engine (seconds)
+
+
+@pytest.mark.slow
+def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_rounds, tmp_path):
+    whole = rft_rounds
+    out = tmp_path / "killed"
+    args = ["--learner", "rft", *ROUNDS, "--out", str(out)]
+    # 1. killed as round 2 begins to collect: the rerun samples round 2 with a new engine started on round 1's
+    #    checkpoint, where the uninterrupted run loaded those weights into its live engine
+    kill(start_paused("iterate", args, "iterate:round-2:collect", tmp_path / "flag-1"))
+    assert (out / "round-1" / "round.json").exists() and not (out / "round-2" / "data" / "manifest.json").exists()
+    # 2. killed again in round 2's training (after its step 5 of 6)
+    kill(start_paused("iterate", args, "train:step-5", tmp_path / "flag-2"))
+    assert not (out / "round-2" / "train" / "train_summary.json").exists()
+    # 3. the same command finishes it
+    result = run_bin("iterate", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def rows(path):
+        return sorted((r["prompt_id"], r["sample_idx"], r["response_token_ids"], r["reward"])
+                      for r in read_rows(path / "round-2" / "data"))
+
+    assert rows(out) == rows(whole)
+    for a, b in [(read_rows(out / "round-2" / "data"), read_rows(whole / "round-2" / "data"))]:
+        key = lambda r: (r["prompt_id"], r["sample_idx"])  # noqa: E731
+        for x, y in zip(sorted(a, key=key), sorted(b, key=key), strict=True):
+            assert max(abs(u - v) for u, v in zip(x["behavior_logprobs"], y["behavior_logprobs"], strict=True)) < 1e-5
+    ours, theirs = weights(out), weights(whole)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # bitwise
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    # a finished run, run again, does nothing more
+    again = run_bin("iterate", *args)
+    assert again.returncode == 0 and torch.equal(weights(out)["model.norm.weight"], theirs["model.norm.weight"])
+
+
+def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
+    out = tmp_path / "grpo"
+    result = run_bin("iterate", "--learner", "grpo", "--rounds", "2", "--steps-per-round", "2", "--prompts-per-round",
+                     "12", "--batch-size", "8", "--lr", "1e-3", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    firsts = [s for s in steps if s["step"] in (1, 3)]
+    seconds = [s for s in steps if s["step"] in (2, 4)]
+    assert len(firsts) == 2 and all("clip_fraction" in s and "ratio" in s for s in steps)
+    for s in firsts:  # sampled by the weights being trained: every token's ratio is 1
+        assert s["abs_log_ratio_max"] < 1e-4 and abs(s["ratio"] - 1) < 1e-4, s
+    # after one update the same samples are off-policy: the check above can fail
+    assert all(s["abs_log_ratio_max"] > 1e-3 for s in seconds), seconds
+
+
+def test_bad_rounds_input_is_one_line(tmp_path):
+    result = run_bin("iterate", "--learner", "rft", "--prompts-per-round", "5000", "--out", str(tmp_path / "a"))
+    assert_one_line_usage_error(result, "exceeds the 3000 prompts")
+    result = run_bin("iterate", "--train-args", "--lr 1", "--out", str(tmp_path / "b"))
+    assert_one_line_usage_error(result, "--lr is set by bin/iterate")
+    result = run_bin("iterate", "--learner", "nope", "--out", str(tmp_path / "c"))
+    assert_one_line_usage_error(result, "unknown learner")
