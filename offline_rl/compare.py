@@ -51,6 +51,7 @@ class CompareConfig:
     model: str = field(default=None, metadata={"help": "initial model of every learner (default: the dataset's model)"})
     collect_limit: int = field(default=None, metadata={"help": "when collecting: use at most N prompts of the source", "min": 1})
     learners: str = field(default="sft,rft,dft,dpo,ppo,iwsft,adft", metadata={"help": f"comma-separated learners ({', '.join(LEARNERS)}); NAME=LEARNER adds a named variant, its flags in --learner-args (e.g. dft_seq=dft)"})
+    rounds: str = field(default=None, metadata={"help": "NAME:R,...: these learners train in R rounds with bin/iterate, each collecting from its own current policy, at the same budget: R rounds of budget/R steps on 1/R of the dataset's prompts each, sampled as the dataset was (e.g. rft_x4:4,grpo:150 for online GRPO)"})
     demonstrations: str = field(default="world", metadata={"help": "demonstrations for --demonstration-learners: world (the world's reference solutions of --data's prompts, when they come from the world), a bin/import dataset directory, or none"})
     demonstration_learners: str = field(default="sft", metadata={"help": "comma-separated learner names trained on the demonstrations instead of --data"})
     seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
@@ -125,6 +126,21 @@ def parse_learner_args(spec: str | None, names: set[str] | None = None) -> dict[
     return args
 
 
+def parse_rounds(spec: str | None, learners: dict[str, str], budget_steps: int) -> dict[str, int]:
+    """'rft_x4:4,grpo:150' -> {"rft_x4": 4, "grpo": 150}: who trains in rounds, and in how many."""
+    rounds = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        name, _, count = part.strip().partition(":")
+        if name not in learners or not count.isdigit() or int(count) < 1:
+            raise UsageError(f"--rounds: expected NAME:ROUNDS with a learner of --learners, got {part.strip()!r}")
+        if budget_steps % int(count):
+            raise UsageError(f"--rounds {part.strip()}: {budget_steps} budget steps do not split into {count} rounds")
+        rounds[name] = int(count)
+    return rounds
+
+
 def train_flags(learner: str, cfg: CompareConfig, extra: dict[str, list[str]]) -> list[str]:
     flags = list(extra.get(learner, []))
     lr = cfg.lr
@@ -140,6 +156,7 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: dict[str, str], se
     bins = lambda name: [sys.executable, str(ROOT / "bin" / name)]  # noqa: E731
     extra = parse_learner_args(cfg.learner_args, set(learners))
     on_demonstrations = {n.strip() for n in cfg.demonstration_learners.split(",")} if demonstrations else set()
+    rounds = parse_rounds(cfg.rounds, learners, cfg.budget_steps)
     model = ["--model", cfg.model] if cfg.model else []
     stages = []
     collect = Stage("collect", [], data / "manifest.json")
@@ -166,11 +183,19 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: dict[str, str], se
         for learner, module in learners.items():
             run = out / "runs" / f"{learner}-s{seed}"
             source = demonstrations if learner in on_demonstrations else data
-            stages.append(Stage(f"train {learner} s{seed}", [
-                *bins("train"), "--learner", module, "--data", str(source), *model, "--out", str(run),
-                "--max-steps", str(cfg.budget_steps), "--batch-size", str(cfg.batch_size), "--seed", str(seed),
-                "--save-every", str(max(1, cfg.budget_steps // 3)), "--log-every", "5",
-                *train_flags(learner, cfg, extra)], run / "train_summary.json", resume=run / "checkpoints"))
+            if learner in rounds:  # collects its own samples: the dataset's prompts and sampling, split into rounds
+                lr, *flags = train_flags(learner, cfg, extra)[1:]
+                stages.append(Stage(f"train {learner} s{seed}", [
+                    *bins("iterate"), "--learner", module, "--like", str(data), *model, "--out", str(run),
+                    "--rounds", str(rounds[learner]), "--steps-per-round", str(cfg.budget_steps // rounds[learner]),
+                    "--batch-size", str(cfg.batch_size), "--seed", str(seed), "--lr", lr, "--backend", cfg.backend,
+                    *(["--train-args", shlex.join(flags)] if flags else [])], run / "iterate_summary.json"))
+            else:
+                stages.append(Stage(f"train {learner} s{seed}", [
+                    *bins("train"), "--learner", module, "--data", str(source), *model, "--out", str(run),
+                    "--max-steps", str(cfg.budget_steps), "--batch-size", str(cfg.batch_size), "--seed", str(seed),
+                    "--save-every", str(max(1, cfg.budget_steps // 3)), "--log-every", "5",
+                    *train_flags(learner, cfg, extra)], run / "train_summary.json", resume=run / "checkpoints"))
             stages.append(Stage(f"eval {learner} s{seed}", [
                 *bins("eval"), "--model", str(run), "--name", learner, "--seed", str(seed), *evaluation,
                 "--out", str(out / "evals" / f"{learner}-s{seed}")], out / "evals" / f"{learner}-s{seed}" / "results.json"))
@@ -236,6 +261,7 @@ def main(argv: list[str] | None) -> dict:
         if name.strip():
             load_benchmark(name.strip(), EvalConfig(data_dir=cfg.data_dir))
     parse_learner_args(cfg.learner_args, set(learners))
+    parse_rounds(cfg.rounds, learners, cfg.budget_steps)
     out = Path(cfg.out)
     data = Path(cfg.data) if cfg.data else out / "data"
     demonstrations = demonstrations_for(cfg, out, data, learners)
@@ -302,8 +328,11 @@ def collect_results(out: Path, models: list[str], seeds: list[int]) -> list[dict
             if not path.exists():
                 continue
             res = json.loads(path.read_text())
-            train = out / "runs" / f"{model}-s{seed}" / "train_summary.json"
+            run = out / "runs" / f"{model}-s{seed}"
+            train, iterated = run / "train_summary.json", run / "iterate_summary.json"
             train_seconds = json.loads(train.read_text())["seconds"] if train.exists() else None
+            if iterated.exists():  # rounds: their training, and the sampling they did themselves
+                train_seconds = json.loads(iterated.read_text())["train_seconds"]
             for bench, metrics in res["benchmarks"].items():
                 rows.append({"model": model, "seed": seed, "benchmark": bench, "train_seconds": train_seconds,
                              **{k: v for k, v in metrics.items() if isinstance(v, int | float)}})
@@ -362,6 +391,36 @@ def transfer_table(rows: list[dict], models: list[str], benchmarks: list[str], m
     return "\n".join(lines)
 
 
+def budget_table(out: Path, models: list[str], seeds: list[int], manifest: dict, on_demonstrations: set[str],
+                 rounds: dict[str, int]) -> str:
+    """What each learner sampled and spent: responses and tokens sampled (the offline learners share the one
+    dataset, collected once), and the mean over seeds of the time collecting and training (inside the commands)."""
+    counts, summary = manifest.get("counts", {}), manifest.get("summary", {})
+    data_tokens = round(summary.get("mean_response_tokens", 0) * counts.get("responses", 0))
+    lines = ["| model | trained on | responses sampled | tokens sampled | collect (s) | train (s) |",
+             "|---|---|---:|---:|---:|---:|"]
+    for model in [m for m in models if m != "base"]:
+        runs = [out / "runs" / f"{model}-s{seed}" for seed in seeds]
+        if model in rounds:
+            done = [json.loads((r / "iterate_summary.json").read_text()) for r in runs if (r / "iterate_summary.json").exists()]
+            if not done:
+                continue
+            mean = {key: statistics.fmean(d[key] for d in done)
+                    for key in ("responses", "sampled_tokens", "collect_seconds", "train_seconds")}
+            lines.append(f"| {model} | {rounds[model]} rounds of its own samples | {mean['responses']:.0f} | "
+                         f"{mean['sampled_tokens']:.0f} | {mean['collect_seconds']:.0f} | {mean['train_seconds']:.0f} |")
+            continue
+        done = [json.loads((r / "train_summary.json").read_text()) for r in runs if (r / "train_summary.json").exists()]
+        if not done:
+            continue
+        what = "demonstrations" if model in on_demonstrations else "the dataset (offline)"
+        sampled = ("–", "–", "–") if model in on_demonstrations else (
+            counts.get("responses", "?"), data_tokens, f"{manifest.get('wall_seconds', 0):.0f} (shared)")
+        lines.append(f"| {model} | {what} | {sampled[0]} | {sampled[1]} | {sampled[2]} | "
+                     f"{statistics.fmean(d['seconds'] for d in done):.0f} |")
+    return "\n".join(lines)
+
+
 def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[int], data: Path,
                  demonstrations: Path | None = None) -> dict:
     rows = collect_results(out, models, seeds)
@@ -400,10 +459,19 @@ def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[i
                      f"rows from {demo.get('source', {}).get('kind', '?')}): {', '.join(shown)}; the others on the dataset above.")
     if any(recipes.get(m) for m in models):
         lines.append("Learner recipes: " + "; ".join(f"{m} `{' '.join(recipes[m])}`" for m in models if recipes.get(m)) + ".")
+    rounds = parse_rounds(cfg.rounds, {m: m for m in models}, cfg.budget_steps)
+    if rounds:
+        lines.append("Trained in rounds with bin/iterate, each collecting from its own current policy with the "
+                     "dataset's sampling settings and prompts shared out over the rounds: "
+                     + ", ".join(f"{m} ({r} rounds of {cfg.budget_steps // r} steps)" for m, r in rounds.items()) + ".")
     lines += ["", f"## avg@{k} (%; mean ± std over seeds; best per column in bold)", "", table, ""]
     if "base" in models and len(seeds) > 1:
         lines += [f"## Transfer: gain over the base model (avg@{k} points; * beyond two pooled seed stds)", "",
                   transfer_table(rows, models, benchmarks, f"avg@{k}"), ""]
+    on_demonstrations = ({n.strip() for n in cfg.demonstration_learners.split(",")} if demonstrations is not None
+                         else set())
+    lines += ["## Budget: samples and time per learner (mean over seeds)", "",
+              budget_table(out, models, seeds, manifest, on_demonstrations, rounds), ""]
     for metric in [f"pass@{k}", f"maj@{k}"]:
         if k > 1:
             lines += [f"## {metric} (%)", "", format_report_table(rows, models, benchmarks, metric), ""]

@@ -25,7 +25,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -46,7 +46,9 @@ class IterateConfig(EngineFlags):
     learner: str = field(default="rft", metadata={"help": f"learner trained each round: {', '.join(LEARNERS)}"})
     out: str = field(default=None, metadata={"help": "output directory (required); run again to resume"})
     model: str = field(default=None, metadata={"help": "initial policy (default: the embedded base model)"})
-    source: str = field(default="world:train", metadata={"help": "prompts, as bin/collect takes them; round K takes the K-th window of --prompts-per-round (cycling)"})
+    like: str = field(default=None, metadata={"help": "sample as this bin/collect dataset was sampled (its model, prompts, n, temperature, top-p, max tokens, template, stop, extraction) and share its prompts out over the rounds: the iterated twin of an offline run at the same budget of samples; flags given override"})
+    source: str = field(default="world:train", metadata={"help": "prompts, as bin/collect takes them; round K takes the K-th window of --prompts-per-round after --skip (cycling)"})
+    skip: int = field(default=0, metadata={"help": "skip the first N prompts of --source", "min": 0})
     format: str = field(default="auto", metadata={"help": "field layout of --source, as bin/collect takes it"})
     template: str = field(default=None, metadata={"help": "prompt template, as bin/collect takes it"})
     rounds: int = field(default=4, metadata={"help": "rounds of collect -> train", "min": 1})
@@ -82,7 +84,10 @@ MODEL_FILES_SKIPPED = {"train_config.json", "learner_config.json", "metrics.json
 
 
 def main(argv: list[str] | None, default_model: str | None = None) -> dict:
-    cfg = parse_config(IterateConfig, argv, "iterate", __doc__)
+    given: set[str] = set()
+    cfg = parse_config(IterateConfig, argv, "iterate", __doc__, given=given)
+    if cfg.like:
+        cfg = sample_like(cfg, given)
     if cfg.out is None:
         raise UsageError("--out is required")
     if cfg.learner not in LEARNERS:
@@ -96,9 +101,10 @@ def main(argv: list[str] | None, default_model: str | None = None) -> dict:
         prompts = len(load_source(cfg.source, cfg.format, None, None, "test", world.load_split).records)
     except (SourceError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
-    windows = prompts // cfg.prompts_per_round
-    if windows == 0:
-        raise UsageError(f"--prompts-per-round {cfg.prompts_per_round} exceeds the {prompts} prompts of {cfg.source}")
+    windows = (prompts - cfg.skip) // cfg.prompts_per_round
+    if windows <= 0:
+        raise UsageError(f"--prompts-per-round {cfg.prompts_per_round} exceeds the {prompts - cfg.skip} prompts of "
+                         f"{cfg.source} (after --skip {cfg.skip})")
     for name in cfg.benchmarks.split(",") if cfg.eval_every else []:  # bad benchmarks fail now, not in round 5
         if name.strip():
             evaluate.load_benchmark(name.strip(), evaluate.EvalConfig())
@@ -118,6 +124,22 @@ def main(argv: list[str] | None, default_model: str | None = None) -> dict:
     print_config(cfg)
     save_config(cfg, saved)
     return Rounds(cfg, model, out, windows, extra).run()
+
+
+def sample_like(cfg: IterateConfig, given: set[str]) -> IterateConfig:
+    """``cfg`` with the sampling of the dataset ``--like`` names, and its prompts shared out over the rounds."""
+    like = Path(cfg.like)
+    try:
+        collected = json.loads((like / "collect_config.json").read_text())
+        manifest = read_manifest(like)
+    except (OSError, ValueError):
+        raise UsageError(f"--like {like} is not a dataset made by bin/collect (no collect_config.json)") from None
+    settings = {name: collected[name] for name in ("source", "format", "template", "n", "temperature", "top_p",
+                                                  "max_tokens", "stop", "extraction", "skip") if name in collected}
+    settings["model"] = manifest["model"]
+    prompts = manifest["counts"]["prompts"] + manifest.get("prompts_too_long", 0)
+    settings["prompts_per_round"] = max(1, prompts // cfg.rounds)
+    return replace(cfg, **{k: v for k, v in settings.items() if k not in given})
 
 
 class Rounds:
@@ -215,7 +237,7 @@ class Rounds:
 
     def collect_args(self, k: int, data: Path) -> list[str]:
         cfg = self.cfg
-        skip = ((k - 1) % self.windows) * cfg.prompts_per_round
+        skip = cfg.skip + ((k - 1) % self.windows) * cfg.prompts_per_round
         optional = {"--template": cfg.template, "--stop": cfg.stop, "--max-model-len": cfg.max_model_len}
         return ["--out", str(data), "--model", self.policy(k), "--source", cfg.source, "--format", cfg.format,
                 "--skip", str(skip), "--limit", str(cfg.prompts_per_round), "--n", str(cfg.n),

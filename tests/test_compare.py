@@ -148,3 +148,27 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
     assert read_manifest(out / "data")["counts"] == read_manifest(tmp_path / "whole" / "data")["counts"]
     assert "16 responses to 4 prompts" in (out / "report.md").read_text()
     assert _report_without_times(out) == _report_without_times(tmp_path / "whole")
+
+
+def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tmp_path):
+    from offline_rl.compare import parse_rounds, plan
+    from rollout.cli import UsageError
+
+    cfg = CompareConfig(out=str(tmp_path), learners="rft,rft_x4=rft,grpo", rounds="rft_x4:4,grpo:100",
+                        budget_steps=100, batch_size=16, seeds="0")
+    stages = {s.name: s.command for s in plan(cfg, tmp_path, tmp_path / "data", {"rft": "rft", "rft_x4": "rft",
+                                                                                 "grpo": "grpo"}, [0])}
+    offline, iterated, online = stages["train rft s0"], stages["train rft_x4 s0"], stages["train grpo s0"]
+    assert offline[1].endswith("bin/train") and iterated[1].endswith("bin/iterate") and online[1].endswith("bin/iterate")
+
+    def flag(command, name):
+        return command[command.index(name) + 1]
+
+    assert flag(iterated, "--rounds") == "4" and flag(iterated, "--steps-per-round") == "25"
+    assert flag(online, "--rounds") == "100" and flag(online, "--steps-per-round") == "1"
+    for command in (iterated, online):  # the dataset's prompts and sampling, shared out over the rounds
+        assert flag(command, "--like") == str(tmp_path / "data") and flag(command, "--batch-size") == "16"
+    assert flag(offline, "--max-steps") == "100"
+    for bad in ("rft_x4:3", "nope:4", "rft_x4:0"):
+        with pytest.raises(UsageError):
+            parse_rounds(bad, {"rft": "rft", "rft_x4": "rft"}, 100)

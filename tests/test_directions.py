@@ -3,7 +3,7 @@
 - sft, rft, dft (every weighting), prob, iwsft, adft lower the NLL of the responses they train on;
 - nft raises accepted responses over rejected ones (through the implicit negative policy);
 - dpo raises the chosen-minus-rejected margin of log-ratios to the reference (0 at the start);
-- ppo raises the log-prob of positive-advantage responses relative to negative-advantage ones.
+- ppo and grpo raise the log-prob of positive-advantage responses relative to negative-advantage ones.
 Each learner runs its own ``loss`` (and ``collate``) in a plain Adam loop, as the training loop would.
 """
 
@@ -107,7 +107,8 @@ def test_dpo_raises_the_chosen_minus_rejected_margin(tiny_model, pairs):
     assert margin.mean() > 0.5, margin
 
 
-def test_ppo_raises_positive_advantage_responses_over_negative_ones(tiny_model, pairs):
+@pytest.mark.parametrize("name", ["ppo", "grpo"])
+def test_ppo_and_grpo_raise_positive_advantage_responses_over_negative_ones(tiny_model, pairs, name):
     model, tokenizer = tiny_model
     pad = tokenizer.eos_token_id
     items = group_advantages([e for pair in pairs for e in pair], scale_by_std=True)
@@ -118,4 +119,4 @@ def test_ppo_raises_positive_advantage_responses_over_negative_ones(tiny_model, 
     def gap(m) -> float:
         return (_sequence_logprobs(m, positive, pad) - _sequence_logprobs(m, negative, pad)).mean().item()
 
-    assert gap(_train(model, LEARNERS["ppo"], items, pad)) > gap(model) + 0.5
+    assert gap(_train(model, LEARNERS[name], items, pad)) > gap(model) + 0.5

@@ -115,3 +115,14 @@ def test_bad_rounds_input_is_one_line(tmp_path):
     assert_one_line_usage_error(result, "--lr is set by bin/iterate")
     result = run_bin("iterate", "--learner", "nope", "--out", str(tmp_path / "c"))
     assert_one_line_usage_error(result, "unknown learner")
+
+
+def test_like_samples_as_the_dataset_did_and_shares_its_prompts_over_the_rounds(vllm_dataset, tmp_path):
+    from offline_rl.iterate import IterateConfig, sample_like
+
+    cfg = sample_like(IterateConfig(like=str(vllm_dataset), rounds=4, out=str(tmp_path)), given={"rounds"})
+    manifest = read_manifest(vllm_dataset)
+    assert (cfg.prompts_per_round, cfg.n, cfg.max_tokens) == (24 // 4, 2, 96)
+    assert cfg.model == manifest["model"] and cfg.source == "world:train" and cfg.temperature == 1.0
+    given = sample_like(IterateConfig(like=str(vllm_dataset), rounds=4, n=8), given={"rounds", "n"})
+    assert given.n == 8  # a flag given wins

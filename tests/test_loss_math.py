@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from offline_rl.learners import dft, nft, prob
+from offline_rl.learners import dft, grpo, nft, prob
 
 
 def _batch(logp: list[list[float]], mask: list[list[float]], **extra):
@@ -65,3 +65,23 @@ def test_nft_loss_and_gradient_by_hand():
     assert logprobs.grad[0].tolist() == pytest.approx([-1.0] * 3)  # accepted: d(-log R)/d log pi = -1
     # rejected: d/d log pi of -log(1 - r R) = r R / (1 - r R) > 0, so descent lowers pi
     assert logprobs.grad[1, :2].tolist() == pytest.approx([0.25 * r / (1 - 0.25 * r) for r in ratios_rejected], rel=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["sequence", "token"])
+def test_grpo_clipped_surrogate_and_aggregation_by_hand(aggregation):
+    # two responses of one group: ratios exp(0.5) (clipped for A > 0), exp(-0.5) (clipped for A < 0), 1
+    logprobs, batch = _batch([[0.0, -0.5, -1.0], [-0.5, -1.0, 0.0]], MASK,
+                             behavior_logprobs=torch.tensor([[-0.5, -0.5, -1.0], [0.0, -1.0, 0.0]]),
+                             advantages=torch.tensor([1.0, -1.0]))
+    cfg = grpo.Config(aggregation=aggregation, clip_eps=0.2)
+    loss_sum, units, metrics = grpo.loss(logprobs, batch, cfg)
+    # response 0: r = [e^.5, 1, 1], A = +1: min(rA, clip(r)A) = [1.2, 1, 1]; the first token is clipped (no gradient)
+    # response 1: r = [e^-.5, 1], A = -1: min = [-0.8, -1]; the first token is clipped too
+    share = [1 / 3, 1 / 2] if aggregation == "sequence" else [1.0, 1.0]
+    assert units.item() == (2 if aggregation == "sequence" else 5)
+    assert loss_sum.item() == pytest.approx(-(3.2 * share[0] - 1.8 * share[1]), rel=1e-6)
+    loss_sum.backward()  # d(-r A)/d log pi = -r A on unclipped tokens
+    expected = torch.tensor([[0.0, -share[0], -share[0]], [0.0, share[1], 0.0]])
+    assert torch.allclose(logprobs.grad, expected, atol=1e-6), logprobs.grad
+    assert metrics["abs_log_ratio_max"].item() == pytest.approx(0.5)
+    assert metrics["clip_fraction_sum"].item() == pytest.approx(share[0] + share[1])
