@@ -31,7 +31,7 @@ from offline_rl import world
 from offline_rl.evaluate import EvalConfig, load_benchmark, pass_ks
 from offline_rl.learners import LEARNERS
 from rewards.files import hold_directory
-from rollout.cli import CommandFailed, UsageError, parse_config, print_config, save_config
+from rollout.cli import CommandFailed, UsageError, check_rerun_settings, parse_config, print_config, save_config
 from rollout.collect import resolve_model
 from rollout.dataset import atomic_write_bytes, read_manifest
 
@@ -275,14 +275,7 @@ def main(argv: list[str] | None) -> dict:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "seeds", "force")}
     saved = out / "compare_config.json"
     hold_directory(out, "compare", force=cfg.force, owned=lambda d: (d / "compare_config.json").is_file())
-    if saved.exists():
-        try:
-            previous = json.loads(saved.read_text())
-        except ValueError:
-            raise UsageError(f"{saved} is damaged; choose another --out, or --force") from None
-        differs = sorted(k for k, v in settings.items() if previous.get(k) != v)
-        if differs and not cfg.force:
-            raise UsageError(f"{out} was run with different {', '.join(differs)}; choose another --out, or --force")
+    check_rerun_settings(saved, settings, out, cfg.force)
     print_config(cfg)
     save_config(cfg, saved)
 

@@ -35,7 +35,7 @@ from offline_rl import evaluate, train, world
 from offline_rl.learners import LEARNERS
 from rewards.files import hold_directory
 from rollout import collect
-from rollout.cli import UsageError, parse_config, pause_point, print_config, save_config
+from rollout.cli import UsageError, check_rerun_settings, parse_config, pause_point, print_config, save_config
 from rollout.dataset import read_manifest, write_json
 from rollout.engines import EngineFlags, prompt_seed
 from rollout.sources import SourceError, load_source
@@ -113,14 +113,7 @@ def main(argv: list[str] | None, default_model: str | None = None) -> dict:
     hold_directory(out, "iterate", force=cfg.force, owned=lambda d: (d / "iterate_config.json").is_file())
     saved = out / "iterate_config.json"
     settings = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
-    if saved.exists():
-        try:
-            previous = json.loads(saved.read_text())
-        except ValueError:
-            raise UsageError(f"{saved} is damaged; choose another --out, or --force") from None
-        differs = sorted(k for k, v in settings.items() if previous.get(k) != v)
-        if differs and not cfg.force:
-            raise UsageError(f"{out} was run with different {', '.join(differs)}; choose another --out, or --force")
+    check_rerun_settings(saved, settings, out, cfg.force)
     print_config(cfg)
     save_config(cfg, saved)
     return Rounds(cfg, model, out, windows, extra).run()

@@ -198,6 +198,19 @@ def save_config(config, path: Path) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def check_rerun_settings(saved: Path, settings: dict, out: Path, force: bool) -> None:
+    """A rerun into ``out`` (to resume it) must have the settings saved in ``saved`` by the first run, or ``force``."""
+    if not saved.exists():
+        return
+    try:
+        previous = json.loads(saved.read_text())
+    except ValueError:
+        raise UsageError(f"{saved} is damaged; choose another --out, or --force") from None
+    differs = sorted(k for k, v in settings.items() if previous.get(k) != v)
+    if differs and not force:
+        raise UsageError(f"{out} was run with different {', '.join(differs)}; choose another --out, or --force")
+
+
 def print_config(config, stream=None) -> None:
     name = type(config).__name__
     items = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(config).items())

@@ -181,7 +181,7 @@ CASES = [
     ("train", [*TRAIN, "--learner", "nope"], "unknown learner 'nope'"),
     ("train", ["--learner", "dpo", "--data", "{ws}/all-wrong", "--out", "{ws}/new"], "no preference pairs for dpo: of 3 prompts 0 are all-right, 3 all-wrong"),
     ("train", [*TRAIN, "--learner", "dft", "--beta", "0.5"], "--beta is a flag of dpo, not of dft"),
-    ("train", [*TRAIN, "--learner", "rft", "--clip-eps", "0.1"], "--clip-eps is a flag of ppo, not of rft"),
+    ("train", [*TRAIN, "--learner", "rft", "--clip-eps", "0.1"], "--clip-eps is a flag of ppo, grpo, not of rft"),
     ("train", [*TRAIN, "--learner", "dpo", "--pairing", "best"], "invalid choice: 'best'"),
     # ratio learners: exact or refused, on every dataset of --data
     ("train", ["--learner", "ppo", "--data", "{ws}/no-logprobs", "--out", "{ws}/new"], "needs the sampling policy's log-probs"),

@@ -107,7 +107,8 @@ def _report_without_times(out) -> list[str]:
 
     report = (out / "report.md").read_text().replace(str(out), "OUT")
     report = re.sub(r" \(collected in [0-9.]+ min\)", "", report)
-    lines = [line for line in report.splitlines() if not line.startswith("Time:")]
+    lines = [re.sub(r"\| [0-9]+( \(shared\))? \| [0-9]+ \|$", "| (s) | (s) |", line)  # the budget table's times
+             for line in report.splitlines() if not line.startswith("Time:")]
     rows = [{k: v for k, v in r.items() if k != "train_seconds"} for r in csv.DictReader((out / "results.csv").open())]
     return lines + [json.dumps(rows)]
 
