@@ -11,6 +11,7 @@ optimizer-step hook, identically for both sides. Each side runs in a fresh proce
 RSS of that process (CPU; both import the same modules first) or torch.cuda.max_memory_allocated (GPU).
 
     .venv/bin/python bench/train.py [--steps 30] [--warmup 5] [--batch-size 32] [--repeats 2] [--shape base|qwen0.5b | --model DIR]
+    .venv/bin/python bench/train.py --sides ours:none,ours:tensorboard     # what a tracker costs our loop
 """
 
 import argparse
@@ -102,7 +103,8 @@ def run_ours(work: Path, model_path: str, args) -> list[float]:
     from rollout.dataset import load_offline_dataset, read_manifest
 
     cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), max_steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size, seed=0)
+                      batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size, seed=0,
+                      report_to=args.report_to, force=True)
     clock = StepClock()
     train(cfg, read_manifest(work / "data"), load_offline_dataset(work / "data"), model_path)
     # train() logs its own per-step token counts: they must be the plan's
@@ -163,7 +165,7 @@ def run_one(side: str, work: Path, model_path: str, args) -> dict:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
-    times = (run_ours if side == "ours" else run_trl)(work, model_path, args)
+    times = (run_ours if side.startswith("ours") else run_trl)(work, model_path, args)
     assert len(times) == args.steps, f"{side}: {len(times)} optimizer steps, expected {args.steps}"
     tokens = json.loads((work / "plan.json").read_text())["tokens"]
     timed = sum(tokens[args.warmup :])
@@ -188,7 +190,13 @@ def main():
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--model", help="a checkpoint directory to train instead of --shape (its own tokenizer)")
+    parser.add_argument("--sides", default="ours,trl", help="what runs, compared first to second: ours, trl, ours:TRACKERS "
+                        "(our loop with --report-to TRACKERS; plain ours logs to tensorboard, the default)")
+    parser.add_argument("--report-to", default="tensorboard", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if len(sides) != 2 or any(s.partition(":")[0] not in ("ours", "trl") or s.startswith("trl:") for s in sides):
+        parser.error("--sides: two of ours, trl, ours:TRACKERS")
     if not 1 <= args.warmup < args.steps:
         parser.error("need 1 <= --warmup < --steps")
     if args.problems < args.batch_size:
@@ -211,8 +219,9 @@ def main():
               f"load average {load:.1f} on {os.cpu_count()} cores", flush=True)
         results: dict[str, dict] = {}
         for repeat in range(args.repeats):
-            for side in ("ours", "trl"):  # alternated, so load from other processes hits both sides alike
+            for side in sides:  # alternated, so load from other processes hits both sides alike
                 command = [sys.executable, __file__, "--one", side, "--work", str(work), "--model", model_path,
+                           "--report-to", side.partition(":")[2] or "tensorboard",
                            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size",
                            str(args.batch_size), "--lr", str(args.lr), "--logit-chunk-size", str(args.logit_chunk_size)]
                 done = subprocess.run(command, capture_output=True, text=True)
@@ -225,10 +234,10 @@ def main():
                       f"{r['step_ms']:7.1f} ms/step | {memory}", flush=True)
                 if side not in results or r["tokens_per_s"] > results[side]["tokens_per_s"]:
                     results[side] = r
-    ours, trl = results["ours"], results["trl"]
-    print(f"ours {ours['tokens_per_s']:,.0f} tok/s  trl {trl['tokens_per_s']:,.0f} tok/s (best of {args.repeats})  "
-          f"ratio {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x | peak memory ours {ours['peak_mib']:,.0f} MiB  "
-          f"trl {trl['peak_mib']:,.0f} MiB  ratio {ours['peak_mib'] / trl['peak_mib']:.2f}x")
+    (a, ours), (b, trl) = ((side, results[side]) for side in sides)
+    print(f"{a} {ours['tokens_per_s']:,.0f} tok/s  {b} {trl['tokens_per_s']:,.0f} tok/s (best of {args.repeats})  "
+          f"ratio {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x | peak memory {a} {ours['peak_mib']:,.0f} MiB  "
+          f"{b} {trl['peak_mib']:,.0f} MiB  ratio {ours['peak_mib'] / trl['peak_mib']:.2f}x")
 
 
 if __name__ == "__main__":

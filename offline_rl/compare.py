@@ -66,6 +66,7 @@ class CompareConfig:
     max_tokens: int = field(default=160, metadata={"help": "most tokens per evaluation response", "min": 1})
     eval_limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
     backend: str = field(default="vllm", metadata={"help": "generation engine for collection and evaluation", "choices": ["vllm", "hf"]})
+    report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none"})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
 
 
@@ -189,12 +190,13 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: dict[str, str], se
                     *bins("iterate"), "--learner", module, "--like", str(data), *model, "--out", str(run),
                     "--rounds", str(rounds[learner]), "--steps-per-round", str(cfg.budget_steps // rounds[learner]),
                     "--batch-size", str(cfg.batch_size), "--seed", str(seed), "--lr", lr, "--backend", cfg.backend,
+                    "--report-to", cfg.report_to,
                     *(["--train-args", shlex.join(flags)] if flags else [])], run / "iterate_summary.json"))
             else:
                 stages.append(Stage(f"train {learner} s{seed}", [
                     *bins("train"), "--learner", module, "--data", str(source), *model, "--out", str(run),
                     "--max-steps", str(cfg.budget_steps), "--batch-size", str(cfg.batch_size), "--seed", str(seed),
-                    "--save-every", str(max(1, cfg.budget_steps // 3)), "--log-every", "5",
+                    "--save-every", str(max(1, cfg.budget_steps // 3)), "--log-every", "5", "--report-to", cfg.report_to,
                     *train_flags(learner, cfg, extra)], run / "train_summary.json", resume=run / "checkpoints"))
             stages.append(Stage(f"eval {learner} s{seed}", [
                 *bins("eval"), "--model", str(run), "--name", learner, "--seed", str(seed), *evaluation,
@@ -272,7 +274,7 @@ def main(argv: list[str] | None) -> dict:
     if cfg.model:
         resolve_model(cfg.model)
 
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "seeds", "force")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "seeds", "force", "report_to")}
     saved = out / "compare_config.json"
     hold_directory(out, "compare", force=cfg.force, owned=lambda d: (d / "compare_config.json").is_file())
     check_rerun_settings(saved, settings, out, cfg.force)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import rewards
 from offline_rl import world
+from offline_rl.cards import is_our_checkpoint, record_evaluation
 from rewards.files import TextError, hold_directory
 from rewards.normalize import normalize_answer
 from rollout.cli import UsageError, parse_config, print_config, save_config
@@ -212,6 +213,8 @@ def main(argv: list[str] | None, default_model: str | None = None, engine=None) 
     if out is not None:
         write_generations(out / "generations.parquet", generations)
         write_json(out / "results.json", results)  # last: its presence marks a finished evaluation
+    if is_our_checkpoint(model):  # the checkpoint's card lists its evaluations
+        record_evaluation(model, str(out) if out is not None else f"{results['name']} (seed {cfg.seed}, printed)", results)
     return results
 
 

@@ -70,17 +70,19 @@ class IterateConfig(EngineFlags):
     benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "what --eval-every evaluates, as bin/eval takes it"})
     eval_k: int = field(default=4, metadata={"help": "samples per problem in evaluation", "min": 1})
     eval_limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
+    report_to: str = field(default="tensorboard", metadata={"help": "trackers of each round's training, as bin/train takes them: tensorboard, wandb, trackio, none"})
     restart_engine: bool = field(default=False, metadata={"help": "start a new engine every round instead of loading the new weights into the live one"})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with other settings, or one bin/iterate did not make"})
 
 
 # bin/train flags that the rounds set themselves
-OWN_TRAIN_FLAGS = {"--learner", "--data", "--out", "--model", "--max-steps", "--epochs", "--seed", "--save-every",
+OWN_TRAIN_FLAGS = {"--report-to", "--learner", "--data", "--out", "--model", "--max-steps", "--epochs", "--seed", "--save-every",
                    "--resume", "--init-from", "--schedule-steps", "--restart-schedule", "--lr", "--batch-size",
                    "--warmup-ratio", "--warmup-steps", "--force", "--config"}
 # settings a resumed run may change: they alter no round's data or weights
-RESUMABLE = ("out", "force", "restart_engine", "eval_every", "benchmarks", "eval_k", "eval_limit")
-MODEL_FILES_SKIPPED = {"train_config.json", "learner_config.json", "metrics.jsonl", "train_summary.json"}
+RESUMABLE = ("out", "force", "restart_engine", "report_to", "eval_every", "benchmarks", "eval_k", "eval_limit")
+MODEL_FILES_SKIPPED = {"train_config.json", "learner_config.json", "metrics.jsonl", "train_summary.json", "README.md",
+                       "evaluations.json"}  # the last round's own; OUT is the weights of the whole run
 
 
 def main(argv: list[str] | None, default_model: str | None = None) -> dict:
@@ -249,7 +251,7 @@ class Rounds:
         argv = ["--learner", cfg.learner, "--data", str(data), "--out", str(trained), "--model", self.policy(k),
                 "--max-steps", str(steps), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
                 "--warmup-ratio", str(cfg.warmup_ratio), "--seed", str(cfg.seed), "--save-every", str(steps),
-                "--log-every", "1", "--schedule-steps", str(steps if cfg.restart_schedule else total)]
+                "--log-every", "1", "--report-to", cfg.report_to, "--schedule-steps", str(steps if cfg.restart_schedule else total)]
         if k > 1:
             argv += ["--init-from", str(self.out / f"round-{k - 1}" / "train" / "checkpoints" / f"step-{(k - 1) * steps}")]
             argv += ["--restart-schedule"] if cfg.restart_schedule else []

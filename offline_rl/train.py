@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import torch
 from tqdm.auto import tqdm
 
+from offline_rl.cards import write_model_card
 from offline_rl.data import VIEWS, behavior_temperature, check_view, collate, token_logprobs_at
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from rewards.files import atomic_write, hold_directory, is_disk_full
@@ -56,6 +57,7 @@ class TrainConfig:
     restart_schedule: bool = field(default=False, metadata={"help": "with --init-from: keep the optimizer's moments but start the schedule over"})
     force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, or start over in one holding checkpoints"})
     include_truncated: bool = field(default=False, metadata={"help": "let the accepted view (and DPO's chosen responses) keep responses cut at --max-tokens"})
+    report_to: str = field(default="tensorboard", metadata={"help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
     approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft) divide by behaviour log-probs of a truncated (top-p) distribution or another model"})
 
 
@@ -92,7 +94,22 @@ def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict) -
 
 
 # settings a resumed run may change: they alter neither the updates nor their order
-RESUMABLE_CHANGES = ("resume", "force", "log_every", "save_every", "out")
+RESUMABLE_CHANGES = ("resume", "force", "log_every", "save_every", "out", "report_to")
+TRACKERS = ("tensorboard", "wandb", "trackio")
+
+
+def report_targets(spec: str) -> list[str]:
+    """The trackers ``--report-to`` names, each installed, or one line saying what to install."""
+    import importlib.util
+
+    names = [t.strip() for t in spec.split(",") if t.strip() and t.strip() != "none"]
+    unknown = [t for t in names if t not in TRACKERS]
+    if unknown:
+        raise UsageError(f"--report-to: unknown tracker {unknown[0]!r}; known: {', '.join(TRACKERS)}, none")
+    missing = [t for t in names if t != "tensorboard" and importlib.util.find_spec(t) is None]
+    if missing:
+        raise UsageError(f"--report-to {missing[0]}: {missing[0]} is not installed; pip install 'offline-rl[track]'")
+    return list(dict.fromkeys(names))
 
 
 def run_identity(cfg: TrainConfig, learner_cfg, model_path: str, manifests: dict[str, dict]) -> dict:
@@ -198,7 +215,14 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     learner_cfg = learner_cfg or learner.Config()
     manifests = manifests or {str(cfg.data): manifest}
     on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no")
+    from accelerate.tracking import TensorBoardTracker
+
+    trackers = report_targets(cfg.report_to)
+    # TensorBoard as an instance, to keep its events in OUT/tensorboard; the others by name (imported only if named)
+    board = TensorBoardTracker("tensorboard", str(cfg.out)) if "tensorboard" in trackers and cfg.out else None
+    log_with = [board] * (board is not None) + [t for t in trackers if t != "tensorboard"]
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no", log_with=log_with or None,
+                              project_dir=cfg.out)
     set_seed(cfg.seed)
 
     cfg = replace(cfg, view=cfg.view or learner.VIEWS[0])
@@ -283,22 +307,23 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
         print_config(cfg)  # once the input is known good: bad input gets one line only
         print_config(learner_cfg)
     metrics_file = None
+    resolved = {**asdict(cfg), **asdict(learner_cfg), "resume": False}  # saved, and logged to every tracker
     if accelerator.is_main_process:
         if resume_from is None:  # a fresh run: nothing of an earlier one may pass for this one's result
             if checkpoints.exists():
                 shutil.rmtree(checkpoints)
             for stale in ("train_summary.json", "config.json"):
                 (out / stale).unlink(missing_ok=True)
-        write_json(out / "train_config.json", {**asdict(cfg), **asdict(learner_cfg), "resume": False})
+        write_json(out / "train_config.json", resolved)
         save_config(learner_cfg, out / "learner_config.json")
         keep_metrics_until(out / "metrics.jsonl", first_step)
         metrics_file = (out / "metrics.jsonl").open("a")
-    tensorboard = None
-    if accelerator.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
-
+    if board is not None and first_step:
         # a resumed run hides the events logged after its checkpoint, as metrics.jsonl drops their records
-        tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=first_step + 1 if first_step else None)
+        board.init_kwargs["purge_step"] = first_step + 1
+    if log_with:
+        accelerator.init_trackers("offline-rl", config=resolved,
+                                  init_kwargs={"wandb": {"name": out.name, "dir": str(out)}, "trackio": {"name": out.name}})
 
     # data order: one seeded permutation per epoch, identical on every rank; each rank takes its slice
     def batches():
@@ -357,9 +382,8 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
                                             or not math.isfinite(record["loss"])):
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
-            for k, v in record.items():
-                if k != "step":
-                    tensorboard.add_scalar(f"train/{k}", v, step + 1)
+            if log_with:
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step + 1)
         if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
             # checked before the update: no checkpoint ever holds weights a non-finite step produced
             last = latest_checkpoint(checkpoints)
@@ -382,9 +406,11 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
         unwrapped.config.use_cache = True
         metrics_file.close()
         save_final(unwrapped, tokenizer, state_dict, out)
-        write_json(out / "train_summary.json", summary)  # last: its presence marks a finished training
-        tensorboard.close()
+        write_json(out / "train_summary.json", summary)  # its presence marks a finished training
+        write_model_card(out)
         print(f"trained {cfg.learner} for {total_steps} steps on {len(examples)} examples "
               f"({summary['tokens_per_s']:.0f} tokens/s) -> {out}")
+    for tracker in accelerator.trackers:  # not end_training(): it would end the process group of a caller (rounds)
+        tracker.finish()
     return summary
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rewards.batch import DEFAULT_DEADLINE_SECONDS, score_batch_detailed
+from rewards.cards import write_dataset_card
 from rewards.extract import DEFAULT_FALLBACKS
 from rewards.files import BadInput, atomic_write, fsync_dir, hold_directory
 from rewards.verify import VERIFIER_VERSION
@@ -160,6 +161,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
         manifest["counts"]["accepted"] = totals["accepted_after"]
     manifest["rescores"] = [*manifest.get("rescores", []), summary]
     atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+    write_dataset_card(dataset)  # the card follows the manifest: new shards, verifier and pass rate
     fsync_dir(dataset)
     _pause(len(new_shards) + 1, "manifest switched")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rewards.cards import write_dataset_card
 from rewards.files import atomic_write, hold_directory
 from rewards.rescore import DatasetError
 
@@ -88,6 +89,7 @@ class DatasetWriter:
     def finish(self, **fields) -> dict:
         self.manifest.update(fields, complete=True)
         write_json(self.out / "manifest.json", self.manifest)
+        write_dataset_card(self.out)  # README.md: load_dataset(OUT) with no argument, and what the rows are
         return self.manifest
 
 
@@ -221,4 +223,5 @@ def merge(out: str | Path, inputs: list[str | Path], force: bool = False) -> dic
     manifest.pop("summary", None)
     manifest.pop("replaced_shards", None)
     write_json(out / "manifest.json", manifest)
+    write_dataset_card(out)
     return manifest

@@ -1,0 +1,120 @@
+"""``offline-rl COMMAND [FLAGS]``: every command of the toolkit in one, as ``pip install`` puts it on the PATH.
+
+The ``bin/`` scripts of a checkout run the same functions. ``offline-rl COMMAND --help`` lists a
+command's flags; exit codes are those of the command (0 done, 2 bad input, 1 internal failure).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import partial
+
+
+def _collect():
+    from offline_rl import world
+    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from rollout.collect import main
+
+    return partial(main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL))
+
+
+def _import():
+    from offline_rl import world
+    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from rollout.demonstrations import main
+
+    return partial(main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL))
+
+
+def _train():
+    from offline_rl.train import main
+
+    return main
+
+
+def _eval():
+    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from offline_rl.evaluate import main
+
+    return partial(main, default_model=str(DEFAULT_BASE_MODEL))
+
+
+def _compare():
+    from offline_rl.compare import main
+
+    return main
+
+
+def _iterate():
+    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from offline_rl.iterate import main
+
+    return partial(main, default_model=str(DEFAULT_BASE_MODEL))
+
+
+def _export():
+    from offline_rl.export import main
+
+    return main
+
+
+def _demo():
+    from offline_rl.demo import main
+
+    return main
+
+
+def _make_base():
+    from offline_rl.base_model import main
+
+    return main
+
+
+# name -> (what it does, the command's main); rescore and merge keep their own parsers
+COMMANDS: dict[str, tuple[str, Callable | None]] = {
+    "collect": ("sample n responses per prompt with vLLM, verify them, store an offline dataset", _collect),
+    "import": ("demonstrations (question + worked solution) into the same dataset format", _import),
+    "train": ("train a learner on offline datasets", _train),
+    "eval": ("sample k answers per problem; avg@k, pass@k, maj@k per benchmark", _eval),
+    "compare": ("learners x seeds under one budget -> report.md, results.csv, plots", _compare),
+    "iterate": ("rounds of collect -> train from the current policy (online GRPO at one step per round)", _iterate),
+    "export": ("a dataset as TRL trainer rows: trl-sft, trl-dpo, trl-grpo", _export),
+    "rescore": ("recompute pred and reward of a dataset with the current verifier", None),
+    "merge": ("one dataset from several (e.g. --shard outputs)", None),
+    "demo": ("collect, train DFT, evaluate: the embedded default end to end", _demo),
+    "make-base": ("the committed recipe of the shipped base model", _make_base),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    return "\n".join(["usage: offline-rl COMMAND [FLAGS]   (offline-rl COMMAND --help for its flags)", "", "commands:",
+                      *(f"  {name:<{width}}  {what}" for name, (what, _) in COMMANDS.items())])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if argv else 2)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"offline-rl: error: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    if name == "rescore":
+        from rewards.__main__ import main as rescore
+
+        sys.exit(rescore(["rescore", *rest]))
+    from rollout.cli import run
+
+    if name == "merge":
+        from rollout.__main__ import main as merge
+
+        run(lambda _: merge(["merge", *rest]), "offline-rl merge")
+    sys.argv = [f"offline-rl {name}", *rest]  # each command parses sys.argv, as its bin/ script does
+    run(COMMANDS[name][1](), name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""bin/export: TRL-ready rows that TRL's own trainers take for a step; dataset cards that load with no argument."""
+
+import json
+
+import pytest
+
+from offline_rl import export
+from offline_rl.learners.dpo import make_pairs
+from rollout.dataset import COLUMNS, load_offline_dataset, read_manifest, read_rows
+from tests.conftest import run_bin
+from tests.test_cli import assert_one_line_usage_error
+
+
+@pytest.fixture(scope="module")
+def exported(vllm_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    for fmt in export.FORMATS:
+        export.main(["--format", fmt, str(vllm_dataset), str(root / fmt)])
+    return root
+
+
+def test_exports_follow_the_learners_views(exported, vllm_dataset):
+    import datasets
+
+    rows = read_rows(vllm_dataset)
+    sft = datasets.load_dataset(str(exported / "trl-sft"))["train"]  # the card names the data: no argument
+    accepted = [r for r in rows if r["reward"] == 1.0 and r["finish_reason"] != "length"]
+    assert sft.num_rows == len(accepted) > 0
+    assert sorted(sft["completion"]) == sorted(r["response"] for r in accepted)
+    assert {(r["prompt_id"], r["prompt"]) for r in sft} <= {(r["prompt_id"], r["prompt"]) for r in rows}
+
+    dpo = datasets.load_dataset(str(exported / "trl-dpo"))["train"]
+    from offline_rl.data import sampled_examples
+
+    pairs = make_pairs(sampled_examples(load_offline_dataset(vllm_dataset), accepted_only=False), "one")
+    assert dpo.num_rows == len(pairs) > 0
+    reward = {(r["prompt_id"], r["response"]): r["reward"] for r in rows}
+    for r in dpo:  # chosen right, rejected wrong, never the same text
+        assert reward[r["prompt_id"], r["chosen"]] == 1.0 and reward[r["prompt_id"], r["rejected"]] == 0.0
+        assert r["chosen"] != r["rejected"]
+
+    grpo = datasets.load_dataset(str(exported / "trl-grpo"))["train"]
+    assert sorted(grpo["prompt_id"]) == sorted({r["prompt_id"] for r in rows})
+    gold = {r["prompt_id"]: r["gold"] for r in rows}
+    assert all(gold[r["prompt_id"]] == r["answer"] for r in grpo)
+    record = json.loads((exported / "trl-dpo" / "export.json").read_text())
+    assert record["rows"] == dpo.num_rows and record["pairing"] == "one"
+
+
+@pytest.mark.slow
+def test_one_step_of_each_trl_trainer_on_the_exports(exported, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "trl_step.py"), str(exported), str(tiny_model_dir),
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {name: r["steps"] for name, r in result.items()} == {"sft": 1, "dpo": 1, "grpo": 1}
+    assert result["sft"]["max_weight_change"] > 0 and result["dpo"]["max_weight_change"] > 0
+
+
+def test_dataset_card_loads_with_no_argument_and_says_what_the_manifest_says(vllm_dataset, tmp_path):
+    import datasets
+
+    from rewards.cards import card_fields, write_dataset_card
+
+    write_dataset_card(vllm_dataset)
+    loaded = datasets.load_dataset(str(vllm_dataset))["train"]
+    assert loaded.column_names == COLUMNS and loaded.num_rows == len(read_rows(vllm_dataset))
+    manifest = read_manifest(vllm_dataset)
+    card = (vllm_dataset / "README.md").read_text()
+    fields = card_fields(manifest)
+    assert fields["model"] == manifest["model"] and fields["pass_rate"] == manifest["pass_rate"]
+    assert fields["correct_per_prompt"] == manifest["summary"]["correct_per_prompt"]
+    for shown in (f"`{manifest['model']}`", f"{manifest['pass_rate']:.4f}", manifest["verifier_version"],
+                  f"extraction `{manifest['extraction']}`", f"{manifest['counts']['responses']}"):
+        assert shown in card, shown
+
+
+def test_bad_export_input_is_one_line(vllm_dataset, tmp_path):
+    result = run_bin("export", "--format", "trl-ppo", str(vllm_dataset), str(tmp_path / "o"))
+    assert result.returncode == 2 and "trl-ppo" in result.stderr
+    result = run_bin("export", "--format", "trl-sft", str(tmp_path / "missing"), str(tmp_path / "o"))
+    assert_one_line_usage_error(result, "missing")
