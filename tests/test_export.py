@@ -63,21 +63,34 @@ def test_one_step_of_each_trl_trainer_on_the_exports(exported, tiny_model_dir, t
 
 
 def test_dataset_card_loads_with_no_argument_and_says_what_the_manifest_says(vllm_dataset, tmp_path):
+    import shutil
+
     import datasets
 
-    from rewards.cards import card_fields, write_dataset_card
+    from rewards.cards import card_fields
+    from rewards.rescore import rescore
 
-    write_dataset_card(vllm_dataset)
+    assert (vllm_dataset / "README.md").is_file()  # bin/collect wrote it when it finished
     loaded = datasets.load_dataset(str(vllm_dataset))["train"]
     assert loaded.column_names == COLUMNS and loaded.num_rows == len(read_rows(vllm_dataset))
-    manifest = read_manifest(vllm_dataset)
-    card = (vllm_dataset / "README.md").read_text()
-    fields = card_fields(manifest)
-    assert fields["model"] == manifest["model"] and fields["pass_rate"] == manifest["pass_rate"]
-    assert fields["correct_per_prompt"] == manifest["summary"]["correct_per_prompt"]
-    for shown in (f"`{manifest['model']}`", f"{manifest['pass_rate']:.4f}", manifest["verifier_version"],
-                  f"extraction `{manifest['extraction']}`", f"{manifest['counts']['responses']}"):
-        assert shown in card, shown
+
+    def says_the_manifest(path):
+        manifest, card = read_manifest(path), (path / "README.md").read_text()
+        fields = card_fields(manifest)
+        assert fields["model"] == manifest["model"] and fields["pass_rate"] == manifest["pass_rate"]
+        assert fields["correct_per_prompt"] == manifest["summary"]["correct_per_prompt"]
+        for shown in (f"`{manifest['model']}`", f"{manifest['pass_rate']:.4f}", manifest["verifier_version"],
+                      f"extraction `{manifest['extraction']}`", f"{manifest['counts']['responses']}",
+                      *[f"data/{name}" for name in manifest["shards"]]):
+            assert shown in card, shown
+
+    says_the_manifest(vllm_dataset)
+    copy = tmp_path / "copy"
+    shutil.copytree(vllm_dataset, copy, ignore=shutil.ignore_patterns(".offline-rl.lock"))
+    rescore(copy, workers=1, extraction="qwen")  # new shards, another extraction: the card follows
+    says_the_manifest(copy)
+    assert "extraction `qwen`" in (copy / "README.md").read_text()
+    assert datasets.load_dataset(str(copy))["train"].num_rows == loaded.num_rows  # the old shards are not read
 
 
 def test_bad_export_input_is_one_line(vllm_dataset, tmp_path):

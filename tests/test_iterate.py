@@ -64,14 +64,12 @@ def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_ro
     whole = rft_rounds
     out = tmp_path / "killed"
     args = ["--learner", "rft", *ROUNDS, "--out", str(out)]
-    # 1. killed as round 2 begins to collect: the rerun samples round 2 with a new engine started on round 1's
-    #    checkpoint, where the uninterrupted run loaded those weights into its live engine
+    # killed as round 2 begins to collect: the rerun samples round 2 with a new engine started on round 1's
+    # checkpoint, where the uninterrupted run loaded those weights into its live engine, then trains round 2
+    # from round 1's saved optimizer state (a kill inside a round's training restarts that training the same way:
+    # bin/train's own kill/resume test covers the step level)
     kill(start_paused("iterate", args, "iterate:round-2:collect", tmp_path / "flag-1"))
     assert (out / "round-1" / "round.json").exists() and not (out / "round-2" / "data" / "manifest.json").exists()
-    # 2. killed again in round 2's training (after its step 5 of 6)
-    kill(start_paused("iterate", args, "train:step-5", tmp_path / "flag-2"))
-    assert not (out / "round-2" / "train" / "train_summary.json").exists()
-    # 3. the same command finishes it
     result = run_bin("iterate", *args)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -95,8 +93,9 @@ def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_ro
 
 def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
     out = tmp_path / "grpo"
+    # the transformers engine (its sampled log-probs are exact too): no vLLM start-up in this test
     result = run_bin("iterate", "--learner", "grpo", "--rounds", "2", "--steps-per-round", "2", "--prompts-per-round",
-                     "12", "--batch-size", "8", "--lr", "1e-3", "--out", str(out))
+                     "12", "--batch-size", "8", "--lr", "1e-3", "--backend", "hf", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     firsts = [s for s in steps if s["step"] in (1, 3)]

@@ -1,0 +1,46 @@
+"""The fused chunked projection: the loss and both gradients equal the one-shot computation (float32, 1e-5)."""
+
+import pytest
+import torch
+
+from offline_rl.fused import fused_weighted_logprobs
+
+
+def one_shot(h, weight, targets, loss_of):
+    logprobs = torch.log_softmax(h @ weight.T, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return loss_of(logprobs)
+
+
+@pytest.mark.parametrize("name, token_grad, loss_of", [
+    ("nll", lambda lp: -torch.ones_like(lp), lambda lp: -lp.sum()),
+    ("dft", lambda lp: -lp.exp(), lambda lp: -(lp.detach().exp() * lp).sum()),
+    ("dft floor 0.3", lambda lp: -lp.exp().clamp(min=0.3), lambda lp: -(lp.detach().exp().clamp(min=0.3) * lp).sum()),
+    ("prob alpha 2", lambda lp: -2 * lp.exp() ** 2, lambda lp: -(lp.exp() ** 2).sum()),
+])
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_fused_equals_one_shot_in_float32(name, token_grad, loss_of, chunk):
+    torch.manual_seed(0)
+    h = torch.randn(50, 16, requires_grad=True)
+    weight = (0.5 * torch.randn(300, 16)).requires_grad_()
+    targets = torch.randint(0, 300, (50,))
+    expected = one_shot(h, weight, targets, loss_of)
+    expected_grads = torch.autograd.grad(expected, (h, weight))
+    surrogate, logprobs = fused_weighted_logprobs(h, weight, targets, chunk, token_grad)
+    (2.5 * surrogate).backward()  # an upstream factor (the token mean's) scales both gradients
+    assert torch.allclose(h.grad, 2.5 * expected_grads[0], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(weight.grad, 2.5 * expected_grads[1], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        reference = torch.log_softmax(h @ weight.T, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(logprobs, reference, atol=1e-5) and not logprobs.requires_grad
+    if name in ("nll", "dft"):  # a weighted sum of log-probs: the surrogate is the loss itself
+        assert surrogate.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_wrong_sign_of_the_token_weight_fails_the_equality():
+    torch.manual_seed(0)
+    h = torch.randn(20, 8, requires_grad=True)
+    weight = torch.randn(40, 8, requires_grad=True)
+    targets = torch.randint(0, 40, (20,))
+    expected = torch.autograd.grad(one_shot(h, weight, targets, lambda lp: -lp.sum()), (h,))[0]
+    fused_weighted_logprobs(h, weight, targets, 8, lambda lp: torch.ones_like(lp))[0].backward()
+    assert not torch.allclose(h.grad, expected, atol=1e-3)
