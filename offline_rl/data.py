@@ -208,6 +208,24 @@ def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0
     return logprobs
 
 
+def fused_token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int, token_grad) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a loss that is a per-token weighted sum (``token_grad(log p) = d loss / d log p``): the log-probs of every
+    response position, detached, [1, B, T], and a surrogate scalar whose gradient is the loss's, through the fused
+    projection (offline_rl/fused.py: each chunk projected once, its gradients made in forward)."""
+    from offline_rl.fused import fused_weighted_logprobs
+
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                logits_to_keep=1)
+    hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
+    where = batch["response_mask"].bool()  # [B, T]
+    lm_head = _unwrap(model).get_output_embeddings()
+    surrogate, selected = fused_weighted_logprobs(hidden[where], lm_head.weight, batch["targets"][where], chunk_size,
+                                                  token_grad)
+    logprobs = torch.zeros((1, *where.shape), dtype=torch.float32, device=hidden.device)  # [1, B, T]
+    logprobs[:, where] = selected
+    return logprobs, surrogate
+
+
 def _chunk_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatures: tuple[float, ...],
                     float32: bool) -> torch.Tensor:
     if float32:

@@ -1,9 +1,12 @@
 """The fused chunked projection: the loss and both gradients equal the one-shot computation (float32, 1e-5)."""
 
+import json
+
 import pytest
 import torch
 
 from offline_rl.fused import fused_weighted_logprobs
+from offline_rl.learners import LEARNERS as LEARNER_MODULES
 
 
 def one_shot(h, weight, targets, loss_of):
@@ -44,3 +47,37 @@ def test_a_wrong_sign_of_the_token_weight_fails_the_equality():
     expected = torch.autograd.grad(one_shot(h, weight, targets, lambda lp: -lp.sum()), (h,))[0]
     fused_weighted_logprobs(h, weight, targets, 8, lambda lp: torch.ones_like(lp))[0].backward()
     assert not torch.allclose(h.grad, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("learner, extra", [("dft", []), ("sft", []), ("prob", ["--alpha", "2"])])
+def test_training_through_the_fused_projection_equals_the_one_shot_projection(learner, extra, tmp_path, tiny_model_dir,
+                                                                               tiny_model):
+    from safetensors.torch import load_file
+
+    from offline_rl import train
+    from tests.test_train import world_dataset
+
+    _, tokenizer = tiny_model
+    world_dataset(tmp_path / "data", tokenizer, n_prompts=8)
+    weights = {}
+    for chunk in ("0", "16"):  # 0: one [B, T, V] projection, autograd; 16: fused chunks (the default path)
+        out = tmp_path / f"{learner}-{chunk}"
+        train.main(["--learner", learner, "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out",
+                    str(out), "--max-steps", "3", "--batch-size", "4", "--lr", "3e-3", "--logit-chunk-size", chunk,
+                    "--report-to", "none", *extra])
+        weights[chunk] = load_file(out / "model.safetensors")
+        losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        weights[chunk + "-loss"] = losses
+    # the same losses at every step; the weights as close as Adam allows (it divides each gradient by its own size,
+    # so a gradient of ~1e-9 that differs in its last bits moves its weight by a visible share of the rate)
+    assert weights["0-loss"] == pytest.approx(weights["16-loss"], rel=1e-5)
+    diffs = {name: (value - weights["16"][name]).abs().max().item() for name, value in weights["0"].items()}
+    assert max(diffs.values()) < 1e-4 and sorted(diffs.values())[len(diffs) // 2] < 1e-6, diffs
+    assert train.fused_projection(LEARNER_MODULES[learner], LEARNER_MODULES[learner].Config(), train.TrainConfig(),
+                                  None, _Accelerator()) is not None
+
+
+class _Accelerator:
+    from accelerate.utils import DistributedType
+
+    distributed_type = DistributedType.NO

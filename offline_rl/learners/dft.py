@@ -60,3 +60,11 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     # DFT's loss is ~p times smaller than CE and can fall while NLL rises: log both
     return dft_sum, n_tokens, {"nll_sum": -(logprobs.detach() * mask).sum(),
                                "p_sum": (logprobs.detach().exp() * mask).sum(), "weight_sum": w.sum()}
+
+
+def token_grad(cfg: Config):
+    """d loss / d log p_t = -sg(max(p_t, floor)) for the token weighting, known in forward (the fused projection);
+    None for the sequence-level weightings, which need a whole response first (the checkpointed path)."""
+    if cfg.weighting != "token":
+        return None
+    return lambda logprobs: -logprobs.exp().clamp(min=cfg.min_weight)

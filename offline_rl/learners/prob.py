@@ -36,3 +36,8 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     powered = torch.exp(cfg.alpha * logprobs) * mask  # p^alpha, computed in log space
     return -powered.sum(), mask.sum(), {"nll_sum": -(logprobs.detach() * mask).sum(),
                                         "p_sum": (logprobs.detach().exp() * mask).sum()}
+
+
+def token_grad(cfg: Config):
+    """d(-p^alpha)/d log p = -alpha p^alpha, known in forward: the fused projection serves this learner."""
+    return lambda logprobs: -cfg.alpha * torch.exp(cfg.alpha * logprobs)

@@ -31,3 +31,8 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
     nll_sum = -(logprobs * mask).sum()
     return nll_sum, mask.sum(), {"nll_sum": nll_sum.detach()}
+
+
+def token_grad(cfg: Config):
+    """d loss / d log p_t per response token, known in forward: the fused projection serves this learner."""
+    return lambda logprobs: -torch.ones_like(logprobs)
