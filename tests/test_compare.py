@@ -127,8 +127,9 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     out = tmp_path / "killed"
-    # compare is SIGKILLed while its collect stage is held before its first shard, then after it
-    for point, shards in (("collect:started", []), ("collect:shard-1", ["shard-00000.parquet"])):
+    # compare is SIGKILLed while its collect stage is held after its first shard (collect's own kill test covers
+    # every other point of a collection)
+    for point, shards in (("collect:shard-1", ["shard-00000.parquet"]),):
         flag = tmp_path / point.replace(":", "-")
         compare = start_paused("compare", ["--out", str(out), *args], point, flag)
         collect_pid = int(flag.read_text())
