@@ -33,7 +33,7 @@ from offline_rl.learners import LEARNERS
 from rewards.files import hold_directory
 from rollout.cli import CommandFailed, UsageError, check_rerun_settings, parse_config, print_config, save_config
 from rollout.collect import resolve_model
-from rollout.dataset import atomic_write_bytes, read_manifest
+from rollout.dataset import atomic_write_bytes, is_complete, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,10 +88,7 @@ class Stage:
         """A dataset is finished when its manifest says so (collect writes the manifest first); the
         other stages when their mark exists."""
         if self.done.name == "manifest.json":
-            try:
-                return read_manifest(self.done.parent).get("complete") is True
-            except ValueError:
-                return False
+            return is_complete(self.done.parent)
         return self.done.exists()
 
 

@@ -36,7 +36,7 @@ from offline_rl.learners import LEARNERS
 from rewards.files import hold_directory
 from rollout import collect
 from rollout.cli import UsageError, check_rerun_settings, parse_config, pause_point, print_config, save_config
-from rollout.dataset import read_manifest, write_json
+from rollout.dataset import is_complete, read_manifest, write_json
 from rollout.engines import EngineFlags, prompt_seed
 from rollout.sources import SourceError, load_source
 
@@ -194,7 +194,7 @@ class Rounds:
         stages = tqdm(total=3 if self.evaluates(k) else 2, desc=f"round {k}/{cfg.rounds}", unit="stage", leave=False,
                       position=1, file=sys.stderr)
         with (rdir / "log.txt").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            if not _complete(data):
+            if not is_complete(data):
                 stages.set_postfix_str("collect")
                 record["engine_ms"] = self.use_engine(record["policy"])
                 pause_point(f"iterate:round-{k}:collect")
@@ -311,10 +311,3 @@ class Rounds:
               f"train {summary['train_seconds']:.0f} s; engine per round {summary['engine_ms_per_round']} ms "
               f"({summary['engine']}) -> {out}")
         return summary
-
-
-def _complete(data: Path) -> bool:
-    try:
-        return (data / "manifest.json").exists() and read_manifest(data).get("complete") is True
-    except ValueError:
-        return False

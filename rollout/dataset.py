@@ -107,6 +107,14 @@ def read_manifest(path: str | Path) -> dict:
     return value
 
 
+def is_complete(path: str | Path) -> bool:
+    """A finished dataset: its manifest says so (collection writes the manifest first, ``complete`` last)."""
+    try:
+        return read_manifest(path).get("complete") is True
+    except ValueError:  # missing or damaged
+        return False
+
+
 def shard_files(path: str | Path) -> list[Path]:
     """The shards the manifest lists, each checked to be a readable parquet file (else :class:`DatasetError`)."""
     files = []
