@@ -4,9 +4,11 @@ Every learner trains from the same initial model on the same dataset for the sam
 number of optimizer steps, batch size and learning-rate schedule (a learner's
 recipe may change its own hyper-parameters: see ``RECIPES`` and ``--learner-args``),
 then each model — the base model included — is evaluated with the same sampling on
-the same benchmarks, with the run's seed. Each stage is a real ``bin/`` command run
-as a subprocess (its output in ``OUT/logs/``); finished stages are skipped when the
-command is run again, an interrupted training resumes from its last checkpoint.
+the same benchmarks, with the run's seed. Each stage is a ``bin/`` command run in this
+process (its equivalent command line and its output in ``OUT/logs/``, its files where the
+command writes them); one engine samples every collection and evaluation, taking each
+checkpoint's weights in place. Finished stages are skipped when the command is run again,
+an interrupted training resumes from its last checkpoint.
 
 Writes ``OUT/report.md`` (mean ± std over seeds, best per column in bold),
 ``OUT/results.csv`` (one row per model, seed and benchmark) and ``OUT/plots/``.
@@ -14,14 +16,15 @@ Writes ``OUT/report.md`` (mean ± std over seeds, best per column in bold),
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,9 +33,9 @@ from tqdm.auto import tqdm
 from offline_rl import world
 from offline_rl.evaluate import EvalConfig, load_benchmark, pass_ks
 from offline_rl.learners import LEARNERS
-from rewards.files import hold_directory
+from rewards.files import BadInput, held_directories, hold_directory, release, release_unused
 from rollout.cli import CommandFailed, UsageError, check_rerun_settings, parse_config, print_config, save_config
-from rollout.collect import resolve_model
+from rollout.collect import LiveEngine, resolve_model
 from rollout.dataset import atomic_write_bytes, is_complete, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +86,7 @@ class Stage:
     command: list[str]
     done: Path  # the stage's completion mark, written last by its command
     resume: Path | None = None  # a checkpoint folder: when it holds one, add --resume
+    samples: str | None = None  # the model a collection or evaluation samples from (the live engine loads it)
 
     def finished(self) -> bool:
         """A dataset is finished when its manifest says so (collect writes the manifest first); the
@@ -161,6 +165,9 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: dict[str, str], se
     if not collect.finished():
         limit = ["--limit", str(cfg.collect_limit)] if cfg.collect_limit else []
         collect.command = [*bins("collect"), "--out", str(data), "--backend", cfg.backend, *model, *limit]
+        from offline_rl.base_model import DEFAULT_BASE_MODEL
+
+        collect.samples = cfg.model or str(DEFAULT_BASE_MODEL)
         stages.append(collect)
     if demonstrations is not None and demonstrations == out / "demonstrations":  # the world's, imported here
         imported = Stage("import", [], demonstrations / "manifest.json")
@@ -177,7 +184,7 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: dict[str, str], se
         base_model = cfg.model or DATASET_MODEL
         stages.append(Stage(f"eval base s{seed}", [*bins("eval"), "--model", base_model, "--name", "base", "--seed",
                                                    str(seed), *evaluation, "--out", str(out / "evals" / f"base-s{seed}")],
-                            out / "evals" / f"base-s{seed}" / "results.json"))
+                            out / "evals" / f"base-s{seed}" / "results.json", samples=base_model))
         for learner, module in learners.items():
             run = out / "runs" / f"{learner}-s{seed}"
             source = demonstrations if learner in on_demonstrations else data
@@ -197,7 +204,8 @@ def plan(cfg: CompareConfig, out: Path, data: Path, learners: dict[str, str], se
                     *train_flags(learner, cfg, extra)], run / "train_summary.json", resume=run / "checkpoints"))
             stages.append(Stage(f"eval {learner} s{seed}", [
                 *bins("eval"), "--model", str(run), "--name", learner, "--seed", str(seed), *evaluation,
-                "--out", str(out / "evals" / f"{learner}-s{seed}")], out / "evals" / f"{learner}-s{seed}" / "results.json"))
+                "--out", str(out / "evals" / f"{learner}-s{seed}")], out / "evals" / f"{learner}-s{seed}" / "results.json",
+                samples=str(run)))
     return stages
 
 
@@ -218,31 +226,49 @@ def demonstrations_for(cfg: CompareConfig, out: Path, data: Path, learners: dict
     return out / "demonstrations"
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel sends it SIGKILL when compare's process ends."""
-    import ctypes
-    import signal
+def run_stage(stage: Stage, logs: Path, dataset_model: str | None, live: LiveEngine) -> dict:
+    """Run ``stage``'s command in this process, its output into its log (first line: the equivalent command line,
+    to run it by hand); collections and evaluations sample with ``live``, which loads the stage's model in place.
+    Returns the stage's record (seconds, engine milliseconds); raises :class:`StageFailed` with one line."""
+    from offline_rl.cli import COMMANDS
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def run_stage(stage: Stage, logs: Path, dataset_model: str | None) -> float:
     command = [dataset_model if c == DATASET_MODEL else c for c in stage.command]
     if stage.resume is not None and any(stage.resume.glob("step-*")):
         command.append("--resume")
+    name, argv = Path(command[1]).name, command[2:]
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / (stage.name.replace(" ", "-") + ".log")
-    start = time.time()
-    with log.open("w") as f:
-        f.write(shlex.join(command) + "\n")
-        f.flush()
-        # the stage dies with compare, however compare ends (a SIGKILL included): no orphan keeps writing
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    if done.returncode != 0:
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-        raise StageFailed(f"{stage.name} failed (exit {done.returncode}): {lines[-1] if lines else ''} [log: {log}]")
-    return time.time() - start
-
+    record = {"stage": stage.name, "command": name, "engine_ms": None}
+    start, error, holding = time.time(), None, held_directories()  # compare's own OUT, held throughout
+    with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        print(shlex.join(command), flush=True)
+        try:
+            kwargs = {}
+            if stage.samples is not None:
+                model = dataset_model if stage.samples == DATASET_MODEL else stage.samples
+                record["engine_ms"] = live.hold(resolve_model(model))
+                record["engine"] = live.last
+                kwargs["engine"] = live.engine
+            elif name == "iterate":  # its rounds sample with the live engine too
+                kwargs["engine"] = live
+            else:
+                live.make_room()  # training beside the engine: an accelerator's memory goes to the training
+            COMMANDS[name][1]()(argv, **kwargs)
+        except (UsageError, BadInput, CommandFailed) as e:
+            error = str(e)
+        except SystemExit as e:  # an argument parser's exit
+            error = None if e.code in (0, None) else f"exit {e.code}"
+        except Exception as e:  # a bug in the stage: its traceback in the log, the rest of the comparison goes on
+            traceback.print_exc()
+            error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        if error is not None:
+            print(f"{name}: error: {error}", flush=True)
+    if error is not None:
+        release_unused(keep=holding)  # and output directories the stage created but never wrote into are removed
+        raise StageFailed(f"{stage.name} failed: {error} [log: {log}]")
+    release(keep=holding)  # the stage's directories, as its own process's end would
+    record["seconds"] = round(time.time() - start, 2)
+    return record
 
 
 def main(argv: list[str] | None) -> dict:
@@ -281,25 +307,33 @@ def main(argv: list[str] | None) -> dict:
     stages = plan(cfg, out, data, learners, seeds, demonstrations)
     todo = [s for s in stages if not s.finished()]
     failures: list[str] = []
+    live = LiveEngine(EvalConfig(backend=cfg.backend))  # the engine's own seed draws nothing: every request has its own
     bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="compare", unit="stage")
-    for stage in todo:
-        bar.set_postfix_str(stage.name)
-        trained = stage.name.replace("eval ", "train ", 1)
-        if stage.name.startswith("eval ") and any(f.startswith(trained + " ") for f in failures):
-            bar.update(1)  # nothing to evaluate
-            continue
-        dataset_model = read_manifest(data)["model"] if (data / "manifest.json").exists() else None
-        try:
-            seconds = run_stage(stage, out / "logs", dataset_model)
-        except StageFailed as e:
-            if stage.name == "collect":
-                raise CommandFailed(str(e)) from None
-            failures.append(str(e))
-            tqdm.write(str(e), file=sys.stderr)
-        else:
-            tqdm.write(f"{stage.name}: {seconds:.0f} s", file=sys.stderr)
-        bar.update(1)
-    bar.close()
+    start = time.time()
+    try:
+        for stage in todo:
+            bar.set_postfix_str(stage.name)
+            trained = stage.name.replace("eval ", "train ", 1)
+            if stage.name.startswith("eval ") and any(f.startswith(trained + " ") for f in failures):
+                bar.update(1)  # nothing to evaluate
+                continue
+            dataset_model = read_manifest(data)["model"] if (data / "manifest.json").exists() else None
+            try:
+                record = run_stage(stage, out / "logs", dataset_model, live)
+            except StageFailed as e:
+                if stage.name == "collect":
+                    raise CommandFailed(str(e)) from None
+                failures.append(str(e))
+                tqdm.write(str(e), file=sys.stderr)
+            else:
+                with (out / "stages.jsonl").open("a") as f:  # what each stage took, for the report's time table
+                    f.write(json.dumps({**record, "run_started": round(start)}) + "\n")
+                engine = "" if record["engine_ms"] is None else f" (engine {record['engine_ms'] / 1000:.1f} s)"
+                tqdm.write(f"{stage.name}: {record['seconds']:.0f} s{engine}", file=sys.stderr)
+            bar.update(1)
+    finally:
+        live.close()
+        bar.close()
 
     summary = write_report(out, cfg, ["base", *learners], seeds, data, demonstrations)
     print(summary["table"])
@@ -413,6 +447,32 @@ def budget_table(out: Path, models: list[str], seeds: list[int], manifest: dict,
     return "\n".join(lines)
 
 
+def stage_times_table(out: Path) -> str:
+    """Per kind of stage (collect, train, eval, ...): how many ran, their wall time in all and on average, and the
+    part the live engine took to start or to load a checkpoint's weights (``OUT/stages.jsonl``, each stage's last run)."""
+    path = out / "stages.jsonl"
+    if not path.exists():
+        return ""
+    last = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            last[record["stage"]] = record
+    kinds: dict[str, list[dict]] = {}
+    for record in last.values():
+        kinds.setdefault(record["command"], []).append(record)
+    lines = ["| stage | runs | total (min) | mean (s) | of which engine start or weight load (s) |",
+             "|---|---:|---:|---:|---:|"]
+    for kind, records in kinds.items():
+        seconds = sum(r["seconds"] for r in records)
+        engine = sum(r["engine_ms"] or 0 for r in records) / 1000
+        lines.append(f"| {kind} | {len(records)} | {seconds / 60:.1f} | {seconds / len(records):.1f} | {engine:.1f} |")
+    total = sum(r["seconds"] for r in last.values())
+    lines.append(f"| all | {len(last)} | {total / 60:.1f} | {total / max(1, len(last)):.1f} | "
+                 f"{sum(r['engine_ms'] or 0 for r in last.values()) / 1000:.1f} |")
+    return "\n".join(lines)
+
+
 def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[int], data: Path,
                  demonstrations: Path | None = None) -> dict:
     rows = collect_results(out, models, seeds)
@@ -443,7 +503,7 @@ def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[i
         f"{cfg.temperature:g}, at most {cfg.max_tokens} tokens.",
     ]
     lines.append(f"Time: training {train_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min in all "
-                 "(inside the commands; process start-up not included).")
+                 "(inside the commands; see the stage times below).")
     if demonstrations is not None:
         shown = [m for m in models if m in {n.strip() for n in cfg.demonstration_learners.split(",")}]
         demo = read_manifest(demonstrations) if (demonstrations / "manifest.json").exists() else {}
@@ -464,6 +524,9 @@ def write_report(out: Path, cfg: CompareConfig, models: list[str], seeds: list[i
                          else set())
     lines += ["## Budget: samples and time per learner (mean over seeds)", "",
               budget_table(out, models, seeds, manifest, on_demonstrations, rounds), ""]
+    stage_table = stage_times_table(out)
+    if stage_table:
+        lines += ["## Stage times (wall seconds of each stage's command, this process)", "", stage_table, ""]
     for metric in [f"pass@{k}", f"maj@{k}"]:
         if k > 1:
             lines += [f"## {metric} (%)", "", format_report_table(rows, models, benchmarks, metric), ""]

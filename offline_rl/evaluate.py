@@ -220,59 +220,86 @@ def main(argv: list[str] | None, default_model: str | None = None, engine=None) 
 
 def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Template], cfg: EvalConfig,
              engine=None) -> tuple[dict, list[dict]]:
+    """Sample every benchmark's prompts in one pass through the engine (its tail of long responses paid once,
+    not per benchmark), scoring each prompt's samples in a second thread as they finish."""
     start = time.time()
     max_len = context_length(model, cfg.max_model_len)
-    own_engine = engine is None
-    engine = engine or start_engine(cfg, model)
     results = {"model": model, "name": cfg.name or Path(model).name, "k": cfg.k, "temperature": cfg.temperature,
                "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "extraction": cfg.extraction,
                "verifier_version": rewards.VERIFIER_VERSION, "benchmarks": {}}
-    generations: list[dict] = []
+    prompts, stops, outputs = {}, {}, {}
+    passes: dict[tuple, list[tuple[str, int, list[int]]]] = {}  # sampling -> (benchmark, record, prompt ids)
     for bench in benchmarks:
         template = templates[bench.name]
-        stop = [s for s in cfg.stop.split(",") if s] if cfg.stop else (template.stop or None)
-        sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                                  stop=stop)
-        prompts = [template.render(r["question"]) for r in bench.records]
-        prompt_ids = [template.token_ids(p) for p in prompts]
-        # a prompt the model cannot even read counts as k wrong answers, and is counted
-        fits = [i for i, ids in enumerate(prompt_ids) if max_len is None or len(ids) < max_len]
-        outputs: list[list] = [[] for _ in bench.records]
-        if fits:
-            sampled = engine.generate([prompt_ids[i] for i in fits], sampling,
-                                      seeds=[prompt_seed(cfg.seed, bench.records[i]["prompt_id"]) for i in fits])
-            for i, samples in zip(fits, sampled, strict=True):
-                outputs[i] = samples
-        texts = [s.text for samples in outputs for s in samples]
-        golds = [r["gold"] for r, samples in zip(bench.records, outputs, strict=True) for _ in samples]
-        scored = rewards.score_batch_detailed(texts, golds, extraction=cfg.extraction)
-        flat = iter(range(len(texts)))
-        correct, preds, lengths, truncated = [], [], [], []
-        for record, prompt, samples in zip(bench.records, prompts, outputs, strict=True):
-            idx = [next(flat) for _ in samples]
-            if not samples:  # prompt too long: k wrong, empty answers
-                correct.append([0.0] * cfg.k), preds.append([""] * cfg.k)
-                lengths.append([0] * cfg.k), truncated.append([True] * cfg.k)
-                continue
-            correct.append([scored.rewards[i] for i in idx])
-            preds.append([scored.preds[i] for i in idx])
-            lengths.append([len(s.token_ids) for s in samples])
-            truncated.append([s.finish_reason == "length" for s in samples])
-            for j, (i, s) in enumerate(zip(idx, samples, strict=True)):
-                generations.append({"benchmark": bench.name, "prompt_id": record["prompt_id"], "question": record["question"],
-                                    "gold": record["gold"], "prompt": prompt, "sample_idx": j, "response": s.text,
-                                    "pred": scored.preds[i], "reward": scored.rewards[i],
-                                    "response_tokens": len(s.token_ids), "finish_reason": s.finish_reason})
-        metrics = benchmark_metrics(correct, preds, lengths, truncated, cfg.k)
-        metrics["prompts_too_long"] = len(bench.records) - len(fits)
-        metrics["scoring_timeouts"] = len(scored.timed_out)
-        metrics["template"] = template.name
-        metrics["stop"] = stop
+        stops[bench.name] = [s for s in cfg.stop.split(",") if s] if cfg.stop else (template.stop or None)
+        prompts[bench.name] = [template.render(r["question"]) for r in bench.records]
+        outputs[bench.name] = [[] for _ in bench.records]  # a prompt the model cannot read: k wrong answers, counted
+        for i, prompt in enumerate(prompts[bench.name]):
+            ids = template.token_ids(prompt)
+            if max_len is None or len(ids) < max_len:
+                passes.setdefault(tuple(stops[bench.name] or ()), []).append((bench.name, i, ids))
+    records = {b.name: b.records for b in benchmarks}
+    own_engine = engine is None
+    engine = engine or start_engine(cfg, model)
+    scorer = rewards.StreamScorer(extraction=cfg.extraction)
+    generation_seconds = 0.0
+    try:
+        for stop, todo in passes.items():  # one pass per distinct stop list (one, for the world's splits)
+            sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                                      stop=list(stop) or None)
+
+            def finished(j: int, samples: list, todo=todo) -> None:
+                name, i, _ = todo[j]
+                outputs[name][i] = samples
+                scorer.add([((name, i, k), s.text, records[name][i]["gold"]) for k, s in enumerate(samples)])
+
+            began = time.perf_counter()
+            engine.generate([ids for _, _, ids in todo], sampling, on_result=finished, logprobs=False,
+                            seeds=[prompt_seed(cfg.seed, records[name][i]["prompt_id"]) for name, i, _ in todo])
+            generation_seconds += time.perf_counter() - began
+    finally:
+        if own_engine:
+            engine.close()
+    waited = time.perf_counter()
+    scored, timed_out, scoring_seconds = scorer.finish()
+    generations: list[dict] = []
+    for bench in benchmarks:
+        metrics, rows = benchmark_results(bench, prompts[bench.name], outputs[bench.name], scored, cfg)
+        metrics["prompts_too_long"] = sum(not samples for samples in outputs[bench.name])
+        metrics["scoring_timeouts"] = sum(name == bench.name for name, _, _ in timed_out)
+        metrics["template"] = templates[bench.name].name
+        metrics["stop"] = stops[bench.name]
         results["benchmarks"][bench.name] = metrics
-    if own_engine:
-        engine.close()
+        generations += rows
     results["wall_seconds"] = round(time.time() - start, 2)
+    # where the time went: sampling; scoring (in the second thread, overlapping it); what was left after sampling
+    # ended (the last chunk's scoring, maj@k's equivalence of wrong answers, the rows)
+    results["generation_seconds"] = round(generation_seconds, 2)
+    results["scoring_seconds"] = round(scoring_seconds, 2)
+    results["after_sampling_seconds"] = round(time.perf_counter() - waited, 2)
     return results, generations
+
+
+def benchmark_results(bench: Benchmark, prompts: list[str], outputs: list[list], scored: dict,
+                      cfg: EvalConfig) -> tuple[dict, list[dict]]:
+    """One benchmark's metrics and generation rows from its samples (``[]`` for a prompt too long to read)."""
+    correct, preds, lengths, truncated, generations = [], [], [], [], []
+    for i, (record, prompt, samples) in enumerate(zip(bench.records, prompts, outputs, strict=True)):
+        if not samples:  # prompt too long: k wrong, empty answers
+            correct.append([0.0] * cfg.k), preds.append([""] * cfg.k)
+            lengths.append([0] * cfg.k), truncated.append([True] * cfg.k)
+            continue
+        verdicts = [scored[bench.name, i, j] for j in range(len(samples))]
+        correct.append([reward for _, reward in verdicts])
+        preds.append([pred for pred, _ in verdicts])
+        lengths.append([len(s.token_ids) for s in samples])
+        truncated.append([s.finish_reason == "length" for s in samples])
+        for j, (s, (pred, reward)) in enumerate(zip(samples, verdicts, strict=True)):
+            generations.append({"benchmark": bench.name, "prompt_id": record["prompt_id"], "question": record["question"],
+                                "gold": record["gold"], "prompt": prompt, "sample_idx": j, "response": s.text,
+                                "pred": pred, "reward": reward,
+                                "response_tokens": len(s.token_ids), "finish_reason": s.finish_reason})
+    return benchmark_metrics(correct, preds, lengths, truncated, cfg.k), generations
 
 
 def write_generations(path: Path, generations: list[dict]) -> None:

@@ -85,7 +85,8 @@ MODEL_FILES_SKIPPED = {"train_config.json", "learner_config.json", "metrics.json
                        "evaluations.json"}  # the last round's own; OUT is the weights of the whole run
 
 
-def main(argv: list[str] | None, default_model: str | None = None) -> dict:
+def main(argv: list[str] | None, default_model: str | None = None, engine: collect.LiveEngine | None = None) -> dict:
+    """``engine``: a live engine to sample with (bin/compare's), used and left open; by default the run's own."""
     given: set[str] = set()
     cfg = parse_config(IterateConfig, argv, "iterate", __doc__, given=given)
     if cfg.like:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None, default_model: str | None = None) -> dict:
     check_rerun_settings(saved, settings, out, cfg.force)
     print_config(cfg)
     save_config(cfg, saved)
-    return Rounds(cfg, model, out, windows, extra).run()
+    return Rounds(cfg, model, out, windows, extra, engine).run()
 
 
 def sample_like(cfg: IterateConfig, given: set[str]) -> IterateConfig:
@@ -140,28 +141,15 @@ def sample_like(cfg: IterateConfig, given: set[str]) -> IterateConfig:
 class Rounds:
     """The state one run carries from round to round: the live engine and the policy it holds."""
 
-    def __init__(self, cfg: IterateConfig, model: str, out: Path, windows: int, train_args: list[str]):
+    def __init__(self, cfg: IterateConfig, model: str, out: Path, windows: int, train_args: list[str],
+                 engine: collect.LiveEngine | None = None):
         self.cfg, self.initial, self.out, self.windows, self.train_args = cfg, model, out, windows, train_args
-        self.engine, self.engine_model = None, None
+        self.own_engine = engine is None
+        self.live = engine or collect.LiveEngine(cfg, restart=cfg.restart_engine)
 
     def policy(self, k: int) -> str:
         """The policy that samples round k: the initial model, then each round's trained checkpoint."""
         return self.initial if k == 1 else str(self.out / f"round-{k - 1}" / "train")
-
-    def use_engine(self, model: str) -> float | None:
-        """The engine holding ``model``'s weights; returns the ms spent getting there (None: already there)."""
-        if self.engine_model == model:
-            return None
-        start = time.perf_counter()
-        if self.engine is not None and not self.cfg.restart_engine:
-            self.engine.load_weights(model)
-        else:
-            if self.engine is not None:
-                self.engine.close()
-                self.engine = None
-            self.engine = collect.start_engine(self.cfg, model)
-        self.engine_model = model
-        return 1000 * (time.perf_counter() - start)
 
     def run(self) -> dict:
         cfg, out = self.cfg, self.out
@@ -182,8 +170,8 @@ class Rounds:
                                 **({"eval": f"{record['eval_avg']:.1f}"} if record.get("eval_avg") is not None else {}))
         finally:
             bar.close()
-            if self.engine is not None:
-                self.engine.close()
+            if self.own_engine:
+                self.live.close()
         return self.finish(time.time() - start)
 
     def round(self, k: int, total: int, bar) -> dict:
@@ -196,9 +184,9 @@ class Rounds:
         with (rdir / "log.txt").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             if not is_complete(data):
                 stages.set_postfix_str("collect")
-                record["engine_ms"] = self.use_engine(record["policy"])
+                record["engine_ms"] = self.live.hold(record["policy"])
                 pause_point(f"iterate:round-{k}:collect")
-                collect.main(self.collect_args(k, data), world=world.load_split, engine=self.engine)
+                collect.main(self.collect_args(k, data), world=world.load_split, engine=self.live.engine)
             stages.update(1)
             pause_point(f"iterate:round-{k}:collected")
             if not (trained / "train_summary.json").exists():
@@ -207,9 +195,9 @@ class Rounds:
             stages.update(1)
             if self.evaluates(k):
                 stages.set_postfix_str("eval")
-                swap = self.use_engine(str(trained))
+                swap = self.live.hold(str(trained))
                 record["engine_ms"] = swap if record["engine_ms"] is None else record["engine_ms"]
-                results = evaluate.main(self.eval_args(k, trained, rdir / "eval"), engine=self.engine)
+                results = evaluate.main(self.eval_args(k, trained, rdir / "eval"), engine=self.live.engine)
                 scores = [m[f"avg@{self.cfg.eval_k}"] for m in results["benchmarks"].values()]
                 record["eval_avg"] = 100 * sum(scores) / max(1, len(scores))
                 record["eval_seconds"] = results["wall_seconds"]

@@ -42,6 +42,7 @@ class TrainConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --max-steps is unset", "above": 0})
     batch_size: int = field(default=32, metadata={"help": "sequences per micro-batch per process", "min": 1})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step", "min": 1})
+    micro_batch_tokens: int = field(default=0, metadata={"help": "regroup each step's sequences by length into micro-batches of at most N padded tokens (rows x longest), so that short sequences are not padded to the longest: the same loss and gradient up to float rounding, less compute; 0: as drawn (one process only)", "min": 0})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)", "above": 0})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up", "min": 0, "max": 1})
     warmup_steps: int = field(default=None, metadata={"help": "steps spent warming the learning rate up (default: --warmup-ratio of the steps)", "min": 1})
@@ -115,11 +116,38 @@ def report_targets(spec: str) -> list[str]:
 def run_identity(cfg: TrainConfig, learner_cfg, model_path: str, manifests: dict[str, dict]) -> dict:
     """What a checkpoint's weights depend on: the settings, the learner's, the model and the data's shards."""
     identity = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    if not cfg.micro_batch_tokens:
+        del identity["micro_batch_tokens"]  # off: the identity of runs saved before the setting existed
     identity["model"] = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
     identity["data"] = [str(Path(p).resolve()) for p in manifests]
     identity["data_shards"] = [m.get("shards", []) for m in manifests.values()]
     identity.update({f"{cfg.learner}.{k}": v for k, v in asdict(learner_cfg).items()})
     return identity
+
+
+def example_size(example) -> tuple[int, int]:
+    """(rows, tokens per row) an example takes in a batch: a sequence is one row; a DPO pair two, both as
+    long as the longer."""
+    if hasattr(example, "chosen"):
+        return 2, max(example_size(example.chosen)[1], example_size(example.rejected)[1])
+    return 1, len(example.prompt_token_ids) + len(example.response_token_ids)
+
+
+def length_groups(sizes: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
+    """Positions into ``sizes`` grouped into micro-batches: longest first, each group cut before its padded size
+    (rows x its longest) would exceed ``max_tokens`` (a single example may exceed it alone). Equal lengths keep
+    their order."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i][1])
+    groups: list[list[int]] = []
+    rows = 0
+    for i in order:
+        if groups and (rows + sizes[i][0]) * sizes[groups[-1][0]][1] <= max_tokens:
+            groups[-1].append(i)
+            rows += sizes[i][0]
+        else:
+            groups.append([i])
+            rows = sizes[i][0]
+    return groups
 
 
 def check_resume_identity(checkpoint: Path, identity: dict) -> None:
@@ -262,6 +290,8 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
             f"no training examples for {cfg.learner} in {cfg.data}: pass rate {manifest.get('pass_rate', 0):.3f} "
             f"({counts.get('accepted', 0)} accepted of {counts.get('responses', len(dataset))} responses)")
     # every derived setting resolved now and saved: `bin/train --config OUT/train_config.json` repeats the run
+    if cfg.micro_batch_tokens and accelerator.num_processes > 1:
+        raise UsageError("--micro-batch-tokens regroups one process's batches; with several processes leave it 0")
     per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(examples) / per_step))
     init_from, offset = continued_from(cfg)  # steps before this run's first (another run's, with --init-from)
@@ -366,7 +396,12 @@ def train(cfg: TrainConfig, manifest: dict, dataset, model_path: str, learner_cf
     for _ in range(first_step - offset):  # the data position: the order is a pure function of the seed
         next(data)
     for step in bar:
-        micro = [learner_collate([examples[i] for i in idx], pad) for idx in next(data)]
+        drawn = next(data)
+        if cfg.micro_batch_tokens:  # the same examples in the step, regrouped by length: less padding
+            step_examples = [i for idx in drawn for i in idx]
+            drawn = [[step_examples[j] for j in group] for group in
+                     length_groups([example_size(examples[i]) for i in step_examples], cfg.micro_batch_tokens)]
+        micro = [learner_collate([examples[i] for i in idx], pad) for idx in drawn]
         local_tokens = sum(units(b, learner_cfg) for b in micro)
         step_tokens = accelerator.reduce(local_tokens.to(accelerator.device), reduction="sum")
         totals: dict[str, float] = {}

@@ -271,3 +271,62 @@ def score_batch(responses: list[str], golds: list[str], workers: int | None = No
     under a hard wall-clock ``deadline`` in seconds: a stuck worker is killed and replaced, its item scores 0.0."""
     return score_batch_detailed(responses, golds, workers=workers, deadline=deadline, fallbacks=fallbacks,
                                 extraction=extraction).rewards
+
+
+class StreamScorer:
+    """Scores ``(key, response, gold)`` items in a background thread while the caller goes on (sampling the
+    rest): items queue up with :meth:`add` and are scored in chunks of ``chunk`` through :func:`score_batch_detailed`
+    (the one scoring path, its deadline per item). :meth:`finish` scores what is left and returns
+    ``{key: (pred, reward)}``, the keys that timed out, and the seconds spent scoring. A verdict depends on its
+    item alone, so the result is the same however items are chunked."""
+
+    def __init__(self, deadline: float = DEFAULT_DEADLINE_SECONDS, extraction: str | None = None, chunk: int = 512):
+        import queue
+
+        self.deadline, self.extraction, self.chunk = deadline, extraction, chunk
+        self.queue: queue.Queue = queue.Queue()
+        self.scored: dict = {}
+        self.timed_out: list = []
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="stream-scorer", daemon=True)
+        self.thread.start()
+
+    def add(self, items: list[tuple]) -> None:
+        self.queue.put(items)
+
+    def finish(self) -> tuple[dict, list, float]:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.scored, self.timed_out, self.seconds
+
+    def _run(self) -> None:
+        pending: list[tuple] = []
+        done = False
+        try:
+            while not done:
+                while len(pending) < self.chunk:  # a chunk's worth queued, or the end
+                    items = self.queue.get()
+                    if items is None:
+                        done = True
+                        break
+                    pending += items
+                if pending:
+                    chunk, pending = pending[: self.chunk], pending[self.chunk :]
+                    self._score(chunk)
+            while pending:
+                chunk, pending = pending[: self.chunk], pending[self.chunk :]
+                self._score(chunk)
+        except BaseException as e:  # raised again in finish(), in the caller's thread
+            self.error = e
+
+    def _score(self, chunk: list[tuple]) -> None:
+        start = time.perf_counter()
+        result = score_batch_detailed([r for _, r, _ in chunk], [g for _, _, g in chunk], deadline=self.deadline,
+                                      extraction=self.extraction)
+        self.seconds += time.perf_counter() - start
+        for (key, _, _), pred, reward in zip(chunk, result.preds, result.rewards, strict=True):
+            self.scored[key] = (pred, reward)
+        self.timed_out += [chunk[i][0] for i in result.timed_out]

@@ -184,10 +184,25 @@ def _undo(directory: Path, existed: bool, lock: Path, lock_existed: bool) -> Non
             pass
 
 
-def release_unused() -> None:
-    """After a failure: release every held directory, taking back what holding it added (the lock file
-    this process created, and the directory itself if it created it and nothing else was written there)."""
+def held_directories() -> set[Path]:
+    """The directories this process holds now (to release later only those a step of it took: a stage of compare)."""
+    return set(_held)
+
+
+def release(keep: set[Path]) -> None:
+    """Release the directories held now that ``keep`` does not name, as a process's end would (the lock file stays,
+    naming the command that wrote there)."""
+    for key in set(_held) - keep:
+        _held.pop(key).file.close()
+
+
+def release_unused(keep: set[Path] = frozenset()) -> None:
+    """After a failure: release every held directory (but those in ``keep``), taking back what holding it added
+    (the lock file this process created, and the directory itself if it created it and nothing else was written
+    there)."""
     for key, hold in list(_held.items()):
+        if key in keep:
+            continue
         hold.file.close()
         del _held[key]
         try:

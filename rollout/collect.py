@@ -214,6 +214,48 @@ def start_engine(cfg: EngineFlags, model: str):
                          f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
 
 
+class LiveEngine:
+    """One engine for many checkpoints of one architecture: each ``hold(model)`` loads that model's weights in
+    place (vLLM's own weight reload) unless it already holds them, and starts the engine the first time
+    (``restart``: a new engine for every new model instead). Every hold empties the prefix cache, so that a
+    stage samples exactly as it would in a fresh engine (per-request seeds make the rest independent of what
+    ran before). The owner closes it."""
+
+    def __init__(self, flags: EngineFlags, restart: bool = False):
+        self.flags, self.restart = flags, restart
+        self.engine, self.model = None, None
+        self.last = None  # what the last hold did: started, loaded in place, held
+
+    def hold(self, model: str) -> float | None:
+        """Make the engine hold ``model``'s weights; the milliseconds that took (None: it already held them)."""
+        if self.model == model:
+            self.engine.reset_cache()
+            self.last = "held"
+            return None
+        start = time.perf_counter()
+        self.model = None  # until the new weights are in: a failed load leaves no weights to trust
+        if self.engine is not None and not self.restart:
+            self.engine.load_weights(model)
+            self.last = "loaded in place"
+        else:
+            self.close()
+            self.engine = start_engine(self.flags, model)
+            self.last = "started"
+        self.model = model
+        return 1000 * (time.perf_counter() - start)
+
+    def make_room(self) -> None:
+        """Before training beside it in this process: an engine that holds accelerator memory is closed (the next
+        hold starts a new one); on CPU it stays, its KV cache bounded."""
+        if self.engine is not None and self.engine.holds_device_memory:
+            self.close()
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self.model = None, None
+
+
 def load_tokenizer(model: str):
     """The model's tokenizer, checking on the way that the checkpoint loads at all."""
     from transformers import AutoConfig, AutoTokenizer
@@ -255,25 +297,24 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
                unit="prompt")
     for begin in range(0, len(todo), cfg.shard_size):
         chunk, prompts, prompt_ids = (list(column) for column in zip(*todo[begin : begin + cfg.shard_size], strict=True))
+        # one scoring path: the worker pool with its hard per-item deadline, as in eval and rescore; each prompt's
+        # samples are scored as they finish, while the rest of the shard samples
+        scorer = rewards.StreamScorer(deadline=cfg.scoring_deadline, extraction=cfg.extraction)
         outputs = engine.generate(prompt_ids, sampling, seeds=[prompt_seed(cfg.seed, r["prompt_id"]) for r in chunk],
-                                  use_tqdm=False)
-        # one scoring path: the worker pool with its hard per-item deadline, as in eval and rescore
-        scored = rewards.score_batch_detailed([s.text for samples in outputs for s in samples],
-                                              [r["gold"] for r, samples in zip(chunk, outputs, strict=True)
-                                               for _ in samples], deadline=cfg.scoring_deadline,
-                                              extraction=cfg.extraction)
-        rows, flat = [], iter(range(len(scored.rewards)))
-        for record, prompt, ids, samples in zip(chunk, prompts, prompt_ids, outputs, strict=True):
+                                  use_tqdm=False, on_result=lambda i, samples, chunk=chunk, scorer=scorer: scorer.add(
+                                      [((i, j), s.text, chunk[i]["gold"]) for j, s in enumerate(samples)]))
+        scored, timed_out, _ = scorer.finish()
+        rows = []
+        for i, (record, prompt, ids, samples) in enumerate(zip(chunk, prompts, prompt_ids, outputs, strict=True)):
             for idx, s in enumerate(samples):
-                i = next(flat)
+                pred, reward = scored[i, idx]
                 rows.append({**record, "prompt": prompt, "prompt_token_ids": ids, "response_token_ids": s.token_ids,
                              "response": s.text, "behavior_logprobs": s.logprobs, "sample_idx": idx,
-                             "finish_reason": s.finish_reason, "pred": scored.preds[i], "reward": scored.rewards[i],
-                             "origin": "sample"})
-                accepted += scored.rewards[i] == 1.0
+                             "finish_reason": s.finish_reason, "pred": pred, "reward": reward, "origin": "sample"})
+                accepted += reward == 1.0
                 responses += 1
                 tokens += len(s.token_ids)
-        writer.write_shard(rows, scoring_timeouts=len(scored.timed_out))
+        writer.write_shard(rows, scoring_timeouts=len(timed_out))
         pause_point(f"collect:shard-{len(writer.manifest['shards'])}")
         bar.update(len(chunk))
         elapsed = time.time() - start

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -112,25 +113,43 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None,
-                 use_tqdm: bool = True) -> list[list[Sample]]:
+                 use_tqdm: bool = True, logprobs: bool = True,
+                 on_result: Callable[[int, list[Sample]], None] | None = None) -> list[list[Sample]]:
+        """Every prompt's ``sampling.n`` samples, in order. ``on_result(i, samples)`` is called as prompt i finishes
+        (its samples can be scored while the rest sample). ``logprobs=False``: the samples' log-probs are not
+        gathered (``Sample.logprobs`` is empty); the tokens drawn are the same.
+
+        All requests are queued before the first step, then stepped to the end, as ``LLM.generate`` does, so
+        batches (and the samples) do not depend on timing."""
+        from tqdm.auto import tqdm
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         seeds = seeds or [None] * len(prompt_token_ids)
         params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_tokens, stop=sampling.stop, logprobs=0, seed=seed,
-                                 stop_token_ids=stop_token_ids(self.tokenizer, sampling.stop))
+                                 max_tokens=sampling.max_tokens, stop=sampling.stop, logprobs=0 if logprobs else None,
+                                 seed=seed, stop_token_ids=stop_token_ids(self.tokenizer, sampling.stop))
                   for seed in seeds]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], params,
-                                    use_tqdm=use_tqdm)
-        results = []
-        for out in outputs:
-            samples = []
-            for c in sorted(out.outputs, key=lambda c: c.index):
-                ids = list(c.token_ids)
-                logprobs = [step[tok].logprob for tok, step in zip(ids, c.logprobs, strict=True)]
-                samples.append(Sample(ids, logprobs, c.text, "stop" if c.finish_reason == "stop" else "length"))
-            results.append(samples)
+        # outputs name their request by the number LLM gave it in order (LLM.generate sorts by it, as we index by it)
+        first = self.llm.request_counter.counter
+        self.llm.enqueue([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], params, use_tqdm=False)
+        results: list[list[Sample] | None] = [None] * len(prompt_token_ids)
+        engine = self.llm.llm_engine
+        with tqdm(total=len(results), desc="generate", unit="prompt", disable=not use_tqdm) as bar:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    i = int(out.request_id) - first
+                    results[i] = [Sample(list(c.token_ids),
+                                         [step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs, strict=True)]
+                                         if logprobs else [], c.text, "stop" if c.finish_reason == "stop" else "length")
+                                  for c in sorted(out.outputs, key=lambda c: c.index)]
+                    if on_result is not None:
+                        on_result(i, results[i])
+                    bar.update(1)
+        if any(r is None for r in results):
+            raise RuntimeError("vLLM finished without an output for every prompt")
         return results
 
     def load_weights(self, model: str) -> None:
@@ -142,8 +161,17 @@ class VLLMEngine:
             # loads, but an lm_head tied to the embedding loads nothing of its own and kept the old packing
             # (measured: the old logits, 0.4 nats off); repack what still holds its plain weight from it.
             self.llm.apply_model(_repack_tied_heads)
+        self.reset_cache()
+
+    def reset_cache(self) -> None:
+        """Forget the prefix cache, so that what follows runs as in a fresh engine (also after a weight reload)."""
         if not self.llm.reset_prefix_cache():
-            raise RuntimeError("vLLM kept its prefix cache after a weight reload (requests still running)")
+            raise RuntimeError("vLLM kept its prefix cache (requests still running)")
+
+    @property
+    def holds_device_memory(self) -> bool:
+        """vLLM takes its share of an accelerator's memory for as long as it lives; on CPU a bounded KV cache."""
+        return not _on_cpu()
 
     def close(self) -> None:
         shutdown = getattr(self.llm, "shutdown", None)
@@ -177,7 +205,8 @@ class HFEngine:
         self.batch_size = batch_size
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None,
-                 use_tqdm: bool = True) -> list[list[Sample]]:
+                 use_tqdm: bool = True, logprobs: bool = True,
+                 on_result: Callable[[int, list[Sample]], None] | None = None) -> list[list[Sample]]:
         """With ``seeds``, each prompt's n samples are drawn in a batch of their own, seeded, so
         they do not depend on which prompts share a batch; without, prompts are batched together."""
         import torch
@@ -219,7 +248,10 @@ class HFEngine:
                                       "stop" if stopped else "length"))
             bar.update(len(chunk))
         bar.close()
-        return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompt_token_ids))]
+        results = [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompt_token_ids))]
+        for i, prompt_samples in enumerate(results) if on_result is not None else ():
+            on_result(i, prompt_samples)
+        return results
 
     def load_weights(self, model: str) -> None:
         """Take a checkpoint's weights in place (same architecture)."""
@@ -229,6 +261,11 @@ class HFEngine:
         new = AutoModelForCausalLM.from_pretrained(model, dtype=next(self.model.parameters()).dtype)
         with torch.no_grad():
             self.model.load_state_dict(new.state_dict())
+
+    def reset_cache(self) -> None:
+        """Nothing is cached between calls."""
+
+    holds_device_memory = False
 
     def close(self) -> None:
         del self.model

@@ -182,11 +182,14 @@ class HostileEngine:
     def __init__(self, *args, **kwargs):
         pass
 
-    def generate(self, prompt_token_ids, sampling, seeds=None, use_tqdm=True):
+    def generate(self, prompt_token_ids, sampling, seeds=None, use_tqdm=True, logprobs=True, on_result=None):
         from rollout.engines import Sample
 
-        return [[Sample([1, 2, 3], [-0.1, -0.1, -0.1], text, "stop") for text in HOSTILE[: sampling.n]]
-                for _ in prompt_token_ids]
+        results = [[Sample([1, 2, 3], [-0.1, -0.1, -0.1], text, "stop") for text in HOSTILE[: sampling.n]]
+                   for _ in prompt_token_ids]
+        for i, samples in enumerate(results):
+            on_result(i, samples)
+        return results
 
     def close(self):
         pass

@@ -15,28 +15,55 @@ from offline_rl.compare import (
 )
 from tests.conftest import run_bin
 
-ARGS = ["--learners", "dft", "--seeds", "0,1", "--benchmarks", "test-id", "--eval-limit", "6", "--k", "2",
-        "--max-tokens", "48", "--budget-steps", "3", "--batch-size", "4", "--backend", "hf"]
+EVAL = ["--k", "2", "--max-tokens", "48"]
+ARGS = ["--learners", "dft", "--seeds", "0,1", "--benchmarks", "test-id,test-names", *EVAL, "--eval-limit", "6",
+        "--budget-steps", "3", "--batch-size", "4", "--backend", "vllm"]
 
 
 @pytest.mark.slow
-def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(tmp_path, hf_dataset):
+def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(tmp_path, vllm_dataset):
+    import pyarrow.parquet as pq
+
     out = tmp_path / "cmp"
-    result = run_bin("compare", "--data", str(hf_dataset), "--out", str(out), *ARGS)
+    result = run_bin("compare", "--data", str(vllm_dataset), "--out", str(out), *ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
 
+    # one engine for every evaluation: started once, then each checkpoint's weights loaded in place (base, dft s0,
+    # base again, dft s1); each evaluation samples what a fresh engine samples at its seed, and both benchmarks
+    # in one pass through the engine sample what a pass of one benchmark alone samples
+    stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r.get("engine")) for r in stages if r["command"] == "eval"] == [
+        ("eval base s0", "started"), ("eval dft s0", "loaded in place"), ("eval base s1", "loaded in place"),
+        ("eval dft s1", "loaded in place")]
+    for model, name, seed, benchmarks in ((vllm_dataset_model(vllm_dataset), "base", 1, "test-id,test-names"),
+                                          (out / "runs" / "dft-s0", "dft", 0, "test-names")):
+        fresh = tmp_path / f"fresh-{name}-s{seed}"
+        alone = run_bin("eval", "--model", str(model), "--seed", str(seed), "--benchmarks", benchmarks, *EVAL,
+                        "--limit", "6", "--out", str(fresh))
+        assert alone.returncode == 0, alone.stderr[-2000:]
+        live = [(g["benchmark"], g["response"], g["reward"])
+                for g in pq.read_table(out / "evals" / f"{name}-s{seed}" / "generations.parquet").to_pylist()
+                if g["benchmark"] in benchmarks.split(",")]
+        assert live == [(g["benchmark"], g["response"], g["reward"])
+                        for g in pq.read_table(fresh / "generations.parquet").to_pylist()]
+        assert len({response for _, response, _ in live}) > 1
+    assert (out / "evals" / "dft-s0" / "generations.parquet").read_bytes() != (
+        out / "evals" / "base-s0" / "generations.parquet").read_bytes()  # the weights did change
+
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert {(r["model"], r["seed"]) for r in rows} == {(m, s) for m in ("base", "dft") for s in ("0", "1")}
-    assert all(r["benchmark"] == "test-id" and r["problems"] == "6" and 0 <= float(r["avg@2"]) <= 1 for r in rows)
+    assert {(r["model"], r["seed"], r["benchmark"]) for r in rows} == {
+        (m, s, b) for m in ("base", "dft") for s in ("0", "1") for b in ("test-id", "test-names")}
+    assert all(r["benchmark"] in ("test-id", "test-names") and r["problems"] == "6" and 0 <= float(r["avg@2"]) <= 1
+               for r in rows)
     assert all(float(r["train_seconds"]) > 0 for r in rows if r["model"] != "base")
     for r in rows:  # the CSV holds what each evaluation wrote
         res = json.loads((out / "evals" / f"{r['model']}-s{r['seed']}" / "results.json").read_text())
-        assert float(r["avg@2"]) == pytest.approx(res["benchmarks"]["test-id"]["avg@2"])
+        assert float(r["avg@2"]) == pytest.approx(res["benchmarks"][r["benchmark"]]["avg@2"])
     for seed in (0, 1):  # the budget
         assert json.loads((out / "runs" / f"dft-s{seed}" / "train_summary.json").read_text())["steps"] == 3
     report = (out / "report.md").read_text()
     table = [line for line in report.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| model | test-id avg@2")
+    assert table[0].startswith("| model | test-id avg@2 | test-names avg@2")
     assert [line.split(" | ")[0] for line in table[1:3]] == ["| base", "| dft"]
     assert report.count("**") >= 2 and " ± " in report and "| 2 |" in table[1]
     for png in ("accuracy.png", "training.png"):
@@ -45,10 +72,16 @@ def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(t
 
     # resumable: a second run finds everything done and starts nothing
     before = {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("results.json")}
-    again = run_bin("compare", "--data", str(hf_dataset), "--out", str(out), *ARGS)
+    again = run_bin("compare", "--data", str(vllm_dataset), "--out", str(out), *ARGS)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("results.json")} == before
     assert not any("train " in line and " s" in line for line in again.stderr.splitlines() if line.endswith(" s"))
+
+
+def vllm_dataset_model(dataset) -> str:
+    from rollout.dataset import read_manifest
+
+    return read_manifest(dataset)["model"]
 
 
 def test_report_table_marks_the_best_mean_per_column():
@@ -107,6 +140,7 @@ def _report_without_times(out) -> list[str]:
 
     report = (out / "report.md").read_text().replace(str(out), "OUT")
     report = re.sub(r" \(collected in [0-9.]+ min\)", "", report)
+    report = re.sub(r"## Stage times.*?\n## ", "## ", report, flags=re.S)
     lines = [re.sub(r"\| [0-9]+( \(shared\))? \| [0-9]+ \|$", "| (s) | (s) |", line)  # the budget table's times
              for line in report.splitlines() if not line.startswith("Time:")]
     rows = [{k: v for k, v in r.items() if k != "train_seconds"} for r in csv.DictReader((out / "results.csv").open())]
@@ -115,9 +149,6 @@ def _report_without_times(out) -> list[str]:
 
 @pytest.mark.slow
 def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tmp_path):
-    import os
-    import time
-
     from rollout.dataset import read_manifest
     from tests.test_collect import kill, start_paused
 
@@ -132,16 +163,8 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
     for point, shards in (("collect:shard-1", ["shard-00000.parquet"]),):
         flag = tmp_path / point.replace(":", "-")
         compare = start_paused("compare", ["--out", str(out), *args], point, flag)
-        collect_pid = int(flag.read_text())
+        assert int(flag.read_text()) == compare.pid  # the stage runs in compare's process: it dies with it
         kill(compare)
-        for _ in range(100):  # the stage dies with compare: no orphan goes on writing
-            try:
-                os.kill(collect_pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the collect stage outlived compare")
         manifest = read_manifest(out / "data")
         assert manifest["complete"] is False and manifest["shards"] == shards
 
@@ -174,3 +197,47 @@ def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tm
     for bad in ("rft_x4:3", "nope:4", "rft_x4:0"):
         with pytest.raises(UsageError):
             parse_rounds(bad, {"rft": "rft", "rft_x4": "rft"}, 100)
+
+
+class FakeEngine:
+    """Records what the live engine asks of it."""
+
+    def __init__(self, model, log, device=False):
+        self.log, self.holds_device_memory = log, device
+        log.append(("start", model))
+
+    def load_weights(self, model):
+        if "broken" in model:
+            raise OSError(f"cannot read {model}")
+        self.log.append(("load", model))
+
+    def reset_cache(self):
+        self.log.append(("reset",))
+
+    def close(self):
+        self.log.append(("close",))
+
+
+@pytest.mark.parametrize("device", [False, True])
+def test_the_live_engine_starts_once_loads_in_place_and_makes_room_on_an_accelerator(monkeypatch, device):
+    from rollout import collect
+
+    log = []
+    monkeypatch.setattr(collect, "start_engine", lambda flags, model: FakeEngine(model, log, device))
+    live = collect.LiveEngine(flags=None)
+    assert live.hold("base") is not None and live.last == "started"
+    assert live.hold("base") is None and live.last == "held"  # the same weights: only the prefix cache emptied
+    live.hold("dft-s0")
+    assert live.last == "loaded in place" and live.model == "dft-s0"
+    with pytest.raises(OSError):
+        live.hold("broken")
+    assert live.model is None  # half-loaded weights are nobody's: the next hold loads again
+    live.hold("dft-s0")
+    live.make_room()  # before training in this process
+    live.hold("base")
+    live.close()
+    middle = [("load", "dft-s0"), ("load", "dft-s0")]
+    if device:  # the training gets the accelerator's memory: closed, then started again
+        assert log == [("start", "base"), ("reset",), *middle, ("close",), ("start", "base"), ("close",)]
+    else:
+        assert log == [("start", "base"), ("reset",), *middle, ("load", "base"), ("close",)]

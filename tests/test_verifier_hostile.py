@@ -103,3 +103,23 @@ def test_score_in_the_main_thread_is_bounded(tmp_path):
         assert rewards.score(response, gold) == 0.0
         assert time.monotonic() - start <= 3 * rewards.verify.STAGE_TIMEOUT_SECONDS + SLACK
     assert not os.path.exists(sentinel)
+
+
+def test_stream_scorer_gives_the_batch_verdicts_however_items_arrive():
+    """Items added one prompt at a time (as samples finish) and scored in chunks of 3: the verdicts and time-outs
+    of one batch call over the same items; an error in the scoring thread reaches the caller."""
+    responses = ["\\boxed{2}", "\\boxed{9^{9^{9^{9^9}}}}", "\\boxed{\\frac{1}{2}}", "no answer", "\\boxed{3}",
+                 "\\boxed{0.50}", "\\boxed{x}"]
+    golds = ["2", "5", "0.5", "1", "4", "1/2", "x"]
+    whole = rewards.score_batch_detailed(responses, golds, workers=2, deadline=0.3)
+    scorer = rewards.StreamScorer(deadline=0.3, chunk=3)
+    for i in range(0, len(responses), 2):
+        scorer.add([(f"r{j}", responses[j], golds[j]) for j in range(i, min(i + 2, len(responses)))])
+    scored, timed_out, seconds = scorer.finish()
+    assert [scored[f"r{j}"] for j in range(len(responses))] == list(zip(whole.preds, whole.rewards, strict=True))
+    assert whole.rewards == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0] and timed_out == ["r1"] and seconds > 0
+
+    broken = rewards.StreamScorer()
+    broken.add([("a", None)])  # not a (key, response, gold) item
+    with pytest.raises(ValueError):
+        broken.finish()
