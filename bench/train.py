@@ -12,6 +12,7 @@ RSS of that process (CPU; both import the same modules first) or torch.cuda.max_
 
     .venv/bin/python bench/train.py [--steps 30] [--warmup 5] [--batch-size 32] [--repeats 2] [--shape base|qwen0.5b | --model DIR]
     .venv/bin/python bench/train.py --sides ours:none,ours:tensorboard     # what a tracker costs our loop
+    .venv/bin/python bench/train.py --sides ours@1024,ours --steps 100 --batch-size 16   # --micro-batch-tokens 1024
 """
 
 import argparse
@@ -104,7 +105,7 @@ def run_ours(work: Path, model_path: str, args) -> list[float]:
 
     cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), max_steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size, seed=0,
-                      report_to=args.report_to, force=True)
+                      report_to=args.report_to, force=True, micro_batch_tokens=args.micro_batch_tokens)
     clock = StepClock()
     train(cfg, read_manifest(work / "data"), load_offline_dataset(work / "data"), model_path)
     # train() logs its own per-step token counts: they must be the plan's
@@ -193,10 +194,12 @@ def main():
     parser.add_argument("--sides", default="ours,trl", help="what runs, compared first to second: ours, trl, ours:TRACKERS "
                         "(our loop with --report-to TRACKERS; plain ours logs to tensorboard, the default)")
     parser.add_argument("--report-to", default="tensorboard", help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch-tokens", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if len(sides) != 2 or any(s.partition(":")[0] not in ("ours", "trl") or s.startswith("trl:") for s in sides):
-        parser.error("--sides: two of ours, trl, ours:TRACKERS")
+    if len(sides) != 2 or any(s.partition(":")[0].partition("@")[0] not in ("ours", "trl") or s.startswith(("trl:", "trl@"))
+                              or not s.partition(":")[0].partition("@")[2].isdigit() and "@" in s for s in sides):
+        parser.error("--sides: two of ours, trl, ours:TRACKERS, ours@MICRO_BATCH_TOKENS")
     if not 1 <= args.warmup < args.steps:
         parser.error("need 1 <= --warmup < --steps")
     if args.problems < args.batch_size:
@@ -222,6 +225,7 @@ def main():
             for side in sides:  # alternated, so load from other processes hits both sides alike
                 command = [sys.executable, __file__, "--one", side, "--work", str(work), "--model", model_path,
                            "--report-to", side.partition(":")[2] or "tensorboard",
+                           "--micro-batch-tokens", side.partition(":")[0].partition("@")[2] or "0",
                            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size",
                            str(args.batch_size), "--lr", str(args.lr), "--logit-chunk-size", str(args.logit_chunk_size)]
                 done = subprocess.run(command, capture_output=True, text=True)

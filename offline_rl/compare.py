@@ -268,6 +268,7 @@ def run_stage(stage: Stage, logs: Path, dataset_model: str | None, live: LiveEng
         raise StageFailed(f"{stage.name} failed: {error} [log: {log}]")
     release(keep=holding)  # the stage's directories, as its own process's end would
     record["seconds"] = round(time.time() - start, 2)
+    record["engine_starts"], record["engine_loads"] = live.starts, live.loads  # so far in this run
     return record
 
 

@@ -225,6 +225,7 @@ class LiveEngine:
         self.flags, self.restart = flags, restart
         self.engine, self.model = None, None
         self.last = None  # what the last hold did: started, loaded in place, held
+        self.starts = self.loads = 0  # engines started, checkpoints loaded in place
 
     def hold(self, model: str) -> float | None:
         """Make the engine hold ``model``'s weights; the milliseconds that took (None: it already held them)."""
@@ -237,10 +238,12 @@ class LiveEngine:
         if self.engine is not None and not self.restart:
             self.engine.load_weights(model)
             self.last = "loaded in place"
+            self.loads += 1
         else:
             self.close()
             self.engine = start_engine(self.flags, model)
             self.last = "started"
+            self.starts += 1
         self.model = model
         return 1000 * (time.perf_counter() - start)
 

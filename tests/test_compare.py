@@ -152,10 +152,15 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
     from rollout.dataset import read_manifest
     from tests.test_collect import kill, start_paused
 
-    args = ["--collect-limit", "4", "--learners", "rft", "--seeds", "0", "--benchmarks", "test-id", "--eval-limit", "2",
-            "--k", "1", "--max-tokens", "16", "--budget-steps", "1", "--batch-size", "2", "--backend", "hf"]
+    args = ["--collect-limit", "4", "--learners", "rft,rft_x2=rft", "--rounds", "rft_x2:2", "--seeds", "0",
+            "--benchmarks", "test-id", "--eval-limit", "2", "--k", "1", "--max-tokens", "16", "--budget-steps", "2",
+            "--batch-size", "2", "--backend", "hf"]
     whole = run_bin("compare", "--out", str(tmp_path / "whole"), *args)
     assert whole.returncode == 0, whole.stderr[-2000:]
+    # one engine for the collection, the evaluations and the rounds' own sampling (bin/iterate in this process)
+    stages = [json.loads(line) for line in (tmp_path / "whole" / "stages.jsonl").read_text().splitlines()]
+    assert [r["command"] for r in stages] == ["collect", "eval", "train", "eval", "iterate", "eval"]
+    assert stages[-1]["engine_starts"] == 1 and stages[-1]["engine_loads"] >= 3
 
     out = tmp_path / "killed"
     # compare is SIGKILLed while its collect stage is held after its first shard (collect's own kill test covers
