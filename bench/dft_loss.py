@@ -26,8 +26,8 @@ def run_one(method: str, tokens: int, vocab: int, hidden: int, chunk: int, dtype
 
     import torch
 
-    from offline_rl.data import _chunk_logprobs
     from offline_rl.fused import fused_weighted_logprobs
+    from offline_rl.projection import _chunk_logprobs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)

@@ -26,7 +26,8 @@ def before(pairs, context, batch_size: int = 32):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from offline_rl.data import collate, token_logprobs
+    from offline_rl.projection import token_logprobs
+    from offline_rl.views import collate
 
     with torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(context.model_path, dtype=torch.float32).eval()
@@ -77,8 +78,8 @@ class PeakRSS:
 def run_one(method: str, tokens: int, vocab: int, hidden: int, model_dir: str) -> dict:
     import torch
 
-    from offline_rl.data import Example
     from offline_rl.learners import dpo
+    from offline_rl.views import Example
 
     generator = torch.Generator().manual_seed(0)
 

@@ -57,8 +57,9 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from offline_rl import evaluate, world
-    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from offline_rl import evaluate
+    from offline_rl.embedded import world
+    from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
     from rollout.collect import LiveEngine, resolve_model
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,8 +40,8 @@ def main():
 
     from transformers import AutoTokenizer
 
-    from offline_rl import world
-    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from offline_rl.embedded import world
+    from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
     from rollout.engines import HFEngine, SamplingConfig, VLLMEngine
     from rollout.templates import Template
 

@@ -39,8 +39,8 @@ def prepare(work: Path, shape: str, model: str | None, problems: int) -> tuple[s
     """The model directory and an offline dataset of world problems with reference solutions as accepted responses."""
     from transformers import AutoTokenizer
 
-    from offline_rl import world
-    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from offline_rl.embedded import world
+    from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
     from rollout.dataset import DatasetWriter
     from rollout.templates import Template
 

@@ -1,7 +1,9 @@
 """``offline-rl COMMAND [FLAGS]``: every command of the toolkit in one, as ``pip install`` puts it on the PATH.
 
 The ``bin/`` scripts of a checkout run the same functions. ``offline-rl COMMAND --help`` lists a
-command's flags; exit codes are those of the command (0 done, 2 bad input, 1 internal failure).
+command's common flags (``--help-all``: every flag); exit codes are those of the command (0 done,
+2 bad input, 1 internal failure). Each command is a function ``run_<command>(config)``; its ``main``
+parses flags into that config and calls it.
 """
 
 from __future__ import annotations
@@ -11,20 +13,24 @@ from collections.abc import Callable
 from functools import partial
 
 
-def _collect():
-    from offline_rl import world
-    from offline_rl.base_model import DEFAULT_BASE_MODEL
-    from rollout.collect import main
+def _embedded(main):
+    """A rollout command that needs the embedded default: the world's splits and the shipped base model."""
+    from offline_rl.embedded import world
+    from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 
     return partial(main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL))
+
+
+def _collect():
+    from rollout.collect import main
+
+    return _embedded(main)
 
 
 def _import():
-    from offline_rl import world
-    from offline_rl.base_model import DEFAULT_BASE_MODEL
     from rollout.demonstrations import main
 
-    return partial(main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL))
+    return _embedded(main)
 
 
 def _train():
@@ -34,23 +40,22 @@ def _train():
 
 
 def _eval():
-    from offline_rl.base_model import DEFAULT_BASE_MODEL
+    from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
     from offline_rl.evaluate import main
 
     return partial(main, default_model=str(DEFAULT_BASE_MODEL))
 
 
 def _compare():
-    from offline_rl.compare import main
+    from offline_rl.experiments.compare import main
 
     return main
 
 
 def _iterate():
-    from offline_rl.base_model import DEFAULT_BASE_MODEL
-    from offline_rl.iterate import main
+    from offline_rl.experiments.iterate import main
 
-    return partial(main, default_model=str(DEFAULT_BASE_MODEL))
+    return main
 
 
 def _export():
@@ -59,20 +64,34 @@ def _export():
     return main
 
 
+def _rescore():
+    from rollout.rescore import RescoreConfig, run_rescore
+    from rollout.runtime import parse_config
+
+    return lambda argv=None: run_rescore(parse_config(RescoreConfig, argv, "rescore", "recompute pred and reward"))
+
+
+def _merge():
+    from rollout.rescore import MergeConfig, run_merge
+    from rollout.runtime import parse_config
+
+    return lambda argv=None: run_merge(parse_config(MergeConfig, argv, "merge", "one dataset from several"))
+
+
 def _demo():
-    from offline_rl.demo import main
+    from offline_rl.experiments.demo import main
 
     return main
 
 
 def _make_base():
-    from offline_rl.base_model import main
+    from offline_rl.embedded.base_model import main
 
     return main
 
 
-# name -> (what it does, the command's main); rescore and merge keep their own parsers
-COMMANDS: dict[str, tuple[str, Callable | None]] = {
+# name -> (what it does, the loader of the command's main(argv))
+COMMANDS: dict[str, tuple[str, Callable]] = {
     "collect": ("sample n responses per prompt with vLLM, verify them, store an offline dataset", _collect),
     "import": ("demonstrations (question + worked solution) into the same dataset format", _import),
     "train": ("train a learner on offline datasets", _train),
@@ -80,8 +99,8 @@ COMMANDS: dict[str, tuple[str, Callable | None]] = {
     "compare": ("learners x seeds under one budget -> report.md, results.csv, plots", _compare),
     "iterate": ("rounds of collect -> train from the current policy (online GRPO at one step per round)", _iterate),
     "export": ("a dataset as TRL trainer rows: trl-sft, trl-dpo, trl-grpo", _export),
-    "rescore": ("recompute pred and reward of a dataset with the current verifier", None),
-    "merge": ("one dataset from several (e.g. --shard outputs)", None),
+    "rescore": ("recompute pred and reward of a dataset with the current verifier", _rescore),
+    "merge": ("one dataset from several (e.g. --shard outputs)", _merge),
     "demo": ("collect, train DFT, evaluate: the embedded default end to end", _demo),
     "make-base": ("the committed recipe of the shipped base model", _make_base),
 }
@@ -93,6 +112,14 @@ def usage() -> str:
                       *(f"  {name:<{width}}  {what}" for name, (what, _) in COMMANDS.items())])
 
 
+def command(name: str, prog: str | None = None) -> None:
+    """Run command ``name`` on this process's flags, as its ``bin/`` script does; exits with its code."""
+    from rollout.runtime import run
+
+    main = COMMANDS[name][1]()
+    run(lambda _: main(None), prog or name)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -102,18 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"offline-rl: error: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    if name == "rescore":
-        from rewards.__main__ import main as rescore
-
-        sys.exit(rescore(["rescore", *rest]))
-    from rollout.cli import run
-
-    if name == "merge":
-        from rollout.__main__ import main as merge
-
-        run(lambda _: merge(["merge", *rest]), "offline-rl merge")
     sys.argv = [f"offline-rl {name}", *rest]  # each command parses sys.argv, as its bin/ script does
-    run(COMMANDS[name][1](), name)
+    command(name)
 
 
 if __name__ == "__main__":

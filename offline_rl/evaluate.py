@@ -2,7 +2,7 @@
 
 A benchmark is one of the embedded world's splits (``test-id``), one of the six
 real benchmarks by short name (``gsm8k``, ``math500``, ``minerva``, ``olympiad``,
-``aime24``, ``amc23``; their files in ``--data-dir``), a local JSONL/JSON/Parquet/CSV
+``aime24``, ``amc23``; their files in ``--benchmark-dir``), a local JSONL/JSON/Parquet/CSV
 file, or a hub dataset name. Prompts use collect's templates; answers are scored
 by :func:`rewards.score_batch`. Writes a table to stdout and, with ``--out``,
 ``results.json`` and every generation in ``generations.parquet``.
@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rewards
-from offline_rl import world
-from offline_rl.cards import is_our_checkpoint, record_evaluation
-from rewards.files import TextError, hold_directory
+from offline_rl.embedded import world
 from rewards.normalize import normalize_answer
-from rollout.cli import UsageError, parse_config, print_config, save_config
-from rollout.collect import load_tokenizer, resolve_model, start_engine
 from rollout.dataset import atomic_write_bytes, write_json
-from rollout.engines import EngineFlags, SamplingConfig, context_length, prompt_seed
+from rollout.engines import EngineFlags, SamplingConfig, SamplingFlags, context_length, prompt_seed, start_engine
+from rollout.files import TextError, hold_directory
+from rollout.model_cards import is_our_checkpoint, record_evaluation
+from rollout.models import load_tokenizer, resolve_model
+from rollout.runtime import UsageError, parse_config, print_config, save_config
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
@@ -37,18 +37,14 @@ SHARED_BENCHMARKS = {"gsm8k": "gsm8k_test", "math500": "math500_test", "minerva"
 
 
 @dataclass
-class EvalConfig(EngineFlags):
+class EvalConfig(SamplingFlags, EngineFlags):
     model: str = field(default=None, metadata={"help": "checkpoint directory or hub name (default: the embedded base model)"})
-    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "comma-separated (default: every world test split): world splits, gsm8k/math500/minerva/olympiad/aime24/amc23 (with --data-dir), JSONL/Parquet files or hub names"})
-    data_dir: str = field(default=None, metadata={"help": "folder holding the short-named benchmarks' files (e.g. ../shared/data/benchmarks)"})
-    hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk benchmark"})
+    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "comma-separated (default: every world test split): world splits, gsm8k/math500/minerva/olympiad/aime24/amc23 (with --benchmark-dir), JSONL/Parquet files or hub names"})
+    benchmark_dir: str = field(default=None, metadata={"help": "folder holding the short-named benchmarks' files (e.g. ../shared/data/benchmarks)"})
+    hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk benchmark", "advanced": True})
     template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for world splits, else qwen-boxed, the Qwen2.5-Math harness prompt)"})
     k: int = field(default=4, metadata={"help": "samples per problem", "min": 1})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
-    max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
-    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, <|endoftext|>)"})
-    limit: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
+    problems: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: str = field(default=None, metadata={"help": "directory for results.json and generations.parquet (default: print only)"})
     name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
@@ -153,12 +149,12 @@ def known_benchmarks() -> str:
     return f"{', '.join(world.SPLITS)}, {', '.join(SHARED_BENCHMARKS)}, a JSONL/JSON/Parquet/CSV file, or a hub dataset name"
 
 
-def shared_file(name: str, data_dir: str | None) -> Path:
-    if data_dir is None:
-        raise UsageError(f"benchmark {name} needs --data-dir, the folder holding {SHARED_BENCHMARKS[name]}.jsonl")
-    folder = Path(data_dir).expanduser()
+def shared_file(name: str, benchmark_dir: str | None) -> Path:
+    if benchmark_dir is None:
+        raise UsageError(f"benchmark {name} needs --benchmark-dir, the folder holding {SHARED_BENCHMARKS[name]}.jsonl")
+    folder = Path(benchmark_dir).expanduser()
     if not folder.is_dir():
-        raise UsageError(f"data dir not found: {folder}")
+        raise UsageError(f"benchmark dir not found: {folder}")
     stem = SHARED_BENCHMARKS[name]
     found = [folder / f"{stem}{ext}" for ext in (".jsonl", ".parquet", ".json") if (folder / f"{stem}{ext}").is_file()]
     if not found:
@@ -170,7 +166,7 @@ def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
     if name in world.SPLITS:
         return Benchmark(name, load_source(f"world:{name}", world=world.load_split).records, "world")
     if name in SHARED_BENCHMARKS:
-        spec, fmt = str(shared_file(name, cfg.data_dir)), name
+        spec, fmt = str(shared_file(name, cfg.benchmark_dir)), name
     elif Path(name).expanduser().exists() or re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         spec, fmt = name, "auto"
     else:
@@ -187,15 +183,14 @@ def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
 
 # ---------------------------------------------------------------- the command
 
-def main(argv: list[str] | None, default_model: str | None = None, engine=None) -> dict:
-    """``engine``: a live engine already holding the model's weights (rounds), used and left open."""
-    cfg = parse_config(EvalConfig, argv, "eval", __doc__)
+def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) -> dict:
+    """``bin/eval``. ``engine``: a live engine already holding the model's weights (rounds), used and left open."""
     names = [b.strip() for b in cfg.benchmarks.split(",") if b.strip()]
     if not names:
         raise UsageError(f"no benchmark given; known: {known_benchmarks()}")
     benchmarks = [load_benchmark(name, cfg) for name in names]  # every one checked before any sampling
     for b in benchmarks:
-        b.records = b.records[: cfg.limit]
+        b.records = b.records[: cfg.problems]
     model = resolve_model(cfg.model or default_model)
     tokenizer = load_tokenizer(model)
     try:
@@ -213,9 +208,13 @@ def main(argv: list[str] | None, default_model: str | None = None, engine=None) 
     if out is not None:
         write_generations(out / "generations.parquet", generations)
         write_json(out / "results.json", results)  # last: its presence marks a finished evaluation
-    if is_our_checkpoint(model):  # the checkpoint's card lists its evaluations
+    if is_our_checkpoint(model):  # a record beside the weights; the model card is not rewritten
         record_evaluation(model, str(out) if out is not None else f"{results['name']} (seed {cfg.seed}, printed)", results)
     return results
+
+
+def main(argv: list[str] | None = None, **kwargs) -> dict:
+    return run_eval(parse_config(EvalConfig, argv, "eval", __doc__), **kwargs)
 
 
 def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Template], cfg: EvalConfig,
@@ -318,6 +317,18 @@ def format_table(results_by_model: dict[str, dict], benchmarks: list[str], k: in
     for name, res in results_by_model.items():
         cells = [f"{100 * res['benchmarks'][b][m]:.1f}" if m in res["benchmarks"][b] else "–" for b, m in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def avg_table(results_by_model: dict[str, dict], benchmarks: list[str], k: int) -> str:
+    """avg@k in percent, one row per model and one column per benchmark, narrow enough for a terminal (the world's
+    splits lose their ``test-`` prefix)."""
+    names = [b.removeprefix("test-") for b in benchmarks]
+    width = max(len(m) for m in [*results_by_model, f"avg@{k} (%)"])
+    lines = [f"{f'avg@{k} (%)':<{width}}  " + "  ".join(f"{n:>6}" for n in names)]
+    for model, res in results_by_model.items():
+        cells = [f"{100 * res['benchmarks'][b][f'avg@{k}']:.1f}" for b in benchmarks]
+        lines.append(f"{model:<{width}}  " + "  ".join(f"{c:>{max(6, len(n))}}" for c, n in zip(cells, names, strict=True)))
     return "\n".join(lines)
 
 

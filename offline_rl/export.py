@@ -23,11 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from offline_rl.data import sampled_examples
-from offline_rl.learners.dpo import make_pairs
-from rewards.files import hold_directory
-from rollout.cli import UsageError, parse_config, print_config
+from offline_rl.views import make_pairs, sampled_examples
 from rollout.dataset import atomic_write_bytes, dataset_paths, load_offline_dataset, read_manifest, write_json
+from rollout.files import hold_directory
+from rollout.runtime import UsageError, parse_config, print_config
 
 FORMATS = {"trl-sft": ["prompt", "completion"], "trl-dpo": ["prompt", "chosen", "rejected"],
            "trl-grpo": ["prompt", "answer"]}
@@ -65,10 +64,15 @@ def positional(argv: list[str]) -> list[str]:
     return flags + [x for name, value in zip(["--data", "--out"], bare, strict=False) for x in (name, value)]
 
 
-def main(argv: list[str] | None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     import sys
 
-    cfg = parse_config(ExportConfig, positional(list(sys.argv[1:] if argv is None else argv)), "export", __doc__)
+    return run_export(parse_config(ExportConfig, positional(list(sys.argv[1:] if argv is None else argv)), "export",
+                                   __doc__))
+
+
+def run_export(cfg: ExportConfig) -> dict:
+    """``bin/export``: a dataset's rows as a TRL trainer takes them."""
     if cfg.format is None or cfg.data is None or cfg.out is None:
         raise UsageError("usage: export --format trl-sft|trl-dpo|trl-grpo DIR OUT")
     manifests = {str(p): read_manifest(p) for p in dataset_paths(cfg.data)}
@@ -107,7 +111,7 @@ def export_rows(cfg: ExportConfig, dataset) -> list[dict]:
                 and (cfg.include_truncated or r["finish_reason"] != "length")]
     # trl-dpo: the dpo learner's pairs, mapped back to their rows' text
     text = {(r["prompt_id"], tuple(r["response_token_ids"])): r for r in table}
-    pairs = make_pairs(sampled_examples(dataset, accepted_only=False), cfg.pairing, seed=cfg.seed,
+    pairs = make_pairs(sampled_examples(dataset, accepted_only=False)[0], cfg.pairing, seed=cfg.seed,
                        include_truncated=cfg.include_truncated)
     rows = []
     for p in pairs:

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
 from rewards.extract import DEFAULT_FALLBACKS, extract_answer
-from rewards.verify import STAGE_TIMEOUT_SECONDS, equivalent, extraction_fallbacks, quick_verdict, verify_response
+from rewards.normalize import normalize_answer
+from rewards.verify import STAGE_TIMEOUT_SECONDS, extraction_fallbacks, in_main_thread, quick_verdict, verify_response
+from rewards.verify import equivalent as equivalent_here
 
 DEFAULT_DEADLINE_SECONDS = 2.0
 # A worker's address-space cap: a 9^9^9-sized integer fails with MemoryError instead of swapping the host.
@@ -67,7 +69,7 @@ def _worker_main(conn, stage_timeout: int) -> None:
             if whole_response:  # the math-verify mode: it finds the answer in the response itself
                 conn.send((index, *verify_response(text, gold, timeout_seconds=stage_timeout)))
             else:
-                conn.send((index, equivalent(text, gold, timeout_seconds=stage_timeout), None))
+                conn.send((index, equivalent_here(text, gold, timeout_seconds=stage_timeout), None))
     except (EOFError, OSError):  # the parent is gone (killed, or exited without closing us): so are we
         return
 
@@ -330,3 +332,27 @@ class StreamScorer:
         for (key, _, _), pred, reward in zip(chunk, result.preds, result.rewards, strict=True):
             self.scored[key] = (pred, reward)
         self.timed_out += [chunk[i][0] for i in result.timed_out]
+
+
+def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SECONDS) -> bool:
+    """Whether the extracted answer ``pred`` equals ``gold`` mathematically; False on any failure. Bounded in time
+    from any thread: in the main thread by math-verify's alarms, in any other by a worker process's deadline."""
+    if in_main_thread():
+        return equivalent_here(pred, gold, timeout_seconds=timeout_seconds)
+    verdict = quick_verdict(pred, gold)
+    if verdict is not None:
+        return verdict
+    return equivalent_batch([normalize_answer(pred)], [normalize_answer(gold)]).rewards[0] == 1.0
+
+
+def score(response: str, gold: str, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS, extraction: str | None = None) -> float:
+    """1.0 if the response's final answer equals ``gold`` mathematically, else 0.0, from any thread (TRL calls reward
+    functions from its own). ``extraction`` names a mode of ``EXTRACTIONS`` (boxed, qwen, math-verify); without
+    it, the last box, else ``fallbacks``."""
+    if extraction == "math-verify":
+        if in_main_thread():
+            return 1.0 if verify_response(response, gold)[0] else 0.0
+        return equivalent_batch([response], [gold], whole_response=True).rewards[0]
+    if extraction is not None:
+        fallbacks = extraction_fallbacks(extraction)
+    return 1.0 if equivalent(extract_answer(response, fallbacks), gold) else 0.0

@@ -25,7 +25,7 @@ import threading
 from importlib.metadata import version
 
 from rewards.arithmetic import expressions_without_eval, hook_available
-from rewards.extract import DEFAULT_FALLBACKS, EXTRACTIONS, brace_bare_boxes, extract_answer, normalize_unicode
+from rewards.extract import EXTRACTIONS, brace_bare_boxes, extract_answer, normalize_unicode
 from rewards.normalize import normalize_answer
 
 VERIFIER_VERSION = f"math-verify-{version('math-verify')}/unicode+exact-numbers+expressions/4"
@@ -129,17 +129,13 @@ def quick_verdict(pred: str, gold: str) -> bool | None:
 def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SECONDS) -> bool:
     """Whether the extracted answer ``pred`` equals ``gold`` mathematically; False on any failure.
 
-    Bounded in time: in the main thread by math-verify's alarms (``timeout_seconds`` per stage);
-    in any other thread by handing the pair to a worker process with a hard deadline.
+    Bounded in time by math-verify's alarms (``timeout_seconds`` per stage), so in the main thread only:
+    ``rewards.equivalent`` (``rewards.batch``) hands any other thread's call to a worker process instead.
     """
     verdict = quick_verdict(pred, gold)
     if verdict is not None:
         return verdict
     pred, gold = normalize_answer(pred), normalize_answer(gold)
-    if not in_main_thread():
-        from rewards.batch import equivalent_batch
-
-        return equivalent_batch([pred], [gold]).rewards[0] == 1.0
     _, verify, _, TimeoutException = _math_verify()
     try:
         gold_parsed = _parse_gold(gold, timeout_seconds)
@@ -149,7 +145,6 @@ def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SEC
         return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds, allow_set_relation_comp=True))
     except (Exception, TimeoutException):  # TimeoutException is a BaseException: name it
         return False
-
 
 
 @functools.cache
@@ -210,16 +205,6 @@ def verify_response(response: str, gold: str, *, timeout_seconds: int = STAGE_TI
                            allow_set_relation_comp=True)), pred
     except (Exception, TimeoutException):
         return False, ""
-
-
-def score(response: str, gold: str, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS, extraction: str | None = None) -> float:
-    """1.0 if the response's final answer equals ``gold`` mathematically, else 0.0. ``extraction`` names a
-    mode of ``EXTRACTIONS`` (boxed, qwen, math-verify); without it, the last box, else ``fallbacks``."""
-    if extraction == "math-verify":
-        return 1.0 if verify_response(response, gold)[0] else 0.0
-    if extraction is not None:
-        fallbacks = extraction_fallbacks(extraction)
-    return 1.0 if equivalent(extract_answer(response, fallbacks), gold) else 0.0
 
 
 def extraction_fallbacks(extraction: str) -> tuple[str, ...]:

@@ -9,50 +9,45 @@ killed run resumes (run the same command again) without losing or duplicating a 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 import rewards
-from rewards.files import TextError, hold_directory, is_disk_full
-from rollout.cli import UsageError, parse_config, pause_point, print_config, save_config
 from rollout.dataset import DatasetWriter, merge, read_manifest, read_rows
-from rollout.engines import EngineFlags, SamplingConfig, context_length, prompt_seed
+from rollout.engines import EngineFlags, SamplingConfig, SamplingFlags, context_length, prompt_seed, start_engine
+from rollout.files import TextError, hold_directory
+from rollout.models import git_commit, load_tokenizer, resolve_model, toolkit_version
+from rollout.runtime import UsageError, parse_config, pause_point, print_config, save_config
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
 
 @dataclass
-class CollectConfig(EngineFlags):
+class CollectConfig(SamplingFlags, EngineFlags):
     out: str = field(default=None, metadata={"help": "output directory of the offline dataset (required); an existing one is resumed"})
     model: str = field(default=None, metadata={"help": "checkpoint directory or hub name (default: the embedded base model)"})
     source: str = field(default="world:train", metadata={"help": "world:SPLIT, a JSONL/JSON/Parquet/CSV file, a save_to_disk directory, or a hub dataset name"})
     format: str = field(default="auto", metadata={"help": "field layout: auto, plain, gsm8k, math500, math, minerva, olympiad, aime24, amc23"})
-    question_field: str = field(default=None, metadata={"help": "field holding the question (overrides the format)"})
-    answer_field: str = field(default=None, metadata={"help": "field holding the gold answer (overrides the format)"})
-    hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk dataset"})
-    strict: bool = field(default=False, metadata={"help": "reject a source with rows lacking a gold answer instead of skipping them"})
+    question_field: str = field(default=None, metadata={"help": "field holding the question (overrides the format)", "advanced": True})
+    answer_field: str = field(default=None, metadata={"help": "field holding the gold answer (overrides the format)", "advanced": True})
+    hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk dataset", "advanced": True})
+    strict: bool = field(default=False, metadata={"help": "reject a source with rows lacking a gold answer instead of skipping them", "advanced": True})
     template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the world, else qwen-boxed, the Qwen2.5-Math harness prompt)"})
     n: int = field(default=4, metadata={"help": "responses sampled per prompt", "min": 1})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
-    max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
-    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, <|endoftext|>)"})
-    skip: int = field(default=0, metadata={"help": "skip the first N prompts", "min": 0})
-    limit: int = field(default=None, metadata={"help": "then use at most N prompts", "min": 1})
-    shard: str = field(default="0/1", metadata={"help": "I/N: take every N-th prompt starting at I (for several processes or machines)"})
+    skip: int = field(default=0, metadata={"help": "skip the first N prompts", "min": 0, "advanced": True})
+    prompts: int = field(default=None, metadata={"help": "then use at most N prompts", "min": 1})
+    shard: str = field(default="0/1", metadata={"help": "I/N: take every N-th prompt starting at I (for several processes or machines)", "advanced": True})
     seed: int = field(default=0, metadata={"help": "run seed; each prompt's seed derives from it and the prompt id"})
-    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out", "min": 1})
-    shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)", "min": 1})
+    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out", "min": 1, "advanced": True})
+    shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)", "min": 1, "advanced": True})
     force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters, or write into one bin/collect did not make"})
     extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
-    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one response may take to score before its worker is killed and it scores 0 (counted)", "above": 0})
+    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one response may take to score before its worker is killed and it scores 0 (counted)", "above": 0, "advanced": True})
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -62,70 +57,16 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def resolve_model(model: str) -> str:
-    """A local checkpoint directory, or a hub name found in the local cache or on a reachable hub."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise UsageError(f"{path} is not a model checkpoint (no config.json)")
-        return str(path)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith("."):
-        return _hub_model(model)
-    raise UsageError(f"model not found: {model}")
-
-
-def _hub_model(name: str) -> str:
-    """A hub name, once it is known to be loadable: cached locally, or the hub answers (checked once,
-    in seconds, rather than after the hub client's retries: 23 s measured with no network)."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        snapshot_download(name, local_files_only=True)
-        return name
-    except Exception:  # not cached (or cached only in part): the hub must have it
-        pass
-    not_local = f"model {name} is neither a local directory nor in the Hugging Face cache"
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise UsageError(f"{not_local}, and HF_HUB_OFFLINE is set")
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as e:
-        raise UsageError(f"{not_local}, and the hub ({host}) cannot be reached: {e.strerror or e}") from None
-    return name
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def toolkit_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("offline-rl")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def main(argv: list[str] | None, world: Callable[[str], list] | None = None, default_model: str | None = None,
-         engine=None) -> dict:
-    """``engine``: a live engine already holding the model's weights (rounds), used and left open."""
-    cfg = parse_config(CollectConfig, argv, "collect", __doc__)
+def run_collect(cfg: CollectConfig, *, world: Callable[[str], list] | None = None, default_model: str | None = None,
+                engine=None) -> dict:
+    """``bin/collect``. ``world``: the loader of ``world:SPLIT`` sources; ``engine``: a live engine already holding
+    the model's weights (rounds, comparisons), used and left open."""
     if cfg.out is None:
         raise UsageError("--out is required")
     shard_index, shard_count = parse_shard(cfg.shard)
     model = resolve_model(cfg.model or default_model)
     if cfg.data_parallel_size > 1:
-        return data_parallel(cfg, sys.argv[1:] if argv is None else list(argv))
+        return data_parallel(cfg, world, default_model)
     try:
         loaded = load_source(cfg.source, cfg.format, cfg.question_field, cfg.answer_field, cfg.hub_split, world)
     except (SourceError, FileNotFoundError, TextError) as e:
@@ -133,10 +74,10 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
     if loaded.skipped_without_gold and cfg.strict:
         raise UsageError(f"{cfg.source}: {loaded.skipped_without_gold} rows have no gold answer (--strict)")
     records = loaded.records[cfg.skip :]
-    records = records[: cfg.limit] if cfg.limit is not None else records
+    records = records[: cfg.prompts] if cfg.prompts is not None else records
     records = records[shard_index::shard_count]
     if not records:
-        raise UsageError(f"no prompts to collect from {cfg.source} (after --skip/--limit/--shard)")
+        raise UsageError(f"no prompts to collect from {cfg.source} (after --skip/--prompts/--shard)")
     tokenizer = load_tokenizer(model)
     try:
         template = Template(cfg.template or default_template(loaded.description["kind"], tokenizer), tokenizer)
@@ -149,21 +90,29 @@ def main(argv: list[str] | None, world: Callable[[str], list] | None = None, def
                              "max_tokens": cfg.max_tokens, "stop": cfg.stop},
                 "seed": cfg.seed, "shard": cfg.shard, "dtype": cfg.dtype}
     hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
-    done_ids: set[str] = set()
-    if (out / "manifest.json").exists():
-        previous = read_manifest(out)
-        differs = sorted(k for k, v in identity.items() if previous.get("identity", {}).get(k) != v)
-        fixed = [k for k in ("model", "sampling") if k in differs and "identity" in previous]
-        if fixed:  # ratio learners divide by these rows' log-probs: they must all be of one policy
-            raise UsageError(f"{out} was sampled with different {' and '.join(fixed)}; even --force cannot append "
-                             "rows of another behaviour policy; choose another --out")
-        if differs and not cfg.force:
-            raise UsageError(f"{out} was collected with different {', '.join(differs)}; "
-                             "choose another --out, or --force to append anyway")
-        done_ids = {r["prompt_id"] for r in read_rows(out, columns=["prompt_id"])}
-
+    done_ids = resumed_prompts(out, identity, cfg.force)
     print_config(cfg)
     return collect(cfg, model, template, records, loaded, identity, out, done_ids, engine)
+
+
+def main(argv: list[str] | None = None, **kwargs) -> dict:
+    return run_collect(parse_config(CollectConfig, argv, "collect", __doc__), **kwargs)
+
+
+def resumed_prompts(out: Path, identity: dict, force: bool) -> set[str]:
+    """The prompts an earlier run into ``out`` finished, once its settings are known to match this run's."""
+    if not (out / "manifest.json").exists():
+        return set()
+    previous = read_manifest(out)
+    differs = sorted(k for k, v in identity.items() if previous.get("identity", {}).get(k) != v)
+    fixed = [k for k in ("model", "sampling") if k in differs and "identity" in previous]
+    if fixed:  # ratio learners divide by these rows' log-probs: they must all be of one policy
+        raise UsageError(f"{out} was sampled with different {' and '.join(fixed)}; even --force cannot append "
+                         "rows of another behaviour policy; choose another --out")
+    if differs and not force:
+        raise UsageError(f"{out} was collected with different {', '.join(differs)}; "
+                         "choose another --out, or --force to append anyway")
+    return {r["prompt_id"] for r in read_rows(out, columns=["prompt_id"])}
 
 
 def is_collect_directory(out: Path) -> bool:
@@ -174,9 +123,10 @@ def is_collect_directory(out: Path) -> bool:
                for p in out.iterdir() if not p.name.startswith("."))
 
 
-def data_parallel(cfg: CollectConfig, argv: list[str]) -> dict:
+def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
     """vLLM's offline data parallelism: one engine process per rank, each on its own GPUs and its
     own --shard of the prompts (into OUT/dp-I), then one merged dataset in OUT."""
+    import multiprocessing
     import os
 
     if cfg.shard != "0/1":
@@ -184,18 +134,22 @@ def data_parallel(cfg: CollectConfig, argv: list[str]) -> dict:
     size, tp = cfg.data_parallel_size, cfg.tensor_parallel_size
     out = Path(cfg.out)
     hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
-    procs = []
-    for rank in range(size):
-        env = dict(os.environ)
-        # ranks sharing a CPU: split its cores rather than oversubscribe them (spin-waiting threads)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // size)))
-        if "CUDA_VISIBLE_DEVICES" not in os.environ:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(rank * tp + g) for g in range(tp))
-        # a repeated flag's last value wins: each rank is this command, re-pointed
-        command = [sys.executable, sys.argv[0], *argv, "--out", str(out / f"dp-{rank}"), "--shard", f"{rank}/{size}",
-                   "--data-parallel-size", "1"]
-        procs.append(subprocess.Popen(command, env=env))
-    failed = [rank for rank, p in enumerate(procs) if p.wait() != 0]
+    context, procs, saved = multiprocessing.get_context("spawn"), [], dict(os.environ)
+    try:
+        for rank in range(size):
+            # ranks sharing a CPU: split its cores rather than oversubscribe them (spin-waiting threads)
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // size)))
+            if "CUDA_VISIBLE_DEVICES" not in saved:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(rank * tp + g) for g in range(tp))
+            rank_cfg = replace(cfg, out=str(out / f"dp-{rank}"), shard=f"{rank}/{size}", data_parallel_size=1)
+            procs.append(context.Process(target=_rank, args=(rank_cfg, world, default_model)))
+            procs[-1].start()  # the child takes the environment as it is now
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    for p in procs:
+        p.join()
+    failed = [rank for rank, p in enumerate(procs) if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"data-parallel ranks {failed} failed; rerun the same command to resume them")
     manifest = merge(out, [out / f"dp-{rank}" for rank in range(size)])
@@ -203,71 +157,10 @@ def data_parallel(cfg: CollectConfig, argv: list[str]) -> dict:
     return manifest
 
 
-def start_engine(cfg: EngineFlags, model: str):
-    """The engine, or one line saying why it would not start (a bad --dtype, no room for the KV cache, ...)."""
-    try:
-        return cfg.engine(model, cfg.seed)
-    except Exception as e:  # vLLM and torch raise many types; the first line names the cause
-        if is_disk_full(e):
-            raise
-        raise UsageError(f"the {cfg.backend} engine did not start for {model}: "
-                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+def _rank(cfg: CollectConfig, world, default_model: str | None) -> None:
+    from rollout.runtime import run
 
-
-class LiveEngine:
-    """One engine for many checkpoints of one architecture: each ``hold(model)`` loads that model's weights in
-    place (vLLM's own weight reload) unless it already holds them, and starts the engine the first time
-    (``restart``: a new engine for every new model instead). Every hold empties the prefix cache, so that a
-    stage samples exactly as it would in a fresh engine (per-request seeds make the rest independent of what
-    ran before). The owner closes it."""
-
-    def __init__(self, flags: EngineFlags, restart: bool = False):
-        self.flags, self.restart = flags, restart
-        self.engine, self.model = None, None
-        self.last = None  # what the last hold did: started, loaded in place, held
-        self.starts = self.loads = 0  # engines started, checkpoints loaded in place
-
-    def hold(self, model: str) -> float | None:
-        """Make the engine hold ``model``'s weights; the milliseconds that took (None: it already held them)."""
-        if self.model == model:
-            self.engine.reset_cache()
-            self.last = "held"
-            return None
-        start = time.perf_counter()
-        self.model = None  # until the new weights are in: a failed load leaves no weights to trust
-        if self.engine is not None and not self.restart:
-            self.engine.load_weights(model)
-            self.last = "loaded in place"
-            self.loads += 1
-        else:
-            self.close()
-            self.engine = start_engine(self.flags, model)
-            self.last = "started"
-            self.starts += 1
-        self.model = model
-        return 1000 * (time.perf_counter() - start)
-
-    def make_room(self) -> None:
-        """Before training beside it in this process: an engine that holds accelerator memory is closed (the next
-        hold starts a new one); on CPU it stays, its KV cache bounded."""
-        if self.engine is not None and self.engine.holds_device_memory:
-            self.close()
-
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-        self.engine, self.model = None, None
-
-
-def load_tokenizer(model: str):
-    """The model's tokenizer, checking on the way that the checkpoint loads at all."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        AutoConfig.from_pretrained(model)
-        return AutoTokenizer.from_pretrained(model)
-    except Exception as e:  # transformers raises OSError, ValueError, JSONDecodeError, KeyError...
-        raise UsageError(f"cannot load model {model}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    run(lambda _: run_collect(cfg, world=world, default_model=default_model), f"collect rank {cfg.shard}")
 
 
 def collect(cfg: CollectConfig, model: str, template: Template, records: list[dict], loaded, identity: dict,

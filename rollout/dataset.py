@@ -14,9 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rewards.cards import write_dataset_card
-from rewards.files import atomic_write, hold_directory
-from rewards.rescore import DatasetError
+from rollout.cards import write_dataset_card
+from rollout.files import DatasetError, atomic_write, hold_directory
 
 SCHEMA = pa.schema([
     ("prompt_id", pa.string()),

@@ -35,10 +35,11 @@ from tqdm.auto import tqdm
 
 import rewards
 from rewards.extract import extract_boxed
-from rewards.files import hold_directory, read_text
-from rollout.cli import UsageError, parse_config, print_config, save_config
 from rollout.dataset import DatasetWriter, quiet_datasets
 from rollout.engines import context_length
+from rollout.files import hold_directory, read_text
+from rollout.models import load_tokenizer
+from rollout.runtime import UsageError, parse_config, print_config, save_config
 from rollout.sources import SourceError, load_saved
 from rollout.templates import TEMPLATES, Template, TemplateError
 
@@ -49,16 +50,16 @@ class ImportConfig:
     out: str = field(default=None, metadata={"help": "output directory of the offline dataset (required)"})
     model: str = field(default=None, metadata={"help": "model whose tokenizer and context length are used (default: the embedded base model)"})
     format: str = field(default="auto", metadata={"help": "field layout: auto, numina, math, metamath, gsm8k, openr1, messages, plain"})
-    question_field: str = field(default=None, metadata={"help": "plain: the field holding the question"})
-    solution_field: str = field(default=None, metadata={"help": "plain: the field holding the worked solution"})
-    answer_field: str = field(default=None, metadata={"help": "plain: the field holding the gold answer (optional)"})
-    hub_split: str = field(default="train", metadata={"help": "split of a hub or save_to_disk dataset"})
+    question_field: str = field(default=None, metadata={"help": "plain: the field holding the question", "advanced": True})
+    solution_field: str = field(default=None, metadata={"help": "plain: the field holding the worked solution", "advanced": True})
+    answer_field: str = field(default=None, metadata={"help": "plain: the field holding the gold answer (optional)", "advanced": True})
+    hub_split: str = field(default="train", metadata={"help": "split of a hub or save_to_disk dataset", "advanced": True})
     template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the world, else qwen-boxed)"})
-    limit: int = field(default=None, metadata={"help": "import at most N rows", "min": 1})
-    max_model_len: int = field(default=None, metadata={"help": "longest prompt + solution in tokens (default: the model's context)", "min": 1})
-    shard_size: int = field(default=10000, metadata={"help": "rows per parquet shard", "min": 1})
+    prompts: int = field(default=None, metadata={"help": "import at most N rows (each a prompt and its solution)", "min": 1})
+    max_model_len: int = field(default=None, metadata={"help": "longest prompt + solution in tokens (default: the model's context)", "min": 1, "advanced": True})
+    shard_size: int = field(default=10000, metadata={"help": "rows per parquet shard", "min": 1, "advanced": True})
     extraction: str = field(default="qwen", metadata={"help": "how the solution's final answer is read: boxed, qwen (box, 'the answer is', else the last number: reads GSM8K's '#### N'), math-verify", "choices": list(rewards.EXTRACTIONS)})
-    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one solution may take to score", "above": 0})
+    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one solution may take to score", "above": 0, "advanced": True})
     force: bool = field(default=False, metadata={"help": "write into an output directory bin/import did not make"})
 
 
@@ -190,53 +191,16 @@ def _world_rows(split: str, world) -> Iterator[dict]:
         yield {"prompt_id": p.id, "problem": p.question, "solution": p.solution, "answer": p.gold}
 
 
-def main(argv: list[str] | None = None, world=None, default_model: str | None = None) -> dict:
-    cfg = parse_config(ImportConfig, argv, "import", __doc__)
+def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = None) -> dict:
+    """``bin/import``. ``world``: the loader of ``world:SPLIT`` sources."""
     if not cfg.source or not cfg.out:
         raise UsageError("--source and --out are required")
     model = cfg.model or default_model
-    is_world = cfg.source.startswith("world:") or cfg.source == "world"
-    if is_world:
-        if world is None:
-            raise UsageError("the embedded world is not available to this command")
-        split = cfg.source.partition(":")[2] or "train"
-        try:
-            world(split)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        rows, total = _world_rows(split, world), None
-        layout_name, layout = "openr1", Layout("problem", "solution", "answer")
-        description = {"kind": "world", "split": split}
-    else:
-        try:
-            rows, total = iter_rows(cfg.source, cfg.hub_split)
-        except SourceError as e:
-            raise UsageError(str(e)) from None
-        first = next(rows, None)
-        if first is None:
-            raise UsageError(f"{cfg.source} holds no rows")
-        rows = _chain(first, rows)
-        fmt = cfg.format
-        if fmt == "plain" or cfg.question_field or cfg.solution_field:
-            if not (cfg.question_field and cfg.solution_field):
-                raise UsageError("--format plain needs --question-field and --solution-field")
-            fmt, layout = "plain", Layout(cfg.question_field, cfg.solution_field, cfg.answer_field)
-        else:
-            try:
-                fmt = detect_layout(set(first)) if fmt == "auto" else fmt
-            except SourceError as e:
-                raise UsageError(str(e)) from None
-            if fmt not in LAYOUTS:
-                raise UsageError(f"unknown format {cfg.format!r}; known: auto, plain, {', '.join(LAYOUTS)}")
-            layout = LAYOUTS[fmt]
-        layout_name = fmt
-        description = {"kind": "file" if Path(cfg.source).exists() else "hub", "path": cfg.source, "format": fmt}
+    rows, total, layout_name, layout, description = open_source(cfg, world)
     out = Path(cfg.out)
-    from rollout.collect import load_tokenizer
-
     tokenizer = load_tokenizer(model)
     try:
-        template = Template(cfg.template or ("world" if is_world else "qwen-boxed"), tokenizer)
+        template = Template(cfg.template or ("world" if description["kind"] == "world" else "qwen-boxed"), tokenizer)
     except (TemplateError, SourceError) as e:
         raise UsageError(str(e)) from None
     hold_directory(out, "import", force=cfg.force)
@@ -245,6 +209,46 @@ def main(argv: list[str] | None = None, world=None, default_model: str | None = 
         old.unlink()
     (out / "manifest.json").unlink(missing_ok=True)
     return write_demonstrations(cfg, model, tokenizer, template, rows, total, layout_name, layout, description, out)
+
+
+def main(argv: list[str] | None = None, **kwargs) -> dict:
+    return run_import(parse_config(ImportConfig, argv, "import", __doc__), **kwargs)
+
+
+def open_source(cfg: ImportConfig, world) -> tuple[Iterator[dict], int | None, str, Layout, dict]:
+    """The source's rows (and their number, when known), its layout and how the manifest describes it."""
+    if cfg.source.startswith("world:") or cfg.source == "world":
+        if world is None:
+            raise UsageError("the embedded world is not available to this command")
+        split = cfg.source.partition(":")[2] or "train"
+        try:
+            world(split)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        return _world_rows(split, world), None, "openr1", Layout("problem", "solution", "answer"), {"kind": "world", "split": split}
+    try:
+        rows, total = iter_rows(cfg.source, cfg.hub_split)
+    except SourceError as e:
+        raise UsageError(str(e)) from None
+    first = next(rows, None)
+    if first is None:
+        raise UsageError(f"{cfg.source} holds no rows")
+    rows = _chain(first, rows)
+    fmt = cfg.format
+    if fmt == "plain" or cfg.question_field or cfg.solution_field:
+        if not (cfg.question_field and cfg.solution_field):
+            raise UsageError("--format plain needs --question-field and --solution-field")
+        fmt, layout = "plain", Layout(cfg.question_field, cfg.solution_field, cfg.answer_field)
+    else:
+        try:
+            fmt = detect_layout(set(first)) if fmt == "auto" else fmt
+        except SourceError as e:
+            raise UsageError(str(e)) from None
+        if fmt not in LAYOUTS:
+            raise UsageError(f"unknown format {cfg.format!r}; known: auto, plain, {', '.join(LAYOUTS)}")
+        layout = LAYOUTS[fmt]
+    description = {"kind": "file" if Path(cfg.source).exists() else "hub", "path": cfg.source, "format": fmt}
+    return rows, total, fmt, layout, description
 
 
 def _chain(first, rest):
@@ -265,7 +269,7 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
     eos = tokenizer.eos_token_id
     counts = {"disagreeing": 0, "without_gold": 0, "too_long": 0}
     stem = Path(cfg.source).stem if Path(cfg.source).exists() else cfg.source.replace("/", "-").replace(":", "-")
-    bar = tqdm(total=min(total, cfg.limit) if total and cfg.limit else (total or cfg.limit), desc="import",
+    bar = tqdm(total=min(total, cfg.prompts) if total and cfg.prompts else (total or cfg.prompts), desc="import",
                unit="row")
     pending: list[dict] = []
 
@@ -279,7 +283,7 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
         pending.clear()
 
     for number, row in enumerate(rows):
-        if cfg.limit is not None and number >= cfg.limit:
+        if cfg.prompts is not None and number >= cfg.prompts:
             break
         try:
             question, solution, gold = demonstration(row, layout_name, layout, number)

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from rollout.files import is_disk_full
+from rollout.runtime import UsageError
 
 
 @dataclass
@@ -32,17 +36,28 @@ class SamplingConfig:
 
 
 @dataclass
+class SamplingFlags:
+    """How responses are sampled, as flags: one declaration for every command that samples (collect, eval, iterate,
+    compare). ``n`` (collect) and ``k`` (eval) are each command's own."""
+
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
+    max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
+    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, <|endoftext|>)", "advanced": True})
+
+
+@dataclass
 class EngineFlags:
-    """The engine's own settings, shared as flags by every command that samples (collect, eval)."""
+    """The engine's own settings, shared as flags by every command that samples (collect, eval, iterate, compare)."""
 
     backend: str = field(default="vllm", metadata={"help": "generation engine", "choices": ["vllm", "hf"]})
-    dtype: str = field(default="float32", metadata={"help": "model dtype in the engine",
+    dtype: str = field(default="float32", metadata={"help": "model dtype in the engine", "advanced": True,
                                                     "choices": ["float32", "bfloat16", "float16", "auto"]})
-    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)", "min": 1})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)", "min": 1})
+    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)", "min": 1, "advanced": True})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)", "min": 1, "advanced": True})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)",
-                                                                 "above": 0, "max": 1})
-    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU", "above": 0})
+                                                                 "above": 0, "max": 1, "advanced": True})
+    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU", "above": 0, "advanced": True})
 
     def engine(self, model: str, seed: int):
         return ENGINES[self.backend](model, seed=seed, dtype=self.dtype, max_model_len=self.max_model_len,
@@ -285,3 +300,59 @@ def _generated_length(row: list[int], eos: int, stop: list[str] | None, tokenize
 
 
 ENGINES = {"vllm": VLLMEngine, "hf": HFEngine}
+
+
+def start_engine(cfg: EngineFlags, model: str):
+    """The engine, or one line saying why it would not start (a bad --dtype, no room for the KV cache, ...)."""
+    try:
+        return cfg.engine(model, cfg.seed)
+    except Exception as e:  # vLLM and torch raise many types; the first line names the cause
+        if is_disk_full(e):
+            raise
+        raise UsageError(f"the {cfg.backend} engine did not start for {model}: "
+                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+
+
+class LiveEngine:
+    """One engine for many checkpoints of one architecture: each ``hold(model)`` loads that model's weights in
+    place (vLLM's own weight reload) unless it already holds them, and starts the engine the first time
+    (``restart``: a new engine for every new model instead). Every hold empties the prefix cache, so that a
+    stage samples exactly as it would in a fresh engine (per-request seeds make the rest independent of what
+    ran before). The owner closes it."""
+
+    def __init__(self, flags: EngineFlags, restart: bool = False):
+        self.flags, self.restart = flags, restart
+        self.engine, self.model = None, None
+        self.last = None  # what the last hold did: started, loaded in place, held
+        self.starts = self.loads = 0  # engines started, checkpoints loaded in place
+
+    def hold(self, model: str) -> float | None:
+        """Make the engine hold ``model``'s weights; the milliseconds that took (None: it already held them)."""
+        if self.model == model:
+            self.engine.reset_cache()
+            self.last = "held"
+            return None
+        start = time.perf_counter()
+        self.model = None  # until the new weights are in: a failed load leaves no weights to trust
+        if self.engine is not None and not self.restart:
+            self.engine.load_weights(model)
+            self.last = "loaded in place"
+            self.loads += 1
+        else:
+            self.close()
+            self.engine = start_engine(self.flags, model)
+            self.last = "started"
+            self.starts += 1
+        self.model = model
+        return 1000 * (time.perf_counter() - start)
+
+    def make_room(self) -> None:
+        """Before training beside it in this process: an engine that holds accelerator memory is closed (the next
+        hold starts a new one); on CPU it stays, its KV cache bounded."""
+        if self.engine is not None and self.engine.holds_device_memory:
+            self.close()
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self.model = None, None

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rewards.files import read_text
 from rewards.normalize import gold_answer
 from rollout.dataset import quiet_datasets
+from rollout.files import read_text
 
 
 def _gold(benchmark: str) -> Callable[[dict], str]:

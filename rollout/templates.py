@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewards.files import read_text
+from rollout.files import read_text
 
 QWEN_BOXED = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 TEMPLATES = {

@@ -13,8 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, 64-dim Qwen2 with its own tokenizer trained on world text, saved as a checkpoint."""
-    from offline_rl import world
-    from offline_rl.base_model import build_model, train_tokenizer
+    from offline_rl.embedded import world
+    from offline_rl.embedded.base_model import build_model, train_tokenizer
 
     texts = [p.prompt + " " + p.solution for p in world.load_split("test-id")]
     tokenizer = train_tokenizer(texts, vocab_size=300)
@@ -51,7 +51,7 @@ def make_rows(n_prompts: int = 3, n: int = 2, reward=lambda p, i: float(i == 0))
     return rows
 
 
-COLLECT_ARGS = ["--limit", "24", "--n", "2", "--max-tokens", "96", "--seed", "0"]
+COLLECT_ARGS = ["--prompts", "24", "--n", "2", "--max-tokens", "96", "--seed", "0"]
 
 
 def collect_world(tmp_path_factory, backend: str, *extra: str) -> Path:

@@ -15,24 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from offline_rl import world
-from offline_rl.base_model import DEFAULT_BASE_MODEL
-from rollout.cli import run
+from offline_rl.embedded import world
+from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import DatasetWriter
+from rollout.runtime import run
 from tests.conftest import make_rows
 
 
-def _rescore(argv):
-    from rewards.__main__ import main
-
-    code = main(argv)
-    if code:
-        raise SystemExit(code)
-
-
 def _commands():
-    from offline_rl import base_model, compare, evaluate, train
-    from rollout import __main__ as rollout_main
+    from offline_rl import cli, evaluate, train
+    from offline_rl.embedded import base_model
+    from offline_rl.experiments import compare
     from rollout import collect
 
     return {
@@ -40,8 +33,8 @@ def _commands():
         "train": train.main,
         "eval": partial(evaluate.main, default_model=str(DEFAULT_BASE_MODEL)),
         "compare": compare.main,
-        "merge": lambda argv: rollout_main.main(["merge", *argv]),
-        "rescore": lambda argv: _rescore(["rescore", *argv]),
+        "merge": cli.COMMANDS["merge"][1](),
+        "rescore": cli.COMMANDS["rescore"][1](),
         "make-base": base_model.main,
     }
 
@@ -122,12 +115,12 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
 
     # a training run with a checkpoint: dft, 2 steps
-    args = ["--data", str(ws / "ds"), "--out", str(ws / "run"), "--max-steps", "2", "--batch-size", "2",
+    args = ["--data", str(ws / "ds"), "--out", str(ws / "run"), "--steps", "2", "--batch-size", "2",
             "--save-every", "1"]
     from offline_rl.train import main as train_main
 
     train_main(["--learner", "dft", *args])
-    from rewards.files import release_unused
+    from rollout.files import release_unused
 
     release_unused()  # the in-process run's hold on ws/run ends as the process of a real run would
     return ws
@@ -136,7 +129,7 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
 TRAIN = ["--data", "{ws}/ds", "--out", "{ws}/new"]
 CASES = [
     # collect: ranges, choices, types
-    ("collect", ["--out", "{ws}/new", "--limit", "-1"], "--limit must be >= 1"),
+    ("collect", ["--out", "{ws}/new", "--prompts", "-1"], "--prompts must be >= 1"),
     ("collect", ["--out", "{ws}/new", "--n", "0"], "--n must be >= 1"),
     ("collect", ["--out", "{ws}/new", "--top-p", "0"], "--top-p must be > 0"),
     ("collect", ["--out", "{ws}/new", "--temperature", "-1"], "--temperature must be >= 0"),
@@ -145,14 +138,14 @@ CASES = [
     ("collect", ["--out", "{ws}/new", "--kv-cache-gib", "0"], "--kv-cache-gib must be > 0"),
     ("collect", ["--out", "{ws}/new", "--n", "four"], "invalid int value: 'four'"),
     ("collect", ["--out", "{ws}/new", "--shard", "2/2"], "--shard"),
-    ("collect", ["--limit", "1"], "--out is required"),
+    ("collect", ["--prompts", "1"], "--out is required"),
     # collect: files
     ("collect", ["--out", "{ws}/new", "--source", "{ws}/missing.jsonl"], "not found"),
     ("collect", ["--out", "{ws}/new", "--source", "{ws}/latin1.csv"], "latin1.csv line 2: not UTF-8"),
-    ("collect", ["--out", "{ws}/new", "--limit", "1", "--template", "{ws}/latin1.txt"], "latin1.txt line 2: not UTF-8"),
-    ("collect", ["--out", "{ws}/new", "--limit", "1", "--template", "{ws}/foreign"], "cannot read"),
-    ("collect", ["--out", "{ws}/new", "--limit", "1", "--template", "nope"], "unknown template"),
-    ("collect", ["--out", "{ws}/new", "--limit", "1", "--template", "chat"], "chat template"),
+    ("collect", ["--out", "{ws}/new", "--prompts", "1", "--template", "{ws}/latin1.txt"], "latin1.txt line 2: not UTF-8"),
+    ("collect", ["--out", "{ws}/new", "--prompts", "1", "--template", "{ws}/foreign"], "cannot read"),
+    ("collect", ["--out", "{ws}/new", "--prompts", "1", "--template", "nope"], "unknown template"),
+    ("collect", ["--out", "{ws}/new", "--prompts", "1", "--template", "chat"], "chat template"),
     ("collect", ["--out", "{ws}/new", "--config", "{ws}/latin1.yaml"], "latin1.yaml line 2: not UTF-8"),
     ("collect", ["--out", "{ws}/new", "--config", "{ws}/types.yaml"], "invalid int value: 'four'"),
     ("collect", ["--out", "{ws}/new", "--config", "{ws}/list.yaml"], "n must be a single int"),
@@ -164,19 +157,19 @@ CASES = [
     ("collect", ["--out", "{ws}/new", "--model", "{ws}/nowhere"], "model not found"),
     ("collect", ["--out", "{ws}/new", "--model", "{ws}/broken-model"], "cannot load model"),
     ("collect", ["--out", "{ws}/new", "--model", "org/typo"], "neither a local directory nor in the Hugging Face cache"),
-    ("collect", ["--out", "{ws}/file.txt", "--limit", "1"], "is a file, not a directory"),
-    ("collect", ["--out", "{ws}/foreign", "--limit", "1"], "not made by collect"),
-    ("collect", ["--out", "{ws}/run", "--limit", "1"], "not made by collect"),
-    ("collect", ["--out", "{ws}/ds", "--limit", "1"], "collected with different"),
-    ("collect", ["--out", "{ws}/truncated-manifest", "--limit", "1"], "manifest.json is damaged"),
-    ("collect", ["--out", "{ws}/collected", "--limit", "1", "--temperature", "0.5", "--force"], "even --force"),
+    ("collect", ["--out", "{ws}/file.txt", "--prompts", "1"], "is a file, not a directory"),
+    ("collect", ["--out", "{ws}/foreign", "--prompts", "1"], "not made by collect"),
+    ("collect", ["--out", "{ws}/run", "--prompts", "1"], "not made by collect"),
+    ("collect", ["--out", "{ws}/ds", "--prompts", "1"], "collected with different"),
+    ("collect", ["--out", "{ws}/truncated-manifest", "--prompts", "1"], "manifest.json is damaged"),
+    ("collect", ["--out", "{ws}/collected", "--prompts", "1", "--temperature", "0.5", "--force"], "even --force"),
     # train
     ("train", [*TRAIN, "--batch-size", "0"], "--batch-size must be >= 1"),
-    ("train", [*TRAIN, "--grad-accum", "0"], "--grad-accum must be >= 1"),
+    ("train", [*TRAIN, "--micro-batch-size", "0"], "--micro-batch-size must be >= 1"),
     ("train", [*TRAIN, "--log-every", "0"], "--log-every must be >= 1"),
     ("train", [*TRAIN, "--lr", "-1"], "--lr must be > 0"),
     ("train", [*TRAIN, "--epochs", "0"], "--epochs must be > 0"),
-    ("train", [*TRAIN, "--max-steps", "-1"], "--max-steps must be >= 1"),
+    ("train", [*TRAIN, "--steps", "-1"], "--steps must be >= 1"),
     ("train", [*TRAIN, "--config", "{ws}/lr.yaml"], "invalid float value: 'fast'"),
     ("train", [*TRAIN, "--learner", "nope"], "unknown learner 'nope'"),
     ("train", ["--learner", "dpo", "--data", "{ws}/all-wrong", "--out", "{ws}/new"], "no preference pairs for dpo: of 3 prompts 0 are all-right, 3 all-wrong"),
@@ -206,50 +199,50 @@ CASES = [
     ("train", ["--data", "{ws}/ds", "--out", "{ws}/foreign"], "not made by train"),
     ("train", ["--data", "{ws}/ds", "--out", "{ws}/ds2"], "not made by train"),
     ("train", ["--data", "{ws}/ds", "--out", "{ws}/file.txt"], "is a file, not a directory"),
-    ("train", ["--learner", "rft", "--data", "{ws}/ds", "--out", "{ws}/run", "--max-steps", "2", "--batch-size", "2",
+    ("train", ["--learner", "rft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "2", "--batch-size", "2",
                "--save-every", "1", "--resume"], "different learner ('dft', now 'rft')"),
-    ("train", ["--learner", "dft", "--data", "{ws}/ds", "--out", "{ws}/run", "--max-steps", "4", "--batch-size", "2",
-               "--lr", "1e-3", "--save-every", "1", "--resume"], "lr (0.0002, now 0.001); max_steps (2, now 4)"),
-    ("train", ["--learner", "dft", "--data", "{ws}/ds2", "--out", "{ws}/run", "--max-steps", "2", "--batch-size", "2",
+    ("train", ["--learner", "dft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "4", "--batch-size", "2",
+               "--lr", "1e-3", "--save-every", "1", "--resume"], "lr (0.0002, now 0.001); steps (2, now 4)"),
+    ("train", ["--learner", "dft", "--data", "{ws}/ds2", "--out", "{ws}/run", "--steps", "2", "--batch-size", "2",
                "--save-every", "1", "--resume"], "different data"),
-    ("train", ["--learner", "dft", "--data", "{ws}/ds", "--out", "{ws}/run", "--max-steps", "2"], "holds checkpoints"),
+    ("train", ["--learner", "dft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "2"], "holds checkpoints"),
     # eval
-    ("eval", ["--limit", "0"], "--limit must be >= 1"),
+    ("eval", ["--problems", "0"], "--problems must be >= 1"),
     ("eval", ["--k", "0"], "--k must be >= 1"),
     ("eval", ["--top-p", "1.5"], "--top-p must be <= 1"),
     ("eval", ["--benchmarks", "test-id,mmlu"], "unknown benchmark 'mmlu'"),
-    ("eval", ["--benchmarks", "gsm8k"], "--data-dir"),
-    ("eval", ["--benchmarks", "gsm8k", "--data-dir", "{ws}/nowhere"], "data dir not found"),
-    ("eval", ["--benchmarks", "aime24", "--data-dir", "{ws}"], "holds no aime24_test.jsonl"),
+    ("eval", ["--benchmarks", "gsm8k"], "--benchmark-dir"),
+    ("eval", ["--benchmarks", "gsm8k", "--benchmark-dir", "{ws}/nowhere"], "benchmark dir not found"),
+    ("eval", ["--benchmarks", "aime24", "--benchmark-dir", "{ws}"], "holds no aime24_test.jsonl"),
     ("eval", ["--model", "{ws}/foreign"], "not a model checkpoint"),
-    ("eval", ["--limit", "1", "--out", "{ws}/file.txt"], "is a file, not a directory"),
-    ("eval", ["--limit", "1", "--out", "{ws}/foreign"], "not made by eval"),
-    ("eval", ["--limit", "1", "--out", "/sys/kernel/offline-rl-eval"], "cannot create"),  # read-only, even for root
+    ("eval", ["--problems", "1", "--out", "{ws}/file.txt"], "is a file, not a directory"),
+    ("eval", ["--problems", "1", "--out", "{ws}/foreign"], "not made by eval"),
+    ("eval", ["--problems", "1", "--out", "/sys/kernel/offline-rl-eval"], "cannot create"),  # read-only, even for root
     ("train", [*TRAIN[:2], "--out", "/sys/kernel/offline-rl-train"], "cannot create"),
-    ("eval", ["--limit", "1", "--template", "{ws}/latin1.txt"], "not UTF-8"),
+    ("eval", ["--problems", "1", "--template", "{ws}/latin1.txt"], "not UTF-8"),
     # compare
-    ("compare", ["--out", "{ws}/new", "--budget-steps", "0"], "--budget-steps must be >= 1"),
+    ("compare", ["--out", "{ws}/new", "--steps", "0"], "--steps must be >= 1"),
     ("compare", ["--out", "{ws}/new", "--learners", "dft,ddpg"], "'ddpg' is not a known learner"),
     ("compare", ["--out", "{ws}/new", "--seeds", "0,one"], "--seeds"),
     ("compare", ["--out", "{ws}/new", "--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),
-    ("compare", ["--out", "{ws}/new", "--learner-args", "ddpg: --beta 1"], "--learner-args"),
+    ("compare", ["--out", "{ws}/new", "--runs", "{ws}/nope.yaml"], "no such file"),
     ("compare", ["--out", "{ws}/new", "--data", "{ws}/none"], "not an offline dataset"),
     ("compare", ["--out", "{ws}/new", "--data", "{ws}/incomplete"], "unfinished collection"),
     ("compare", ["--out", "{ws}/foreign"], "not made by compare"),
     # merge
-    ("merge", ["--out", "{ws}/ds", "{ws}/ds"], "one of the inputs"),
-    ("merge", ["--out", "{ws}/ds2", "{ws}/ds"], "not made by merge"),
-    ("merge", ["--out", "{ws}/new", "{ws}/ds", "{ws}/ds"], "named twice"),
-    ("merge", ["--out", "{ws}/new", "{ws}/ds", "{ws}/missing"], "not an offline dataset"),
-    ("merge", ["--out", "{ws}/new", "{ws}/truncated-manifest"], "damaged"),
-    ("merge", ["{ws}/ds"], "--out"),
+    ("merge", ["--out", "{ws}/ds", "--data", "{ws}/ds"], "one of the inputs"),
+    ("merge", ["--out", "{ws}/ds2", "--data", "{ws}/ds"], "not made by merge"),
+    ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds,{ws}/ds"], "named twice"),
+    ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds,{ws}/missing"], "not an offline dataset"),
+    ("merge", ["--out", "{ws}/new", "--data", "{ws}/truncated-manifest"], "damaged"),
+    ("merge", ["--data", "{ws}/ds"], "--out"),
     # rescore
-    ("rescore", ["{ws}/missing"], "no such directory"),
-    ("rescore", ["{ws}/foreign"], "not an offline dataset"),
-    ("rescore", ["{ws}/truncated-manifest"], "unreadable manifest"),
-    ("rescore", ["{ws}/missing-shard"], "missing from data/"),
-    ("rescore", ["{ws}/truncated-shard"], "unreadable shard"),
-    ("rescore", ["{ws}/ds", "--deadline", "0"], "need --deadline > 0"),
+    ("rescore", ["--data", "{ws}/missing"], "no such directory"),
+    ("rescore", ["--data", "{ws}/foreign"], "not an offline dataset"),
+    ("rescore", ["--data", "{ws}/truncated-manifest"], "unreadable manifest"),
+    ("rescore", ["--data", "{ws}/missing-shard"], "missing from data/"),
+    ("rescore", ["--data", "{ws}/truncated-shard"], "unreadable shard"),
+    ("rescore", ["--data", "{ws}/ds", "--deadline", "0"], "--deadline must be > 0"),
     # make-base
     ("make-base", ["--out", "{ws}/new", "--steps", "0"], "--steps must be >= 1"),
     ("make-base", ["--out", "{ws}/foreign"], "not made by make-base"),
@@ -281,7 +274,7 @@ def test_disk_full_during_collect_is_one_line_and_resumes(tmp_path, tiny_model_d
     from rollout.dataset import read_manifest, read_rows
 
     out = tmp_path / "data"
-    args = ["--out", str(out), "--model", str(tiny_model_dir), "--backend", "hf", "--limit", "4", "--n", "1",
+    args = ["--out", str(out), "--model", str(tiny_model_dir), "--backend", "hf", "--prompts", "4", "--n", "1",
             "--max-tokens", "8", "--shard-size", "2"]
     real = rollout.dataset.atomic_write_bytes
 
@@ -317,7 +310,7 @@ def test_disk_full_during_the_final_save_of_train_leaves_no_model(tmp_path, tiny
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", fails_midway)
     out = tmp_path / "run"
     code, stderr = run_command("train", ["--learner", "rft", "--data", str(tmp_path / "ds"), "--out", str(out),
-                                         "--max-steps", "1", "--batch-size", "2"], capfd)
+                                         "--steps", "1", "--batch-size", "2"], capfd)
     assert_fails_with(code, stderr, "no space left on device")
     assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()  # does not load as a model
     assert not (out / "train_summary.json").exists()  # nor count as a finished training
@@ -330,7 +323,7 @@ def test_disk_full_during_eval_leaves_no_results(tmp_path, tiny_model_dir, capfd
         raise _disk_full(path)
 
     monkeypatch.setattr(offline_rl.evaluate, "write_generations", fails)
-    code, stderr = run_command("eval", ["--model", str(tiny_model_dir), "--benchmarks", "test-id", "--limit", "2",
+    code, stderr = run_command("eval", ["--model", str(tiny_model_dir), "--benchmarks", "test-id", "--problems", "2",
                                         "--k", "1", "--max-tokens", "4", "--backend", "hf", "--out",
                                         str(tmp_path / "ev")], capfd)
     assert_fails_with(code, stderr, "no space left on device", "generations.parquet")

@@ -30,7 +30,7 @@ def test_every_command_answers_help_with_one_default_per_flag_in_kebab_case(comm
 
 
 def test_a_bin_command_reports_bad_input_in_one_line(tmp_path):
-    assert_one_line_usage_error(run_bin("collect", "--out", str(tmp_path / "o"), "--limit", "-1"), "--limit must be >= 1")
+    assert_one_line_usage_error(run_bin("collect", "--out", str(tmp_path / "o"), "--prompts", "-1"), "--prompts must be >= 1")
     assert not (tmp_path / "o").exists()
 
 
@@ -56,10 +56,10 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     import subprocess
     import sys
 
-    from rewards.files import OutputError, hold_directory, release_unused
+    from rollout.files import OutputError, hold_directory, release_unused
 
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rewards.files import hold_directory; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rollout.files import hold_directory; "
                                f"hold_directory({str(out)!r}, 'collect'); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=str(__import__("tests.conftest").conftest.ROOT))
     try:
@@ -74,8 +74,8 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path):
-    from rollout.cli import parse_config
     from rollout.collect import CollectConfig
+    from rollout.runtime import parse_config
 
     (tmp_path / "c.yaml").write_text(json.dumps({"n": 8, "temperature": 0.5, "out": "x"}))
     cfg = parse_config(CollectConfig, ["--config", str(tmp_path / "c.yaml"), "--n", "2"], "collect", "")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from offline_rl.base_model import DEFAULT_BASE_MODEL
-from rollout.cli import PAUSE_ENV
+from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import read_manifest, read_rows
+from rollout.runtime import PAUSE_ENV
 from tests.conftest import COLLECT_ARGS, ROOT, collect_world, run_bin
 from tests.test_cli import assert_one_line_usage_error
 from tests.test_pipeline import mean_abs_diff, transformers_logprobs
@@ -89,14 +89,14 @@ def test_two_shards_together_equal_the_unsharded_run(tmp_path_factory, vllm_data
     assert together == responses(vllm_dataset)
 
     merged = tmp_path_factory.mktemp("merged") / "data"
-    done = subprocess.run([sys.executable, "-m", "rollout", "merge", "--out", str(merged), *map(str, shards)],
+    done = subprocess.run([sys.executable, "-m", "offline_rl", "merge", "--out", str(merged), "--data", ",".join(map(str, shards))],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert responses(merged) == responses(vllm_dataset)
     assert read_manifest(merged)["counts"] == read_manifest(vllm_dataset)["counts"]
     shutil.copytree(shards[0], merged.parent / "copy")
-    again = subprocess.run([sys.executable, "-m", "rollout", "merge", "--out", str(merged.parent / "again"),
-                            str(shards[0]), str(merged.parent / "copy")], cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-m", "offline_rl", "merge", "--out", str(merged.parent / "again"),
+                            "--data", f"{shards[0]},{merged.parent / 'copy'}"], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and "repeats row" in again.stderr
     assert not (merged.parent / "again").exists()
 
@@ -130,7 +130,7 @@ def test_ratio_learners_start_at_ratio_one_on_tempered_samples(tempered_dataset,
     from tests.test_bad_input import run_command
 
     code, stderr = run_command("train", ["--learner", learner, "--data", str(tempered_dataset), "--out",
-                                         str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "16",
+                                         str(tmp_path / "run"), "--steps", "1", "--batch-size", "16",
                                          "--log-every", "1"], capfd)
     assert code == 0, stderr[-2000:]
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])

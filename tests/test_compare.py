@@ -5,19 +5,14 @@ import json
 
 import pytest
 
-from offline_rl.compare import (
-    CompareConfig,
-    format_report_table,
-    parse_learner_args,
-    plot_accuracy,
-    train_flags,
-    transfer_table,
-)
+from offline_rl.experiments.plan import CompareConfig, Run, parse_runs, plan
+from offline_rl.experiments.plots import plot_accuracy
+from offline_rl.experiments.report import format_report_table, transfer_table
 from tests.conftest import run_bin
 
 EVAL = ["--k", "2", "--max-tokens", "48"]
-ARGS = ["--learners", "dft", "--seeds", "0,1", "--benchmarks", "test-id,test-names", *EVAL, "--eval-limit", "6",
-        "--budget-steps", "3", "--batch-size", "4", "--backend", "vllm"]
+ARGS = ["--learners", "dft", "--seeds", "0,1", "--benchmarks", "test-id,test-names", *EVAL, "--problems", "6",
+        "--steps", "3", "--batch-size", "4", "--backend", "vllm"]
 
 
 @pytest.mark.slow
@@ -39,7 +34,7 @@ def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(t
                                           (out / "runs" / "dft-s0", "dft", 0, "test-names")):
         fresh = tmp_path / f"fresh-{name}-s{seed}"
         alone = run_bin("eval", "--model", str(model), "--seed", str(seed), "--benchmarks", benchmarks, *EVAL,
-                        "--limit", "6", "--out", str(fresh))
+                        "--problems", "6", "--out", str(fresh))
         assert alone.returncode == 0, alone.stderr[-2000:]
         live = [(g["benchmark"], g["response"], g["reward"])
                 for g in pq.read_table(out / "evals" / f"{name}-s{seed}" / "generations.parquet").to_pylist()
@@ -104,13 +99,28 @@ def test_transfer_table_marks_gains_beyond_seed_noise_and_the_plot_shows_them(tm
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_learner_recipes_and_overrides():
-    cfg = CompareConfig(lr=2e-4)
-    assert train_flags("dft", cfg, parse_learner_args(None)) == ["--lr", "0.0002"]
-    assert train_flags("dpo", cfg, parse_learner_args(None)) == ["--lr", "2e-05"]  # DPO's recipe
-    overrides = parse_learner_args("dpo: --beta 0.5; ppo: --clip-eps 0.1")
-    assert train_flags("dpo", cfg, overrides) == ["--lr", "0.0002", "--beta", "0.5"]
-    assert train_flags("ppo", cfg, overrides) == ["--lr", "0.0002", "--clip-eps", "0.1"]
+def test_runs_file_recipes_and_overrides(tmp_path):
+    from rollout.runtime import UsageError
+
+    assert Run("dft", "dft").lr(2e-4) == 2e-4 and Run("dpo", "dpo").lr(2e-4) == 2e-05  # DPO's recipe: a tenth
+    runs_file = tmp_path / "runs.yaml"
+    runs_file.write_text("- {name: dpo, learner: dpo, flags: {beta: 0.5, lr_scale: 1}}\n"
+                         "- {name: dft_seq, learner: dft, data: demonstrations, flags: {weighting: sequence}}\n"
+                         "- {name: grpo, learner: grpo, rounds: 100}\n")
+    cfg = CompareConfig(out=str(tmp_path / "cmp"), runs=str(runs_file), steps=100, batch_size=16, seeds="0")
+    runs = parse_runs(cfg)
+    assert [(r.name, r.learner, r.data, r.rounds) for r in runs] == [
+        ("dpo", "dpo", "dataset", None), ("dft_seq", "dft", "demonstrations", None), ("grpo", "grpo", "dataset", 100)]
+    stages = {s.name: s for s in plan(cfg, tmp_path, tmp_path / "data", runs, [0], tmp_path / "demos")}
+    dpo_train, dpo_learner = stages["train dpo s0"].configs
+    assert (dpo_train.lr, dpo_learner.beta) == (2e-4, 0.5)  # the run's own rate and beta replace the recipe
+    seq_train, seq_learner = stages["train dft_seq s0"].configs
+    assert seq_train.data == str(tmp_path / "demos") and seq_learner.weighting == "sequence"
+    for text, message in (("- {name: x, learner: ddpg}", "known learner"), ("- {name: x, learner: dft, flags: {beta: 1}}", "beta"),
+                          ("- {name: x, learner: dft, rounds: 3}", "do not split"), ("- {name: x, learner: dft, colour: 1}", "unknown key")):
+        runs_file.write_text(text + "\n")
+        with pytest.raises(UsageError, match=message):
+            parse_runs(cfg)
 
 
 def test_a_failed_stage_is_reported_and_the_rest_still_run(tmp_path, tiny_model_dir):
@@ -123,8 +133,8 @@ def test_a_failed_stage_is_reported_and_the_rest_still_run(tmp_path, tiny_model_
     writer.finish()
     out = tmp_path / "cmp"
     result = run_bin("compare", "--data", str(tmp_path / "data"), "--out", str(out), "--learners", "dpo,rft",
-                     "--seeds", "0", "--benchmarks", "test-id", "--eval-limit", "2", "--k", "1", "--max-tokens", "8",
-                     "--budget-steps", "1", "--batch-size", "2", "--backend", "hf")
+                     "--seeds", "0", "--benchmarks", "test-id", "--problems", "2", "--k", "1", "--max-tokens", "8",
+                     "--steps", "1", "--batch-size", "2", "--backend", "hf")
     assert result.returncode == 1  # stages failed: not bad input
     assert result.stderr.strip().splitlines()[-1].startswith("compare: error: 1 stage(s) failed, the report holds the rest: train dpo s0 failed")
     assert "no preference pairs" in result.stderr
@@ -152,9 +162,10 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
     from rollout.dataset import read_manifest
     from tests.test_collect import kill, start_paused
 
-    args = ["--collect-limit", "4", "--learners", "rft,rft_x2=rft", "--rounds", "rft_x2:2", "--seeds", "0",
-            "--benchmarks", "test-id", "--eval-limit", "2", "--k", "1", "--max-tokens", "16", "--budget-steps", "2",
-            "--batch-size", "2", "--backend", "hf"]
+    runs = tmp_path / "runs.yaml"
+    runs.write_text("- {name: rft, learner: rft}\n- {name: rft_x2, learner: rft, rounds: 2}\n")
+    args = ["--prompts", "4", "--runs", str(runs), "--seeds", "0", "--benchmarks", "test-id", "--problems", "2",
+            "--k", "1", "--max-tokens", "16", "--steps", "2", "--batch-size", "2", "--backend", "hf"]
     whole = run_bin("compare", "--out", str(tmp_path / "whole"), *args)
     assert whole.returncode == 0, whole.stderr[-2000:]
     # one engine for the collection, the evaluations and the rounds' own sampling (bin/iterate in this process)
@@ -181,27 +192,16 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
 
 
 def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tmp_path):
-    from offline_rl.compare import parse_rounds, plan
-    from rollout.cli import UsageError
-
-    cfg = CompareConfig(out=str(tmp_path), learners="rft,rft_x4=rft,grpo", rounds="rft_x4:4,grpo:100",
-                        budget_steps=100, batch_size=16, seeds="0")
-    stages = {s.name: s.command for s in plan(cfg, tmp_path, tmp_path / "data", {"rft": "rft", "rft_x4": "rft",
-                                                                                 "grpo": "grpo"}, [0])}
+    runs = [Run("rft", "rft"), Run("rft_x4", "rft", rounds=4), Run("grpo", "grpo", rounds=100)]
+    cfg = CompareConfig(out=str(tmp_path), steps=100, batch_size=16, seeds="0")
+    stages = {s.name: s for s in plan(cfg, tmp_path, tmp_path / "data", runs, [0])}
     offline, iterated, online = stages["train rft s0"], stages["train rft_x4 s0"], stages["train grpo s0"]
-    assert offline[1].endswith("bin/train") and iterated[1].endswith("bin/iterate") and online[1].endswith("bin/iterate")
-
-    def flag(command, name):
-        return command[command.index(name) + 1]
-
-    assert flag(iterated, "--rounds") == "4" and flag(iterated, "--steps-per-round") == "25"
-    assert flag(online, "--rounds") == "100" and flag(online, "--steps-per-round") == "1"
-    for command in (iterated, online):  # the dataset's prompts and sampling, shared out over the rounds
-        assert flag(command, "--like") == str(tmp_path / "data") and flag(command, "--batch-size") == "16"
-    assert flag(offline, "--max-steps") == "100"
-    for bad in ("rft_x4:3", "nope:4", "rft_x4:0"):
-        with pytest.raises(UsageError):
-            parse_rounds(bad, {"rft": "rft", "rft_x4": "rft"}, 100)
+    assert (offline.command, iterated.command, online.command) == ("train", "iterate", "iterate")
+    assert offline.configs[0].steps == 100
+    for stage, rounds in ((iterated, 4), (online, 100)):  # the dataset's prompts and sampling, shared out over the rounds
+        cfg_rounds = stage.configs[0]
+        assert (cfg_rounds.rounds, cfg_rounds.steps, cfg_rounds.batch_size) == (rounds, 100, 16)
+        assert cfg_rounds.data == str(tmp_path / "data")
 
 
 class FakeEngine:
@@ -225,11 +225,11 @@ class FakeEngine:
 
 @pytest.mark.parametrize("device", [False, True])
 def test_the_live_engine_starts_once_loads_in_place_and_makes_room_on_an_accelerator(monkeypatch, device):
-    from rollout import collect
+    from rollout import engines
 
     log = []
-    monkeypatch.setattr(collect, "start_engine", lambda flags, model: FakeEngine(model, log, device))
-    live = collect.LiveEngine(flags=None)
+    monkeypatch.setattr(engines, "start_engine", lambda flags, model: FakeEngine(model, log, device))
+    live = engines.LiveEngine(flags=None)
     assert live.hold("base") is not None and live.last == "started"
     assert live.hold("base") is None and live.last == "held"  # the same weights: only the prefix cache emptied
     live.hold("dft-s0")

@@ -29,12 +29,12 @@ def test_two_process_ddp_matches_single_process(tmp_path, tiny_model_dir, tiny_m
     assert torchrun, "torchrun comes with torch"
     _, tokenizer = tiny_model
     world_dataset(tmp_path / "data", tokenizer, n_prompts=32)
-    args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--max-steps", "3",
+    args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--steps", "3",
             "--lr", "3e-3", "--log-every", "1", "--seed", "0"]
     single = run_bin("train", *args, "--batch-size", "8", "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()),
-                          str(ROOT / "bin" / "train"), *args, "--batch-size", "4", "--out", str(tmp_path / "ddp")],
+                          str(ROOT / "bin" / "train"), *args, "--batch-size", "8", "--out", str(tmp_path / "ddp")],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from offline_rl import world
+from offline_rl.embedded import world
 from rollout import demonstrations
-from rollout.cli import UsageError, run
 from rollout.dataset import COLUMNS, read_manifest, shard_files
+from rollout.runtime import UsageError, run
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
 SOLUTION = "We add 2 and 3 to get 5. The answer is \\boxed{5}."
@@ -78,7 +78,7 @@ def test_plain_layout_csv_and_the_worlds_reference_solutions(tmp_path, tiny_mode
     manifest, rows = _import(tmp_path, tiny_model_dir, source, "--format", "plain", "--question-field", "q",
                              "--solution-field", "worked", "--answer-field", "gold", "--template", "world")
     assert rows[0]["reward"] == 1.0 and rows[0]["question"] == "2+3?"
-    manifest, rows = _import(tmp_path, tiny_model_dir, "world:train", "--limit", "50")
+    manifest, rows = _import(tmp_path, tiny_model_dir, "world:train", "--prompts", "50")
     problems = world.load_split("train")[:50]
     assert [r["prompt_id"] for r in rows] == [p.id for p in problems] and all(r["reward"] == 1.0 for r in rows)
     from transformers import AutoTokenizer
@@ -90,14 +90,14 @@ def test_plain_layout_csv_and_the_worlds_reference_solutions(tmp_path, tiny_mode
 def test_shared_benchmarks_as_real_schema_demonstrations(tmp_path, tiny_model_dir):
     if not SHARED.is_dir():
         pytest.skip("../shared/data/benchmarks is not beside this checkout")
-    manifest, rows = _import(tmp_path, tiny_model_dir, SHARED / "math500_test.jsonl", "--limit", "40",
+    manifest, rows = _import(tmp_path, tiny_model_dir, SHARED / "math500_test.jsonl", "--prompts", "40",
                              "--max-model-len", "100000")
     assert manifest["source"]["format"] == "openr1"  # problem, solution, answer: the answer field is the gold
     assert manifest["counts"]["accepted"] >= 38  # MATH solutions box their own answers
-    manifest, rows = _import(tmp_path, tiny_model_dir, SHARED / "gsm8k_test.jsonl", "--limit", "40",
+    manifest, rows = _import(tmp_path, tiny_model_dir, SHARED / "gsm8k_test.jsonl", "--prompts", "40",
                              "--max-model-len", "100000")
     assert manifest["source"]["format"] == "gsm8k" and manifest["counts"]["accepted"] == 40
-    manifest, _ = _import(tmp_path, tiny_model_dir, SHARED / "gsm8k_test.jsonl", "--limit", "40")
+    manifest, _ = _import(tmp_path, tiny_model_dir, SHARED / "gsm8k_test.jsonl", "--prompts", "40")
     assert manifest["counts"]["too_long"] > 0 and manifest["counts"]["responses"] + manifest["counts"]["too_long"] == 40
 
 
@@ -121,7 +121,7 @@ def test_bad_layouts_are_one_line_and_exit_2(tmp_path, tiny_model_dir, capfd, ro
 @pytest.fixture(scope="module")
 def world_demonstrations(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("demos") / "data"
-    demonstrations.main(["--source", "world:train", "--out", str(out), "--limit", "16"], world=world.load_split,
+    demonstrations.main(["--source", "world:train", "--out", str(out), "--prompts", "16"], world=world.load_split,
                         default_model=str(tiny_model_dir))
     return out
 
@@ -151,12 +151,12 @@ def test_sft_and_dft_train_on_demonstrations_and_on_both_kinds_mixed(tmp_path, w
     from offline_rl import train
 
     summary = train.main(["--learner", "dft", "--data", str(world_demonstrations), "--out", str(tmp_path / "dft"),
-                          "--max-steps", "2", "--batch-size", "4", "--weighting", "sequence", "--min-weight", "0.1"])
+                          "--steps", "2", "--batch-size", "4", "--weighting", "sequence", "--min-weight", "0.1"])
     assert summary["examples"] == 16
     config = json.loads((tmp_path / "dft" / "train_config.json").read_text())
     assert config["view"] == "accepted"
     mixed = f"{world_demonstrations},{hf_dataset}"
-    summary = train.main(["--learner", "sft", "--data", mixed, "--out", str(tmp_path / "sft"), "--max-steps", "1",
+    summary = train.main(["--learner", "sft", "--data", mixed, "--out", str(tmp_path / "sft"), "--steps", "1",
                           "--batch-size", "4", "--view", "all", "--model", str(read_manifest(hf_dataset)["model"])])
     assert summary["examples"] == 16 + len(datasets.load_dataset("parquet", data_files=[
         str(f) for f in shard_files(hf_dataset)], split="train").filter(lambda r: len(r["response_token_ids"]) > 0))
@@ -165,7 +165,7 @@ def test_sft_and_dft_train_on_demonstrations_and_on_both_kinds_mixed(tmp_path, w
 
 
 def test_views_select_rows_by_reward_and_group(tmp_path):
-    from offline_rl.data import view_examples
+    from offline_rl.views import view_examples
     from rollout.dataset import DatasetWriter, load_offline_dataset
     from tests.conftest import make_rows
 
@@ -186,23 +186,23 @@ def test_the_papers_recipe_resolves_without_downloading(tmp_path):
     from offline_rl.evaluate import EvalConfig
     from offline_rl.learners import LEARNER_CONFIGS
     from offline_rl.train import TrainConfig
-    from rollout.cli import parse_config
     from rollout.demonstrations import ImportConfig
+    from rollout.runtime import parse_config
 
     folder = Path(__file__).resolve().parents[1] / "configs" / "paper-dft"
     imported = parse_config(ImportConfig, ["--config", str(folder / "import.yaml")], "import", "")
-    assert (imported.source, imported.limit, imported.max_model_len) == ("AI-MO/NuminaMath-CoT", 100000, 2048)
+    assert (imported.source, imported.prompts, imported.max_model_len) == ("AI-MO/NuminaMath-CoT", 100000, 2048)
     trained, *learners = parse_config((TrainConfig, *LEARNER_CONFIGS), ["--config", str(folder / "train.yaml")],
                                       "train", "")
     assert (trained.learner, trained.lr, trained.epochs, trained.warmup_ratio) == ("dft", 5e-5, 1.0, 0.1)
-    assert trained.batch_size * trained.grad_accum * 8 == 256  # on the 8 GPUs its comment launches
+    assert trained.batch_size == 256 and trained.micro_batch_size * 8 * 8 == 256  # 8 micro-batches on each of 8 GPUs
     evaluated = parse_config(EvalConfig, ["--config", str(folder / "eval.yaml")], "eval", "")
     assert (evaluated.k, evaluated.temperature, evaluated.max_tokens, evaluated.template) == (16, 1.0, 4096, "qwen-boxed")
     from offline_rl.evaluate import load_benchmark
 
     if SHARED.is_dir():  # every benchmark it names loads
         for name in evaluated.benchmarks.split(","):
-            assert load_benchmark(name, EvalConfig(data_dir=str(SHARED))).records
+            assert load_benchmark(name, EvalConfig(benchmark_dir=str(SHARED))).records
 
 
 def test_a_save_to_disk_directory_is_a_source(tmp_path, tiny_model_dir):

@@ -13,9 +13,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from offline_rl import world
-from offline_rl.data import Example, collate, group_accuracies, group_advantages, token_logprobs
+from offline_rl.embedded import world
 from offline_rl.learners import LEARNERS, dpo
+from offline_rl.projection import token_logprobs
+from offline_rl.views import Example, collate, group_accuracies, group_advantages
 
 STEPS, LR = 6, 3e-3
 
@@ -54,9 +55,9 @@ def _sequence_logprobs(model, examples, pad) -> torch.Tensor:
 
 def _train(model, learner, items, pad, cfg=None):
     model = copy.deepcopy(model)
-    cfg = cfg or learner.Config()
+    cfg = cfg or learner.config()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    collate_items = getattr(learner, "collate", collate)
+    collate_items = learner.collate
     for _ in range(STEPS):
         batch = collate_items(items, pad)
         logprobs = token_logprobs(model, batch, chunk_size=8)
@@ -75,7 +76,7 @@ def test_likelihood_learners_lower_the_nll_of_their_targets(tiny_model, pairs, n
     targets = [right for right, _ in pairs]
     learner = LEARNERS[name]
     before = -_sequence_logprobs(model, targets, tokenizer.eos_token_id).sum()
-    after = -_sequence_logprobs(_train(model, learner, targets, tokenizer.eos_token_id, learner.Config(**settings)),
+    after = -_sequence_logprobs(_train(model, learner, targets, tokenizer.eos_token_id, learner.config(**settings)),
                                 targets, tokenizer.eos_token_id).sum()
     assert after < before - 1.0, (name, settings, before.item(), after.item())
 
@@ -101,7 +102,7 @@ def test_dpo_raises_the_chosen_minus_rejected_margin(tiny_model, pairs):
     reference_chosen, reference_rejected = _sequence_logprobs(model, chosen, pad), _sequence_logprobs(model, rejected, pad)
     items = [dpo.Pair(replace(w, reference_logprob=float(rw)), replace(lose, reference_logprob=float(rl)))
              for w, lose, rw, rl in zip(chosen, rejected, reference_chosen, reference_rejected, strict=True)]
-    trained = _train(model, dpo, items, pad)
+    trained = _train(model, dpo.LEARNER, items, pad)
     margin = ((_sequence_logprobs(trained, chosen, pad) - reference_chosen)
               - (_sequence_logprobs(trained, rejected, pad) - reference_rejected))  # [P]; 0 before training
     assert margin.mean() > 0.5, margin

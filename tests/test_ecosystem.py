@@ -47,7 +47,7 @@ def tracked(tmp_path_factory, tiny_model_dir, tiny_model):
     env = {**os.environ, "WANDB_MODE": "offline", "TRACKIO_DIR": str(root / "trackio"), "WANDB_SILENT": "true"}
     out = root / "run"
     done = subprocess.run([sys.executable, str(ROOT / "bin" / "train"), "--learner", "dft", "--data", str(root / "data"),
-                           "--model", str(tiny_model_dir), "--out", str(out), "--max-steps", "3", "--batch-size", "4",
+                           "--model", str(tiny_model_dir), "--out", str(out), "--steps", "3", "--batch-size", "4",
                            "--log-every", "1", "--report-to", "tensorboard,wandb,trackio"],
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -88,14 +88,17 @@ def test_the_model_card_says_what_made_the_weights_and_lists_evaluations(tracked
     saved = json.loads((out / "train_config.json").read_text())
     assert card.startswith("---\nbase_model: ") and f"base_model: {saved['model']}" in card
     assert "bin/train --learner dft" in card and "3 optimizer steps" in card and str(out.parent / "data") in card
-    assert "None yet" in card
+    assert "None recorded" in card
     from offline_rl import evaluate
+    from rollout.model_cards import write_model_card
 
-    evaluate.main(["--model", str(out), "--backend", "hf", "--benchmarks", "test-id", "--limit", "2", "--k", "1",
+    evaluate.main(["--model", str(out), "--backend", "hf", "--benchmarks", "test-id", "--problems", "2", "--k", "1",
                    "--max-tokens", "8", "--out", str(out.parent / "eval")])
     evaluations = json.loads((out / "evaluations.json").read_text())
     assert list(evaluations) == [str(out.parent / "eval")]
-    assert "avg@1 test-id" in (out / "README.md").read_text() and "None yet" not in (out / "README.md").read_text()
+    assert (out / "README.md").read_text() == card  # an evaluation records its results; the card is left alone
+    write_model_card(out)  # and is regenerated from the records
+    assert "avg@1 test-id" in (out / "README.md").read_text() and "None recorded" not in (out / "README.md").read_text()
 
 
 def test_unknown_or_missing_tracker_is_one_line(tmp_path, tiny_model_dir, tiny_model):
@@ -118,10 +121,14 @@ def test_one_command_with_help_at_each_level(capsys, monkeypatch):
     listed = capsys.readouterr().out
     for name in ("collect", "import", "train", "eval", "compare", "iterate", "export", "rescore", "merge"):
         assert f"  {name} " in listed
-    for name in ("collect", "train", "eval", "iterate", "compare", "export", "import"):
+    for name in cli.COMMANDS:
         with pytest.raises(SystemExit) as done:
             cli.main([name, "--help"])
-        assert done.value.code == 0 and "--" in capsys.readouterr().out
+        shown = capsys.readouterr().out
+        assert done.value.code == 0 and "--help-all" in shown and len(shown.splitlines()) <= 60, (name, shown)
+        with pytest.raises(SystemExit) as done:
+            cli.main([name, "--help-all"])
+        assert done.value.code == 0 and len(capsys.readouterr().out.splitlines()) >= len(shown.splitlines())
     with pytest.raises(SystemExit) as done:
         cli.main(["colect"])
     assert done.value.code == 2 and "unknown command 'colect'" in capsys.readouterr().err

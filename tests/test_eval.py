@@ -60,7 +60,7 @@ def test_majority_groups_wrong_answers_by_verifier_equivalence(preds, correct, e
 
 
 def test_eval_of_a_tiny_model_on_a_tiny_file_benchmark(tmp_path, tiny_model_dir):
-    from offline_rl import world
+    from offline_rl.embedded import world
 
     problems = world.load_split("test-id")[:6]
     bench = tmp_path / "mini.jsonl"
@@ -91,7 +91,7 @@ def test_eval_of_a_tiny_model_on_a_tiny_file_benchmark(tmp_path, tiny_model_dir)
 def test_eval_runs_each_shared_benchmark_end_to_end(tmp_path):
     if not SHARED.is_dir():
         pytest.skip(f"benchmark data absent: {SHARED}")
-    result = run_bin("eval", "--benchmarks", ",".join(SHARED_BENCHMARKS), "--data-dir", str(SHARED), "--limit", "3",
+    result = run_bin("eval", "--benchmarks", ",".join(SHARED_BENCHMARKS), "--benchmark-dir", str(SHARED), "--problems", "3",
                      "--k", "2", "--max-tokens", "16", "--out", str(tmp_path / "ev"))
     assert result.returncode == 0, result.stderr[-2000:]
     res = json.loads((tmp_path / "ev" / "results.json").read_text())

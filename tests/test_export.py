@@ -5,7 +5,7 @@ import json
 import pytest
 
 from offline_rl import export
-from offline_rl.learners.dpo import make_pairs
+from offline_rl.views import make_pairs
 from rollout.dataset import COLUMNS, load_offline_dataset, read_manifest, read_rows
 from tests.conftest import run_bin
 from tests.test_cli import assert_one_line_usage_error
@@ -30,9 +30,9 @@ def test_exports_follow_the_learners_views(exported, vllm_dataset):
     assert {(r["prompt_id"], r["prompt"]) for r in sft} <= {(r["prompt_id"], r["prompt"]) for r in rows}
 
     dpo = datasets.load_dataset(str(exported / "trl-dpo"))["train"]
-    from offline_rl.data import sampled_examples
+    from offline_rl.views import sampled_examples
 
-    pairs = make_pairs(sampled_examples(load_offline_dataset(vllm_dataset), accepted_only=False), "one")
+    pairs = make_pairs(sampled_examples(load_offline_dataset(vllm_dataset), accepted_only=False)[0], "one")
     assert dpo.num_rows == len(pairs) > 0
     reward = {(r["prompt_id"], r["response"]): r["reward"] for r in rows}
     for r in dpo:  # chosen right, rejected wrong, never the same text
@@ -67,8 +67,8 @@ def test_dataset_card_loads_with_no_argument_and_says_what_the_manifest_says(vll
 
     import datasets
 
-    from rewards.cards import card_fields
-    from rewards.rescore import rescore
+    from rollout.cards import card_fields
+    from rollout.rescore import rescore
 
     assert (vllm_dataset / "README.md").is_file()  # bin/collect wrote it when it finished
     loaded = datasets.load_dataset(str(vllm_dataset))["train"]

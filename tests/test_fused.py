@@ -63,7 +63,7 @@ def test_training_through_the_fused_projection_equals_the_one_shot_projection(le
     for chunk in ("0", "16"):  # 0: one [B, T, V] projection, autograd; 16: fused chunks (the default path)
         out = tmp_path / f"{learner}-{chunk}"
         train.main(["--learner", learner, "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out",
-                    str(out), "--max-steps", "3", "--batch-size", "4", "--lr", "3e-3", "--logit-chunk-size", chunk,
+                    str(out), "--steps", "3", "--batch-size", "4", "--lr", "3e-3", "--logit-chunk-size", chunk,
                     "--report-to", "none", *extra])
         weights[chunk] = load_file(out / "model.safetensors")
         losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -73,7 +73,7 @@ def test_training_through_the_fused_projection_equals_the_one_shot_projection(le
     assert weights["0-loss"] == pytest.approx(weights["16-loss"], rel=1e-5)
     diffs = {name: (value - weights["16"][name]).abs().max().item() for name, value in weights["0"].items()}
     assert max(diffs.values()) < 1e-4 and sorted(diffs.values())[len(diffs) // 2] < 1e-6, diffs
-    assert train.fused_projection(LEARNER_MODULES[learner], LEARNER_MODULES[learner].Config(), train.TrainConfig(),
+    assert train.fused_projection(LEARNER_MODULES[learner], LEARNER_MODULES[learner].config(), train.TrainConfig(),
                                   None, _Accelerator()) is not None
 
 

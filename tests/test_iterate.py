@@ -13,7 +13,7 @@ from tests.conftest import run_bin
 from tests.test_cli import assert_one_line_usage_error
 from tests.test_collect import kill, start_paused
 
-ROUNDS = ["--rounds", "2", "--steps-per-round", "3", "--prompts-per-round", "12", "--batch-size", "8",
+ROUNDS = ["--rounds", "2", "--steps", "6", "--prompts-per-round", "12", "--batch-size", "8",
           "--lr", "1e-3", "--seed", "0"]
 
 
@@ -94,7 +94,7 @@ def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_ro
 def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
     out = tmp_path / "grpo"
     # the transformers engine (its sampled log-probs are exact too): no vLLM start-up in this test
-    result = run_bin("iterate", "--learner", "grpo", "--rounds", "2", "--steps-per-round", "2", "--prompts-per-round",
+    result = run_bin("iterate", "--learner", "grpo", "--rounds", "2", "--steps", "4", "--prompts-per-round",
                      "12", "--batch-size", "8", "--lr", "1e-3", "--backend", "hf", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -110,18 +110,22 @@ def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
 def test_bad_rounds_input_is_one_line(tmp_path):
     result = run_bin("iterate", "--learner", "rft", "--prompts-per-round", "5000", "--out", str(tmp_path / "a"))
     assert_one_line_usage_error(result, "exceeds the 3000 prompts")
-    result = run_bin("iterate", "--train-args", "--lr 1", "--out", str(tmp_path / "b"))
-    assert_one_line_usage_error(result, "--lr is set by bin/iterate")
+    result = run_bin("iterate", "--save-every", "1", "--out", str(tmp_path / "b"))
+    assert_one_line_usage_error(result, "--save-every is set by bin/iterate")
+    result = run_bin("iterate", "--learner", "rft", "--beta", "0.2", "--out", str(tmp_path / "d"))
+    assert_one_line_usage_error(result, "--beta is a flag of dpo, not of rft")
+    result = run_bin("iterate", "--learner", "dpo", "--view", "groups", "--out", str(tmp_path / "e"))
+    assert_one_line_usage_error(result, "dpo trains on the pairs view")
     result = run_bin("iterate", "--learner", "nope", "--out", str(tmp_path / "c"))
     assert_one_line_usage_error(result, "unknown learner")
 
 
 def test_like_samples_as_the_dataset_did_and_shares_its_prompts_over_the_rounds(vllm_dataset, tmp_path):
-    from offline_rl.iterate import IterateConfig, sample_like
+    from offline_rl.experiments.iterate import IterateConfig, sample_like
 
-    cfg = sample_like(IterateConfig(like=str(vllm_dataset), rounds=4, out=str(tmp_path)), given={"rounds"})
+    cfg = sample_like(IterateConfig(data=str(vllm_dataset), rounds=4, out=str(tmp_path)), given={"rounds"})
     manifest = read_manifest(vllm_dataset)
     assert (cfg.prompts_per_round, cfg.n, cfg.max_tokens) == (24 // 4, 2, 96)
     assert cfg.model == manifest["model"] and cfg.source == "world:train" and cfg.temperature == 1.0
-    given = sample_like(IterateConfig(like=str(vllm_dataset), rounds=4, n=8), given={"rounds", "n"})
+    given = sample_like(IterateConfig(data=str(vllm_dataset), rounds=4, n=8), given={"rounds", "n"})
     assert given.n == 8  # a flag given wins

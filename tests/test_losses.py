@@ -2,9 +2,10 @@ import math
 
 import torch
 
-from offline_rl.data import Example, collate, token_logprobs
 from offline_rl.learners import LEARNERS, dft, rft
+from offline_rl.projection import token_logprobs
 from offline_rl.train import token_mean
+from offline_rl.views import Example, collate
 
 
 def hand_batch(probs):
@@ -112,7 +113,7 @@ def test_ppo_clip_engages_beyond_epsilon():
 
 
 def test_group_advantages_sum_to_zero_per_prompt():
-    from offline_rl.data import group_advantages
+    from offline_rl.views import group_advantages
 
     rewards = {"a": [1.0, 0.0, 0.0, 1.0], "b": [1.0, 1.0, 1.0, 0.0], "c": [0.0, 0.0, 0.0, 0.0]}
     examples = [Example(pid, [1], [2], reward=r) for pid, rs in rewards.items() for r in rs]
@@ -129,7 +130,7 @@ def test_dpo_loss_is_log_two_when_policy_equals_reference():
 
     pairs = [dpo.Pair(Example("a", [1], [2, 3], reward=1.0), Example("a", [1], [4], reward=0.0)),
              dpo.Pair(Example("b", [1], [5], reward=1.0), Example("b", [1], [6, 7, 8], reward=0.0))]
-    batch = dpo.collate(pairs, pad_token_id=0)
+    batch = dpo.collate_pairs(pairs, pad_token_id=0)
     logprobs = -torch.rand(batch["targets"].shape)  # [2P, T]: any policy...
     sequences = (logprobs * batch["response_mask"]).sum(-1)
     batch["reference_logprobs"] = sequences.clone()  # ...that equals its reference
@@ -225,7 +226,7 @@ def test_adft_anchor_is_unbiased_for_kl_of_behaviour_to_policy():
 
 
 def test_temperature_and_float32_projection(tiny_model):
-    from offline_rl.data import _chunk_logprobs, token_logprobs_at
+    from offline_rl.projection import _chunk_logprobs, token_logprobs_at
 
     model, tokenizer = tiny_model
     examples = [Example("a", tokenizer("Question: 1+2?\nAnswer:")["input_ids"], tokenizer(" 3 \\boxed{3}")["input_ids"])]

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from offline_rl import world
-from offline_rl.base_model import DEFAULT_BASE_MODEL
+from offline_rl.embedded import world
+from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import COLUMNS, load_offline_dataset, read_manifest
 from tests.conftest import run_bin
 
@@ -64,14 +64,14 @@ def test_hf_backend_writes_the_same_contract(hf_dataset):
 def test_train_dft_then_eval_loads_the_checkpoint_in_vllm(vllm_dataset, tmp_path):
     model_dir = tmp_path / "dft"
     result = run_bin("train", "--learner", "dft", "--data", str(vllm_dataset), "--out", str(model_dir),
-                     "--max-steps", "3", "--batch-size", "4")
+                     "--steps", "3", "--batch-size", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
     metrics = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == 3 and {"loss", "nll", "p"} <= set(metrics[-1])
     assert metrics[-1]["loss"] < metrics[-1]["nll"]  # DFT's loss is NLL weighted by p < 1
 
-    result = run_bin("eval", "--model", str(model_dir), "--limit", "8", "--k", "2", "--out", str(tmp_path / "eval"))
+    result = run_bin("eval", "--model", str(model_dir), "--problems", "8", "--k", "2", "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(results["benchmarks"]) == world.TEST_SPLITS  # every world test split by default

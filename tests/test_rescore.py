@@ -1,4 +1,4 @@
-"""``python -m rewards rescore``: new pred and reward, every other column untouched, all-or-nothing under SIGKILL."""
+"""``offline-rl rescore``: new pred and reward, every other column untouched, all-or-nothing under SIGKILL."""
 
 import json
 import os
@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rewards.rescore import PAUSE_ENV, rescore
 from rollout.dataset import COLUMNS, DatasetWriter
+from rollout.rescore import PAUSE_ENV, rescore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def test_rescore_killed_midway_leaves_old_or_new(tmp_path):
 
     for step in (1, 2, 3, 4):
         dataset = shutil.copytree(original, tmp_path / f"killed-{step}")
-        proc = subprocess.Popen([sys.executable, "-m", "rewards", "rescore", str(dataset), "--workers", "2",
+        proc = subprocess.Popen([sys.executable, "-m", "offline_rl", "rescore", "--data", str(dataset), "--workers", "2",
                                  "--deadline", "0.3"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                 env={**os.environ, PAUSE_ENV: str(step)})
         try:
@@ -118,7 +118,7 @@ def test_rescore_a_dataset_made_by_bin_collect(tmp_path, vllm_dataset):
     dataset = tmp_path / "ds"
     shutil.copytree(vllm_dataset, dataset)
     old_manifest, old = read_state(dataset)
-    done = subprocess.run([sys.executable, "-m", "rewards", "rescore", str(dataset), "--workers", "2"],
+    done = subprocess.run([sys.executable, "-m", "offline_rl", "rescore", "--data", str(dataset), "--workers", "2"],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     manifest, new = read_state(dataset)

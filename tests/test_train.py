@@ -1,13 +1,13 @@
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from offline_rl import world
-from offline_rl.data import Example
+from offline_rl import views
+from offline_rl.embedded import world
 from offline_rl.learners import dft, rft, sft
-from offline_rl.train import TrainConfig, train
+from offline_rl.train import TrainConfig, run_train
+from offline_rl.views import Example, ViewContext
 from rollout.dataset import DatasetWriter, load_offline_dataset, read_manifest
 
 
@@ -30,13 +30,12 @@ def world_dataset(path, tokenizer, n_prompts=16):
 def test_views_pick_the_rows_each_learner_trains_on(tmp_path, tiny_model):
     _, tokenizer = tiny_model
     dataset, manifest = world_dataset(tmp_path, tokenizer)
-    context = SimpleNamespace(tokenizer=tokenizer, manifest=manifest)
+    context = ViewContext(tokenizer, {"data": manifest}, "tiny")
     accepted = {r["prompt_id"] for r in dataset if r["reward"] == 1.0}
-    assert {e.prompt_id for e in rft.examples(dataset, context)} == accepted
-    assert {e.prompt_id for e in dft.examples(dataset, context)} == accepted
-    assert {e.prompt_id for e in sft.examples(dataset, context)} == accepted  # sft's default view: accepted
-    context.view = "all"
-    sft_examples = sft.examples(dataset, context)
+    for learner in (rft.LEARNER, dft.LEARNER, sft.LEARNER):  # each one's default view: accepted
+        examples = learner.examples(views.view_examples(dataset, learner.views[0]), learner.config(), context)
+        assert {e.prompt_id for e in examples} == accepted
+    sft_examples = sft.LEARNER.examples(views.view_examples(dataset, "all"), sft.SFTConfig(), context)
     assert len(sft_examples) == 16  # every row, whatever the reward
     solution = world.load_split("train")[0].solution
     assert tokenizer.decode(sft_examples[0].response_token_ids, skip_special_tokens=True).strip() == solution
@@ -47,9 +46,9 @@ def test_training_changes_the_model_and_lowers_nll(tmp_path, tiny_model_dir, tin
 
     _, tokenizer = tiny_model
     dataset, manifest = world_dataset(tmp_path / "data", tokenizer)
-    cfg = TrainConfig(learner="dft", data=str(tmp_path / "data"), out=str(tmp_path / "out"), max_steps=8,
-                      batch_size=4, lr=3e-3, warmup_ratio=0.0, log_every=1)
-    summary = train(cfg, manifest, dataset, str(tiny_model_dir))
+    cfg = TrainConfig(learner="dft", data=str(tmp_path / "data"), out=str(tmp_path / "out"), steps=8,
+                      batch_size=4, lr=3e-3, warmup_ratio=0.0, log_every=1, model=str(tiny_model_dir))
+    summary = run_train(cfg)
     assert summary["steps"] == 8
 
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
@@ -68,7 +67,7 @@ def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_
     DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
                                       "sampling": {"temperature": 1.0, "top_p": 1.0}}).write_shard(make_rows(n_prompts=4, n=2))
     result = run_bin("train", "--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-                     "--max-steps", "2", "--batch-size", "4", "--clip-eps", "0.1", "--log-every", "1")
+                     "--steps", "2", "--batch-size", "4", "--clip-eps", "0.1", "--log-every", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "out" / "learner_config.json").read_text())["clip_eps"] == 0.1
     metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
@@ -84,7 +83,7 @@ def test_dpo_trains_with_either_reference(tmp_path, tiny_model_dir):
     for reference in ("model", "behavior"):
         out = tmp_path / f"out-{reference}"
         result = run_bin("train", "--learner", "dpo", "--data", str(tmp_path / "data"), "--out", str(out),
-                         "--max-steps", "2", "--batch-size", "2", "--beta", "0.2", "--reference", reference,
+                         "--steps", "2", "--batch-size", "2", "--beta", "0.2", "--reference", reference,
                          "--log-every", "1", "--model", str(tiny_model_dir))
         assert result.returncode == 0, result.stderr[-2000:]
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -100,8 +99,8 @@ def test_a_second_writer_is_refused_and_a_killed_run_resumes_bitwise_equal(tmp_p
 
     _, tokenizer = tiny_model
     world_dataset(tmp_path / "data", tokenizer, n_prompts=32)
-    args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--max-steps", "6",
-            "--batch-size", "4", "--grad-accum", "2", "--lr", "3e-3", "--save-every", "2", "--log-every", "1"]
+    args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--steps", "6",
+            "--batch-size", "8", "--micro-batch-size", "4", "--lr", "3e-3", "--save-every", "2", "--log-every", "1"]
     assert run_bin("train", *args, "--out", str(tmp_path / "whole")).returncode == 0
     whole = load_file(tmp_path / "whole" / "model.safetensors")
 
@@ -148,7 +147,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     world_dataset(tmp_path / "data", tokenizer)
     # a learning rate of 1e30 blows the weights up on the first update: step 2's loss is NaN
     result = run_bin("train", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out",
-                     str(tmp_path / "o"), "--max-steps", "6", "--batch-size", "4", "--lr", "1e30",
+                     str(tmp_path / "o"), "--steps", "6", "--batch-size", "4", "--lr", "1e30",
                      "--warmup-ratio", "0", "--save-every", "1", "--log-every", "1")
     assert result.returncode == 1  # an internal failure, not bad input
     assert "Traceback" not in result.stderr
@@ -174,7 +173,7 @@ def test_the_saved_configuration_is_resolved_and_repeats_the_run(tmp_path, tiny_
     assert code == 0, err
     saved = json.loads((tmp_path / "a" / "train_config.json").read_text())
     # derived values resolved: the model, the total and warm-up steps; the learner's own settings beside them
-    assert saved["model"] == str(tiny_model_dir) and saved["max_steps"] == 4 and saved["warmup_steps"] == 1
+    assert saved["model"] == str(tiny_model_dir) and saved["steps"] == 4 and saved["warmup_steps"] == 1
     assert saved["anchor_coef"] == 0.2 and saved["learner"] == "adft"
     code, err = run_command("train", ["--config", str(tmp_path / "a" / "train_config.json"), "--out",
                                       str(tmp_path / "b")], capfd)
@@ -211,7 +210,7 @@ def test_micro_batches_regrouped_by_length_train_the_same_steps(learner, tmp_pat
     for tokens in ("0", "120"):
         out = tmp_path / f"{learner}-{tokens}"
         train.main(["--learner", learner, "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out",
-                    str(out), "--max-steps", "3", "--batch-size", "8", "--lr", "3e-3", "--view", "all",
+                    str(out), "--steps", "3", "--batch-size", "8", "--lr", "3e-3", "--view", "all",
                     "--micro-batch-tokens", tokens, "--report-to", "none"])
         runs[tokens] = (load_file(out / "model.safetensors"),
                         [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()])

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from offline_rl import world
+from offline_rl.embedded import world
 from rewards import extract_boxed
 
 

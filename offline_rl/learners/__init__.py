@@ -1,11 +1,9 @@
-"""The learners. Each is one module with ``Config``, ``VIEWS`` (the dataset views it can train on, the
-first its default), ``examples(dataset, context, cfg)`` and ``loss(logprobs, batch, cfg) -> (loss_sum,
-n_tokens, metrics)``; ``--learner NAME`` picks one here."""
+"""The learners: one file each, ending with its record (``offline_rl.learner.Learner``): config, views, the
+examples it makes of a view, its loss, what the loss averages over, its per-token gradient when it has one, and
+what it needs from the data. ``--learner NAME`` picks one here."""
 
 from offline_rl.learners import adft, dft, dpo, grpo, iwsft, nft, ppo, prob, rft, sft
 
-LEARNERS = {"sft": sft, "rft": rft, "dft": dft, "dpo": dpo, "ppo": ppo, "iwsft": iwsft, "adft": adft, "prob": prob,
-            "nft": nft,
-            "grpo": grpo}
+LEARNERS = {module.LEARNER.name: module.LEARNER for module in (sft, rft, dft, dpo, ppo, iwsft, adft, prob, nft, grpo)}
 # each learner's hyper-parameters become flags of bin/train (--clip-eps, ...)
-LEARNER_CONFIGS = tuple(module.Config for module in LEARNERS.values())
+LEARNER_CONFIGS = tuple(learner.config for learner in LEARNERS.values())

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import require_behavior_logprobs, sampled_examples
+from offline_rl.learner import Learner
 
 
 @dataclass
@@ -28,14 +28,6 @@ class ADFTConfig:
 
 
 Config = ADFTConfig
-VIEWS = ("accepted",)  # the first is the default
-USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
-FLOAT32_PROJECTION = True
-
-
-def examples(dataset, context, cfg: Config | None = None):
-    require_behavior_logprobs(dataset, "adft")
-    return sampled_examples(dataset, accepted_only=True, context=context)
 
 
 def anchor_kl(policy_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,3 +46,7 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "p_sum": (token_probs * mask).sum(), "kl_sum": kl.detach(),
                "abs_log_ratio_sum": ((policy.detach() - batch["behavior_logprobs"]).abs() * mask).sum()}
     return dft + cfg.anchor_coef * kl, mask.sum(), metrics
+
+
+# divides by the behaviour policy: the loop checks every dataset's sampling settings and tempers the policy
+LEARNER = Learner("adft", ADFTConfig, views=("accepted",), loss=loss, behavior_ratio=True, float32_projection=True)

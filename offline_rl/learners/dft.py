@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import view_examples
+from offline_rl.learner import Learner
 
 
 @dataclass
@@ -31,11 +31,7 @@ class DFTConfig:
 
 
 Config = DFTConfig
-VIEWS = ("accepted", "all")  # the first is the default
 
-
-def examples(dataset, context, cfg: Config | None = None):
-    return view_examples(dataset, getattr(context, "view", VIEWS[0]), context)
 
 
 def weights(logprobs: torch.Tensor, mask: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -68,3 +64,6 @@ def token_grad(cfg: Config):
     if cfg.weighting != "token":
         return None
     return lambda logprobs: -logprobs.exp().clamp(min=cfg.min_weight)
+
+
+LEARNER = Learner("dft", DFTConfig, views=("accepted", "all"), loss=loss, token_grad=token_grad)

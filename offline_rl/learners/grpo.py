@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from offline_rl.learner import Learner
 from offline_rl.learners import ppo
 
 
@@ -27,19 +28,12 @@ class GRPOConfig:
 
 
 Config = GRPOConfig
-VIEWS = ppo.VIEWS
-USES_BEHAVIOR_RATIO = True
-FLOAT32_PROJECTION = True
 
 
-def examples(dataset, context, cfg: Config | None = None):
-    return ppo.examples(dataset, context, cfg or Config())
-
-
-def units(batch: dict[str, torch.Tensor], cfg: Config | None = None) -> torch.Tensor:
+def units(batch: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
     """What the loss averages over: responses (sequence aggregation) or tokens."""
     mask = batch["response_mask"]
-    return (mask.sum(-1) > 0).sum() if (cfg or Config()).aggregation == "sequence" else mask.sum()
+    return (mask.sum(-1) > 0).sum() if cfg.aggregation == "sequence" else mask.sum()
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
@@ -54,3 +48,7 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
                "abs_log_ratio_sum": (diag["abs_log_ratio"] * share).sum(),
                "abs_log_ratio_max": diag["abs_log_ratio"].max()}
     return loss_sum, units(batch, cfg), metrics
+
+
+LEARNER = Learner("grpo", GRPOConfig, views=ppo.LEARNER.views, loss=loss, examples=ppo.examples, units=units,
+                  behavior_ratio=True, float32_projection=True)

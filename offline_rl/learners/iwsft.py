@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import require_behavior_logprobs, sampled_examples
+from offline_rl.learner import Learner
 
 
 @dataclass
@@ -25,14 +25,6 @@ class IWSFTConfig:
 
 
 Config = IWSFTConfig
-VIEWS = ("accepted",)  # the first is the default
-USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
-FLOAT32_PROJECTION = True
-
-
-def examples(dataset, context, cfg: Config | None = None):
-    require_behavior_logprobs(dataset, "iwsft")
-    return sampled_examples(dataset, accepted_only=True, context=context)
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
@@ -47,3 +39,7 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     metrics = {"nll_sum": nll.detach().sum(), "weight_sum": (weights.unsqueeze(-1) * mask).sum(),
                "abs_log_ratio_sum": ((policy.detach() - batch["behavior_logprobs"]).abs() * mask).sum()}
     return loss_sum, mask.sum(), metrics
+
+
+# divides by the behaviour policy: the loop checks every dataset's sampling settings and tempers the policy
+LEARNER = Learner("iwsft", IWSFTConfig, views=("accepted",), loss=loss, behavior_ratio=True, float32_projection=True)

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import require_behavior_logprobs, view_examples
+from offline_rl.learner import Learner
+from offline_rl.views import Example
 
 
 @dataclass
@@ -32,14 +33,11 @@ class NFTConfig:
 
 
 Config = NFTConfig
-VIEWS = ("groups",)  # the first is the default
-USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
-FLOAT32_PROJECTION = True
 
 
-def examples(dataset, context, cfg: Config | None = None):
-    require_behavior_logprobs(dataset, "nft")
-    return [e for e in view_examples(dataset, getattr(context, "view", VIEWS[0]), context) if e.group_accuracy > 0]
+def examples(groups: list[Example], cfg: Config, context) -> list[Example]:
+    """Prompts with at least one rewarded sample: an all-wrong group has no positive to normalise against."""
+    return [e for e in groups if e.group_accuracy > 0]
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
@@ -52,3 +50,7 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     token_loss = accepted * -log_ratio + (1 - accepted) * -torch.log(negative.clamp(min=cfg.negative_eps))
     return (token_loss * mask).sum(), mask.sum(), {"nll_sum": -(logprobs.detach() * mask).sum(),
                                                    "accepted_sum": (accepted * mask).sum()}
+
+
+LEARNER = Learner("nft", NFTConfig, views=("groups",), loss=loss, examples=examples, behavior_ratio=True,
+                  float32_projection=True)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import group_advantages, require_behavior_logprobs, sampled_examples
+from offline_rl.learner import Learner
+from offline_rl.views import Example, group_advantages
 
 
 @dataclass
@@ -26,18 +27,11 @@ class PPOConfig:
 
 
 Config = PPOConfig
-VIEWS = ("groups",)  # the first is the default
-USES_BEHAVIOR_RATIO = True  # the loop checks every dataset's sampling settings and tempers the policy
-FLOAT32_PROJECTION = True
 
 
-def examples(dataset, context, cfg: Config | None = None):
-    cfg = cfg or Config()
-    require_behavior_logprobs(dataset, "ppo")
-    informative = [e for e in group_advantages(sampled_examples(dataset, accepted_only=False, context=context),
-                                               cfg.scale_advantages)
-                   if e.advantage != 0.0]  # all-right or all-wrong prompts carry no signal
-    return informative
+def examples(groups: list[Example], cfg: Config, context) -> list[Example]:
+    """Each sample with its group-relative advantage; all-right and all-wrong prompts carry no signal."""
+    return [e for e in group_advantages(groups, cfg.scale_advantages) if e.advantage != 0.0]
 
 
 def clipped_surrogate(batch: dict[str, torch.Tensor], cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -63,3 +57,8 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
                "clip_fraction_sum": diag["clipped"].sum(), "abs_log_ratio_sum": diag["abs_log_ratio"].sum(),
                "abs_log_ratio_max": diag["abs_log_ratio"].max()}
     return loss_sum, mask.sum(), metrics
+
+
+# divides by the behaviour policy: the loop checks every dataset's sampling settings and tempers the policy
+LEARNER = Learner("ppo", PPOConfig, views=("groups",), loss=loss, examples=examples, behavior_ratio=True,
+                  float32_projection=True)

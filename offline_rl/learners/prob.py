@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.data import view_examples
+from offline_rl.learner import Learner
 
 
 @dataclass
@@ -24,11 +24,7 @@ class ProbConfig:
 
 
 Config = ProbConfig
-VIEWS = ("accepted", "all")  # the first is the default
 
-
-def examples(dataset, context, cfg: Config | None = None):
-    return view_examples(dataset, getattr(context, "view", VIEWS[0]), context)
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
@@ -41,3 +37,6 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
 def token_grad(cfg: Config):
     """d(-p^alpha)/d log p = -alpha p^alpha, known in forward: the fused projection serves this learner."""
     return lambda logprobs: -cfg.alpha * torch.exp(cfg.alpha * logprobs)
+
+
+LEARNER = Learner("prob", ProbConfig, views=("accepted", "all"), loss=loss, token_grad=token_grad)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from offline_rl.data import view_examples
+from offline_rl.learner import Learner
 
 
 @dataclass
@@ -20,11 +20,7 @@ class RFTConfig:
 
 
 Config = RFTConfig
-VIEWS = ("accepted",)  # the first is the default
 
-
-def examples(dataset, context, cfg: Config | None = None):
-    return view_examples(dataset, getattr(context, "view", VIEWS[0]), context)
 
 
 def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
@@ -37,3 +33,6 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
 def token_grad(cfg: Config):
     """d loss / d log p_t per response token, known in forward: the fused projection serves this learner."""
     return lambda logprobs: -torch.ones_like(logprobs)
+
+
+LEARNER = Learner("rft", RFTConfig, views=("accepted",), loss=loss, token_grad=token_grad)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from offline_rl import world
+from offline_rl.embedded import world
 
 EOS = "<|endoftext|>"
 DEFAULT_BASE_MODEL = Path(__file__).resolve().parent / "assets" / "base-model"
@@ -27,7 +27,7 @@ DEFAULT_BASE_MODEL = Path(__file__).resolve().parent / "assets" / "base-model"
 
 @dataclass
 class MakeBaseConfig:
-    out: str = field(default=None, metadata={"help": "where to write the checkpoint (default: a new runs/base-model-<time>; the shipped one is offline_rl/assets/base-model, which needs --force)"})
+    out: str = field(default=None, metadata={"help": "where to write the checkpoint (default: a new runs/base-model-<time>; the shipped one is offline_rl/embedded/assets/base-model, which needs --force)"})
     seed: int = field(default=0, metadata={"help": "seed for tokenizer order, init and data order"})
     steps: int = field(default=1000, metadata={"help": "optimizer steps of pretraining", "min": 1})
     batch_size: int = field(default=32, metadata={"help": "sequences per step", "min": 1})
@@ -137,15 +137,23 @@ def make_base(cfg: MakeBaseConfig) -> dict:
     return summary
 
 
-def main(argv: list[str] | None) -> dict:
-    from rewards.files import hold_directory
-    from rollout.cli import UsageError, parse_config, print_config
+def main(argv: list[str] | None = None) -> dict:
+    from rollout.runtime import parse_config
 
-    cfg = parse_config(MakeBaseConfig, argv, "make-base", __doc__)
+    return run_make_base(parse_config(MakeBaseConfig, argv, "make-base", __doc__))
+
+
+def run_make_base(cfg: MakeBaseConfig) -> dict:
+    """``bin/make-base``: the shipped base model's recipe, run again."""
+    from dataclasses import replace
+
+    from rollout.files import hold_directory
+    from rollout.runtime import UsageError, print_config
+
     if cfg.hidden_size % 128:
         raise UsageError(f"--hidden-size must be a multiple of 128 (got {cfg.hidden_size})")
     if cfg.out is None:
-        cfg.out = str(Path(__file__).resolve().parents[1] / "runs" / time.strftime("base-model-%Y%m%d-%H%M%S"))
+        cfg = replace(cfg, out=str(Path(__file__).resolve().parents[2] / "runs" / time.strftime("base-model-%Y%m%d-%H%M%S")))
     hold_directory(Path(cfg.out), "make-base", force=cfg.force)  # writable, and never the shipped model by accident
     print_config(cfg)
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -7,8 +7,6 @@ Arrow arrays. The switch is all-or-nothing under a kill at any instant:
 3. only then are the old shards deleted.
 A reader that reads the manifest sees the old dataset or the new one, never a mix. A rescore
 killed before step 2 leaves unlisted new shards behind, which the next rescore deletes.
-
-Imports pyarrow directly, never ``rollout`` (the packages depend one way).
 """
 
 from __future__ import annotations
@@ -18,25 +16,23 @@ import os
 import re
 import secrets
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rewards.batch import DEFAULT_DEADLINE_SECONDS, score_batch_detailed
-from rewards.cards import write_dataset_card
-from rewards.extract import DEFAULT_FALLBACKS
-from rewards.files import BadInput, atomic_write, fsync_dir, hold_directory
+from rewards.extract import DEFAULT_FALLBACKS, EXTRACTIONS, FALLBACKS
 from rewards.verify import VERIFIER_VERSION
+from rollout.cards import write_dataset_card
+from rollout.dataset import merge
+from rollout.files import DatasetError, atomic_write, fsync_dir, hold_directory
 
 # Tests set this to N to hold the rescore after its N-th step (a shard written, or the manifest switched),
 # so that they can kill it exactly there.
 PAUSE_ENV = "REWARDS_RESCORE_TEST_PAUSE_AFTER_STEP"
 _RESCORED = re.compile(r"\.r[0-9a-f]{8}$")  # "shard-00003.r1a2b3c4d": written by the rescore with that token
-
-
-class DatasetError(BadInput):
-    """The directory is not a readable offline dataset (bad input, exit code 2)."""
 
 
 def _pause(step: int, what: str) -> None:
@@ -168,3 +164,44 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
     for name in old_shards:
         (data_dir / name).unlink(missing_ok=True)
     return summary
+
+
+@dataclass(frozen=True)
+class RescoreConfig:
+    data: str = field(default=None, metadata={"help": "offline dataset directory to rescore in place (required)"})
+    extraction: str = field(default=None, metadata={"help": "answer extraction: boxed, qwen, math-verify (replaces --fallbacks)", "choices": list(EXTRACTIONS)})
+    fallbacks: str = field(default=",".join(DEFAULT_FALLBACKS), metadata={"help": f"comma-separated answer fallbacks after the last box, in order; known: {', '.join(FALLBACKS)}", "advanced": True})
+    workers: int = field(default=None, metadata={"help": "scoring processes (default: one per CPU)", "min": 1, "advanced": True})
+    deadline: float = field(default=DEFAULT_DEADLINE_SECONDS, metadata={"help": "wall-clock seconds per response before its worker is killed and it scores 0", "above": 0, "advanced": True})
+
+
+def run_rescore(cfg: RescoreConfig) -> dict:
+    """``offline-rl rescore``: new pred and reward for every row of ``cfg.data``, with the current verifier."""
+    if cfg.data is None:
+        raise DatasetError("--data is required")
+    fallbacks = tuple(f for f in cfg.fallbacks.split(",") if f)
+    unknown = [f for f in fallbacks if f not in FALLBACKS]
+    if unknown:
+        raise DatasetError(f"--fallbacks: unknown {unknown[0]!r}; known: {', '.join(FALLBACKS)}")
+    summary = rescore(cfg.data, workers=cfg.workers, deadline=cfg.deadline, fallbacks=fallbacks,
+                      extraction=cfg.extraction)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    data: str = field(default=None, metadata={"help": "comma-separated dataset directories to merge, e.g. the outputs of collect --shard I/N (required)"})
+    out: str = field(default=None, metadata={"help": "output dataset directory (new, unless --force) (required)"})
+    force: bool = field(default=False, metadata={"help": "write into an existing directory"})
+
+
+def run_merge(cfg: MergeConfig) -> dict:
+    """``offline-rl merge``: one dataset from several disjoint ones."""
+    if cfg.data is None or cfg.out is None:
+        raise DatasetError("--data and --out are required")
+    inputs = [p.strip() for p in cfg.data.split(",") if p.strip()]
+    manifest = merge(cfg.out, inputs, force=cfg.force)
+    print(f"merged {len(inputs)} datasets: {manifest['counts']['responses']} responses to "
+          f"{manifest['counts']['prompts']} prompts -> {cfg.out}")
+    return manifest

@@ -1,8 +1,5 @@
 """Files as every command writes them: atomic replacement, one writer per output directory, text read strictly.
 
-Here rather than in ``rollout`` because ``rewards`` is the package every other one may import, and
-``python -m rewards rescore`` writes datasets too.
-
 - :func:`atomic_write`: readers see the old file or the new one, never a part; mode 0644 (under the umask).
 - :func:`hold_directory`: an exclusive ``fcntl.flock`` on ``DIR/.offline-rl.lock`` for the life of the
   process (the kernel drops it when the process dies, however it dies). A second writer is refused
@@ -36,6 +33,10 @@ class OutputError(BadInput):
 
 class TextError(BadInput):
     """A text file that cannot be read as UTF-8 text (exit code 2)."""
+
+
+class DatasetError(BadInput):
+    """The directory is not a readable offline dataset (bad input, exit code 2)."""
 
 
 def _file_mode() -> int:

@@ -1,10 +1,22 @@
-"""Views of an offline dataset as training examples, and their collation into tensors."""
+"""Views of an offline dataset as training examples, and their collation into tensors: every view in one place.
+
+What a learner trains on is a view of the dataset, chosen apart from its loss (``--view``): accepted rows, all
+rows, preference pairs, prompt groups. :func:`build` makes a view's examples; a learner's own ``examples`` step
+then shapes them (advantages, pairs with reference log-probs, filters) with the functions here. What a learner
+needs from the data (behaviour log-probs, an exact ratio) is checked against every dataset's manifest first.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+import statistics
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
+
+from offline_rl.projection import token_logprobs
+from rollout.runtime import UsageError
 
 
 @dataclass(frozen=True)
@@ -20,8 +32,7 @@ class Example:
     group_accuracy: float = 0.0  # share of rewarded samples among the prompt's (the groups view)
 
 
-# What a learner trains on is a view of the dataset, chosen apart from its loss (--view). Each learner
-# declares the views it can use (VIEWS, the first its default) and whether it needs behaviour log-probs.
+# Each learner declares the views it can use (the first its default) and what it needs from the data.
 VIEWS = {
     "accepted": "rows with reward 1 (verified samples, demonstrations agreeing with their gold), not truncated",
     "all": "every row with a response, whatever its reward",
@@ -30,52 +41,73 @@ VIEWS = {
 }
 
 
-def check_view(name: str, learner, view: str, manifests: dict[str, dict]) -> None:
-    """One line (UsageError) if ``learner`` cannot train on ``view`` of these datasets, naming what is missing."""
-    from rollout.cli import UsageError
+@dataclass(frozen=True)
+class Pair:
+    chosen: Example
+    rejected: Example
 
+
+@dataclass(frozen=True)
+class ViewContext:
+    """What making a view may read besides the rows: the model and tokenizer (reference passes), the datasets'
+    manifests (exactness checks), the accelerator (a reference pass sharded over ranks)."""
+
+    tokenizer: Any
+    manifests: dict
+    model_path: str
+    include_truncated: bool = False
+    accelerator: Any = None
+    logit_chunk_size: int = 256
+
+
+def check_view(learner, view: str, manifests: dict[str, dict]) -> None:
+    """One line (UsageError) if ``learner`` cannot train on ``view`` of these datasets, naming what is missing."""
     if view not in VIEWS:
         raise UsageError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
-    if view not in learner.VIEWS:
-        raise UsageError(f"{name} trains on the {' or '.join(learner.VIEWS)} view, not on {view}: "
-                         f"its loss needs {VIEWS[learner.VIEWS[0]]}")
-    if getattr(learner, "USES_BEHAVIOR_RATIO", False):
+    if view not in learner.views:
+        raise UsageError(f"{learner.name} trains on the {' or '.join(learner.views)} view, not on {view}: "
+                         f"its loss needs {VIEWS[learner.views[0]]}")
+    if learner.behavior_ratio:
         for path, manifest in manifests.items():
             if manifest.get("kind") == "demonstrations":
-                raise UsageError(f"{name} needs the sampling policy's log-probs, and {path} holds demonstrations, "
+                raise UsageError(f"{learner.name} needs the sampling policy's log-probs, and {path} holds demonstrations, "
                                  "which have none; train sft, dft, rft or prob on them, or give sampled data")
 
 
-def view_examples(dataset, view: str, context=None) -> list[Example]:
-    """The rows of the accepted, all or groups view as examples (pairs are built by the learner that uses them)."""
+def build(view: str, dataset, include_truncated: bool = False) -> tuple[list[Example], int]:
+    """The examples of ``view`` (pairs: every row, paired by the learner that uses them), and how many accepted
+    responses cut at the token limit were left out."""
     if view == "accepted":
-        return sampled_examples(dataset, accepted_only=True, context=context)
-    rows = sampled_examples(dataset, accepted_only=False, context=context)
+        return sampled_examples(dataset, accepted_only=True, include_truncated=include_truncated)
+    rows, _ = sampled_examples(dataset, accepted_only=False)
     if view == "groups":
-        return group_accuracies(rows)
-    return rows
+        return group_accuracies(rows), 0
+    if view == "pairs":
+        return rows, 0 if include_truncated else sum(e.reward == 1.0 and e.truncated for e in rows)
+    return rows, 0
+
+
+def view_examples(dataset, view: str) -> list[Example]:
+    """The examples of ``view`` with its default settings."""
+    return build(view, dataset)[0]
 
 
 def group_accuracies(examples: list[Example]) -> list[Example]:
     """Each example with its prompt's share of rewarded samples."""
-    from dataclasses import replace
-
     groups: dict[str, list[float]] = {}
     for e in examples:
         groups.setdefault(e.prompt_id, []).append(float(e.reward == 1.0))
     return [replace(e, group_accuracy=sum(groups[e.prompt_id]) / len(groups[e.prompt_id])) for e in examples]
 
 
-def sampled_examples(dataset, accepted_only: bool, context=None) -> list[Example]:
-    """The stored samples as examples, exact token ids as sampled (never re-tokenised).
+def sampled_examples(dataset, accepted_only: bool, include_truncated: bool = False) -> tuple[list[Example], int]:
+    """The stored samples as examples, exact token ids as sampled (never re-tokenised), and how many were left out.
 
     The accepted view leaves out truncated responses (``finish_reason == "length"``: a right answer
-    followed by rambling up to the token limit, with no EOS to learn) unless ``context.include_truncated``;
-    how many it left out is counted in ``context.dropped_truncated``.
+    followed by rambling up to the token limit, with no EOS to learn) unless ``include_truncated``.
     """
     rows = dataset.select_columns(["prompt_id", "prompt_token_ids", "response_token_ids", "behavior_logprobs",
                                    "reward", "finish_reason"])
-    include_truncated = getattr(context, "include_truncated", False)
     examples, dropped = [], 0
     for r in rows:
         if not r["response_token_ids"] or (accepted_only and r["reward"] != 1.0):
@@ -85,15 +117,11 @@ def sampled_examples(dataset, accepted_only: bool, context=None) -> list[Example
             continue
         examples.append(Example(r["prompt_id"], r["prompt_token_ids"], r["response_token_ids"], r["behavior_logprobs"],
                                 r["reward"], truncated=r["finish_reason"] == "length"))
-    if context is not None:
-        context.dropped_truncated = getattr(context, "dropped_truncated", 0) + dropped
-    return examples
+    return examples, dropped
 
 
 def require_behavior_logprobs(dataset, learner: str) -> None:
     """Learners that weigh by pi_theta / pi_behaviour cannot run on rows collected without log-probs."""
-    from rollout.cli import UsageError
-
     if any(not lp for lp in dataset["behavior_logprobs"]):
         raise UsageError(f"{learner} needs the sampling policy's log-probs; this dataset has rows without them "
                          "(demonstrations, or samples collected without them)")
@@ -105,8 +133,6 @@ def behavior_temperature(manifests: dict[str, dict], model_path: str, learner: s
     ratio exact: top-p truncation, another sampling model, unknown or mixed settings. ``approximate``
     accepts truncation and another model knowingly (the ratio is then only approximate)."""
     from pathlib import Path
-
-    from rollout.cli import UsageError
 
     def same_model(a, b) -> bool:
         return a == b or (Path(str(a)).exists() and Path(str(a)).resolve() == Path(str(b)).resolve())
@@ -169,87 +195,9 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
             "advantages": advantages, "group_accuracy": group_accuracy}
 
 
-def token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int = 0, float32: bool = False) -> torch.Tensor:
-    """log pi(target_t | prefix) for every response position, in float32: [B, T] (0 elsewhere)."""
-    return token_logprobs_at(model, batch, chunk_size, (1.0,), float32)[0]
-
-
-def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0,
-                      temperatures: tuple[float, ...] = (1.0,), float32: bool = False) -> torch.Tensor:
-    """log softmax(logits / T)[target] at each temperature T, for every response position: [K, B, T].
-
-    With ``chunk_size`` > 0 the vocabulary projection runs over chunks of that many response
-    tokens under activation checkpointing, so no [B, T, V] logits (nor their fp32 copy or softmax)
-    ever exist: peak extra memory is one [chunk, V] block. 0 projects everything at once.
-    ``float32`` runs the projection itself (the lm_head matmul) in float32 even under bf16 autocast:
-    a ratio against float32 behaviour log-probs must not carry bf16's ~0.06 nats of error.
-    """
-    if chunk_size <= 0 and not float32:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, T, V]
-        return torch.stack([-torch.nn.functional.cross_entropy(
-            (logits / t if t != 1.0 else logits).flatten(0, 1), batch["targets"].flatten(), reduction="none"
-        ).view_as(batch["targets"]) for t in temperatures])
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                logits_to_keep=1)  # through the (possibly DDP-wrapped) model; logits of one position only
-    hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
-    lm_head = _unwrap(model).get_output_embeddings()
-    where = batch["response_mask"].bool()  # [B, T]
-    selected_hidden, selected_targets = hidden[where], batch["targets"][where]  # [N, H], [N]
-    step = chunk_size if chunk_size > 0 else max(1, selected_hidden.shape[0])
-    pieces = [
-        torch.utils.checkpoint.checkpoint(_chunk_logprobs, lm_head, selected_hidden[i : i + step],
-                                          selected_targets[i : i + step], temperatures, float32, use_reentrant=False)
-        if chunk_size > 0 else _chunk_logprobs(lm_head, selected_hidden, selected_targets, temperatures, float32)
-        for i in range(0, selected_hidden.shape[0], step)
-    ]
-    logprobs = torch.zeros((len(temperatures), *where.shape), dtype=torch.float32, device=hidden.device)  # [K, B, T]
-    if pieces:
-        logprobs[:, where] = torch.cat(pieces, dim=1)
-    return logprobs
-
-
-def fused_token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int, token_grad) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a loss that is a per-token weighted sum (``token_grad(log p) = d loss / d log p``): the log-probs of every
-    response position, detached, [1, B, T], and a surrogate scalar whose gradient is the loss's, through the fused
-    projection (offline_rl/fused.py: each chunk projected once, its gradients made in forward)."""
-    from offline_rl.fused import fused_weighted_logprobs
-
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                logits_to_keep=1)
-    hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
-    where = batch["response_mask"].bool()  # [B, T]
-    lm_head = _unwrap(model).get_output_embeddings()
-    surrogate, selected = fused_weighted_logprobs(hidden[where], lm_head.weight, batch["targets"][where], chunk_size,
-                                                  token_grad)
-    logprobs = torch.zeros((1, *where.shape), dtype=torch.float32, device=hidden.device)  # [1, B, T]
-    logprobs[:, where] = selected
-    return logprobs, surrogate
-
-
-def _chunk_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatures: tuple[float, ...],
-                    float32: bool) -> torch.Tensor:
-    if float32:
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            bias = None if lm_head.bias is None else lm_head.bias.float()
-            logits = torch.nn.functional.linear(hidden.float(), lm_head.weight.float(), bias)  # [n, V]
-    else:
-        logits = lm_head(hidden).float()  # [n, V]: one chunk, recomputed in backward
-    rows = []
-    for t in temperatures:
-        scaled = logits / t if t != 1.0 else logits
-        rows.append(scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - scaled.logsumexp(-1))  # [n]
-    return torch.stack(rows)  # [K, n]
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)  # DDP / FSDP wrappers keep the model in .module
-
 def group_advantages(examples: list[Example], scale_by_std: bool) -> list[Example]:
     """GRPO's group-relative advantages: reward minus the mean reward of the same prompt's samples,
     optionally divided by their std (Shao et al., arXiv 2402.03300, Eq. 3 outcome supervision)."""
-    import statistics
-    from dataclasses import replace
-
     groups: dict[str, list[float]] = {}
     for e in examples:
         groups.setdefault(e.prompt_id, []).append(e.reward)
@@ -261,3 +209,72 @@ def group_advantages(examples: list[Example], scale_by_std: bool) -> list[Exampl
             advantage /= statistics.pstdev(rewards) + 1e-6
         result.append(replace(e, advantage=advantage))
     return result
+
+
+def make_pairs(examples: list[Example], pairing: str, seed: int = 0, include_truncated: bool = False) -> list[Pair]:
+    """(accepted, rejected) pairs within each prompt; never equal rewards or identical responses, and
+    never a truncated chosen response unless ``include_truncated``."""
+    rng = random.Random(seed)
+    by_prompt: dict[str, list[Example]] = {}
+    for e in examples:
+        by_prompt.setdefault(e.prompt_id, []).append(e)
+    pairs = []
+    for group in by_prompt.values():
+        candidates = [Pair(w, lose) for w in group if w.reward == 1.0 and (include_truncated or not w.truncated)
+                      for lose in group
+                      if lose.reward != 1.0 and lose.response_token_ids != w.response_token_ids]
+        if not candidates:
+            continue
+        if pairing == "all":
+            pairs += candidates
+        elif pairing == "one":
+            pairs.append(rng.choice(candidates))
+        elif pairing == "hardest":  # the accepted answer the sampler found least likely vs the likeliest rejection
+            pairs.append(min(candidates, key=lambda p: sum(p.chosen.behavior_logprobs) - sum(p.rejected.behavior_logprobs)))
+        else:
+            raise UsageError(f"unknown --pairing {pairing!r}; known: all, one, hardest")
+    return pairs
+
+
+@torch.no_grad()
+def reference_from_model(pairs: list[Pair], context, batch_size: int = 8) -> list[Pair]:
+    """Sequence log-probs of every response under the initial model, computed once before training:
+    on the training device, each data-parallel rank a strided share (then summed over ranks), through
+    the chunked float32 projection, under the policy's autocast."""
+    import contextlib
+
+    from transformers import AutoModelForCausalLM
+
+    accelerator = getattr(context, "accelerator", None)
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    rank, ranks = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    chunk = getattr(context, "logit_chunk_size", 256)
+    pad = context.tokenizer.pad_token_id if context.tokenizer.pad_token_id is not None else context.tokenizer.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(context.model_path, dtype=torch.float32).to(device).eval()
+    flat = [e for p in pairs for e in (p.chosen, p.rejected)]
+    mine = list(range(rank, len(flat), ranks))
+    sums = torch.zeros(len(flat), device=device)  # [2P]
+    for begin in range(0, len(mine), batch_size):
+        index = mine[begin : begin + batch_size]
+        batch = {k: v.to(device) for k, v in collate([flat[i] for i in index], pad).items()}
+        with autocast():
+            logprobs = token_logprobs(model, batch, chunk, float32=True)  # [b, T]
+        sums[index] = (logprobs * batch["response_mask"]).sum(-1)
+    if ranks > 1:
+        sums = accelerator.reduce(sums, reduction="sum")  # each response was scored by exactly one rank
+    del model
+    values = sums.tolist()
+    return [Pair(replace(p.chosen, reference_logprob=values[2 * i]), replace(p.rejected, reference_logprob=values[2 * i + 1]))
+            for i, p in enumerate(pairs)]
+
+
+def collate_pairs(pairs: list[Pair], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Chosen responses in rows [0, P), their rejected partners in rows [P, 2P)."""
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_token_id)
+    batch["reference_logprobs"] = torch.tensor([p.chosen.reference_logprob for p in pairs]
+                                               + [p.rejected.reference_logprob for p in pairs])  # [2P]
+    batch["pairs"] = torch.tensor(float(len(pairs)))
+    return batch
+
+

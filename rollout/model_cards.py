@@ -2,8 +2,9 @@
 
 ``MODEL/README.md`` says what made the weights: the base model, the learner and its settings, the
 datasets it trained on with their manifests' identities, the steps, and every evaluation that
-``bin/eval`` (or ``bin/compare``, through it) has run on the checkpoint since (``MODEL/evaluations.json``).
-Written atomically by bin/train when it saves the final model, and again by each evaluation.
+``bin/eval`` had recorded beside it (``MODEL/evaluations.json``) when the card was written. Written atomically
+by bin/train when it saves the final model; an evaluation adds its record to ``evaluations.json`` and leaves the
+card alone, and :func:`write_model_card` regenerates the card from those records.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from rewards.files import atomic_write
+from rollout.files import atomic_write
 
 EVALUATIONS = "evaluations.json"
 
@@ -50,7 +51,7 @@ def model_card(model: Path) -> str:
              f"Trained with offline-rl's `bin/train --learner {config.get('learner')}` from `{config.get('model')}`: "
              f"{summary.get('steps')} optimizer steps (steps {summary.get('first_step', 0) + 1}–"
              f"{summary.get('last_step', summary.get('steps'))}) on {summary.get('examples')} examples of the "
-             f"`{config.get('view')}` view, batch {config.get('batch_size')} × {config.get('grad_accum')}, "
+             f"`{config.get('view')}` view, batch {config.get('batch_size')} sequences per step, "
              f"peak lr {config.get('lr')}, seed {config.get('seed')}"
              + (f", continuing `{config['init_from']}`" if config.get("init_from") else "") + ".", "",
              "## Learner settings", "", "```json", json.dumps(learner, indent=2), "```", "",
@@ -62,7 +63,8 @@ def model_card(model: Path) -> str:
                      f"{d.get('shards')} shards, toolkit commit `{d.get('git_commit')}`")
     lines += ["", "## Evaluations", ""]
     if not evaluations:
-        lines.append("None yet (`bin/eval --model THIS_DIR` adds its results here).")
+        lines.append("None recorded when this card was written (`bin/eval --model THIS_DIR` records its results in "
+                     "`evaluations.json`).")
     for name, e in evaluations.items():
         k = e.get("k")
         cells = ", ".join(f"{bench} {100 * m.get(f'avg@{k}', float('nan')):.1f}" for bench, m in e.get("benchmarks", {}).items())
@@ -80,7 +82,7 @@ def write_model_card(model: str | Path) -> Path:
 
 
 def record_evaluation(model: str | Path, name: str, results: dict) -> None:
-    """Add one evaluation's results to the checkpoint's ``evaluations.json`` and card (one writer at a time)."""
+    """Add one evaluation's results to the checkpoint's ``evaluations.json`` (one writer at a time)."""
     model = Path(model)
     with (model / ".evaluations.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -89,7 +91,6 @@ def record_evaluation(model: str | Path, name: str, results: dict) -> None:
                                                          "extraction", "verifier_version", "benchmarks")}
         text = (json.dumps(evaluations, indent=2) + "\n").encode()
         atomic_write(model / EVALUATIONS, lambda f: f.write(text))
-        write_model_card(model)
 
 
 def _read_evaluations(model: Path) -> dict:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from rewards.files import atomic_write
+from rollout.files import atomic_write
 
 CARD = "README.md"
 

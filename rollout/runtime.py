@@ -14,13 +14,14 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from rewards.files import BadInput, TextError, atomic_write, is_disk_full, read_text, release_unused
+from rollout.files import BadInput, TextError, atomic_write, is_disk_full, read_text, release_unused
 
 
 class UsageError(Exception):
@@ -61,13 +62,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser(classes: tuple, prog: str, description: str) -> OneLineParser:
+def build_parser(classes: tuple, prog: str, description: str, shown: int | None = None) -> OneLineParser:
     """One flag per field name; a field that several classes share (two learners' ``beta``) is one flag.
     Defaults stay out of the namespace (``SUPPRESS``), so what was given is known, and each class
-    keeps its own default for what was not."""
-    parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    keeps its own default for what was not. Fields marked ``advanced``, and every field of the classes after
+    the first ``shown`` (e.g. each learner's), show under ``--help-all`` only, so that ``--help`` fits a screen."""
+    parser = OneLineParser(prog=prog, description=description.strip().split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    show_all = "--help-all" in sys.argv[1:]
+    advanced = parser.add_argument_group("advanced (shown with --help-all)") if show_all else None
     added: dict[str, type] = {}
-    for cls in classes:
+    for position, cls in enumerate(classes):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             kind = _field_type(hints[f.name])
@@ -79,15 +84,20 @@ def build_parser(classes: tuple, prog: str, description: str) -> OneLineParser:
             help_text = f.metadata.get("help", "")
             if f.default is not None and "default" not in help_text:
                 help_text += f" (default: {f.default})"
+            group = parser
+            if f.metadata.get("advanced") or (shown is not None and position >= shown):
+                group, help_text = (advanced, help_text) if show_all else (parser, argparse.SUPPRESS)
             if kind is bool:  # --force / --no-force
-                parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                                    default=argparse.SUPPRESS, help=help_text)
+                group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=help_text)
                 continue
-            parser.add_argument(_flag(f.name), dest=f.name, type=_converter(kind, _flag(f.name)),
-                                default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_text,
-                                metavar=None if f.metadata.get("choices") else f.name.upper())
+            group.add_argument(_flag(f.name), dest=f.name, type=_converter(kind, _flag(f.name)),
+                               default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_text,
+                               metavar=None if f.metadata.get("choices") else f.name.upper())
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of option: value defaults; flags override it")
     parser.add_argument("--verbose", action="store_true", help="show every log line of vLLM and transformers")
+    parser.add_argument("-h", "--help", action="help", help="show the common flags and exit")
+    parser.add_argument("--help-all", action="help", help="show every flag and exit")
     return parser
 
 
@@ -120,34 +130,39 @@ def _config_file_flags(path: Path, classes: tuple) -> list[str]:
         raise UsageError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
         raise UsageError(f"config file {path} must hold a mapping of option: value")
+    return _mapping_flags(values, classes, f"config file {path}")
+
+
+def _mapping_flags(values: dict, classes: tuple, where: str) -> list[str]:
     kinds = {f.name: _field_type(typing.get_type_hints(cls)[f.name]) for cls in classes for f in dataclasses.fields(cls)}
     flags = []
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name not in kinds:
-            raise UsageError(f"config file {path} has an unknown option: {key}")
+            raise UsageError(f"{where} has an unknown option: {key}")
         if value is None:
             continue
         if kinds[name] is bool:
             if not isinstance(value, bool):
-                raise UsageError(f"config file {path}: {key} must be true or false (got {value!r})")
+                raise UsageError(f"{where}: {key} must be true or false (got {value!r})")
             flags.append(_flag(name) if value else "--no-" + name.replace("_", "-"))
         elif isinstance(value, dict | list | bool):
-            raise UsageError(f"config file {path}: {key} must be a single {kinds[name].__name__} (got {value!r})")
+            raise UsageError(f"{where}: {key} must be a single {kinds[name].__name__} (got {value!r})")
         else:
             flags += [_flag(name), str(value)]
     return flags
 
 
-def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, given: set[str] | None = None):
+def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, given: set[str] | None = None,
+                 shown: int | None = None):
     """Fill ``config_cls`` from a YAML file (``--config``) and flags; flags override the file.
 
     ``config_cls`` may be a tuple of dataclasses (e.g. a command's and each learner's); then a
     tuple of filled instances comes back, one per class. ``given``, if passed, receives the names
-    of the fields that the flags or the file set.
+    of the fields that the flags or the file set. ``--help`` shows the fields of the first ``shown`` classes.
     """
     classes = config_cls if isinstance(config_cls, tuple) else (config_cls,)
-    parser = build_parser(classes, prog, description)
+    parser = build_parser(classes, prog, description, shown)
     argv = sys.argv[1:] if argv is None else list(argv)
     config_path = _find_config_flag(argv)
     from_file = _config_file_flags(Path(config_path), classes) if config_path is not None else []
@@ -155,12 +170,46 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
     configure_logging(namespace.verbose)
     if given is not None:
         given.update(k for k in vars(namespace) if k not in ("config", "verbose"))
+    configs = fill(classes, vars(namespace))
+    return tuple(configs) if isinstance(config_cls, tuple) else configs[0]
+
+
+def fill(classes: tuple, values: dict) -> list:
+    """One instance of each class from ``values`` (by field name; each class's own default for the rest), bounds checked."""
     configs = []
     for cls in classes:
-        config = cls(**{f.name: getattr(namespace, f.name, f.default) for f in dataclasses.fields(cls)})
+        config = cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
         check_bounds(config)
         configs.append(config)
-    return tuple(configs) if isinstance(config_cls, tuple) else configs[0]
+    return configs
+
+
+def parse_mapping(classes: tuple, values: dict, where: str) -> tuple[list, set[str]]:
+    """``values`` (a YAML mapping of option: value, e.g. one run's flags in a comparison) typed and checked as the
+    same options on a command line would be; returns an instance of each class, and the names that were set."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{where} must be a mapping of option: value")
+    parser = build_parser(classes, where, "")
+    namespace = parser.parse_args(_mapping_flags(values, classes, where))
+    return fill(classes, vars(namespace)), {k for k in vars(namespace) if k not in ("config", "verbose")}
+
+
+def command_line(command: str, *configs, omit: tuple[str, ...] = ()) -> str:
+    """The command line that runs ``command`` with ``configs``: its flags that differ from their defaults.
+    Printed in logs wherever one command runs another's function, so that a stage can be repeated by hand."""
+    words = [f"bin/{command}"]
+    seen = set()
+    for config in configs:
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if f.name in seen or f.name in omit or value == f.default:
+                continue
+            seen.add(f.name)
+            if isinstance(value, bool):
+                words.append(_flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
+            elif value is not None:
+                words += [_flag(f.name), f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)
 
 
 def _find_config_flag(argv: list[str]) -> str | None:

@@ -1,0 +1,1 @@
+"""The embedded default: a synthetic math world, the recipe of the shipped base model, and its assets."""

@@ -1,0 +1,215 @@
+"""The comparison's plan: its settings, the runs it compares, and the stages (each a command's function and its
+configs) that make them. Nothing here runs anything; :mod:`offline_rl.experiments.compare` does.
+
+A run is a name, a learner, the data it trains on (the dataset, the demonstrations, or a path), its own flags
+(bin/train's and the learner's), and optionally rounds (bin/iterate, collecting from its own policy at the same
+budget). ``--learners sft,dft`` makes one run per learner with no flags; ``--runs FILE.yaml`` lists them in full:
+
+    - {name: dft_seq, learner: dft, data: demonstrations, flags: {weighting: sequence}}
+    - {name: grpo, learner: grpo, rounds: 100}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from offline_rl.embedded import world
+from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
+from offline_rl.evaluate import EvalConfig
+from offline_rl.experiments.iterate import IterateConfig, engine_flags
+from offline_rl.learners import LEARNERS
+from offline_rl.train import TrainConfig
+from rollout.collect import CollectConfig
+from rollout.dataset import is_complete, read_manifest
+from rollout.demonstrations import ImportConfig
+from rollout.engines import EngineFlags, SamplingFlags
+from rollout.files import read_text
+from rollout.runtime import UsageError, parse_mapping
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A learner's own recipe under the shared budget, as a factor on the shared rate. DPO's loss is per pair of
+# whole sequences, and at the SFT-style rate (2e-4) it drove the embedded model to 16 % test-id avg@4 from 28 %
+# (over-optimisation); DPO recipes use a rate an order of magnitude or more below SFT's (Rafailov et al. 2023;
+# Tunstall et al. 2023). A run that sets its own lr or lr_scale replaces it.
+LR_SCALES = {"dpo": 0.1}
+DATASET_MODEL = "{dataset model}"  # in a planned config: the dataset's model, known once it is collected
+
+
+@dataclass
+class CompareConfig(SamplingFlags, EngineFlags):
+    out: str = field(default=None, metadata={"help": "comparison directory (required); run again to resume"})
+    data: str = field(default=None, metadata={"help": "offline dataset from bin/collect (default: collect one into OUT/data with bin/collect's defaults)"})
+    model: str = field(default=None, metadata={"help": "initial model of every learner (default: the dataset's model)"})
+    prompts: int = field(default=None, metadata={"help": "when collecting or importing: use at most N prompts of the source", "min": 1})
+    learners: str = field(default="sft,rft,dft,dpo,ppo,iwsft,adft", metadata={"help": f"comma-separated learners, one run each ({', '.join(LEARNERS)}); ignored with --runs"})
+    runs: str = field(default=None, metadata={"help": "YAML file listing the runs: name, learner, data (dataset, demonstrations or a path), flags (bin/train's and the learner's), rounds"})
+    demonstrations: str = field(default="world", metadata={"help": "demonstrations for --demonstration-learners: world (the world's reference solutions of --data's prompts, when they come from the world), a bin/import dataset directory, or none", "advanced": True})
+    demonstration_learners: str = field(default="sft", metadata={"help": "comma-separated run names trained on the demonstrations instead of --data"})
+    seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
+    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "benchmarks, as bin/eval takes them (default: every world test split)"})
+    benchmark_dir: str = field(default=None, metadata={"help": "folder of the short-named benchmarks' files (bin/eval --benchmark-dir)", "advanced": True})
+    steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)", "min": 1})
+    batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe", "above": 0})
+    k: int = field(default=4, metadata={"help": "samples per problem in evaluation", "min": 1})
+    problems: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
+    report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
+    force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    learner: str
+    data: str = "dataset"  # dataset, demonstrations, or a dataset directory
+    flags: tuple = ()  # (option, value) pairs: bin/train's and the learner's own
+    rounds: int | None = None  # trained in this many rounds by bin/iterate, collecting its own samples
+
+    def lr(self, shared: float) -> float:
+        """The run's peak rate: its own, or the shared one times its learner's recipe (as bin/train prints it)."""
+        flags = dict(self.flags)
+        if "lr" in flags:
+            return float(flags["lr"])
+        scale = float(flags.get("lr_scale", LR_SCALES.get(self.learner, 1.0)))
+        return float(f"{shared * scale:g}")
+
+
+@dataclass
+class Stage:
+    name: str
+    command: str  # collect, import, train, iterate, eval
+    configs: tuple  # the command function's configs
+    done: Path  # the stage's completion mark, written last by its command
+    samples: str | None = None  # the model a collection or evaluation samples from (the live engine loads it)
+
+    def finished(self) -> bool:
+        """A dataset is finished when its manifest says so (collect writes the manifest first); the
+        other stages when their mark exists."""
+        if self.done.name == "manifest.json":
+            return is_complete(self.done.parent)
+        return self.done.exists()
+
+
+def parse_runs(cfg: CompareConfig) -> list[Run]:
+    """The runs of ``--runs FILE``, or one per name of ``--learners``; each checked (learner, flags, rounds) now."""
+    on_demonstrations = {n.strip() for n in cfg.demonstration_learners.split(",") if n.strip()}
+    if cfg.runs is None:
+        names = [n.strip() for n in cfg.learners.split(",") if n.strip()]
+        entries = [{"name": n, "learner": n} for n in names]
+    else:
+        entries = _runs_file(Path(cfg.runs))
+    runs = []
+    for i, entry in enumerate(entries):
+        where = f"--runs {cfg.runs} entry {i + 1}" if cfg.runs else f"--learners {entry.get('name')!r}"
+        run = _run(entry, where, on_demonstrations)
+        if run.name in {r.name for r in runs}:
+            raise UsageError(f"{where}: the name {run.name!r} is taken")
+        if run.rounds is not None and cfg.steps % run.rounds:
+            raise UsageError(f"{where}: {cfg.steps} budget steps do not split into {run.rounds} rounds")
+        runs.append(run)
+    if not runs:
+        raise UsageError("need at least one run (--learners or --runs)")
+    return runs
+
+
+def _runs_file(path: Path) -> list[dict]:
+    import yaml
+
+    if not path.is_file():
+        raise UsageError(f"--runs {path}: no such file")
+    try:
+        entries = yaml.safe_load(read_text(path))
+    except yaml.YAMLError as e:
+        raise UsageError(f"--runs {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise UsageError(f"--runs {path} must hold a list of runs (name, learner, data, flags, rounds)")
+    return entries
+
+
+def _run(entry: dict, where: str, on_demonstrations: set[str]) -> Run:
+    unknown = set(entry) - {f.name for f in fields(Run)}
+    if unknown:
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(f.name for f in fields(Run))}")
+    name, learner = str(entry.get("name", "")), entry.get("learner", entry.get("name"))
+    if learner not in LEARNERS or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name == "base":
+        raise UsageError(f"{where}: needs a name (letters, digits, _ . -; not 'base') and a known learner "
+                         f"({', '.join(LEARNERS)})")
+    flags = dict(entry.get("flags") or {})
+    scale = flags.pop("lr_scale", None)
+    parse_mapping((TrainConfig, LEARNERS[learner].config), flags, f"{where} flags")  # typed and checked now
+    if scale is not None:
+        flags["lr_scale"] = float(scale)
+    rounds = entry.get("rounds")
+    if rounds is not None and (not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1):
+        raise UsageError(f"{where}: rounds must be a whole number >= 1 (got {rounds!r})")
+    data = str(entry.get("data", "demonstrations" if name in on_demonstrations else "dataset"))
+    return Run(name, learner, data, tuple(flags.items()), rounds)
+
+
+def demonstrations_for(cfg: CompareConfig, out: Path, data: Path, runs: list[Run]) -> Path | None:
+    """Where runs on demonstrations train: a given bin/import dataset, the world's reference solutions imported
+    into OUT/demonstrations (when --data's prompts are the world's), or nowhere (they use --data)."""
+    if not any(r.data == "demonstrations" for r in runs) or cfg.demonstrations == "none":
+        return None
+    if cfg.demonstrations != "world":
+        path = Path(cfg.demonstrations)
+        if read_manifest(path).get("kind") != "demonstrations":
+            raise UsageError(f"--demonstrations {path} is not a bin/import dataset")
+        return path
+    source = read_manifest(data).get("source", {}) if (data / "manifest.json").exists() else {"kind": "world"}
+    if source.get("kind") != "world" or source.get("split", "train") != "train":
+        return None  # no reference solutions for these prompts: they train on --data's accepted view
+    return out / "demonstrations"
+
+
+def plan(cfg: CompareConfig, out: Path, data: Path, runs: list[Run], seeds: list[int],
+         demonstrations: Path | None = None) -> list[Stage]:
+    """Every stage in order: collect (unless given), import the world's demonstrations (when used), then per seed
+    the base model's evaluation and each run's training and evaluation."""
+    stages = []
+    collect = Stage("collect", "collect", (CollectConfig(out=str(data), backend=cfg.backend, model=cfg.model,
+                                                         prompts=cfg.prompts),), data / "manifest.json",
+                    samples=cfg.model or str(DEFAULT_BASE_MODEL))
+    if not collect.finished():
+        stages.append(collect)
+    if demonstrations is not None and demonstrations == out / "demonstrations":  # the world's, imported here
+        imported = Stage("import", "import", (ImportConfig(source="world:train", out=str(demonstrations),
+                                                           model=cfg.model or DATASET_MODEL, prompts=cfg.prompts),),
+                         demonstrations / "manifest.json")
+        if not imported.finished():
+            stages.append(imported)
+    for seed in seeds:
+        stages.append(_evaluation(cfg, out, "base", cfg.model or DATASET_MODEL, seed))
+        for run in runs:
+            stages.append(_training(cfg, out, data, demonstrations, run, seed))
+            stages.append(_evaluation(cfg, out, run.name, str(out / "runs" / f"{run.name}-s{seed}"), seed))
+    return stages
+
+
+def _evaluation(cfg: CompareConfig, out: Path, name: str, model: str, seed: int) -> Stage:
+    where = out / "evals" / f"{name}-s{seed}"
+    evaluation = EvalConfig(model=model, name=name, seed=seed, benchmarks=cfg.benchmarks, k=cfg.k,
+                            temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=cfg.stop,
+                            problems=cfg.problems, benchmark_dir=cfg.benchmark_dir, out=str(where), **engine_flags(cfg))
+    return Stage(f"eval {name} s{seed}", "eval", (evaluation,), where / "results.json", samples=model)
+
+
+def _training(cfg: CompareConfig, out: Path, data: Path, demonstrations: Path | None, run: Run, seed: int) -> Stage:
+    where = out / "runs" / f"{run.name}-s{seed}"
+    flags = {k: v for k, v in run.flags if k != "lr_scale"}
+    (train, learner), _ = parse_mapping((TrainConfig, LEARNERS[run.learner].config), flags, f"run {run.name}")
+    settings = dict(learner=run.learner, out=str(where), model=cfg.model, batch_size=cfg.batch_size, seed=seed,
+                    report_to=cfg.report_to, lr=run.lr(cfg.lr))
+    if run.rounds is not None:  # collects its own samples: the dataset's prompts and sampling, split into rounds
+        rounds = IterateConfig(learner=run.learner, data=str(data), model=cfg.model, out=str(where), rounds=run.rounds,
+                               steps=cfg.steps, batch_size=cfg.batch_size, seed=seed, lr=run.lr(cfg.lr),
+                               backend=cfg.backend, report_to=cfg.report_to)
+        return Stage(f"train {run.name} s{seed}", "iterate", (rounds, replace(train, learner=run.learner), learner),
+                     where / "iterate_summary.json")
+    source = {"dataset": data, "demonstrations": demonstrations or data}.get(run.data, Path(run.data))
+    train = replace(train, **{k: v for k, v in settings.items() if k not in flags or k in ("learner", "out", "seed")},
+                    data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3), log_every=5)
+    return Stage(f"train {run.name} s{seed}", "train", (train, learner), where / "train_summary.json")

@@ -1,0 +1,86 @@
+"""The policy's log-probabilities of the response tokens: the vocabulary projection, chunked or fused.
+
+:func:`token_logprobs_at` projects chunks of response tokens under activation checkpointing (any loss, any
+temperature); :func:`fused_token_logprobs` serves per-token-weighted losses through ``fused.py`` (each chunk
+projected once, its gradients made in forward). No ``[B, T, V]`` logits are held whole on either path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int = 0, float32: bool = False) -> torch.Tensor:
+    """log pi(target_t | prefix) for every response position, in float32: [B, T] (0 elsewhere)."""
+    return token_logprobs_at(model, batch, chunk_size, (1.0,), float32)[0]
+
+
+def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0,
+                      temperatures: tuple[float, ...] = (1.0,), float32: bool = False) -> torch.Tensor:
+    """log softmax(logits / T)[target] at each temperature T, for every response position: [K, B, T].
+
+    With ``chunk_size`` > 0 the vocabulary projection runs over chunks of that many response
+    tokens under activation checkpointing, so no [B, T, V] logits (nor their fp32 copy or softmax)
+    ever exist: peak extra memory is one [chunk, V] block. 0 projects everything at once.
+    ``float32`` runs the projection itself (the lm_head matmul) in float32 even under bf16 autocast:
+    a ratio against float32 behaviour log-probs must not carry bf16's ~0.06 nats of error.
+    """
+    if chunk_size <= 0 and not float32:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, T, V]
+        return torch.stack([-torch.nn.functional.cross_entropy(
+            (logits / t if t != 1.0 else logits).flatten(0, 1), batch["targets"].flatten(), reduction="none"
+        ).view_as(batch["targets"]) for t in temperatures])
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                logits_to_keep=1)  # through the (possibly DDP-wrapped) model; logits of one position only
+    hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
+    lm_head = _unwrap(model).get_output_embeddings()
+    where = batch["response_mask"].bool()  # [B, T]
+    selected_hidden, selected_targets = hidden[where], batch["targets"][where]  # [N, H], [N]
+    step = chunk_size if chunk_size > 0 else max(1, selected_hidden.shape[0])
+    pieces = [
+        torch.utils.checkpoint.checkpoint(_chunk_logprobs, lm_head, selected_hidden[i : i + step],
+                                          selected_targets[i : i + step], temperatures, float32, use_reentrant=False)
+        if chunk_size > 0 else _chunk_logprobs(lm_head, selected_hidden, selected_targets, temperatures, float32)
+        for i in range(0, selected_hidden.shape[0], step)
+    ]
+    logprobs = torch.zeros((len(temperatures), *where.shape), dtype=torch.float32, device=hidden.device)  # [K, B, T]
+    if pieces:
+        logprobs[:, where] = torch.cat(pieces, dim=1)
+    return logprobs
+
+
+def fused_token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int, token_grad) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a loss that is a per-token weighted sum (``token_grad(log p) = d loss / d log p``): the log-probs of every
+    response position, detached, [1, B, T], and a surrogate scalar whose gradient is the loss's, through the fused
+    projection (offline_rl/fused.py: each chunk projected once, its gradients made in forward)."""
+    from offline_rl.fused import fused_weighted_logprobs
+
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                logits_to_keep=1)
+    hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
+    where = batch["response_mask"].bool()  # [B, T]
+    lm_head = _unwrap(model).get_output_embeddings()
+    surrogate, selected = fused_weighted_logprobs(hidden[where], lm_head.weight, batch["targets"][where], chunk_size,
+                                                  token_grad)
+    logprobs = torch.zeros((1, *where.shape), dtype=torch.float32, device=hidden.device)  # [1, B, T]
+    logprobs[:, where] = selected
+    return logprobs, surrogate
+
+
+def _chunk_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatures: tuple[float, ...],
+                    float32: bool) -> torch.Tensor:
+    if float32:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            bias = None if lm_head.bias is None else lm_head.bias.float()
+            logits = torch.nn.functional.linear(hidden.float(), lm_head.weight.float(), bias)  # [n, V]
+    else:
+        logits = lm_head(hidden).float()  # [n, V]: one chunk, recomputed in backward
+    rows = []
+    for t in temperatures:
+        scaled = logits / t if t != 1.0 else logits
+        rows.append(scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - scaled.logsumexp(-1))  # [n]
+    return torch.stack(rows)  # [K, n]
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP / FSDP wrappers keep the model in .module
