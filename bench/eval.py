@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import io
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -44,8 +45,10 @@ def checkpoints(base: Path, count: int, where: Path) -> list[Path]:
     return paths
 
 
-def eval_args(model: Path, out: Path, args) -> list[str]:
-    return ["--model", str(model), "--seed", "0", "--k", str(args.k), "--limit", str(args.limit), "--out", str(out)]
+def eval_config(model: Path, out: Path, args, **more):
+    from offline_rl.evaluate import EvalConfig
+
+    return EvalConfig(model=str(model), seed=0, k=args.k, problems=args.limit, out=str(out), **more)
 
 
 def main() -> None:
@@ -60,7 +63,9 @@ def main() -> None:
     from offline_rl import evaluate
     from offline_rl.embedded import world
     from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
-    from rollout.collect import LiveEngine, resolve_model
+    from rollout.engines import LiveEngine
+    from rollout.models import resolve_model
+    from rollout.runtime import command_line
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -68,29 +73,31 @@ def main() -> None:
         ways: dict[str, list[dict]] = {"own process": [], "new engine": [], "live engine": []}
         for i, model in enumerate(models):
             start = time.time()
-            subprocess.run([sys.executable, str(ROOT / "bin" / "eval"), *eval_args(model, tmp / f"proc-{i}", args)],
+            # the command as a user runs it, in a process of its own (what this side measures)
+            argv = shlex.split(command_line("eval", eval_config(model, tmp / f"proc-{i}", args)))[1:]
+            subprocess.run([sys.executable, str(ROOT / "bin" / "eval"), *argv],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
             res = json.loads((tmp / f"proc-{i}" / "results.json").read_text())
             ways["own process"].append({**res, "wall": time.time() - start, "engine": None})
         for i, model in enumerate(models):
             start = time.time()
             with contextlib.redirect_stdout(io.StringIO()):  # its table
-                res = evaluate.main(eval_args(model, tmp / f"new-{i}", args))
+                res = evaluate.run_eval(eval_config(model, tmp / f"new-{i}", args))
             ways["new engine"].append({**res, "wall": time.time() - start, "engine": None})
         live = LiveEngine(evaluate.EvalConfig())
         for i, model in enumerate(models):
             start = time.time()
             ms = live.hold(resolve_model(str(model)))
             with contextlib.redirect_stdout(io.StringIO()):
-                res = evaluate.main(eval_args(model, tmp / f"live-{i}", args), engine=live.engine)
+                res = evaluate.run_eval(eval_config(model, tmp / f"live-{i}", args), engine=live.engine)
             ways["live engine"].append({**res, "wall": time.time() - start, "engine": ms / 1000 if ms else 0.0})
         ways["live, per benchmark"] = []  # as bin/eval sampled before: one engine pass per benchmark
         for i, model in enumerate(models):
             start, parts, ms = time.time(), [], live.hold(resolve_model(str(model)))
             for bench in world.TEST_SPLITS:
-                argv = [*eval_args(model, tmp / f"split-{i}" / bench, args), "--benchmarks", bench]
+                one = eval_config(model, tmp / f"split-{i}" / bench, args, benchmarks=bench)
                 with contextlib.redirect_stdout(io.StringIO()):
-                    parts.append(evaluate.main(argv, engine=live.engine))
+                    parts.append(evaluate.run_eval(one, engine=live.engine))
             ways["live, per benchmark"].append({
                 "wall": time.time() - start, "engine": ms / 1000 if ms else 0.0,
                 **{key: sum(r[key] for r in parts) for key in ("generation_seconds", "scoring_seconds",

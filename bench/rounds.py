@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(out: Path, rounds: int, prompts: int, *extra: str) -> tuple[float, list[float], list[dict]]:
     command = [sys.executable, str(ROOT / "bin" / "iterate"), "--learner", "grpo", "--rounds", str(rounds),
-               "--steps-per-round", "1", "--prompts-per-round", str(prompts), "--batch-size", "16", "--out", str(out),
+               "--steps", str(rounds), "--prompts-per-round", str(prompts), "--batch-size", "16", "--out", str(out),
                *extra]
     start = time.time()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)

@@ -100,15 +100,14 @@ class StepClock:
 
 
 def run_ours(work: Path, model_path: str, args) -> list[float]:
-    from offline_rl.train import TrainConfig, train
-    from rollout.dataset import load_offline_dataset, read_manifest
+    from offline_rl.train import TrainConfig, run_train
 
-    cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), max_steps=args.steps,
+    cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), steps=args.steps, model=model_path,
                       batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size, seed=0,
                       report_to=args.report_to, force=True, micro_batch_tokens=args.micro_batch_tokens)
     clock = StepClock()
-    train(cfg, read_manifest(work / "data"), load_offline_dataset(work / "data"), model_path)
-    # train() logs its own per-step token counts: they must be the plan's
+    run_train(cfg)
+    # run_train() logs its own per-step token counts: they must be the plan's
     plan_tokens = json.loads((work / "plan.json").read_text())["tokens"]
     for record in map(json.loads, (work / "ours" / "metrics.jsonl").read_text().splitlines()):
         assert record["tokens"] == plan_tokens[record["step"] - 1], (record, plan_tokens[record["step"] - 1])

@@ -311,12 +311,13 @@ def write_generations(path: Path, generations: list[dict]) -> None:
 
 
 def format_table(results_by_model: dict[str, dict], benchmarks: list[str], k: int) -> str:
-    """A Markdown table: one row per model; avg@k, pass@k and maj@k per benchmark in percent."""
-    columns = [(b, m) for b in benchmarks for m in (f"avg@{k}", f"pass@{k}", f"maj@{k}")]
-    lines = ["| model | " + " | ".join(f"{b} {m}" for b, m in columns) + " |", "|---|" + "---:|" * len(columns)]
+    """A Markdown table narrow enough for a terminal: one row per model and benchmark; avg@k, pass@k, maj@k in %."""
+    metrics = (f"avg@{k}", f"pass@{k}", f"maj@{k}")
+    lines = ["| model | benchmark | " + " | ".join(metrics) + " |", "|---|---|" + "---:|" * len(metrics)]
     for name, res in results_by_model.items():
-        cells = [f"{100 * res['benchmarks'][b][m]:.1f}" if m in res["benchmarks"][b] else "–" for b, m in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for b in benchmarks:
+            cells = [f"{100 * res['benchmarks'][b][m]:.1f}" if m in res["benchmarks"][b] else "–" for m in metrics]
+            lines.append(f"| {name} | {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -237,7 +237,7 @@ def make_pairs(examples: list[Example], pairing: str, seed: int = 0, include_tru
 
 
 @torch.no_grad()
-def reference_from_model(pairs: list[Pair], context, batch_size: int = 8) -> list[Pair]:
+def reference_from_model(pairs: list[Pair], context: ViewContext, batch_size: int = 8) -> list[Pair]:
     """Sequence log-probs of every response under the initial model, computed once before training:
     on the training device, each data-parallel rank a strided share (then summed over ranks), through
     the chunked float32 projection, under the policy's autocast."""
@@ -245,11 +245,11 @@ def reference_from_model(pairs: list[Pair], context, batch_size: int = 8) -> lis
 
     from transformers import AutoModelForCausalLM
 
-    accelerator = getattr(context, "accelerator", None)
+    accelerator = context.accelerator
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     rank, ranks = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
-    chunk = getattr(context, "logit_chunk_size", 256)
+    chunk = context.logit_chunk_size
     pad = context.tokenizer.pad_token_id if context.tokenizer.pad_token_id is not None else context.tokenizer.eos_token_id
     model = AutoModelForCausalLM.from_pretrained(context.model_path, dtype=torch.float32).to(device).eval()
     flat = [e for p in pairs for e in (p.chosen, p.rejected)]

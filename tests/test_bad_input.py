@@ -202,7 +202,7 @@ CASES = [
     ("train", ["--learner", "rft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "2", "--batch-size", "2",
                "--save-every", "1", "--resume"], "different learner ('dft', now 'rft')"),
     ("train", ["--learner", "dft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "4", "--batch-size", "2",
-               "--lr", "1e-3", "--save-every", "1", "--resume"], "lr (0.0002, now 0.001); steps (2, now 4)"),
+               "--lr", "1e-3", "--save-every", "1", "--resume"], "lr (0.0002, now 0.001); schedule_steps (2, now 4); steps (2, now 4)"),
     ("train", ["--learner", "dft", "--data", "{ws}/ds2", "--out", "{ws}/run", "--steps", "2", "--batch-size", "2",
                "--save-every", "1", "--resume"], "different data"),
     ("train", ["--learner", "dft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "2"], "holds checkpoints"),
@@ -222,7 +222,7 @@ CASES = [
     ("eval", ["--problems", "1", "--template", "{ws}/latin1.txt"], "not UTF-8"),
     # compare
     ("compare", ["--out", "{ws}/new", "--steps", "0"], "--steps must be >= 1"),
-    ("compare", ["--out", "{ws}/new", "--learners", "dft,ddpg"], "'ddpg' is not a known learner"),
+    ("compare", ["--out", "{ws}/new", "--learners", "dft,ddpg"], "--learners 'ddpg': needs a name"),
     ("compare", ["--out", "{ws}/new", "--seeds", "0,one"], "--seeds"),
     ("compare", ["--out", "{ws}/new", "--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),
     ("compare", ["--out", "{ws}/new", "--runs", "{ws}/nope.yaml"], "no such file"),

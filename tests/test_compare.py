@@ -246,3 +246,50 @@ def test_the_live_engine_starts_once_loads_in_place_and_makes_room_on_an_acceler
         assert log == [("start", "base"), ("reset",), *middle, ("close",), ("start", "base"), ("close",)]
     else:
         assert log == [("start", "base"), ("reset",), *middle, ("load", "base"), ("close",)]
+
+
+COMMITTED = {  # the committed comparisons, each in its new spelling (results/README.md gives them)
+    "embedded": "bin/compare --out results/embedded --seeds 0,1,2 --steps 100 --batch-size 16",
+    "embedded-long": "bin/compare --out results/embedded-long --data results/embedded/data --learners sft,rft,dft,adft "
+                     "--seeds 0,1,2 --steps 250 --batch-size 32",
+    "embedded-demos": "bin/compare --out results/embedded-demos --data results/embedded/data "
+                      "--runs results/embedded-demos/runs.yaml --seeds 0,1,2 --steps 100 --batch-size 16",
+    "embedded-adft": "bin/compare --out results/embedded-adft --learners adft --benchmarks test-id,test-ood "
+                     "--seeds 0,1,2 --steps 100 --batch-size 16",
+    "embedded-rounds": "bin/compare --out results/embedded-rounds --runs results/embedded-rounds/runs.yaml "
+                       "--prompts 1600 --seeds 0,1,2 --steps 100 --batch-size 16",
+}
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_the_committed_comparisons_plan_the_same_runs_under_their_new_spellings(name, monkeypatch):
+    """Each committed comparison's new command line means what its saved compare_config.json (old spellings) meant:
+    the same budget, data, seeds and evaluation, and the same runs with the same flags and rounds."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from rollout.runtime import parse_config
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    readme = re.sub(r"\s+", " ", (root / "results" / "README.md").read_text().replace("\\\n", " "))
+    assert COMMITTED[name] in readme
+    cfg = parse_config(CompareConfig, shlex.split(COMMITTED[name])[1:], "compare", "")
+    old = json.loads((root / "results" / name / "compare_config.json").read_text())
+    assert (cfg.steps, cfg.batch_size, cfg.prompts, cfg.problems, cfg.data, cfg.seeds, cfg.benchmarks, cfg.k, cfg.lr,
+            cfg.temperature, cfg.max_tokens) == (
+        old["budget_steps"], old["batch_size"], old["collect_limit"], old["eval_limit"], old["data"], old["seeds"],
+        old["benchmarks"], old["k"], old["lr"], old["temperature"], old["max_tokens"])
+    runs = parse_runs(cfg)
+    learners = dict(part.partition("=")[::2] for part in old["learners"].split(","))
+    assert {r.name: r.learner for r in runs} == {n: learner or n for n, learner in learners.items()}
+    rounds = dict(part.split(":") for part in (old.get("rounds") or "").split(",") if part)
+    assert {r.name: r.rounds for r in runs if r.rounds} == {n: int(r) for n, r in rounds.items()}
+    flags = {part.split(":")[0].strip(): part.split(":")[1].split()
+             for part in (old["learner_args"] or "").split(";") if part.strip()}
+    assert {r.name: [x for k, v in r.flags for x in (f"--{k}", str(v))] for r in runs if r.flags} == flags
+    on_demonstrations = set(old.get("demonstration_learners", "sft").split(","))
+    assert {r.name for r in runs if r.data == "demonstrations"} == on_demonstrations & set(learners)
+    stages = plan(cfg, Path(cfg.out), Path(cfg.data or f"{cfg.out}/data"), runs, [0, 1, 2])
+    assert sum(s.command in ("train", "iterate") for s in stages) == 3 * len(runs)

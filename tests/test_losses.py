@@ -5,7 +5,7 @@ import torch
 from offline_rl.learners import LEARNERS, dft, rft
 from offline_rl.projection import token_logprobs
 from offline_rl.train import token_mean
-from offline_rl.views import Example, collate
+from offline_rl.views import VIEWS, Example, collate
 
 
 def hand_batch(probs):
@@ -78,8 +78,9 @@ def test_token_mean_over_micro_batches_equals_full_batch():
 
 def test_every_learner_is_registered_by_name():
     assert {"sft", "rft", "dft", "dpo", "ppo", "iwsft", "adft"} <= set(LEARNERS)
-    for module in LEARNERS.values():
-        assert callable(module.loss) and callable(module.examples) and module.Config
+    for name, learner in LEARNERS.items():  # an explicit record, nothing looked up by name
+        assert learner.name == name and callable(learner.loss) and callable(learner.examples)
+        assert learner.views and all(view in VIEWS for view in learner.views) and learner.config()
 
 
 def test_ppo_surrogate_at_ratio_one_is_minus_the_mean_advantage():

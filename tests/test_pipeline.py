@@ -79,6 +79,6 @@ def test_train_dft_then_eval_loads_the_checkpoint_in_vllm(vllm_dataset, tmp_path
         assert results["benchmarks"][bench]["problems"] == 8
         assert 0.0 <= results["benchmarks"][bench]["avg@2"] <= 1.0
     # stdout is the table alone (bin/eval > table.md): vLLM's and transformers' logs go to stderr, quietly
-    assert result.stdout.splitlines()[0].startswith("| model | test-id avg@2")
-    assert len(result.stdout.splitlines()) == 3 and all(line.startswith("|") for line in result.stdout.splitlines())
+    assert result.stdout.splitlines()[0] == "| model | benchmark | avg@2 | pass@2 | maj@2 |"
+    assert len(result.stdout.splitlines()) == 2 + len(world.TEST_SPLITS) and all(line.startswith("|") for line in result.stdout.splitlines())
     assert not [line for line in result.stderr.splitlines() if "WARNING" in line or "INFO" in line]

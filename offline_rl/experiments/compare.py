@@ -32,7 +32,7 @@ from offline_rl.experiments.plan import DATASET_MODEL, CompareConfig, Stage, dem
 from offline_rl.experiments.report import write_report
 from offline_rl.train import run_train
 from rollout.collect import run_collect
-from rollout.dataset import read_manifest
+from rollout.dataset import read_manifest, write_json
 from rollout.demonstrations import run_import
 from rollout.engines import LiveEngine
 from rollout.files import BadInput, held_directories, hold_directory, release, release_unused
@@ -75,13 +75,14 @@ def run_compare(cfg: CompareConfig) -> dict:
     if cfg.model:
         resolve_model(cfg.model)
 
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "seeds", "force", "report_to")}
-    settings["runs"] = [asdict(r) | {"flags": dict(r.flags)} for r in runs]  # what the file said, not its name
-    saved = out / "compare_config.json"
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to")}
+    planned = {"runs": [asdict(r) | {"flags": dict(r.flags)} for r in runs]}  # what --learners or --runs said
     hold_directory(out, "compare", force=cfg.force, owned=lambda d: (d / "compare_config.json").is_file())
-    check_rerun_settings(saved, settings, out, cfg.force)
+    check_rerun_settings(out / "compare_config.json", settings, out, cfg.force)
+    check_rerun_settings(out / "compare_runs.json", planned, out, cfg.force)
     print_config(cfg)
-    save_config(cfg, saved)
+    save_config(cfg, out / "compare_config.json")
+    write_json(out / "compare_runs.json", planned)
 
     failures = run_stages(plan(cfg, out, data, runs, seeds, demonstrations), out, data, EvalConfig(**engine_flags(cfg)))
     summary = write_report(out, cfg, runs, seeds, data, demonstrations)

@@ -127,13 +127,15 @@ def run_iterate(cfg: IterateConfig, train_cfg: TrainConfig | None = None, learne
 
     out = Path(cfg.out)
     hold_directory(out, "iterate", force=cfg.force, owned=lambda d: (d / "iterate_config.json").is_file())
-    saved = out / "iterate_config.json"
     settings = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
-    settings.update({f"train.{k}": v for k, v in asdict(train_cfg).items() if v != getattr(TrainConfig(), k)})
-    settings.update({f"{cfg.learner}.{k}": v for k, v in asdict(learner_cfg).items()})
-    check_rerun_settings(saved, settings, out, cfg.force)
+    # bin/train's settings that the rounds leave as given, and the learner's: flags of bin/iterate too
+    ours = {f.name for f in fields(IterateConfig)} | set(rounds.train_settings(1))
+    training = {**{k: v for k, v in asdict(train_cfg).items() if k not in ours}, **asdict(learner_cfg)}
+    check_rerun_settings(out / "iterate_config.json", settings, out, cfg.force)
+    check_rerun_settings(out / "iterate_train_config.json", training, out, cfg.force)
     print_config(cfg)
-    save_config(cfg, saved)
+    save_config(cfg, out / "iterate_config.json")
+    write_json(out / "iterate_train_config.json", training)
     return rounds.run()
 
 
