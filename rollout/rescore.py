@@ -92,7 +92,9 @@ def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
                              pa.array(result.preds, type=pred_type))
     table = table.set_column(table.column_names.index("reward"), table.schema.field("reward"),
                              pa.array(result.rewards, type=reward_type))
+    prompt_ids = table.column("prompt_id").to_pylist() if "prompt_id" in table.column_names else [None] * len(golds)
     stats = {
+        "per_row": list(zip(prompt_ids, golds, result.rewards, strict=True)),
         "rows": len(responses),
         "accepted_before": sum(1 for r in old_rewards if r == 1.0),
         "accepted_after": sum(1 for r in result.rewards if r == 1.0),
@@ -104,12 +106,28 @@ def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
     return table, stats
 
 
+def recorded_extraction(manifest: dict) -> tuple[str | None, tuple[str, ...]]:
+    """The (extraction mode, fallbacks) the dataset was scored with, as its manifest records them."""
+    recorded = manifest.get("extraction")
+    if recorded in EXTRACTIONS:
+        return recorded, DEFAULT_FALLBACKS
+    if isinstance(recorded, str) and recorded.startswith("boxed+"):
+        return None, tuple(f for f in recorded.removeprefix("boxed+").split(",") if f)
+    return None, DEFAULT_FALLBACKS
+
+
 def rescore(dataset: str | Path, workers: int | None = None, deadline: float = DEFAULT_DEADLINE_SECONDS,
-            fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS, extraction: str | None = None) -> dict:
-    """Recompute ``pred`` and ``reward`` of every row of ``dataset``; returns the summary written to the manifest."""
+            fallbacks: tuple[str, ...] | None = None, extraction: str | None = None) -> dict:
+    """Recompute ``pred`` and ``reward`` of every row of ``dataset`` with the extraction it was scored with (or the
+    one given); returns the summary written to the manifest. Every count the manifest keeps follows."""
     start = time.time()
     dataset = Path(dataset)
     manifest = read_dataset_manifest(dataset)
+    if manifest.get("complete") is False:
+        raise DatasetError(f"{dataset} is an unfinished collection (complete: false); finish it first")
+    if extraction is None and fallbacks is None:
+        extraction, fallbacks = recorded_extraction(manifest)
+    fallbacks = DEFAULT_FALLBACKS if fallbacks is None else tuple(fallbacks)
     hold_directory(dataset, "rescore", owned=lambda d: True)  # a collection still writing it is refused
     manifest = read_dataset_manifest(dataset)  # as it is now that nobody else writes it
     data_dir = dataset / "data"
@@ -125,7 +143,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
             raise DatasetError(f"{data_dir / name}: unreadable shard ({e})") from None
         table, stats = _rescore_table(table, workers, deadline, fallbacks, extraction)
         for key, value in stats.items():
-            totals[key] = totals.get(key, 0) + value
+            totals[key] = totals.get(key, 0 if key != "per_row" else []) + value
         new_name = f"{_RESCORED.sub('', Path(name).stem)}.r{token}.parquet"
         atomic_write(data_dir / new_name, lambda f, table=table: pq.write_table(table, f))
         new_shards.append(new_name)
@@ -153,8 +171,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
     manifest["verifier_version"] = VERIFIER_VERSION
     manifest["extraction"] = summary["extraction"]
     manifest["pass_rate"] = summary["pass_rate_after"]
-    if isinstance(manifest.get("counts"), dict):
-        manifest["counts"]["accepted"] = totals["accepted_after"]
+    recount(manifest, totals["per_row"])
     manifest["rescores"] = [*manifest.get("rescores", []), summary]
     atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
     write_dataset_card(dataset)  # the card follows the manifest: new shards, verifier and pass rate
@@ -169,8 +186,8 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
 @dataclass(frozen=True)
 class RescoreConfig:
     data: str = field(default=None, metadata={"help": "offline dataset directory to rescore in place (required)"})
-    extraction: str = field(default=None, metadata={"help": "answer extraction: boxed, qwen, math-verify (replaces --fallbacks)", "choices": list(EXTRACTIONS)})
-    fallbacks: str = field(default=",".join(DEFAULT_FALLBACKS), metadata={"help": f"comma-separated answer fallbacks after the last box, in order; known: {', '.join(FALLBACKS)}", "advanced": True})
+    extraction: str = field(default=None, metadata={"help": "answer extraction: boxed, qwen, math-verify (default: the one the dataset was scored with)", "choices": list(EXTRACTIONS)})
+    fallbacks: str = field(default=None, metadata={"help": f"comma-separated answer fallbacks after the last box, in order; known: {', '.join(FALLBACKS)} (default: as the dataset was scored)", "advanced": True})
     workers: int = field(default=None, metadata={"help": "scoring processes (default: one per CPU)", "min": 1, "advanced": True})
     deadline: float = field(default=DEFAULT_DEADLINE_SECONDS, metadata={"help": "wall-clock seconds per response before its worker is killed and it scores 0", "above": 0, "advanced": True})
 
@@ -179,8 +196,8 @@ def run_rescore(cfg: RescoreConfig) -> dict:
     """``offline-rl rescore``: new pred and reward for every row of ``cfg.data``, with the current verifier."""
     if cfg.data is None:
         raise DatasetError("--data is required")
-    fallbacks = tuple(f for f in cfg.fallbacks.split(",") if f)
-    unknown = [f for f in fallbacks if f not in FALLBACKS]
+    fallbacks = None if cfg.fallbacks is None else tuple(f for f in cfg.fallbacks.split(",") if f)
+    unknown = [f for f in fallbacks or () if f not in FALLBACKS]
     if unknown:
         raise DatasetError(f"--fallbacks: unknown {unknown[0]!r}; known: {', '.join(FALLBACKS)}")
     summary = rescore(cfg.data, workers=cfg.workers, deadline=cfg.deadline, fallbacks=fallbacks,
@@ -205,3 +222,24 @@ def run_merge(cfg: MergeConfig) -> dict:
     print(f"merged {len(inputs)} datasets: {manifest['counts']['responses']} responses to "
           f"{manifest['counts']['prompts']} prompts -> {cfg.out}")
     return manifest
+
+
+def recount(manifest: dict, per_row: list[tuple]) -> None:
+    """The manifest's counts that depend on rewards, from the rescored rows: accepted, disagreeing (demonstrations
+    whose answer is not their gold's), the summary's pass rate and correct-per-prompt histogram."""
+    accepted = sum(reward == 1.0 for _, _, reward in per_row)
+    counts = manifest.get("counts")
+    if isinstance(counts, dict):
+        counts["accepted"] = accepted
+        if "disagreeing" in counts:
+            counts["disagreeing"] = sum(bool(gold) and reward != 1.0 for _, gold, reward in per_row)
+    summary = manifest.get("summary")
+    if isinstance(summary, dict):
+        summary["pass_rate"] = accepted / max(1, len(per_row))
+        if isinstance(summary.get("correct_per_prompt"), dict):
+            n = len(summary["correct_per_prompt"]) - 1
+            right: dict = {}
+            for prompt_id, _, reward in per_row:
+                right[prompt_id] = right.get(prompt_id, 0) + (reward == 1.0)
+            histogram = [sum(v == k for v in right.values()) for k in range(n + 1)]
+            summary["correct_per_prompt"] = {f"{k}/{n}": histogram[k] for k in range(n + 1)}

@@ -10,6 +10,7 @@ import pytest
 from offline_rl.embedded import world
 from rollout import demonstrations
 from rollout.dataset import COLUMNS, read_manifest, shard_files
+from rollout.rescore import rescore
 from rollout.runtime import UsageError, run
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
@@ -97,6 +98,10 @@ def test_shared_benchmarks_as_real_schema_demonstrations(tmp_path, tiny_model_di
     manifest, rows = _import(tmp_path, tiny_model_dir, SHARED / "gsm8k_test.jsonl", "--prompts", "40",
                              "--max-model-len", "100000")
     assert manifest["source"]["format"] == "gsm8k" and manifest["counts"]["accepted"] == 40
+    out = tmp_path / f"out-{len(list(tmp_path.iterdir())) - 1}"
+    summary = rescore(out)  # no --extraction: the dataset's own (qwen), so every verdict and count stays
+    assert summary["extraction"] == "qwen" and summary["changed_rewards"] == 0
+    assert read_manifest(out)["counts"] == manifest["counts"] and read_manifest(out)["extraction"] == "qwen"
     manifest, _ = _import(tmp_path, tiny_model_dir, SHARED / "gsm8k_test.jsonl", "--prompts", "40")
     assert manifest["counts"]["too_long"] > 0 and manifest["counts"]["responses"] + manifest["counts"]["too_long"] == 40
 

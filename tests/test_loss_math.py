@@ -53,18 +53,45 @@ def test_prob_is_minus_p_to_the_alpha_and_alpha_one_has_dfts_gradient():
 
 
 def test_nft_loss_and_gradient_by_hand():
+    """The official NFT (NVlabs/NFT, ratio_type token, normalize 1, clamp_negative 1): omega = 1 - r^ weights each
+    prompt, the rejected term's floor is straight-through, so past it the gradient is bounded and not zero."""
     behavior = [[math.log(0.5), math.log(0.5), math.log(0.5)], [math.log(0.2), math.log(0.4), 0.0]]
     logprobs, batch = _batch(LOGP, MASK, behavior_logprobs=torch.tensor(behavior), rewards=torch.tensor([1.0, 0.0]),
                              group_accuracy=torch.tensor([0.5, 0.25]))
-    loss_sum, n, _ = nft.loss(logprobs, batch, nft.Config())
-    ratios_rejected = [0.1 / 0.2, 0.8 / 0.4]  # R_t of the rejected response
-    accepted = -sum(lp - b for lp, b in zip(LOGP[0], behavior[0], strict=True))
-    rejected = -sum(math.log(max((1 - 0.25 * r) / 0.75, 1e-3)) for r in ratios_rejected)
+    loss_sum, n, metrics = nft.loss(logprobs, batch, nft.Config())
+    # accepted (r = 0.5, omega 0.5): -0.5 log R_t. Rejected (r = 0.25, omega 0.75), R = [0.5, 2]:
+    # x = (1 - 0.25 R) / 0.75 = [0.875 / 0.75, 0.5 / 0.75] = [1.1667, 0.6667]; floored at 1: values [1.1667, 1]
+    accepted = -0.5 * sum(lp - b for lp, b in zip(LOGP[0], behavior[0], strict=True))
+    rejected = -0.75 * (math.log(0.875 / 0.75) + math.log(1.0))
     assert n.item() == 5 and loss_sum.item() == pytest.approx(accepted + rejected, rel=1e-5)
+    assert metrics["clamped_sum"].item() == 1  # the second rejected token is past the floor
     loss_sum.backward()
-    assert logprobs.grad[0].tolist() == pytest.approx([-1.0] * 3)  # accepted: d(-log R)/d log pi = -1
-    # rejected: d/d log pi of -log(1 - r R) = r R / (1 - r R) > 0, so descent lowers pi
-    assert logprobs.grad[1, :2].tolist() == pytest.approx([0.25 * r / (1 - 0.25 * r) for r in ratios_rejected], rel=1e-5)
+    assert logprobs.grad[0].tolist() == pytest.approx([-0.5] * 3)  # accepted: omega * d(-log R)/d log pi
+    # rejected: d/d log pi = omega * r R / ((1 - r) * value) > 0 (descent lowers pi), even past the floor
+    assert logprobs.grad[1, :2].tolist() == pytest.approx([0.75 * 0.25 * 0.5 / (0.75 * (0.875 / 0.75)),
+                                                           0.75 * 0.25 * 2.0 / 0.75], rel=1e-5)
+
+
+def test_nft_pushes_a_rejected_token_down_however_far_past_the_floor_it_is():
+    """A plain clamp's gradient is 0 past its floor and ~1/eps just before it; the straight-through one stays
+    r R / (1 - r) times omega: bounded, and never 0 however much the rejected token's probability has grown."""
+    for ratio in (1.5, 4.0, 40.0):  # x = (1 - r R) / (1 - r) with r = 0.5: 0, -2, -38
+        logprobs, batch = _batch([[math.log(0.5 * ratio / 40)]], [[1.0]], behavior_logprobs=torch.tensor([[math.log(0.5 / 40)]]),
+                                 rewards=torch.tensor([0.0]), group_accuracy=torch.tensor([0.5]))
+        nft.loss(logprobs, batch, nft.Config())[0].backward()
+        assert logprobs.grad.item() == pytest.approx(0.5 * 0.5 * ratio / 0.5, rel=1e-5)  # omega r R / (1 - r)
+    logprobs, batch = _batch([[0.0]], [[1.0]], behavior_logprobs=torch.tensor([[-5.0]]), rewards=torch.tensor([0.0]),
+                             group_accuracy=torch.tensor([0.999]))  # R = e^5, r = 0.999 bounded to r^ = 0.98
+    nft.loss(logprobs, batch, nft.Config())[0].backward()
+    assert logprobs.grad.item() == pytest.approx(0.02 * 0.98 * math.exp(5) / 0.02, rel=1e-4)  # omega = 1 - r^
+
+
+def test_nft_trains_on_prompts_with_both_right_and_wrong_samples_only():
+    from offline_rl.views import Example
+
+    groups = [Example("a", [1], [2], reward=1.0, group_accuracy=1.0), Example("b", [1], [2], reward=0.0),
+              Example("c", [1], [2], reward=1.0, group_accuracy=0.5), Example("c", [1], [3], reward=0.0, group_accuracy=0.5)]
+    assert [e.prompt_id for e in nft.examples(groups, nft.Config(), None)] == ["c", "c"]
 
 
 @pytest.mark.parametrize("aggregation", ["sequence", "token"])

@@ -140,3 +140,21 @@ def test_rescore_deletes_only_the_shards_it_replaced(tmp_path):
     assert foreign.read_bytes() == before
     listed = set(json.loads((dataset / "manifest.json").read_text())["shards"])
     assert {p.name for p in (dataset / "data").iterdir()} == listed | {foreign.name}
+
+
+def test_rescore_keeps_the_extraction_the_dataset_was_scored_with(tmp_path):
+    """A math-verify dataset rescored without --extraction stays math-verify: its verdicts and counts hold."""
+    writer = DatasetWriter(tmp_path / "mv", {"model": "made-up", "extraction": "math-verify",
+                                             "summary": {"correct_per_prompt": {"0/1": 0, "1/1": 0}}})
+    writer.write_shard([{"prompt_id": f"p{i}", "question": "q", "gold": gold, "prompt": "Q:", "prompt_token_ids": [1],
+                         "response_token_ids": [2], "response": response, "behavior_logprobs": [-0.5],
+                         "sample_idx": 0, "finish_reason": "stop", "pred": "", "reward": reward}
+                        for i, (response, gold, reward) in enumerate([("so $x = \\frac{1}{2}$", "0.5", 1.0),
+                                                                       ("it is $3$", "4", 0.0)])])
+    writer.finish(wall_seconds=1.0)
+    summary = rescore(tmp_path / "mv", workers=1)
+    manifest, state = read_state(tmp_path / "mv")
+    assert summary["extraction"] == manifest["extraction"] == "math-verify" and state["reward"] == [1.0, 0.0]
+    assert manifest["counts"]["accepted"] == 1 and manifest["summary"]["correct_per_prompt"] == {"0/1": 1, "1/1": 1}
+    rescore(tmp_path / "mv", workers=1, extraction="boxed")  # told otherwise: no box, nothing accepted
+    assert read_state(tmp_path / "mv")[1]["reward"] == [0.0, 0.0] and read_state(tmp_path / "mv")[0]["pass_rate"] == 0

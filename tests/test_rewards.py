@@ -230,3 +230,25 @@ def test_plain_arithmetic_is_never_evaluated(monkeypatch):
     for code in ["__import__('os').system('true')", "x + 1", "2(3)", "(1).real", "[1][0]", "9" * 5000]:
         with pytest.raises(ValueError):
             arithmetic(code)
+
+
+THREAD_CASES = [  # (response, gold): right and wrong in each mode, by box, by phrase, by last number, by LaTeX
+    ("so the answer is \\boxed{\\frac{1}{2}}", "0.5"), ("the result: \\boxed{3}", "4"),
+    ("The answer is 12.", "12"), ("we get 7 apples, then 9", "9"), ("$x = \\sqrt{4}$ hence $2$", "2"),
+    ("\\boxed{2/4}", "\\frac{1}{2}"), ("no answer at all", "5"),
+]
+
+
+@pytest.mark.parametrize("extraction", ["boxed", "qwen", "math-verify"])
+def test_one_scorer_in_every_thread_main_pool_and_worker_agree(extraction):
+    """``rewards.score`` gives the same verdict in the main thread, in a thread pool (TRL calls reward functions
+    from its own threads) and in the worker processes of ``score_batch``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    main = [rewards.score(r, g, extraction=extraction) for r, g in THREAD_CASES]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = list(pool.map(lambda case: rewards.score(*case, extraction=extraction), THREAD_CASES))
+    workers = rewards.score_batch([r for r, _ in THREAD_CASES], [g for _, g in THREAD_CASES], workers=2,
+                                  extraction=extraction)
+    assert main == threaded == workers
+    assert 0 < sum(main) < len(main)  # right and wrong both present: the check can fail
