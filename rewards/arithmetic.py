@@ -26,15 +26,29 @@ def _sympy():
     return sympy
 
 
-def _build(node: ast.AST):
+def _number(node: ast.Constant, text: str):
+    """A literal as written: an integer exactly, a decimal with every digit it has (never through a Python float,
+    which turns 400 digits into infinity and drops those past the 17th). Infinities are refused."""
+    sympy = _sympy()
+    if isinstance(node.value, int):
+        return sympy.Integer(node.value)
+    literal = ast.get_source_segment(text, node) or repr(node.value)
+    digits = sum(c.isdigit() for c in literal.lower().partition("e")[0])
+    value = sympy.Float(literal, max(15, digits))
+    if not value.is_finite:
+        raise ValueError("not a finite number")
+    return value
+
+
+def _build(node: ast.AST, text: str):
     sympy = _sympy()
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return sympy.Integer(node.value) if isinstance(node.value, int) else sympy.Float(repr(node.value))
+        return _number(node, text)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        operand = _build(node.operand)
+        operand = _build(node.operand, text)
         return -operand if isinstance(node.op, ast.USub) else operand
     if isinstance(node, ast.BinOp):
-        left, right = _build(node.left), _build(node.right)
+        left, right = _build(node.left, text), _build(node.right, text)
         if isinstance(node.op, ast.Add):
             return sympy.Add(left, right, evaluate=False)
         if isinstance(node.op, ast.Sub):
@@ -53,11 +67,12 @@ def arithmetic(text: str):
     """The sympy expression of ``text`` if it is numbers, ``+ - * / **`` and parentheses; else ValueError."""
     if not isinstance(text, str) or len(text) > _MAX_CHARS:
         raise ValueError("not plain arithmetic")
+    source = text.strip()
     try:
-        tree = ast.parse(text.strip(), mode="eval")  # parsing builds a tree; it runs nothing
+        tree = ast.parse(source, mode="eval")  # parsing builds a tree; it runs nothing
     except (SyntaxError, ValueError, MemoryError, RecursionError) as error:  # ValueError: int beyond 4300 digits
         raise ValueError("not plain arithmetic") from error
-    return _build(tree.body)
+    return _build(tree.body, source)
 
 
 _HOOK = "parse_expr_cached"  # math_verify.parser's one call into sympy's parse_expr

@@ -252,3 +252,19 @@ def test_one_scorer_in_every_thread_main_pool_and_worker_agree(extraction):
                                   extraction=extraction)
     assert main == threaded == workers
     assert 0 < sum(main) < len(main)  # right and wrong both present: the check can fail
+
+
+def test_decimals_are_read_from_their_text_never_through_a_float():
+    """400 digits are a finite number (a float would make them infinity, equal to a gold \\infty); digits past the
+    17th are kept (a float drops them)."""
+    import sympy
+
+    from rewards.arithmetic import arithmetic
+
+    huge = "1" * 400 + ".5"
+    assert arithmetic(huge).is_finite and arithmetic(huge) > 10 ** 399
+    assert arithmetic("0.12345678901234567891") - sympy.Float("0.12345678901234567890", 25) > 0
+    for mode in ("boxed", "qwen", "math-verify"):
+        for response in (f"\\boxed{{{huge}}}", f"so $x = {huge}$", huge):
+            assert rewards.score(response, "\\infty", extraction=mode) == 0.0, (mode, response[:20])
+    assert rewards.score("\\boxed{2.50}", "2.5") == 1.0
