@@ -13,7 +13,9 @@ Field layouts (``--format``; ``auto`` guesses from the fields):
   math       problem, solution (MATH); gold: the solution's last box
   metamath   query, response (MetaMathQA); gold: after "The answer is:"
   gsm8k      question, answer (GSM8K); the answer is the solution, its "#### N" the gold
-  openr1     problem, solution, answer (OpenR1-Math); gold: answer
+  openr1     problem, solution, answer (OpenR1-Math); gold: answer. With ``generations`` (OpenR1-Math-220k): the
+             first R1 trace that ``correctness_math_verify`` marks correct, not the reference solution; rows
+             with none are skipped (counted: ``counts.unverified``)
   messages   messages: a user turn, then an assistant turn (the solution); gold: an "answer" field, else
              the solution's last box
   plain      --question-field, --solution-field, optionally --answer-field
@@ -37,7 +39,7 @@ import rewards
 from rewards.extract import extract_boxed
 from rollout.dataset import DatasetWriter, quiet_datasets
 from rollout.engines import context_length
-from rollout.files import hold_directory, read_text
+from rollout.files import TextError, hold_directory, read_text
 from rollout.models import load_tokenizer
 from rollout.runtime import UsageError, parse_config, print_config, save_config
 from rollout.sources import SourceError, load_saved
@@ -113,36 +115,15 @@ def detect_layout(fields: set[str]) -> str:
 
 
 def iter_rows(spec: str, hub_split: str) -> tuple[Iterator[dict], int | None]:
-    """Rows of a local file, a save_to_disk directory or a hub dataset, streamed, and their number if known."""
+    """Rows of a local file, a save_to_disk directory or a hub dataset, streamed, and their number if known.
+    A file that is not what its suffix says (another encoding, broken JSON, not Parquet) is a SourceError naming
+    the file, and the line where one applies; a UTF-8 byte-order mark is fine."""
     path = Path(spec).expanduser()
     if path.is_file():
-        if path.suffix == ".jsonl":
-            def lines():
-                with path.open(encoding="utf-8", errors="strict") as f:
-                    for number, line in enumerate(f, 1):
-                        if line.strip():
-                            try:
-                                yield json.loads(line)
-                            except ValueError:
-                                raise SourceError(f"{path}:{number}: not a JSON object") from None
-            return lines(), None
-        if path.suffix == ".json":
-            rows = json.loads(read_text(path))
-            if not isinstance(rows, list):
-                raise SourceError(f"{path}: expected a JSON list of objects")
-            return iter(rows), len(rows)
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            file = pq.ParquetFile(path)
-            return (row for batch in file.iter_batches(batch_size=1024) for row in batch.to_pylist()), \
-                file.metadata.num_rows
-        if path.suffix == ".csv":
-            def records():
-                with path.open(encoding="utf-8", newline="") as f:
-                    yield from csv.DictReader(f)
-            return records(), None
-        raise SourceError(f"unsupported demonstration file type {path.suffix!r}; use .jsonl, .json, .parquet or .csv")
+        readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows, ".csv": _csv_rows}
+        if path.suffix not in readers:
+            raise SourceError(f"unsupported demonstration file type {path.suffix!r}; use .jsonl, .json, .parquet or .csv")
+        return readers[path.suffix](path)
     import datasets
 
     if path.is_dir():
@@ -157,33 +138,124 @@ def iter_rows(spec: str, hub_split: str) -> tuple[Iterator[dict], int | None]:
     raise SourceError(f"demonstration source not found: {spec}")
 
 
+def _jsonl_rows(path: Path) -> tuple[Iterator[dict], None]:
+    def lines():
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise SourceError(f"{path} line {number}: not UTF-8 text") from None
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise SourceError(f"{path} line {number}: not a JSON object (.jsonl holds one per line)") from None
+    return lines(), None
+
+
+def _json_rows(path: Path) -> tuple[Iterator[dict], int]:
+    try:
+        rows = json.loads(read_text(path))
+    except TextError as e:
+        raise SourceError(str(e)) from None
+    except ValueError as e:
+        raise SourceError(f"{path} line {getattr(e, 'lineno', '?')}: not valid JSON (.json holds one list of "
+                          "objects; one object per line is .jsonl)") from None
+    if not isinstance(rows, list):
+        raise SourceError(f"{path}: expected a JSON list of objects")
+    return iter(rows), len(rows)
+
+
+def _parquet_rows(path: Path) -> tuple[Iterator[dict], int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise SourceError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    return (row for batch in file.iter_batches(batch_size=1024) for row in batch.to_pylist()), file.metadata.num_rows
+
+
+def _csv_rows(path: Path) -> tuple[Iterator[dict], None]:
+    def records():
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                yield from csv.DictReader(f)
+        except UnicodeDecodeError:
+            raise SourceError(f"{path}: not UTF-8 text") from None
+        except csv.Error as e:
+            raise SourceError(f"{path}: not a readable CSV file ({e})") from None
+    return records(), None
+
+
 def _text(value) -> str:
     return "" if value is None else str(value)
 
 
-def demonstration(row: dict, layout_name: str, layout: Layout, number: int) -> tuple[str, str, str]:
-    """(question, solution, gold) of one row; SourceError naming the row if a field is missing."""
+def _field(row: dict, name: str, number: int, what: str) -> str:
+    """A text field of a row; a number is read as its text only for the gold; anything else is refused."""
+    value = row.get(name)
+    if isinstance(value, str):
+        return value
+    if what == "gold" and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise SourceError(f"row {number}: its {what} field {name!r} is {type(value).__name__}, not text")
+
+
+def demonstration(row: dict, layout_name: str, layout: Layout, number: int) -> tuple[str, str, str] | None:
+    """(question, solution, gold) of one row, or None for an OpenR1 row with no verified trace; SourceError naming
+    the row if a field is missing or not text."""
     if not isinstance(row, dict):
         raise SourceError(f"row {number} is not an object")
     if layout.messages:
-        turns = row.get("messages")
-        if not isinstance(turns, list):
-            raise SourceError(f"row {number} has no messages list")
-        user = next((t.get("content") for t in turns if isinstance(t, dict) and t.get("role") == "user"), None)
-        assistant = next((t.get("content") for t in turns if isinstance(t, dict) and t.get("role") == "assistant"), None)
-        if user is None or assistant is None:
-            raise SourceError(f"row {number}: messages need a user turn and an assistant turn")
-        question, solution = _text(user), _text(assistant)
-        gold = _text(row.get("answer")).strip()
+        question, solution = _messages(row, number)
+        gold = _field(row, "answer", number, "gold").strip() if row.get("answer") is not None else ""
     else:
-        for name in (layout.question, layout.solution):
-            if name not in row:
+        for name in (layout.question, layout.solution, layout.answer):
+            if name is not None and name not in row:
                 raise SourceError(f"row {number} has no field {name!r}; fields: {', '.join(sorted(row))}")
-        question, solution = _text(row[layout.question]), _text(row[layout.solution])
-        gold = _text(row.get(layout.answer)).strip() if layout.answer else ""
+        question = _field(row, layout.question, number, "question")
+        solution = _field(row, layout.solution, number, "solution")
+        gold = _field(row, layout.answer, number, "gold").strip() if layout.answer else ""
+        if layout_name == "openr1" and "generations" in row:  # OpenR1-Math: the R1 traces, not the reference
+            solution = _verified_trace(row, number)
+            if solution is None:
+                return None
+    if not question.strip() or not solution.strip():
+        raise SourceError(f"row {number}: empty question or solution")
     if not gold and not layout.answer:
         gold = SOLUTION_GOLDS.get(layout_name, _boxed_gold)(solution)
     return question, solution, gold
+
+
+def _messages(row: dict, number: int) -> tuple[str, str]:
+    """The first user turn and the assistant turn that answers it, in that order."""
+    turns = row.get("messages")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise SourceError(f"row {number} has no messages list")
+    roles = [t.get("role") for t in turns]
+    if "user" not in roles or "assistant" not in roles[roles.index("user"):]:
+        raise SourceError(f"row {number}: messages need a user turn followed by an assistant turn")
+    user = roles.index("user")
+    assistant = roles.index("assistant", user)
+    question, solution = turns[user].get("content"), turns[assistant].get("content")
+    if not isinstance(question, str) or not isinstance(solution, str):
+        raise SourceError(f"row {number}: a message's content is not text")
+    return question, solution
+
+
+def _verified_trace(row: dict, number: int) -> str | None:
+    """OpenR1-Math's first R1 trace that math-verify marked correct (``correctness_math_verify``), if any."""
+    traces, verified = row.get("generations"), row.get("correctness_math_verify")
+    if not isinstance(traces, list) or not isinstance(verified, list) or len(traces) != len(verified):
+        raise SourceError(f"row {number}: generations and correctness_math_verify must be lists of one length")
+    found = next((trace for trace, ok in zip(traces, verified, strict=True) if ok is True), None)
+    if found is not None and not isinstance(found, str):
+        raise SourceError(f"row {number}: a generation is not text")
+    return found
 
 
 def _world_rows(split: str, world) -> Iterator[dict]:
@@ -230,7 +302,10 @@ def open_source(cfg: ImportConfig, world) -> tuple[Iterator[dict], int | None, s
         rows, total = iter_rows(cfg.source, cfg.hub_split)
     except SourceError as e:
         raise UsageError(str(e)) from None
-    first = next(rows, None)
+    try:
+        first = next(rows, None)
+    except SourceError as e:
+        raise UsageError(str(e)) from None
     if first is None:
         raise UsageError(f"{cfg.source} holds no rows")
     rows = _chain(first, rows)
@@ -256,6 +331,14 @@ def _chain(first, rest):
     yield from rest
 
 
+def _checked(rows: Iterator[dict], source: str) -> Iterator[dict]:
+    """The source's rows; a row the reader cannot read (bad encoding, broken JSON) is one line, mid-stream too."""
+    try:
+        yield from rows
+    except SourceError as e:
+        raise UsageError(f"{source}: {e}" if not str(e).startswith(source) else str(e)) from None
+
+
 def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Template, rows: Iterator[dict],
                          total: int | None, layout_name: str, layout: Layout, description: dict, out: Path) -> dict:
     start = time.time()
@@ -267,7 +350,8 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
     save_config(cfg, out / "import_config.json")
     max_len = context_length(model, cfg.max_model_len)
     eos = tokenizer.eos_token_id
-    counts = {"disagreeing": 0, "without_gold": 0, "too_long": 0}
+    counts = {"disagreeing": 0, "without_gold": 0, "too_long": 0, "unverified": 0}
+    seen: set[str] = set()
     stem = Path(cfg.source).stem if Path(cfg.source).exists() else cfg.source.replace("/", "-").replace(":", "-")
     bar = tqdm(total=min(total, cfg.prompts) if total and cfg.prompts else (total or cfg.prompts), desc="import",
                unit="row")
@@ -282,13 +366,18 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
         writer.write_shard(pending, scoring_timeouts=len(scored.timed_out))
         pending.clear()
 
-    for number, row in enumerate(rows):
+    for number, row in enumerate(_checked(rows, cfg.source)):
         if cfg.prompts is not None and number >= cfg.prompts:
             break
         try:
-            question, solution, gold = demonstration(row, layout_name, layout, number)
+            found = demonstration(row, layout_name, layout, number)
         except SourceError as e:
             raise UsageError(f"{cfg.source}: {e}") from None
+        if found is None:
+            counts["unverified"] += 1
+            bar.update(1)
+            continue
+        question, solution, gold = found
         prompt = template.render(question)
         prompt_ids = template.token_ids(prompt)
         separator = "" if not prompt or prompt[-1].isspace() else " "  # "Answer:" + " 5 + 3 = 8"
@@ -299,6 +388,9 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
             continue
         counts["without_gold"] += not gold
         pid = str(row.get("prompt_id") or row.get("id") or f"{stem}-{number:07d}")
+        if pid in seen:
+            raise UsageError(f"{cfg.source}: row {number} repeats the id {pid!r} of an earlier row; ids must be unique")
+        seen.add(pid)
         pending.append({"prompt_id": pid, "question": question, "gold": gold, "prompt": prompt,
                         "prompt_token_ids": prompt_ids, "response_token_ids": response_ids, "response": solution,
                         "behavior_logprobs": None, "sample_idx": 0, "finish_reason": "stop", "pred": "",

@@ -85,14 +85,15 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def read_text(path: str | Path) -> str:
-    """The file's text; :class:`TextError` naming the file and line if it is unreadable or not UTF-8."""
+    """The file's text (a UTF-8 byte-order mark dropped); :class:`TextError` naming the file and line if it is
+    unreadable or not UTF-8."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise TextError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise TextError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x})") from None
@@ -104,6 +105,9 @@ class _Hold:
     file: IO[str]
     created_directory: bool
     created_lock: bool
+    previous: str = ""  # the lock file's text before this process held it
+    lock_times: tuple = ()  # and its (atime, mtime)
+    contents: dict = None  # the directory's other entries and their mtimes when it was held
 
 
 _held: dict[Path, _Hold] = {}
@@ -154,7 +158,9 @@ def hold_directory(directory: str | Path, command: str, force: bool = False,
         raise OutputError(f"{directory} is being written by another process ({holder.get('command', '?')}, "
                           f"pid {holder.get('pid', '?')}); wait for it to end or choose another --out") from None
     file.seek(0)
-    previous = _holder(file.read())
+    previous_text = file.read()
+    previous = _holder(previous_text)
+    lock_stat = lock.stat()
     others = [p for p in directory.iterdir() if p.name != LOCK_NAME]
     if others and previous.get("command") != command and not owned(directory) and not force:
         file.close()
@@ -170,7 +176,8 @@ def hold_directory(directory: str | Path, command: str, force: bool = False,
         file.close()
         _undo(directory, existed, lock, lock_existed)
         raise OutputError(f"cannot write to {directory}: {e.strerror or e}") from None
-    _held[key] = _Hold(directory, file, not existed, not lock_existed)
+    _held[key] = _Hold(directory, file, not existed, not lock_existed, previous_text,
+                       (lock_stat.st_atime_ns, lock_stat.st_mtime_ns), _contents(directory))
     return directory
 
 
@@ -183,6 +190,13 @@ def _undo(directory: Path, existed: bool, lock: Path, lock_existed: bool) -> Non
             directory.rmdir()
         except OSError:
             pass
+
+
+def _contents(directory: Path) -> dict[str, int]:
+    try:
+        return {p.name: p.stat().st_mtime_ns for p in directory.iterdir() if p.name != LOCK_NAME}
+    except OSError:
+        return {}
 
 
 def held_directories() -> set[Path]:
@@ -212,8 +226,18 @@ def release_unused(keep: set[Path] = frozenset()) -> None:
             continue
         if hold.created_lock:
             (hold.directory / LOCK_NAME).unlink(missing_ok=True)
+        elif _contents(hold.directory) == hold.contents:  # refused before writing: the lock as it was found
+            _restore(hold.directory / LOCK_NAME, hold.previous, hold.lock_times)
         if hold.created_directory and only_lock:
             try:
                 hold.directory.rmdir()
             except OSError:
                 pass
+
+
+def _restore(lock: Path, text: str, times: tuple) -> None:
+    try:
+        lock.write_text(text)
+        os.utime(lock, ns=times)
+    except OSError:
+        pass

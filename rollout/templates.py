@@ -13,6 +13,7 @@ Any other name is read as a file whose text contains ``{question}``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rollout.files import read_text
@@ -56,6 +57,10 @@ class Template:
             self.literal = True  # a file's text is taken as it is; only {question} is replaced
             if "{question}" not in self.text:
                 raise TemplateError(f"template file {path} has no {{question}} placeholder")
+            unknown = [m for m in re.findall(r"(?<![A-Za-z\\])\{([A-Za-z_]\w*)\}", self.text) if m != "question"]
+            if unknown:
+                raise TemplateError(f"template file {path} has an unknown placeholder {{{unknown[0]}}}; only "
+                                    "{question} is filled in")
 
     def render(self, question: str) -> str:
         if self.text is None:
