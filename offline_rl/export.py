@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from offline_rl.views import make_pairs, sampled_examples
-from rollout.dataset import atomic_write_bytes, dataset_paths, load_offline_dataset, read_manifest, write_json
+from rollout.dataset import atomic_write_bytes, complete_manifests, load_offline_dataset, write_json
 from rollout.files import hold_directory
 from rollout.runtime import UsageError, parse_config, print_config
 
@@ -75,7 +75,7 @@ def run_export(cfg: ExportConfig) -> dict:
     """``bin/export``: a dataset's rows as a TRL trainer takes them."""
     if cfg.format is None or cfg.data is None or cfg.out is None:
         raise UsageError("usage: export --format trl-sft|trl-dpo|trl-grpo DIR OUT")
-    manifests = {str(p): read_manifest(p) for p in dataset_paths(cfg.data)}
+    manifests = complete_manifests(cfg.data)
     dataset = load_offline_dataset(cfg.data)
     rows = export_rows(cfg, dataset)
     if not rows:

@@ -27,7 +27,7 @@ from offline_rl.learner import Learner
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from offline_rl.projection import fused_token_logprobs, token_logprobs_at
 from offline_rl.views import Pair, ViewContext, behavior_temperature, check_view, require_behavior_logprobs
-from rollout.dataset import dataset_paths, load_offline_dataset, read_manifest, write_json
+from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import atomic_write, hold_directory, is_disk_full
 from rollout.model_cards import write_model_card
 from rollout.models import load_tokenizer, resolve_model
@@ -60,7 +60,7 @@ class TrainConfig:
     schedule_steps: int = field(default=None, metadata={"help": "length of the warm-up + cosine schedule (default: up to this run's last step, counted from the first run's start with --init-from)", "min": 1, "advanced": True})
     restart_schedule: bool = field(default=False, metadata={"help": "with --init-from: keep the optimizer's moments but start the schedule over", "advanced": True})
     force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, or start over in one holding checkpoints"})
-    include_truncated: bool = field(default=False, metadata={"help": "let the accepted view (and DPO's chosen responses) keep responses cut at --max-tokens", "advanced": True})
+    include_truncated: bool = field(default=False, metadata={"help": "keep responses cut at --max-tokens in the loss: the accepted view's, DPO's chosen ones, the groups view's (whose statistics count them either way)", "advanced": True})
     report_to: str = field(default="tensorboard", metadata={"help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
     approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) distribution or another model", "advanced": True})
 
@@ -138,7 +138,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         raise UsageError("--data and --out are required")
     learner = LEARNERS[cfg.learner]
     learner_cfg = learner_cfg or learner.config()
-    manifests = {str(p): read_manifest(p) for p in dataset_paths(cfg.data)}
+    manifests = complete_manifests(cfg.data)
     dataset = load_offline_dataset(cfg.data)
     model_path = resolve_model(cfg.model or next(iter(manifests.values()))["model"])
     accelerator, board, tracked = make_accelerator(cfg)
@@ -195,7 +195,7 @@ def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, m
     context = ViewContext(tokenizer, manifests, model_path, cfg.include_truncated, accelerator, cfg.logit_chunk_size)
     examples = learner.examples(rows, learner_cfg, context)
     if dropped and accelerator.is_main_process:
-        print(f"left out {dropped} accepted responses cut at the token limit (no EOS); "
+        print(f"left out {dropped} responses cut at the token limit (no EOS) from the loss; "
               "--include-truncated keeps them", file=sys.stderr)
     if not examples:
         manifest = next(iter(manifests.values()))
@@ -492,7 +492,25 @@ def report_targets(spec: str) -> list[str]:
     missing = [t for t in names if t != "tensorboard" and importlib.util.find_spec(t) is None]
     if missing:
         raise UsageError(f"--report-to {missing[0]}: {missing[0]} is not installed; pip install 'offline-rl[track]'")
+    if "wandb" in names and not wandb_can_log():
+        raise UsageError("--report-to wandb: no W&B credentials (set WANDB_API_KEY or run `wandb login`; "
+                         "WANDB_MODE=offline logs locally)")
     return list(dict.fromkeys(names))
+
+
+def wandb_can_log() -> bool:
+    """Whether W&B would start without asking for a key: offline or disabled, a key in the environment, or one
+    that ``wandb login`` stored in ~/.netrc (checked without importing wandb)."""
+    import netrc
+    import os
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def run_identity(cfg: TrainConfig, learner_cfg, model_path: str, manifests: dict[str, dict]) -> dict:

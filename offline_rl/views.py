@@ -30,6 +30,7 @@ class Example:
     reference_logprob: float = 0.0  # sequence log-prob under the reference model (DPO)
     truncated: bool = False  # cut at the token limit, no EOS
     group_accuracy: float = 0.0  # share of rewarded samples among the prompt's (the groups view)
+    group_rewards: tuple | None = None  # every sample's reward of the prompt, truncated ones too (the groups view)
 
 
 # Each learner declares the views it can use (the first its default) and what it needs from the data.
@@ -80,8 +81,10 @@ def build(view: str, dataset, include_truncated: bool = False) -> tuple[list[Exa
     if view == "accepted":
         return sampled_examples(dataset, accepted_only=True, include_truncated=include_truncated)
     rows, _ = sampled_examples(dataset, accepted_only=False)
-    if view == "groups":
-        return group_accuracies(rows), 0
+    if view == "groups":  # the group's statistics count every sample; a truncated one carries no loss (DAPO)
+        groups = group_accuracies(rows)
+        kept = [e for e in groups if include_truncated or not e.truncated]
+        return kept, len(groups) - len(kept)
     if view == "pairs":
         return rows, 0 if include_truncated else sum(e.reward == 1.0 and e.truncated for e in rows)
     return rows, 0
@@ -93,11 +96,12 @@ def view_examples(dataset, view: str) -> list[Example]:
 
 
 def group_accuracies(examples: list[Example]) -> list[Example]:
-    """Each example with its prompt's share of rewarded samples."""
+    """Each example with its prompt's share of rewarded samples and every sample's reward (the group's statistics)."""
     groups: dict[str, list[float]] = {}
     for e in examples:
-        groups.setdefault(e.prompt_id, []).append(float(e.reward == 1.0))
-    return [replace(e, group_accuracy=sum(groups[e.prompt_id]) / len(groups[e.prompt_id])) for e in examples]
+        groups.setdefault(e.prompt_id, []).append(e.reward)
+    return [replace(e, group_accuracy=sum(r == 1.0 for r in groups[e.prompt_id]) / len(groups[e.prompt_id]),
+                    group_rewards=tuple(groups[e.prompt_id])) for e in examples]
 
 
 def sampled_examples(dataset, accepted_only: bool, include_truncated: bool = False) -> tuple[list[Example], int]:
@@ -202,8 +206,8 @@ def group_advantages(examples: list[Example], scale_by_std: bool) -> list[Exampl
     for e in examples:
         groups.setdefault(e.prompt_id, []).append(e.reward)
     result = []
-    for e in examples:
-        rewards = groups[e.prompt_id]
+    for e in examples:  # the groups view's statistics (truncated samples included) where it made them
+        rewards = list(e.group_rewards) if e.group_rewards is not None else groups[e.prompt_id]
         advantage = e.reward - statistics.fmean(rewards)
         if scale_by_std:
             advantage /= statistics.pstdev(rewards) + 1e-6

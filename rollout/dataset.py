@@ -65,6 +65,7 @@ class DatasetWriter:
             self.manifest = {**previous, **manifest, **kept, "complete": False}
         else:
             self.manifest = dict(manifest)
+            self.manifest.setdefault("complete", False)  # until finish(): readers refuse it
         self.manifest.setdefault("counts", {"prompts": 0, "responses": 0, "accepted": 0})
         self.manifest.setdefault("shards", [])
         write_json(self.out / "manifest.json", self.manifest)
@@ -143,9 +144,25 @@ def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict]:
 
 def dataset_paths(spec: str | Path | list) -> list[Path]:
     """One dataset directory, or several (a list, or comma-separated: e.g. the outputs of --shard I/N)."""
-    if isinstance(spec, list | tuple):
-        return [Path(p) for p in spec]
-    return [Path(p) for p in str(spec).split(",") if p]
+    paths = [Path(p) for p in spec] if isinstance(spec, list | tuple) else [Path(p) for p in str(spec).split(",") if p]
+    seen = set()
+    for p in paths:
+        if p.resolve() in seen:
+            raise DatasetError(f"{p} is named twice: its rows would count twice")
+        seen.add(p.resolve())
+    return paths
+
+
+def complete_manifests(spec: str | Path | list) -> dict[str, dict]:
+    """Each dataset's manifest, every one finished (a collection or import cut short is refused: its rows are a
+    partial, prompt-ordered prefix that no result should rest on)."""
+    manifests = {}
+    for p in dataset_paths(spec):
+        manifest = read_manifest(p)
+        if manifest.get("complete") is False:
+            raise DatasetError(f"{p} is unfinished (complete: false); run the command that made it again to finish it")
+        manifests[str(p)] = manifest
+    return manifests
 
 
 def load_offline_dataset(path: str | Path | list):
@@ -189,11 +206,15 @@ def quiet_datasets():
             datasets.enable_progress_bars()
 
 
+MERGED_ALIKE = ("kind", "model", "sampling", "template", "extraction", "verifier_version")
+
+
 def merge(out: str | Path, inputs: list[str | Path], force: bool = False) -> dict:
     """One dataset from several (e.g. the outputs of ``--shard I/N``): shards copied, counts summed.
 
-    Refuses inputs that share a (prompt_id, sample_idx) row, so nothing is counted twice; an ``out``
-    that is one of the inputs; and an existing directory, unless ``force``.
+    Refuses inputs that differ in model, sampling, template, extraction or verifier (naming the difference), or
+    that share a (prompt_id, sample_idx) row, so nothing is counted twice; an ``out`` that is one of the inputs;
+    and an existing directory, unless ``force``.
     """
     import shutil
 
@@ -204,6 +225,11 @@ def merge(out: str | Path, inputs: list[str | Path], force: bool = False) -> dic
     if out.resolve() in {p.resolve() for p in inputs}:
         raise DatasetError(f"--out {out} is one of the inputs; merge into a new directory")
     manifests = [read_manifest(p) for p in inputs]
+    for key in MERGED_ALIKE:  # ratio learners divide by one behaviour policy's log-probs: the inputs must share it
+        for p, m in zip(inputs[1:], manifests[1:], strict=True):
+            if m.get(key) != manifests[0].get(key):
+                raise DatasetError(f"{p} has {key} {m.get(key)!r}, {inputs[0]} has {manifests[0].get(key)!r}; "
+                                   "merge only datasets of one model and sampling")
     seen: set[tuple[str, int]] = set()
     for p in inputs:
         for r in read_rows(p, columns=["prompt_id", "sample_idx"]):

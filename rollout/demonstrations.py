@@ -275,12 +275,22 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
         template = Template(cfg.template or ("world" if description["kind"] == "world" else "qwen-boxed"), tokenizer)
     except (TemplateError, SourceError) as e:
         raise UsageError(str(e)) from None
-    hold_directory(out, "import", force=cfg.force)
+    hold_directory(out, "import", force=cfg.force, owned=is_import_directory)
     print_config(cfg)
     for old in (out / "data").glob("shard-*.parquet"):  # an import is cheap and deterministic: it starts over
         old.unlink()
     (out / "manifest.json").unlink(missing_ok=True)
     return write_demonstrations(cfg, model, tokenizer, template, rows, total, layout_name, layout, description, out)
+
+
+def is_import_directory(out: Path) -> bool:
+    """What an import wrote, finished or cut short (a full disk): its configuration, or a demonstrations manifest."""
+    if (out / "import_config.json").is_file():
+        return True
+    try:
+        return json.loads((out / "manifest.json").read_text()).get("kind") == "demonstrations"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def main(argv: list[str] | None = None, **kwargs) -> dict:

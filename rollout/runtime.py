@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -107,6 +108,8 @@ def check_bounds(config) -> None:
         value = getattr(config, f.name)
         if value is None or isinstance(value, bool) or not isinstance(value, int | float):
             continue
+        if not math.isfinite(value):
+            raise UsageError(f"{_flag(f.name)} must be a finite number (got {value})")
         meta = f.metadata
         if "min" in meta and value < meta["min"]:
             raise UsageError(f"{_flag(f.name)} must be >= {meta['min']} (got {value})")

@@ -26,10 +26,11 @@ def _commands():
     from offline_rl import cli, evaluate, train
     from offline_rl.embedded import base_model
     from offline_rl.experiments import compare
-    from rollout import collect
+    from rollout import collect, demonstrations
 
     return {
         "collect": partial(collect.main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL)),
+        "import": partial(demonstrations.main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL)),
         "train": train.main,
         "eval": partial(evaluate.main, default_model=str(DEFAULT_BASE_MODEL)),
         "compare": compare.main,
@@ -328,3 +329,27 @@ def test_disk_full_during_eval_leaves_no_results(tmp_path, tiny_model_dir, capfd
                                         str(tmp_path / "ev")], capfd)
     assert_fails_with(code, stderr, "no space left on device", "generations.parquet")
     assert not (tmp_path / "ev" / "results.json").exists()  # compare would not take it as finished
+
+
+def test_disk_full_during_import_is_one_line_and_the_same_command_resumes(tmp_path, tiny_model_dir, capfd, monkeypatch):
+    import rollout.dataset
+    from rollout.dataset import read_manifest, read_rows
+
+    args = ["--source", "world:train", "--model", str(tiny_model_dir), "--prompts", "6", "--shard-size", "2"]
+    whole = tmp_path / "whole"
+    assert run_command("import", [*args, "--out", str(whole)], capfd)[0] == 0
+    out = tmp_path / "data"
+    real = rollout.dataset.atomic_write_bytes
+
+    def second_shard_fails(path, data):
+        if path.name == "shard-00001.parquet":
+            raise _disk_full(path)
+        real(path, data)
+
+    monkeypatch.setattr(rollout.dataset, "atomic_write_bytes", second_shard_fails)
+    code, stderr = run_command("import", [*args, "--out", str(out)], capfd)
+    assert_fails_with(code, stderr, "no space left on device", "run the same command again")
+    assert read_manifest(out)["complete"] is False
+    monkeypatch.setattr(rollout.dataset, "atomic_write_bytes", real)
+    assert run_command("import", [*args, "--out", str(out)], capfd)[0] == 0  # space again: the same command
+    assert read_rows(out) == read_rows(whole) and read_manifest(out)["counts"] == read_manifest(whole)["counts"]

@@ -184,6 +184,30 @@ def test_views_select_rows_by_reward_and_group(tmp_path):
     assert [e.group_accuracy for e in groups] == [0.5, 0.5, 0.5, 0.5, 1.0, 1.0]
 
 
+def test_truncated_samples_carry_no_loss_in_any_view_but_count_in_their_group(tmp_path):
+    """The accepted view leaves truncated responses out (so does the groups view, as DAPO's overlong filtering
+    does), while the group's accuracy and advantages still count every sample; --include-truncated keeps them."""
+    from offline_rl.views import build, group_advantages
+    from rollout.dataset import DatasetWriter, load_offline_dataset
+    from tests.conftest import make_rows
+
+    rows = make_rows(2, 4, reward=lambda p, i: float(i < 2))  # two right, two wrong per prompt
+    rows[0]["finish_reason"] = rows[1]["finish_reason"] = "length"  # prompt 0: both right samples truncated
+    writer = DatasetWriter(tmp_path / "d", {"model": "m"})
+    writer.write_shard(rows)
+    writer.finish()
+    dataset = load_offline_dataset(tmp_path / "d")
+    accepted, dropped = build("accepted", dataset)
+    assert (len(accepted), dropped) == (2, 2)  # 4 right, two of them truncated
+    groups, dropped = build("groups", dataset)
+    assert (len(groups), dropped) == (6, 2) and not any(e.truncated for e in groups)
+    assert all(e.group_accuracy == 0.5 for e in groups)  # the truncated samples still count
+    # prompt 0's two wrong samples get advantages from all four (mean 0.5, std 0.5), not 0 from the two left
+    assert [round(e.advantage, 3) for e in group_advantages(groups, scale_by_std=True)][:2] == [-1.0, -1.0]
+    assert len(build("groups", dataset, include_truncated=True)[0]) == 8
+    assert len(build("accepted", dataset, include_truncated=True)[0]) == 4
+
+
 
 
 def test_the_papers_recipe_resolves_without_downloading(tmp_path):

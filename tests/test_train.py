@@ -24,6 +24,7 @@ def world_dataset(path, tokenizer, n_prompts=16):
     writer = DatasetWriter(path, {"model": "tiny", "source": {"kind": "world", "split": "train"},
                                   "sampling": {"temperature": 1.0, "top_p": 1.0}})
     writer.write_shard(rows)
+    writer.finish()
     return load_offline_dataset(path), read_manifest(path)
 
 
@@ -64,8 +65,10 @@ def test_training_changes_the_model_and_lowers_nll(tmp_path, tiny_model_dir, tin
 def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_model_dir):
     from tests.conftest import make_rows, run_bin
 
-    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
-                                      "sampling": {"temperature": 1.0, "top_p": 1.0}}).write_shard(make_rows(n_prompts=4, n=2))
+    writer = DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
+                                               "sampling": {"temperature": 1.0, "top_p": 1.0}})
+    writer.write_shard(make_rows(n_prompts=4, n=2))
+    writer.finish()
     result = run_bin("train", "--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                      "--steps", "2", "--batch-size", "4", "--clip-eps", "0.1", "--log-every", "1")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -77,9 +80,10 @@ def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_
 def test_dpo_trains_with_either_reference(tmp_path, tiny_model_dir):
     from tests.conftest import make_rows, run_bin
 
-    DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
-                                      "sampling": {"temperature": 1.0, "top_p": 1.0}}).write_shard(
-        [{**r, "response_token_ids": [8 + r["sample_idx"], 9, 0]} for r in make_rows(n_prompts=4, n=2)])
+    writer = DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
+                                               "sampling": {"temperature": 1.0, "top_p": 1.0}})
+    writer.write_shard([{**r, "response_token_ids": [8 + r["sample_idx"], 9, 0]} for r in make_rows(n_prompts=4, n=2)])
+    writer.finish()
     for reference in ("model", "behavior"):
         out = tmp_path / f"out-{reference}"
         result = run_bin("train", "--learner", "dpo", "--data", str(tmp_path / "data"), "--out", str(out),

@@ -30,7 +30,7 @@ from offline_rl.evaluate import EvalConfig, load_benchmark, run_eval
 from offline_rl.experiments.iterate import engine_flags, resolve, run_iterate
 from offline_rl.experiments.plan import DATASET_MODEL, CompareConfig, Stage, demonstrations_for, parse_runs, plan
 from offline_rl.experiments.report import write_report
-from offline_rl.train import run_train
+from offline_rl.train import report_targets, run_train
 from rollout.collect import run_collect
 from rollout.dataset import read_manifest, write_json
 from rollout.demonstrations import run_import
@@ -62,6 +62,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         raise UsageError("--out is required")
     runs = parse_runs(cfg)
     seeds = parse_seeds(cfg.seeds)
+    report_targets(cfg.report_to)
     for name in cfg.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
         if name.strip():
             load_benchmark(name.strip(), EvalConfig(benchmark_dir=cfg.benchmark_dir))
@@ -100,6 +101,8 @@ def parse_seeds(spec: str) -> list[int]:
         raise UsageError(f"--seeds must be comma-separated integers (got {spec!r})") from None
     if not seeds:
         raise UsageError("--seeds: need at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {spec}: a seed is named twice (its runs would be one)")
     return seeds
 
 

@@ -34,7 +34,7 @@ from offline_rl import evaluate
 from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
-from offline_rl.train import TrainConfig, latest_checkpoint, learner_config, run_train
+from offline_rl.train import TrainConfig, latest_checkpoint, learner_config, report_targets, run_train
 from offline_rl.views import check_view
 from rollout.collect import CollectConfig, run_collect
 from rollout.dataset import is_complete, read_manifest, write_json
@@ -114,6 +114,7 @@ def run_iterate(cfg: IterateConfig, train_cfg: TrainConfig | None = None, learne
         raise UsageError(f"--steps {cfg.steps} do not split evenly into {cfg.rounds} rounds")
     learner_cfg = learner_cfg or LEARNERS[cfg.learner].config()
     train_cfg = replace(train_cfg, learner=cfg.learner)
+    report_targets(cfg.report_to)
     model = resolve_model(cfg.model or str(DEFAULT_BASE_MODEL))
     rounds = Rounds(cfg, train_cfg, learner_cfg, model, Path(cfg.out), 1, engine)
     owned = sorted((given & set(rounds.train_settings(1))) - {f.name for f in fields(IterateConfig)})

@@ -35,6 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # (over-optimisation); DPO recipes use a rate an order of magnitude or more below SFT's (Rafailov et al. 2023;
 # Tunstall et al. 2023). A run that sets its own lr or lr_scale replaces it.
 LR_SCALES = {"dpo": 0.1}
+# bin/train settings the comparison sets for every run (its budget and bookkeeping): a run's flags may not
+COMPARE_OWNS = ("learner", "data", "out", "model", "steps", "batch_size", "seed", "save_every", "log_every",
+                "report_to", "resume", "init_from", "schedule_steps", "force")
 DATASET_MODEL = "{dataset model}"  # in a planned config: the dataset's model, known once it is collected
 
 
@@ -137,10 +140,21 @@ def _run(entry: dict, where: str, on_demonstrations: set[str]) -> Run:
     if learner not in LEARNERS or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name == "base":
         raise UsageError(f"{where}: needs a name (letters, digits, _ . -; not 'base') and a known learner "
                          f"({', '.join(LEARNERS)})")
-    flags = dict(entry.get("flags") or {})
+    if name in LEARNERS and name != learner:
+        raise UsageError(f"{where}: a run of {learner} may not be named {name!r}, another learner's name")
+    flags = entry.get("flags") or {}
+    if not isinstance(flags, dict):
+        raise UsageError(f"{where}: flags must be a mapping of option: value")
+    flags = dict(flags)
     scale = flags.pop("lr_scale", None)
-    parse_mapping((TrainConfig, LEARNERS[learner].config), flags, f"{where} flags")  # typed and checked now
+    _, given = parse_mapping((TrainConfig, LEARNERS[learner].config), flags, f"{where} flags")  # typed, checked now
+    owned = sorted(given & set(COMPARE_OWNS))
+    if owned:
+        raise UsageError(f"{where}: {owned[0]} is set by the comparison for every run (its budget and outputs); "
+                         "not a run's flag")
     if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < float("inf"):
+            raise UsageError(f"{where}: lr_scale must be a positive number (got {scale!r})")
         flags["lr_scale"] = float(scale)
     rounds = entry.get("rounds")
     if rounds is not None and (not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1):
@@ -210,6 +224,5 @@ def _training(cfg: CompareConfig, out: Path, data: Path, demonstrations: Path | 
         return Stage(f"train {run.name} s{seed}", "iterate", (rounds, replace(train, learner=run.learner), learner),
                      where / "iterate_summary.json")
     source = {"dataset": data, "demonstrations": demonstrations or data}.get(run.data, Path(run.data))
-    train = replace(train, **{k: v for k, v in settings.items() if k not in flags or k in ("learner", "out", "seed")},
-                    data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3), log_every=5)
+    train = replace(train, **settings, data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3), log_every=5)
     return Stage(f"train {run.name} s{seed}", "train", (train, learner), where / "train_summary.json")
