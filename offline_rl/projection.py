@@ -34,13 +34,14 @@ def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0
                 logits_to_keep=1)  # through the (possibly DDP-wrapped) model; logits of one position only
     hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
     lm_head = _unwrap(model).get_output_embeddings()
+    head = LogitHead(lm_head, *logit_transform(model))
     where = batch["response_mask"].bool()  # [B, T]
     selected_hidden, selected_targets = hidden[where], batch["targets"][where]  # [N, H], [N]
     step = chunk_size if chunk_size > 0 else max(1, selected_hidden.shape[0])
     pieces = [
-        torch.utils.checkpoint.checkpoint(_chunk_logprobs, lm_head, selected_hidden[i : i + step],
+        torch.utils.checkpoint.checkpoint(_chunk_logprobs, head, selected_hidden[i : i + step],
                                           selected_targets[i : i + step], temperatures, float32, use_reentrant=False)
-        if chunk_size > 0 else _chunk_logprobs(lm_head, selected_hidden, selected_targets, temperatures, float32)
+        if chunk_size > 0 else _chunk_logprobs(head, selected_hidden, selected_targets, temperatures, float32)
         for i in range(0, selected_hidden.shape[0], step)
     ]
     logprobs = torch.zeros((len(temperatures), *where.shape), dtype=torch.float32, device=hidden.device)  # [K, B, T]
@@ -67,14 +68,42 @@ def fused_token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int,
     return logprobs, surrogate
 
 
-def _chunk_logprobs(lm_head, hidden: torch.Tensor, targets: torch.Tensor, temperatures: tuple[float, ...],
+class LogitHead:
+    """The output projection as the model's own forward applies it: ``lm_head``, then a logit multiplier
+    (Cohere's ``logit_scale``; Granite's ``1 / logits_scaling``) and Gemma-2's tanh soft-capping, so that the
+    chunked log-probs are the model's whatever its family."""
+
+    def __init__(self, lm_head, multiplier: float = 1.0, softcap: float | None = None):
+        self.lm_head, self.multiplier, self.softcap = lm_head, multiplier, softcap
+
+    def __call__(self, hidden: torch.Tensor, float32: bool = False) -> torch.Tensor:
+        if float32:
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                bias = None if self.lm_head.bias is None else self.lm_head.bias.float()
+                logits = torch.nn.functional.linear(hidden.float(), self.lm_head.weight.float(), bias)  # [n, V]
+        else:
+            logits = self.lm_head(hidden).float()  # [n, V]
+        if self.multiplier != 1.0:
+            logits = logits * self.multiplier
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def logit_transform(model) -> tuple[float, float | None]:
+    """(multiplier, soft-cap) of the model's logits after ``lm_head``, read off its configuration: (1, None) for
+    the families that apply neither (Qwen2, Llama, ...)."""
+    config = _unwrap(model).config
+    multiplier = float(getattr(config, "logit_scale", None) or 1.0) if config.model_type in ("cohere", "cohere2") else 1.0
+    if config.model_type in ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid"):
+        multiplier /= float(getattr(config, "logits_scaling", None) or 1.0)
+    softcap = getattr(config, "final_logit_softcapping", None) or None
+    return multiplier, softcap
+
+
+def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperatures: tuple[float, ...],
                     float32: bool) -> torch.Tensor:
-    if float32:
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            bias = None if lm_head.bias is None else lm_head.bias.float()
-            logits = torch.nn.functional.linear(hidden.float(), lm_head.weight.float(), bias)  # [n, V]
-    else:
-        logits = lm_head(hidden).float()  # [n, V]: one chunk, recomputed in backward
+    logits = head(hidden, float32) if isinstance(head, LogitHead) else LogitHead(head)(hidden, float32)  # [n, V]
     rows = []
     for t in temperatures:
         scaled = logits / t if t != 1.0 else logits

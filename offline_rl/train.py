@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from offline_rl import views
 from offline_rl.learner import Learner
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
-from offline_rl.projection import fused_token_logprobs, token_logprobs_at
+from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_at
 from offline_rl.views import Pair, ViewContext, behavior_temperature, check_view, require_behavior_logprobs
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import atomic_write, hold_directory, is_disk_full
@@ -161,8 +161,12 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     model, optimizer, scheduler = build_model(cfg, model_path, accelerator)
     first_step = restore(cfg, accelerator, scheduler, optimizer, resume_from, init_from, offset)
     projection = fused_projection(learner, learner_cfg, cfg, ratio_temperature, accelerator)
-    if getattr(accelerator.unwrap_model(model).get_output_embeddings(), "bias", None) is not None:
-        projection = None  # the fused projection has no bias term
+    if (getattr(accelerator.unwrap_model(model).get_output_embeddings(), "bias", None) is not None
+            or logit_transform(model) != (1.0, None)):
+        projection = None  # the fused projection has no bias term, no logit scaling and no soft-capping
+    if accelerator.is_main_process:
+        print(f"projection: {'fused chunks' if projection is not None else 'checkpointed chunks'} of "
+              f"{cfg.logit_chunk_size or 'all'} response tokens", file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
     per_process = cfg.micro_batch_size * accelerator.num_processes
     return TrainState(cfg, learner, learner_cfg, accelerator, model, optimizer, scheduler, tokenizer, examples,
@@ -192,7 +196,8 @@ def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, m
     """The learner's examples of its view of the data (one line if there are none), and the truncated responses
     the view left out."""
     rows, dropped = views.build(cfg.view, dataset, cfg.include_truncated)
-    context = ViewContext(tokenizer, manifests, model_path, cfg.include_truncated, accelerator, cfg.logit_chunk_size)
+    context = ViewContext(tokenizer, manifests, model_path, cfg.include_truncated, accelerator, cfg.logit_chunk_size,
+                          cfg.seed)
     examples = learner.examples(rows, learner_cfg, context)
     if dropped and accelerator.is_main_process:
         print(f"left out {dropped} responses cut at the token limit (no EOS) from the loss; "

@@ -59,6 +59,7 @@ class ViewContext:
     include_truncated: bool = False
     accelerator: Any = None
     logit_chunk_size: int = 256
+    seed: int = 0  # the run's seed: which pair --pairing one draws
 
 
 def check_view(learner, view: str, manifests: dict[str, dict]) -> None:

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from offline_rl.learners import LEARNERS, dft, rft
@@ -260,3 +261,49 @@ def test_adft_anchor_pulls_the_policy_back_toward_the_behaviour():
     (anchored - plain).backward()
     # d/dlog pi of exp(d) - d - 1 is pi/b - 1: descent lowers log pi where pi > b and raises it where pi < b
     assert torch.allclose(logp.grad, torch.tensor([[0.9 / 0.5 - 1, 0.1 / 0.5 - 1]]), atol=1e-6)
+
+
+@pytest.mark.parametrize("family, settings", [
+    ("gemma2", {"final_logit_softcapping": 2.0, "attn_logit_softcapping": None, "head_dim": 16}),
+    ("cohere", {"logit_scale": 0.25}),
+    ("granite", {"logits_scaling": 4.0}),
+])
+def test_the_chunked_projection_applies_the_models_logit_scaling_and_softcapping(family, settings):
+    """Gemma-2 soft-caps its logits, Cohere and Granite scale them after lm_head: the chunked projection (and so
+    every ratio and DPO's reference) reads the same log-probs as the model's own forward, and the fused
+    projection, which has neither, is not used for them."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from offline_rl.projection import logit_transform, token_logprobs_at
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(family, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, **settings)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    for p in model.parameters():  # logits large enough for the cap and the scales to matter
+        p.data.mul_(8.0)
+    batch = collate([Example("a", [1, 2, 3], [4, 5, 6, 7]), Example("b", [1], [8, 9])], pad_token_id=0)
+    with torch.no_grad():
+        own = token_logprobs_at(model, batch, chunk_size=0)  # [1, B, T] from the model's own forward
+        chunked = token_logprobs_at(model, batch, chunk_size=2, float32=True)
+    mask = batch["response_mask"].bool()
+    assert torch.allclose(own[0][mask], chunked[0][mask], atol=1e-4)
+    assert logit_transform(model) != (1.0, None)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen2", vocab_size=64, hidden_size=32,
+                                                                  intermediate_size=64, num_hidden_layers=1,
+                                                                  num_attention_heads=2, num_key_value_heads=1))
+    assert logit_transform(plain) == (1.0, None)
+
+
+def test_dpo_draws_its_pairs_with_the_runs_seed():
+    from offline_rl.learners import dpo
+    from offline_rl.views import ViewContext
+
+    rows = [Example(f"p{p}", [1], [2 + i], reward=float(i < 2), behavior_logprobs=[-1.0]) for p in range(8) for i in range(4)]
+
+    def pairs(seed):
+        manifests = {"d": {"model": "m", "sampling": {"temperature": 1.0, "top_p": 1.0}}}
+        drawn = dpo.examples(rows, dpo.Config(reference="behavior"), ViewContext(None, manifests, "m", seed=seed))
+        return [(p.chosen.response_token_ids, p.rejected.response_token_ids) for p in drawn]
+
+    assert pairs(0) == pairs(0) and pairs(0) != pairs(1)

@@ -48,7 +48,7 @@ def examples(rows: list[Example], cfg: Config, context: ViewContext) -> list[Pai
         if behavior_temperature(context.manifests, context.model_path, "dpo --reference behavior", approximate=False) != 1.0:
             raise UsageError("dpo --reference behavior is exact only for data sampled from this model at temperature "
                              "1 and top-p 1; use --reference model")
-    pairs = make_pairs(rows, cfg.pairing, include_truncated=context.include_truncated)
+    pairs = make_pairs(rows, cfg.pairing, seed=context.seed, include_truncated=context.include_truncated)
     if not pairs:
         counts: dict[str, list[float]] = {}
         for e in rows:
