@@ -31,7 +31,7 @@ from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import atomic_write, hold_directory, is_disk_full
 from rollout.model_cards import write_model_card
 from rollout.models import load_tokenizer, resolve_model
-from rollout.runtime import CommandFailed, UsageError, parse_config, pause_point, print_config, save_config
+from rollout.runtime import CommandFailed, NoExamples, UsageError, parse_config, pause_point, print_config, save_config
 
 
 @dataclass
@@ -205,7 +205,7 @@ def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, m
     if not examples:
         manifest = next(iter(manifests.values()))
         counts = manifest.get("counts", {})
-        raise UsageError(
+        raise NoExamples(
             f"no training examples for {cfg.learner} in {cfg.data}: pass rate {manifest.get('pass_rate', 0):.3f} "
             f"({counts.get('accepted', 0)} accepted of {counts.get('responses', len(dataset))} responses)")
     return examples, dropped

@@ -29,6 +29,11 @@ class UsageError(Exception):
     """Bad input or usage: reported as one line on stderr, exit code 2."""
 
 
+class NoExamples(UsageError):
+    """The data holds nothing the learner can train on (no accepted sample, no pair): bad input to bin/train; a
+    round of bin/iterate records it and goes on."""
+
+
 class CommandFailed(Exception):
     """The command could not finish, through no fault of its input (a loss became NaN, a stage failed):
     one line on stderr, exit code 1."""

@@ -3,6 +3,7 @@ online GRPO samples from the current policy (every ratio 1 when a round's first 
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +130,21 @@ def test_like_samples_as_the_dataset_did_and_shares_its_prompts_over_the_rounds(
     assert cfg.model == manifest["model"] and cfg.source == "world:train" and cfg.temperature == 1.0
     given = sample_like(IterateConfig(data=str(vllm_dataset), rounds=4, n=8), given={"rounds", "n"})
     assert given.n == 8  # a flag given wins
+
+
+def test_a_round_with_nothing_to_train_on_is_recorded_and_the_run_goes_on(tmp_path):
+    """Golds no sample can match: rft has no accepted sample in any round; each round is recorded as skipped, the
+    next samples from the same policy, and the run ends with the policy it started from."""
+    source = tmp_path / "impossible.jsonl"
+    source.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": "no-such-answer"}) + "\n"
+                              for i in range(8)))
+    out = tmp_path / "rounds"
+    result = run_bin("iterate", "--learner", "rft", "--source", str(source), "--rounds", "2", "--steps", "2",
+                     "--prompts-per-round", "4", "--n", "1", "--max-tokens", "8", "--backend", "hf", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [("skipped" in r, r["policy"]) for r in rounds] == [(True, rounds[0]["policy"])] * 2
+    assert "no training examples for rft" in rounds[0]["skipped"]
+    summary = json.loads((out / "iterate_summary.json").read_text())
+    assert summary["skipped_rounds"] == [1, 2] and summary["steps"] == 0
+    assert (out / "model.safetensors").read_bytes() == (Path(rounds[0]["policy"]) / "model.safetensors").read_bytes()

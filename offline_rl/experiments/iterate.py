@@ -42,6 +42,7 @@ from rollout.engines import EngineFlags, LiveEngine, SamplingFlags, prompt_seed
 from rollout.files import hold_directory
 from rollout.models import resolve_model
 from rollout.runtime import (
+    NoExamples,
     UsageError,
     check_rerun_settings,
     command_line,
@@ -179,9 +180,15 @@ class Rounds:
         self.own_engine = engine is None
         self.live = engine or LiveEngine(cfg, restart=cfg.restart_engine)
 
+    def last_trained(self, k: int) -> int | None:
+        """The latest round before round k that trained (a round with nothing to train on leaves the policy as it was)."""
+        return next((j for j in range(k - 1, 0, -1) if (self.out / f"round-{j}" / "train" / "train_summary.json").exists()),
+                    None)
+
     def policy(self, k: int) -> str:
-        """The policy that samples round k: the initial model, then each round's trained checkpoint."""
-        return self.initial if k == 1 else str(self.out / f"round-{k - 1}" / "train")
+        """The policy that samples round k: the initial model, then the latest trained round's checkpoint."""
+        j = self.last_trained(k)
+        return self.initial if j is None else str(self.out / f"round-{j}" / "train")
 
     def run(self) -> dict:
         cfg, out = self.cfg, self.out
@@ -227,9 +234,13 @@ class Rounds:
                 self.live.make_room()  # an accelerator's memory goes to the training
                 train_cfg = replace(self.train_cfg, **self.train_settings(k))
                 print(command_line("train", train_cfg, self.learner_cfg), flush=True)
-                run_train(train_cfg, self.learner_cfg)
+                try:
+                    run_train(train_cfg, self.learner_cfg)
+                except NoExamples as e:  # recorded; the next round samples from the same policy
+                    record["skipped"] = str(e)
+                    print(f"round {k}: nothing to train on ({e}); the policy stays as it was", flush=True)
             stages.update(1)
-            if self.evaluates(k):
+            if self.evaluates(k) and "skipped" not in record:
                 stages.set_postfix_str("eval")
                 swap = self.live.hold(str(trained))
                 record["engine_ms"] = swap if record["engine_ms"] is None else record["engine_ms"]
@@ -241,7 +252,7 @@ class Rounds:
                 record["eval_seconds"] = results["wall_seconds"]
                 stages.update(1)
         stages.close()
-        return {**record, **round_record(data, trained)}
+        return {**record, **round_record(data, trained if "skipped" not in record else None)}
 
     def evaluates(self, k: int) -> bool:
         return bool(self.cfg.eval_every) and (k % self.cfg.eval_every == 0 or k == self.cfg.rounds)
@@ -261,12 +272,15 @@ class Rounds:
         schedule over the run, the optimizer state of round k-1 (--init-from), and how to pick up after a kill."""
         cfg, steps = self.cfg, self.cfg.steps // self.cfg.rounds
         trained = self.out / f"round-{k}" / "train"
+        j = self.last_trained(k)  # whose optimizer state and schedule position this round continues
+        last = self.out / f"round-{j}" / "train" if j is not None else None
+        last_step = json.loads((last / "train_summary.json").read_text())["last_step"] if last is not None else 0
         settings = dict(
             data=str(self.out / f"round-{k}" / "data"), out=str(trained), model=self.policy(k), steps=steps,
             batch_size=cfg.batch_size, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, save_every=steps,
             log_every=1, report_to=cfg.report_to, schedule_steps=steps if cfg.restart_schedule else cfg.steps,
-            init_from=str(self.out / f"round-{k - 1}" / "train" / "checkpoints" / f"step-{(k - 1) * steps}") if k > 1 else None,
-            restart_schedule=cfg.restart_schedule and k > 1, resume=False, force=False)
+            init_from=str(last / "checkpoints" / f"step-{last_step}") if last is not None else None,
+            restart_schedule=cfg.restart_schedule and last is not None, resume=False, force=False)
         if latest_checkpoint(trained / "checkpoints") is not None:  # killed while saving the final model
             settings["resume"] = True
         elif trained.exists():  # killed mid-round: start the round's training over from the last round's state
@@ -281,14 +295,15 @@ class Rounds:
             force=True, problems=cfg.problems, template=cfg.template, **engine_flags(cfg))  # stop: the template's
 
     def forget_optimizer(self, k: int) -> None:
-        """Round k's optimizer state, once round k+1 has its own: only the latest is needed to go on."""
-        if k >= 1:
-            shutil.rmtree(self.out / f"round-{k}" / "train" / "checkpoints", ignore_errors=True)
+        """Every optimizer state older than the latest trained round's (up to round k+1): only that one goes on."""
+        latest = self.last_trained(k + 2)
+        for j in range(1, (latest or 1)):
+            shutil.rmtree(self.out / f"round-{j}" / "train" / "checkpoints", ignore_errors=True)
 
     def finish(self, seconds: float) -> dict:
         cfg, out = self.cfg, self.out
         records = [json.loads((out / f"round-{k}" / "round.json").read_text()) for k in range(1, cfg.rounds + 1)]
-        final = out / f"round-{cfg.rounds}" / "train"
+        final = Path(self.policy(cfg.rounds + 1))  # the latest trained round's model (the initial one if none trained)
         for path in final.iterdir():  # OUT loads as the final model (hard links: no copy of the weights)
             if path.is_file() and not path.name.startswith(".") and path.name not in MODEL_FILES_SKIPPED:
                 (out / path.name).unlink(missing_ok=True)
@@ -305,7 +320,8 @@ class Rounds:
                     f.write(json.dumps({"round": r["round"], **step}) + "\n")
         swaps = [r["engine_ms"] for r in records[1:] if r["engine_ms"] is not None]
         summary = {
-            "learner": cfg.learner, "rounds": cfg.rounds, "steps": cfg.steps,
+            "learner": cfg.learner, "rounds": cfg.rounds, "steps": sum(r["last_step"] - r["first_step"] for r in records),
+            "skipped_rounds": [r["round"] for r in records if "skipped" in r],
             "final_model": str(final), "responses": sum(r["responses"] for r in records),
             "sampled_tokens": sum(r["sampled_tokens"] for r in records),
             "collect_seconds": round(sum(r["collect_seconds"] or 0 for r in records), 2),
@@ -329,11 +345,15 @@ def engine_flags(cfg: EngineFlags) -> dict:
     return {f.name: getattr(cfg, f.name) for f in fields(EngineFlags)}
 
 
-def round_record(data: Path, trained: Path) -> dict:
-    """What a finished round sampled and trained, from its dataset's manifest and its training's files."""
+def round_record(data: Path, trained: Path | None) -> dict:
+    """What a finished round sampled and trained, from its dataset's manifest and its training's files (``trained``
+    None: a round with nothing to train on)."""
     manifest = read_manifest(data)
-    summary = json.loads((trained / "train_summary.json").read_text())
-    steps = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if trained is None:
+        summary, steps = {"seconds": 0.0, "examples": 0, "first_step": 0, "last_step": 0}, []
+    else:
+        summary = json.loads((trained / "train_summary.json").read_text())
+        steps = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {
         "prompts": manifest["counts"]["prompts"], "responses": manifest["counts"]["responses"],
         "sampled_tokens": round(manifest["summary"]["mean_response_tokens"] * manifest["counts"]["responses"]),

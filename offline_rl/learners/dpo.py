@@ -29,7 +29,7 @@ from offline_rl.views import (
     make_pairs,
     reference_from_model,
 )
-from rollout.runtime import UsageError
+from rollout.runtime import NoExamples, UsageError
 
 
 @dataclass
@@ -55,7 +55,7 @@ def examples(rows: list[Example], cfg: Config, context: ViewContext) -> list[Pai
             counts.setdefault(e.prompt_id, []).append(e.reward)
         right = sum(all(r == 1.0 for r in rs) for rs in counts.values())
         wrong = sum(all(r != 1.0 for r in rs) for rs in counts.values())
-        raise UsageError(f"no preference pairs for dpo: of {len(counts)} prompts {right} are all-right, {wrong} "
+        raise NoExamples(f"no preference pairs for dpo: of {len(counts)} prompts {right} are all-right, {wrong} "
                          f"all-wrong, and {len(counts) - right - wrong} mix rewards only over identical responses")
     if cfg.reference == "behavior":
         return [Pair(replace(p.chosen, reference_logprob=sum(p.chosen.behavior_logprobs)),
