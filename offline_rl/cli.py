@@ -8,9 +8,13 @@ parses flags into that config and calls it.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import partial
+
+if "--verbose" not in sys.argv:  # read by torch's C++ logging when torch loads: before any command imports it
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # vLLM's "NUMA binding" note, among others
 
 
 def _embedded(main):

@@ -11,7 +11,9 @@ transformers and Python warnings is quiet unless ``--verbose``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -242,6 +244,7 @@ def configure_logging(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "0" if verbose else "1")
     if not verbose:  # "Loading weights" / "Writing model shards" bars of a 3M-parameter model: noise
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # torch's C++ notes (vLLM's "NUMA binding" line)
     if not verbose:
         warnings.filterwarnings("ignore")  # library deprecation and advice notes; --verbose shows them
         for name in ("vllm", "transformers", "accelerate", "datasets", "torch", "huggingface_hub"):
@@ -272,6 +275,46 @@ def print_config(config, stream=None) -> None:
     name = type(config).__name__
     items = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(config).items())
     print(f"{name}({items})", file=stream or sys.stderr, flush=True)  # stderr as it is now (redirected: rounds)
+
+
+class _StageStream(io.TextIOBase):
+    """The one stream a stage's output goes to: whatever log is current. A library that binds a log handler to
+    ``sys.stderr`` during one stage (transformers, vLLM) writes into the next stage's log too, never into a file
+    that stage closed."""
+
+    def __init__(self):
+        self.target = None
+
+    def _current(self):
+        return self.target if self.target is not None else sys.__stderr__
+
+    def write(self, text: str) -> int:
+        return self._current().write(text)
+
+    def flush(self) -> None:
+        self._current().flush()
+
+    def fileno(self) -> int:
+        return self._current().fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+_STAGE_STREAM = _StageStream()
+
+
+@contextlib.contextmanager
+def output_to(log):
+    """stdout and stderr into the open file ``log`` for the block (a stage of compare, a round of iterate)."""
+    previous = _STAGE_STREAM.target
+    _STAGE_STREAM.target = log
+    try:
+        with contextlib.redirect_stdout(_STAGE_STREAM), contextlib.redirect_stderr(_STAGE_STREAM):
+            yield
+    finally:
+        _STAGE_STREAM.flush()
+        _STAGE_STREAM.target = previous
 
 
 PAUSE_ENV = "OFFLINE_RL_TEST_PAUSE"  # tests: "collect:shard-1" holds the command there, to kill or race it

@@ -80,3 +80,25 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     (tmp_path / "c.yaml").write_text(json.dumps({"n": 8, "temperature": 0.5, "out": "x"}))
     cfg = parse_config(CollectConfig, ["--config", str(tmp_path / "c.yaml"), "--n", "2"], "collect", "")
     assert (cfg.n, cfg.temperature, cfg.out) == (2, 0.5, "x")
+
+
+def test_a_log_handler_bound_in_one_stage_writes_into_the_next_stages_log(tmp_path):
+    """Libraries (transformers, vLLM) bind a handler to sys.stderr the first time they log: in compare's second stage
+    it must write to that stage's log, not to the first stage's closed file."""
+    import logging
+    import sys
+
+    from rollout.runtime import output_to
+
+    logger = logging.getLogger("offline-rl-test-library")
+    with (tmp_path / "one.log").open("w") as one, output_to(one):
+        handler = logging.StreamHandler(sys.stderr)  # bound now, as a library binds it on first use
+        logger.addHandler(handler)
+        logger.warning("first stage")
+    try:
+        with (tmp_path / "two.log").open("w") as two, output_to(two):
+            logger.warning("second stage: reloaded weights were not loaded")
+    finally:
+        logger.removeHandler(handler)
+    assert (tmp_path / "one.log").read_text() == "first stage\n"
+    assert (tmp_path / "two.log").read_text() == "second stage: reloaded weights were not loaded\n"

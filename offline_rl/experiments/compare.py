@@ -14,7 +14,6 @@ model, seed and benchmark) and ``OUT/plots/``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -42,6 +41,7 @@ from rollout.runtime import (
     UsageError,
     check_rerun_settings,
     command_line,
+    output_to,
     parse_config,
     print_config,
     save_config,
@@ -173,7 +173,7 @@ def run_stage(stage: Stage, logs: Path, dataset_model: str | None, live: LiveEng
     log = logs / (stage.name.replace(" ", "-") + ".log")
     record = {"stage": stage.name, "command": stage.command, "engine_ms": None}
     start, error, holding = time.time(), None, held_directories()  # compare's own OUT, held throughout
-    with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    with log.open("w") as f, output_to(f):
         print(command_line(stage.command, *configs), flush=True)
         try:
             if stage.samples is not None:

@@ -18,7 +18,6 @@ samples, pass rate, training metrics) and ``iterate_summary.json`` (written last
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from rollout.runtime import (
     UsageError,
     check_rerun_settings,
     command_line,
+    output_to,
     parse_config,
     pause_point,
     print_config,
@@ -219,7 +219,7 @@ class Rounds:
         record = {"round": k, "policy": self.policy(k), "engine_ms": None}
         stages = tqdm(total=3 if self.evaluates(k) else 2, desc=f"round {k}/{cfg.rounds}", unit="stage", leave=False,
                       position=1, file=sys.stderr)
-        with (rdir / "log.txt").open("a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with (rdir / "log.txt").open("a") as log, output_to(log):
             if not is_complete(data):
                 stages.set_postfix_str("collect")
                 record["engine_ms"] = self.live.hold(record["policy"])
