@@ -238,3 +238,22 @@ def test_prompts_longer_than_the_context_are_skipped_counted_and_resumed_past(tm
     assert code == 0, err
     assert read_manifest(tmp_path / "data")["counts"] == manifest["counts"]
     assert read_manifest(tmp_path / "data")["prompts_too_long"] == 1
+
+
+def test_two_prompts_with_one_question_draw_different_samples(tmp_path, tiny_model_dir):
+    """Each prompt's sampling stream derives from the run seed and its id: the same question under two ids is
+    sampled twice over, not once copied (and a rerun draws the same)."""
+    from rollout.collect import main as collect_main
+    from rollout.dataset import read_rows
+
+    source = tmp_path / "same.jsonl"
+    source.write_text((json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n") * 2)
+    responses = []
+    for run in ("a", "b"):
+        collect_main(["--out", str(tmp_path / run), "--source", str(source), "--model", str(tiny_model_dir),
+                      "--backend", "hf", "--n", "2", "--max-tokens", "24", "--template", "world"])
+        rows = sorted(read_rows(tmp_path / run), key=lambda r: (r["prompt_id"], r["sample_idx"]))
+        assert len({r["prompt_id"] for r in rows}) == 2
+        responses.append([r["response_token_ids"] for r in rows])
+    first, second = responses[0][:2], responses[0][2:]
+    assert first != second and responses[0] == responses[1]

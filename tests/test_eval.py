@@ -111,3 +111,16 @@ def test_eval_runs_each_shared_benchmark_end_to_end(tmp_path):
         assert all(g["reward"] == rewards.score(g["response"], g["gold"]) for g in mine)
 
 
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_metrics_at_any_k(k):
+    """avg@k, pass@j and maj@k for k other than 4: the keys and the values follow k."""
+    from offline_rl.evaluate import benchmark_metrics, pass_ks
+
+    correct = [[1.0] + [0.0] * (k - 1), [0.0] * k]  # one right sample of k, then none
+    preds = [["7"] + ["8"] * (k - 1), ["9"] * k]
+    metrics = benchmark_metrics(correct, preds, [[3] * k, [3] * k], [[False] * k, [False] * k], k)
+    assert metrics[f"avg@{k}"] == pytest.approx(1 / (2 * k))
+    assert metrics[f"pass@{k}"] == pytest.approx(0.5) and set(pass_ks(k)) <= {int(key[5:]) for key in metrics if key.startswith("pass@")}
+    assert metrics[f"maj@{k}"] == (0.5 if k <= 2 else 0.0)  # the right answer wins a tie, loses to k-1 equal wrong ones

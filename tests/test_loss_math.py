@@ -112,3 +112,25 @@ def test_grpo_clipped_surrogate_and_aggregation_by_hand(aggregation):
     assert torch.allclose(logprobs.grad, expected, atol=1e-6), logprobs.grad
     assert metrics["abs_log_ratio_max"].item() == pytest.approx(0.5)
     assert metrics["clip_fraction_sum"].item() == pytest.approx(share[0] + share[1])
+
+
+@pytest.mark.parametrize("min_weight", [0.0, 0.3])
+def test_dfts_per_token_gradient_rule_is_its_loss_gradient_with_the_floor(min_weight):
+    """The fused projection trains dft through ``token_grad``: it must be d loss / d log p, the floor included."""
+    logprobs, batch = _batch(LOGP, MASK)
+    cfg = dft.Config(min_weight=min_weight)
+    dft.loss(logprobs, batch, cfg)[0].backward()
+    rule = dft.LEARNER.token_grad(cfg)(logprobs.detach())
+    mask = torch.tensor(MASK).bool()
+    assert torch.allclose(rule[mask], logprobs.grad[mask])
+    assert (min_weight > 0) == bool((rule[mask] == -min_weight).any())  # 0.25 and 0.1 lifted to the floor
+
+
+def test_group_advantages_are_scaled_by_the_groups_standard_deviation():
+    from offline_rl.views import Example, group_advantages
+
+    group = [Example("a", [1], [2], reward=r) for r in (1.0, 0.0, 0.0, 0.0)]  # mean 0.25, std sqrt(0.1875)
+    scaled = [e.advantage for e in group_advantages(group, scale_by_std=True)]
+    plain = [e.advantage for e in group_advantages(group, scale_by_std=False)]
+    assert plain == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    assert scaled == pytest.approx([0.75 / (0.1875 ** 0.5 + 1e-6), *[-0.25 / (0.1875 ** 0.5 + 1e-6)] * 3])
