@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -269,6 +270,8 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
         raise UsageError("--source and --out are required")
     model = cfg.model or default_model
     rows, total, layout_name, layout, description = open_source(cfg, world)
+    if description["kind"] == "file":  # read through once first: a bad row is one line before anything is written
+        check_rows(cfg, open_source(cfg, world)[0], layout_name, layout)
     out = Path(cfg.out)
     tokenizer = load_tokenizer(model)
     try:
@@ -277,10 +280,49 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
         raise UsageError(str(e)) from None
     hold_directory(out, "import", force=cfg.force, owned=is_import_directory)
     print_config(cfg)
-    for old in (out / "data").glob("shard-*.parquet"):  # an import is cheap and deterministic: it starts over
-        old.unlink()
-    (out / "manifest.json").unlink(missing_ok=True)
-    return write_demonstrations(cfg, model, tokenizer, template, rows, total, layout_name, layout, description, out)
+    # an import is cheap and deterministic: it starts over, in a staging folder swapped in once it is whole, so
+    # that a bad row or a full disk half-way leaves OUT as it was
+    stage = out / ".import.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        manifest = write_demonstrations(cfg, model, tokenizer, template, rows, total, layout_name, layout,
+                                        description, stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(out / "data", ignore_errors=True)
+    for path in sorted(stage.iterdir(), key=lambda p: p.name == "manifest.json"):  # the manifest last
+        path.replace(out / path.name)
+    stage.rmdir()
+    return manifest
+
+
+def check_rows(cfg: ImportConfig, rows: Iterator[dict], layout_name: str, layout: Layout) -> None:
+    """Every row the import would take readable, of the right field types, under a unique id (UsageError if not)."""
+    seen: set[str] = set()
+    for number, row in enumerate(_checked(rows, cfg.source)):
+        if cfg.prompts is not None and number >= cfg.prompts:
+            break
+        try:
+            found = demonstration(row, layout_name, layout, number)
+        except SourceError as e:
+            raise UsageError(f"{cfg.source}: {e}") from None
+        if found is not None:
+            _unique_id(row_id(row, number, _stem(cfg.source)), seen, number, cfg.source)
+
+
+def row_id(row: dict, number: int, stem: str) -> str:
+    return str(row.get("prompt_id") or row.get("id") or f"{stem}-{number:07d}")
+
+
+def _stem(source: str) -> str:
+    return Path(source).stem if Path(source).exists() else source.replace("/", "-").replace(":", "-")
+
+
+def _unique_id(pid: str, seen: set[str], number: int, source: str) -> None:
+    if pid in seen:
+        raise UsageError(f"{source}: row {number} repeats the id {pid!r} of an earlier row; ids must be unique")
+    seen.add(pid)
 
 
 def is_import_directory(out: Path) -> bool:
@@ -362,7 +404,7 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
     eos = tokenizer.eos_token_id
     counts = {"disagreeing": 0, "without_gold": 0, "too_long": 0, "unverified": 0}
     seen: set[str] = set()
-    stem = Path(cfg.source).stem if Path(cfg.source).exists() else cfg.source.replace("/", "-").replace(":", "-")
+    stem = _stem(cfg.source)
     bar = tqdm(total=min(total, cfg.prompts) if total and cfg.prompts else (total or cfg.prompts), desc="import",
                unit="row")
     pending: list[dict] = []
@@ -397,10 +439,8 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
             counts["too_long"] += 1
             continue
         counts["without_gold"] += not gold
-        pid = str(row.get("prompt_id") or row.get("id") or f"{stem}-{number:07d}")
-        if pid in seen:
-            raise UsageError(f"{cfg.source}: row {number} repeats the id {pid!r} of an earlier row; ids must be unique")
-        seen.add(pid)
+        pid = row_id(row, number, stem)
+        _unique_id(pid, seen, number, cfg.source)
         pending.append({"prompt_id": pid, "question": question, "gold": gold, "prompt": prompt,
                         "prompt_token_ids": prompt_ids, "response_token_ids": response_ids, "response": solution,
                         "behavior_logprobs": None, "sample_idx": 0, "finish_reason": "stop", "pred": "",
@@ -413,7 +453,7 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
     writer.manifest["counts"].update(counts)
     manifest = writer.finish(wall_seconds=round(time.time() - start, 2))
     c = manifest["counts"]
-    print(f"imported {c['responses']} demonstrations -> {out}\n"
+    print(f"imported {c['responses']} demonstrations -> {out.parent if out.name == '.import.partial' else out}\n"
           f"  answer agrees with the gold: {c['accepted']}; disagrees (kept, reward 0): {c['disagreeing']}; "
           f"no gold: {c['without_gold']}\n  longer than the model's context, skipped: {c['too_long']}")
     return manifest
