@@ -234,6 +234,16 @@ def test_the_papers_recipe_resolves_without_downloading(tmp_path):
             assert load_benchmark(name, EvalConfig(benchmark_dir=str(SHARED))).records
 
 
+def test_openr1_rows_bring_their_first_verified_r1_trace_not_the_reference(tmp_path, tiny_model_dir):
+    rows = [{"problem": "2+3?", "solution": "reference", "answer": "5", "generations": ["wrong \\boxed{6}", SOLUTION],
+             "correctness_math_verify": [False, True]},
+            {"problem": "1+1?", "solution": "reference", "answer": "2", "generations": ["\\boxed{3}"],
+             "correctness_math_verify": [False]}]
+    manifest, imported = _import(tmp_path, tiny_model_dir, _write(tmp_path / "r1.jsonl", rows), "--template", "world")
+    assert [r["response"] for r in imported] == [SOLUTION] and imported[0]["reward"] == 1.0
+    assert manifest["source"]["format"] == "openr1" and manifest["counts"]["unverified"] == 1
+
+
 def test_a_save_to_disk_directory_is_a_source(tmp_path, tiny_model_dir):
     saved = tmp_path / "saved"
     datasets.DatasetDict({"train": datasets.Dataset.from_list([{"problem": "2+3?", "solution": SOLUTION}] * 3)}

@@ -162,6 +162,8 @@ def sample_like(cfg: IterateConfig, given: set[str]) -> IterateConfig:
         manifest = read_manifest(like)
     except (OSError, ValueError):
         raise UsageError(f"--data {like} is not a dataset made by bin/collect (no collect_config.json)") from None
+    if manifest.get("complete") is not True:
+        raise UsageError(f"--data {like} is unfinished (complete: false); run its bin/collect again to finish it")
     settings = {name: collected[name] for name in ("source", "format", "template", "n", "temperature", "top_p",
                                                   "max_tokens", "stop", "extraction", "skip") if name in collected}
     settings["model"] = manifest["model"]
