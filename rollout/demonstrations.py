@@ -300,15 +300,20 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
 def check_rows(cfg: ImportConfig, rows: Iterator[dict], layout_name: str, layout: Layout) -> None:
     """Every row the import would take readable, of the right field types, under a unique id (UsageError if not)."""
     seen: set[str] = set()
-    for number, row in enumerate(_checked(rows, cfg.source)):
-        if cfg.prompts is not None and number >= cfg.prompts:
-            break
-        try:
-            found = demonstration(row, layout_name, layout, number)
-        except SourceError as e:
-            raise UsageError(f"{cfg.source}: {e}") from None
+    for number, row, found in demonstrations(rows, cfg, layout_name, layout):
         if found is not None:
             _unique_id(row_id(row, number, _stem(cfg.source)), seen, number, cfg.source)
+
+
+def demonstrations(rows: Iterator[dict], cfg: ImportConfig, layout_name: str, layout: Layout):
+    """(number, row, (question, solution, gold) or None) of the first ``--prompts`` rows; UsageError naming a bad one."""
+    for number, row in enumerate(_checked(rows, cfg.source)):
+        if cfg.prompts is not None and number >= cfg.prompts:
+            return
+        try:
+            yield number, row, demonstration(row, layout_name, layout, number)
+        except SourceError as e:
+            raise UsageError(f"{cfg.source}: {e}") from None
 
 
 def row_id(row: dict, number: int, stem: str) -> str:
@@ -418,13 +423,7 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
         writer.write_shard(pending, scoring_timeouts=len(scored.timed_out))
         pending.clear()
 
-    for number, row in enumerate(_checked(rows, cfg.source)):
-        if cfg.prompts is not None and number >= cfg.prompts:
-            break
-        try:
-            found = demonstration(row, layout_name, layout, number)
-        except SourceError as e:
-            raise UsageError(f"{cfg.source}: {e}") from None
+    for number, row, found in demonstrations(rows, cfg, layout_name, layout):
         if found is None:
             counts["unverified"] += 1
             bar.update(1)

@@ -411,13 +411,10 @@ def _disk_full(path):
     return OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
-def test_disk_full_during_collect_is_one_line_and_resumes(tmp_path, tiny_model_dir, capfd, monkeypatch):
+def _second_shard_fills_the_disk(monkeypatch):
+    """Every dataset write fails at its second shard; returns the real writer, to put back."""
     import rollout.dataset
-    from rollout.dataset import read_manifest, read_rows
 
-    out = tmp_path / "data"
-    args = ["--out", str(out), "--model", str(tiny_model_dir), "--backend", "hf", "--prompts", "4", "--n", "1",
-            "--max-tokens", "8", "--shard-size", "2"]
     real = rollout.dataset.atomic_write_bytes
 
     def second_shard_fails(path, data):
@@ -426,6 +423,17 @@ def test_disk_full_during_collect_is_one_line_and_resumes(tmp_path, tiny_model_d
         real(path, data)
 
     monkeypatch.setattr(rollout.dataset, "atomic_write_bytes", second_shard_fails)
+    return real
+
+
+def test_disk_full_during_collect_is_one_line_and_resumes(tmp_path, tiny_model_dir, capfd, monkeypatch):
+    import rollout.dataset
+    from rollout.dataset import read_manifest, read_rows
+
+    out = tmp_path / "data"
+    args = ["--out", str(out), "--model", str(tiny_model_dir), "--backend", "hf", "--prompts", "4", "--n", "1",
+            "--max-tokens", "8", "--shard-size", "2"]
+    real = _second_shard_fills_the_disk(monkeypatch)
     code, stderr = run_command("collect", args, capfd)
     assert_fails_with(code, stderr, "no space left on device", "shard-00001.parquet")
     manifest = read_manifest(out)
@@ -482,14 +490,7 @@ def test_disk_full_during_import_is_one_line_and_the_same_command_resumes(tmp_pa
     whole = tmp_path / "whole"
     assert run_command("import", [*args, "--out", str(whole)], capfd)[0] == 0
     out = tmp_path / "data"
-    real = rollout.dataset.atomic_write_bytes
-
-    def second_shard_fails(path, data):
-        if path.name == "shard-00001.parquet":
-            raise _disk_full(path)
-        real(path, data)
-
-    monkeypatch.setattr(rollout.dataset, "atomic_write_bytes", second_shard_fails)
+    real = _second_shard_fills_the_disk(monkeypatch)
     code, stderr = run_command("import", [*args, "--out", str(out)], capfd)
     assert_fails_with(code, stderr, "no space left on device", "run the same command again")
     assert not (out / "manifest.json").exists()  # nothing half-imported passes for a dataset
