@@ -122,8 +122,8 @@ class VLLMEngine:
             # than vLLM's default) gave 1.5x the tokens/s on the embedded model.
             kwargs.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)), enforce_eager=True,
                           enable_chunked_prefill=False, max_num_seqs=1024)
-        else:
-            kwargs.update(gpu_memory_utilization=gpu_memory_utilization)
+        else:  # sleep mode: the engine can hand its GPU memory to a training in this process and take it back
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=True)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -187,6 +187,16 @@ class VLLMEngine:
     def holds_device_memory(self) -> bool:
         """vLLM takes its share of an accelerator's memory for as long as it lives; on CPU a bounded KV cache."""
         return not _on_cpu()
+
+    can_sleep = property(lambda self: not _on_cpu())  # sleep mode is vLLM's on accelerators only
+
+    def sleep(self) -> None:
+        """vLLM's sleep mode, level 2: the weights and the KV cache leave the accelerator (nothing kept in host
+        memory: new weights are loaded after waking, as after a training)."""
+        self.llm.sleep(level=2)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
 
     def close(self) -> None:
         shutdown = getattr(self.llm, "shutdown", None)
@@ -323,8 +333,9 @@ class LiveEngine:
     def __init__(self, flags: EngineFlags, restart: bool = False):
         self.flags, self.restart = flags, restart
         self.engine, self.model = None, None
-        self.last = None  # what the last hold did: started, loaded in place, held
+        self.last = None  # what the last hold did: started, loaded in place, held, woken
         self.starts = self.loads = 0  # engines started, checkpoints loaded in place
+        self.asleep = False  # its accelerator memory handed back (vLLM's sleep mode)
 
     def hold(self, model: str) -> float | None:
         """Make the engine hold ``model``'s weights; the milliseconds that took (None: it already held them)."""
@@ -335,6 +346,9 @@ class LiveEngine:
         start = time.perf_counter()
         self.model = None  # until the new weights are in: a failed load leaves no weights to trust
         if self.engine is not None and not self.restart:
+            if self.asleep:  # its memory back first; its weights were dropped: load them whatever they were
+                self.engine.wake_up()
+                self.asleep = False
             self.engine.load_weights(model)
             self.last = "loaded in place"
             self.loads += 1
@@ -347,12 +361,18 @@ class LiveEngine:
         return 1000 * (time.perf_counter() - start)
 
     def make_room(self) -> None:
-        """Before training beside it in this process: an engine that holds accelerator memory is closed (the next
-        hold starts a new one); on CPU it stays, its KV cache bounded."""
-        if self.engine is not None and self.engine.holds_device_memory:
+        """Before training beside it in this process: an engine that holds accelerator memory hands it back —
+        put to sleep (vLLM's sleep mode; the next hold wakes it and loads the new weights in place), or closed
+        where it cannot sleep (the next hold starts a new one); on CPU it stays as it is, its KV cache bounded."""
+        if self.engine is None or not self.engine.holds_device_memory or self.asleep:
+            return
+        if getattr(self.engine, "can_sleep", False):
+            self.engine.sleep()
+            self.asleep, self.model = True, None  # its weights are gone with the memory
+        else:
             self.close()
 
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
-        self.engine, self.model = None, None
+        self.engine, self.model, self.asleep = None, None, False

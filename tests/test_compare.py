@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -205,10 +206,11 @@ def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tm
 
 
 class FakeEngine:
-    """Records what the live engine asks of it."""
+    """Records what the live engine asks of it; ``device``: False (CPU), "close" (an accelerator engine that cannot
+    sleep) or "sleep" (one with vLLM's sleep mode)."""
 
     def __init__(self, model, log, device=False):
-        self.log, self.holds_device_memory = log, device
+        self.log, self.holds_device_memory, self.can_sleep = log, bool(device), device == "sleep"
         log.append(("start", model))
 
     def load_weights(self, model):
@@ -219,11 +221,17 @@ class FakeEngine:
     def reset_cache(self):
         self.log.append(("reset",))
 
+    def sleep(self):
+        self.log.append(("sleep",))
+
+    def wake_up(self):
+        self.log.append(("wake",))
+
     def close(self):
         self.log.append(("close",))
 
 
-@pytest.mark.parametrize("device", [False, True])
+@pytest.mark.parametrize("device", [False, "close", "sleep"])
 def test_the_live_engine_starts_once_loads_in_place_and_makes_room_on_an_accelerator(monkeypatch, device):
     from rollout import engines
 
@@ -239,13 +247,60 @@ def test_the_live_engine_starts_once_loads_in_place_and_makes_room_on_an_acceler
     assert live.model is None  # half-loaded weights are nobody's: the next hold loads again
     live.hold("dft-s0")
     live.make_room()  # before training in this process
-    live.hold("base")
+    live.make_room()  # twice: nothing more
+    live.hold("dft-s0")  # the same model after sleeping: its weights were dropped, so loaded again
     live.close()
     middle = [("load", "dft-s0"), ("load", "dft-s0")]
-    if device:  # the training gets the accelerator's memory: closed, then started again
-        assert log == [("start", "base"), ("reset",), *middle, ("close",), ("start", "base"), ("close",)]
-    else:
-        assert log == [("start", "base"), ("reset",), *middle, ("load", "base"), ("close",)]
+    if device == "close":  # the training gets the accelerator's memory: closed, then started again
+        assert log == [("start", "base"), ("reset",), *middle, ("close",), ("start", "dft-s0"), ("close",)]
+    elif device == "sleep":  # put to sleep, then woken and given the weights
+        assert log == [("start", "base"), ("reset",), *middle, ("sleep",), ("wake",), ("load", "dft-s0"), ("close",)]
+    else:  # on CPU nothing changes
+        assert log == [("start", "base"), ("reset",), *middle, ("reset",), ("close",)]
+
+
+@pytest.mark.parametrize("device", ["sleep", "close"])
+def test_rounds_hand_the_accelerator_to_each_training_and_take_the_new_weights_after(monkeypatch, tmp_path, device):
+    """bin/iterate with a stand-in engine on a stand-in accelerator, collections and trainings that only record:
+    before every training the engine sleeps (or closes), after it the engine holds the round's new weights."""
+    import json
+
+    from offline_rl.experiments import iterate
+    from rollout import engines
+
+    log = []
+    monkeypatch.setattr(engines, "start_engine", lambda flags, model: FakeEngine(model, log, device))
+
+    def collect(cfg, world=None, engine=None):
+        log.append(("collect", cfg.model))
+        Path(cfg.out).mkdir(parents=True)
+        (Path(cfg.out) / "manifest.json").write_text(json.dumps({
+            "complete": True, "counts": {"prompts": 2, "responses": 4}, "wall_seconds": 0.0,
+            "summary": {"mean_response_tokens": 3.0, "pass_rate": 0.5}}))
+
+    def train(cfg, learner_cfg=None):
+        out = Path(cfg.out)
+        log.append(("train", str(out)))
+        k = int(out.parent.name.removeprefix("round-"))
+        (out / "checkpoints" / f"step-{cfg.steps * k}").mkdir(parents=True)
+        (out / "model.safetensors").write_text(out.parent.name)
+        (out / "metrics.jsonl").write_text(json.dumps({"step": k, "loss": 0.0}) + "\n")
+        (out / "train_summary.json").write_text(json.dumps({"seconds": 0.0, "examples": 4, "first_step": k - 1,
+                                                              "last_step": k}))
+
+    monkeypatch.setattr(iterate, "run_collect", collect)
+    monkeypatch.setattr(iterate, "run_train", train)
+    cfg = iterate.IterateConfig(learner="rft", out=str(tmp_path / "rounds"), rounds=2, steps=2, prompts_per_round=4)
+    iterate.run_iterate(cfg)
+    # each model by its round ("round-1" for OUT/round-1/train), the shipped one by its folder's name
+    named = [(what, *(Path(x).parent.name if "round-" in x else Path(x).name for x in rest)) for what, *rest in log]
+    if device == "sleep":  # asleep for each training, woken and given the new weights after
+        assert named == [("start", "base-model"), ("collect", "base-model"), ("sleep",), ("train", "round-1"),
+                         ("wake",), ("load", "round-1"), ("collect", "round-1"), ("sleep",), ("train", "round-2"),
+                         ("close",)]
+    else:  # closed for each training, started again on the new weights
+        assert named == [("start", "base-model"), ("collect", "base-model"), ("close",), ("train", "round-1"),
+                         ("start", "round-1"), ("collect", "round-1"), ("close",), ("train", "round-2")]
 
 
 COMMITTED = {  # the committed comparisons, each in its new spelling (results/README.md gives them)
