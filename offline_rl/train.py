@@ -432,6 +432,8 @@ def finish(state: TrainState) -> dict:
                "examples": len(state.examples), "dropped_truncated": state.dropped_truncated,
                "ratio_temperature": state.ratio_temperature, "seconds": round(seconds, 2),
                "tokens_per_s": round(state.tokens_seen / seconds, 1)}
+    if torch.cuda.is_available():  # this process's peak accelerator memory (bench/gpu_check.sh reads it per learner)
+        summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     out = Path(cfg.out)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(state.model)

@@ -102,3 +102,39 @@ def test_a_log_handler_bound_in_one_stage_writes_into_the_next_stages_log(tmp_pa
         logger.removeHandler(handler)
     assert (tmp_path / "one.log").read_text() == "first stage\n"
     assert (tmp_path / "two.log").read_text() == "second stage: reloaded weights were not loaded\n"
+
+
+def test_the_gpu_check_dry_run_lists_every_check_and_its_commands_parse(tmp_path):
+    """bench/gpu_check.sh --dry-run: one line per check, and every toolkit command in it is spelled as its parser
+    takes it (so the first GPU machine does not fail on a flag)."""
+    import shlex
+    import subprocess
+
+    from offline_rl.evaluate import EvalConfig
+    from offline_rl.experiments.iterate import IterateConfig
+    from offline_rl.learners import LEARNER_CONFIGS
+    from offline_rl.train import TrainConfig
+    from rollout.collect import CollectConfig
+    from rollout.demonstrations import ImportConfig
+    from rollout.runtime import parse_config
+    from tests.conftest import ROOT
+
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", str(tmp_path / "check")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    learners = ("sft", "rft", "dft", "prob", "dpo", "ppo", "iwsft", "adft", "nft", "grpo")
+    assert {f"fsdp2-bf16-{name}" for name in learners} | {"fused-1.5b", "bench-train-0.5b", "rounds-sleep"} <= set(lines)
+    assert not (tmp_path / "check").exists()  # a dry run writes nothing
+    parsers = {"import": ImportConfig, "collect": CollectConfig, "eval": EvalConfig,
+               "train": (TrainConfig, *LEARNER_CONFIGS), "iterate": (IterateConfig, TrainConfig, *LEARNER_CONFIGS)}
+    parsed = 0
+    for command in lines.values():
+        if command.startswith("skipped"):
+            continue
+        words = shlex.split(command)
+        at = next((i for i, w in enumerate(words) if w.startswith("bin/")), None)
+        if at is not None:
+            parse_config(parsers[words[at].removeprefix("bin/")], words[at + 1:], "check", "")
+            parsed += 1
+    assert parsed >= 13

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The checks that need an accelerator, ready for the first GPU machine: one line per check (ok, FAILED, skipped),
+# each check's output in $OUT/<check>.log. Steps that need vLLM are skipped where it is not installed.
+#   bench/gpu_check.sh [--dry-run] [OUT]      (--dry-run: print each check's command lines, run nothing)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+OUT="${1:-runs/gpu-check}"
+PY=.venv/bin/python; [ -x "$PY" ] || PY=python3
+NGPU=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)
+HAS_VLLM=$($PY -c "import importlib.util; print(int(importlib.util.find_spec('vllm') is not None))" 2>/dev/null || echo 0)
+LEARNERS="sft rft dft prob dpo ppo iwsft adft nft grpo"
+[ $DRY = 1 ] || mkdir -p "$OUT"
+
+check() {  # check NAME COMMAND...: run it, one line of verdict
+  local name=$1; shift
+  if [ $DRY = 1 ]; then echo "$name: $*"; return 0; fi
+  local start=$SECONDS
+  if "$@" > "$OUT/$name.log" 2>&1; then echo "$name: ok ($((SECONDS - start)) s)"
+  else echo "$name: FAILED after $((SECONDS - start)) s (see $OUT/$name.log)"; fi
+}
+skip() { echo "$1: skipped ($2)"; }
+
+# data: demonstrations need no engine; samples (for the ratio learners) come from the transformers engine
+check data-demonstrations bin/import --source world:train --out "$OUT/demos" --prompts 512 --force
+check data-samples bin/collect --backend hf --out "$OUT/samples" --prompts 128 --n 4 --force
+# FSDP2 with bf16 on every GPU (configs/accelerate/fsdp.yaml), each learner, 5 steps; peak memory per learner
+for learner in $LEARNERS; do
+  data="$OUT/samples"; case $learner in sft|dft|prob) data="$OUT/demos";; esac
+  check "fsdp2-bf16-$learner" "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+    --num_processes "$NGPU" bin/train --learner "$learner" --data "$data" --out "$OUT/fsdp-$learner" --steps 5 \
+    --batch-size $((8 * NGPU)) --report-to none --force
+done
+[ $DRY = 1 ] || "$PY" - "$OUT" $LEARNERS <<'PEAK'
+import json, sys
+from pathlib import Path
+for learner in sys.argv[2:]:
+    summary = Path(sys.argv[1]) / f"fsdp-{learner}" / "train_summary.json"
+    peak = json.loads(summary.read_text()).get("peak_gpu_memory_gib") if summary.exists() else None
+    print(f"peak-memory-{learner}: {peak} GiB per process" if peak is not None else f"peak-memory-{learner}: none")
+PEAK
+# the fused projection at the Qwen2.5-1.5B shape (vocabulary 151,936, hidden 1,536), bf16, against the reference
+check fused-1.5b "$PY" bench/dft_loss.py --tokens 4096 --vocab 151936 --hidden 1536 --dtype bfloat16
+# training speed and memory at the 0.5B shape against TRL
+check bench-train-0.5b "$PY" bench/train.py --shape qwen0.5b --steps 6 --batch-size 4
+# rounds with sleep mode: the engine hands its memory to each training and wakes for the new weights
+if [ "$HAS_VLLM" = 1 ]; then
+  check rounds-sleep bin/iterate --learner grpo --rounds 2 --steps 2 --prompts-per-round 16 --out "$OUT/rounds" --force
+  check eval-after-rounds bin/eval --model "$OUT/rounds" --benchmarks test-id --problems 50 --out "$OUT/rounds-eval" --force
+else
+  skip rounds-sleep "vllm is not installed"
+  skip eval-after-rounds "vllm is not installed"
+fi
