@@ -8,7 +8,7 @@ in one run. Prints per evaluation: wall time, the engine's part (start or load),
 left once sampling ended (the rest overlaps it); the ratios; and whether every way sampled the
 same generations for the same checkpoint and seed.
 
-    .venv/bin/python bench/eval.py [--models 3] [--limit 100] [--k 4]
+    .venv/bin/python bench/eval.py [--models 3] [--problems 100] [--k 4]
 """
 
 import argparse
@@ -48,13 +48,13 @@ def checkpoints(base: Path, count: int, where: Path) -> list[Path]:
 def eval_config(model: Path, out: Path, args, **more):
     from offline_rl.evaluate import EvalConfig
 
-    return EvalConfig(model=str(model), seed=0, k=args.k, problems=args.limit, out=str(out), **more)
+    return EvalConfig(model=str(model), seed=0, k=args.k, problems=args.problems, out=str(out), **more)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=3, help="checkpoints evaluated in turn")
-    parser.add_argument("--limit", type=int, default=100, help="problems per world test split")
+    parser.add_argument("--problems", type=int, default=100, help="problems per world test split")
     parser.add_argument("--k", type=int, default=4)
     args = parser.parse_args()
 
@@ -111,7 +111,7 @@ def main() -> None:
                    == (tmp / f"proc-{i}" / "generations.parquet").read_bytes()
                    for way in ("new", "live") for i in range(len(models)))
 
-    print(f"{len(models)} checkpoints x 6 world test splits x {args.limit} problems x k={args.k}, vLLM on CPU "
+    print(f"{len(models)} checkpoints x 6 world test splits x {args.problems} problems x k={args.k}, vLLM on CPU "
           "(seconds per evaluation, mean over checkpoints; the live engine's first one includes its start)")
     print(f"{'':14}{'wall':>8}{'engine':>8}{'sampling':>10}{'scoring':>9}{'after sampling':>14}")
     mean = lambda rows, key: statistics.fmean(r[key] or 0 for r in rows)  # noqa: E731

@@ -3,7 +3,8 @@
 Every learner trains from the same initial model on the same dataset for the same number of optimizer steps,
 batch size and learning-rate schedule (a learner's recipe may scale its rate: ``plan.LR_SCALES``; a run's own
 flags come from ``--runs``), then each model — the base model included — is evaluated with the same sampling
-on the same benchmarks, with the run's seed. Each stage calls a command's function in this process (its
+on the same benchmarks, with the run's seed (``--temperature``, ``--top-p``, ``--max-tokens``: the evaluation's
+sampling; the dataset is collected with bin/collect's defaults, or given with ``--data``). Each stage calls a command's function in this process (its
 equivalent command line first in its log, ``OUT/logs/``; its files where the command writes them); one engine
 samples every collection and evaluation, taking each checkpoint's weights in place. Finished stages are skipped
 when the command is run again, an interrupted training resumes from its last checkpoint.
