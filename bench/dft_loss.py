@@ -57,6 +57,8 @@ def run_one(method: str, tokens: int, vocab: int, hidden: int, chunk: int, dtype
 def _loss(method, lm_head, h, targets, chunk, _chunk_logprobs, fused_weighted_logprobs):
     import torch
 
+    from offline_rl.projection import LogitHead
+
     tokens = h.shape[0]
     if method == "fused":  # DFT: d loss / d log p = -sg(p); the surrogate's value is the loss itself
         return fused_weighted_logprobs(h, lm_head.weight, targets, chunk, lambda lp: -lp.exp())[0]
@@ -65,7 +67,7 @@ def _loss(method, lm_head, h, targets, chunk, _chunk_logprobs, fused_weighted_lo
         p_t = probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         logprobs = p_t.log()
     else:
-        logprobs = torch.cat([torch.utils.checkpoint.checkpoint(_chunk_logprobs, lm_head, h[i : i + chunk],
+        logprobs = torch.cat([torch.utils.checkpoint.checkpoint(_chunk_logprobs, LogitHead(lm_head), h[i : i + chunk],
                                                                 targets[i : i + chunk], (1.0,), False,
                                                                 use_reentrant=False)[0]
                               for i in range(0, tokens, chunk)])

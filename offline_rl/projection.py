@@ -101,9 +101,9 @@ def logit_transform(model) -> tuple[float, float | None]:
     return multiplier, softcap
 
 
-def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperatures: tuple[float, ...],
+def _chunk_logprobs(head: LogitHead, hidden: torch.Tensor, targets: torch.Tensor, temperatures: tuple[float, ...],
                     float32: bool) -> torch.Tensor:
-    logits = head(hidden, float32) if isinstance(head, LogitHead) else LogitHead(head)(hidden, float32)  # [n, V]
+    logits = head(hidden, float32)  # [n, V]
     rows = []
     for t in temperatures:
         scaled = logits / t if t != 1.0 else logits

@@ -101,8 +101,8 @@ def group_accuracies(examples: list[Example]) -> list[Example]:
     groups: dict[str, list[float]] = {}
     for e in examples:
         groups.setdefault(e.prompt_id, []).append(e.reward)
-    return [replace(e, group_accuracy=sum(r == 1.0 for r in groups[e.prompt_id]) / len(groups[e.prompt_id]),
-                    group_rewards=tuple(groups[e.prompt_id])) for e in examples]
+    stats = {pid: (sum(r == 1.0 for r in rewards) / len(rewards), tuple(rewards)) for pid, rewards in groups.items()}
+    return [replace(e, group_accuracy=stats[e.prompt_id][0], group_rewards=stats[e.prompt_id][1]) for e in examples]
 
 
 def sampled_examples(dataset, accepted_only: bool, include_truncated: bool = False) -> tuple[list[Example], int]:

@@ -77,7 +77,7 @@ def _remove_unlisted(data_dir: Path, manifest: dict) -> None:
 
 
 def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
-                   fallbacks: tuple[str, ...], extraction: str | None = None) -> tuple[pa.Table, dict]:
+                   fallbacks: tuple[str, ...], extraction: str | None = None) -> tuple[pa.Table, dict, list[tuple]]:
     for column in ("response", "gold", "pred", "reward"):
         if column not in table.column_names:
             raise DatasetError(f"shard has no {column!r} column")
@@ -94,7 +94,6 @@ def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
                              pa.array(result.rewards, type=reward_type))
     prompt_ids = table.column("prompt_id").to_pylist() if "prompt_id" in table.column_names else [None] * len(golds)
     stats = {
-        "per_row": list(zip(prompt_ids, golds, result.rewards, strict=True)),
         "rows": len(responses),
         "accepted_before": sum(1 for r in old_rewards if r == 1.0),
         "accepted_after": sum(1 for r in result.rewards if r == 1.0),
@@ -103,7 +102,7 @@ def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
                             if a != b or c != d),
         "timed_out": len(result.timed_out),
     }
-    return table, stats
+    return table, stats, list(zip(prompt_ids, golds, result.rewards, strict=True))
 
 
 def recorded_extraction(manifest: dict) -> tuple[str | None, tuple[str, ...]]:
@@ -135,15 +134,16 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
     _remove_unlisted(data_dir, manifest)
 
     token = secrets.token_hex(4)
-    new_shards, totals = [], {}
+    new_shards, totals, per_row = [], {}, []
     for name in old_shards:
         try:
             table = pq.read_table(data_dir / name)
         except (OSError, pa.ArrowException) as e:
             raise DatasetError(f"{data_dir / name}: unreadable shard ({e})") from None
-        table, stats = _rescore_table(table, workers, deadline, fallbacks, extraction)
+        table, stats, rows = _rescore_table(table, workers, deadline, fallbacks, extraction)
+        per_row += rows  # (prompt_id, gold, reward): what the manifest's counts are recounted from
         for key, value in stats.items():
-            totals[key] = totals.get(key, 0 if key != "per_row" else []) + value
+            totals[key] = totals.get(key, 0) + value
         new_name = f"{_RESCORED.sub('', Path(name).stem)}.r{token}.parquet"
         atomic_write(data_dir / new_name, lambda f, table=table: pq.write_table(table, f))
         new_shards.append(new_name)
@@ -171,7 +171,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
     manifest["verifier_version"] = VERIFIER_VERSION
     manifest["extraction"] = summary["extraction"]
     manifest["pass_rate"] = summary["pass_rate_after"]
-    recount(manifest, totals["per_row"])
+    recount(manifest, per_row)
     manifest["rescores"] = [*manifest.get("rescores", []), summary]
     atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
     write_dataset_card(dataset)  # the card follows the manifest: new shards, verifier and pass rate

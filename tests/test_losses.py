@@ -228,7 +228,7 @@ def test_adft_anchor_is_unbiased_for_kl_of_behaviour_to_policy():
 
 
 def test_temperature_and_float32_projection(tiny_model):
-    from offline_rl.projection import _chunk_logprobs, token_logprobs_at
+    from offline_rl.projection import LogitHead, _chunk_logprobs, token_logprobs_at
 
     model, tokenizer = tiny_model
     examples = [Example("a", tokenizer("Question: 1+2?\nAnswer:")["input_ids"], tokenizer(" 3 \\boxed{3}")["input_ids"])]
@@ -243,10 +243,10 @@ def test_temperature_and_float32_projection(tiny_model):
         # under bf16 autocast the float32 projection stays exact; the default one carries bf16's error
         hidden = torch.randn(16, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
         targets = torch.arange(16)
-        exact = _chunk_logprobs(model.lm_head, hidden, targets, (1.0,), False)
+        exact = _chunk_logprobs(LogitHead(model.lm_head), hidden, targets, (1.0,), False)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            high = _chunk_logprobs(model.lm_head, hidden, targets, (1.0,), True)
-            low = _chunk_logprobs(model.lm_head, hidden, targets, (1.0,), False)
+            high = _chunk_logprobs(LogitHead(model.lm_head), hidden, targets, (1.0,), True)
+            low = _chunk_logprobs(LogitHead(model.lm_head), hidden, targets, (1.0,), False)
     assert torch.allclose(high, exact, atol=1e-5)
     assert (low - exact).abs().max() > 1e-3
 

@@ -117,12 +117,11 @@ def run_iterate(cfg: IterateConfig, train_cfg: TrainConfig | None = None, learne
     train_cfg = replace(train_cfg, learner=cfg.learner)
     report_targets(cfg.report_to)
     model = resolve_model(cfg.model or str(DEFAULT_BASE_MODEL))
-    rounds = Rounds(cfg, train_cfg, learner_cfg, model, Path(cfg.out), 1, engine)
+    rounds = Rounds(cfg, train_cfg, learner_cfg, model, Path(cfg.out), prompt_windows(cfg), engine)
     owned = sorted((given & set(rounds.train_settings(1))) - {f.name for f in fields(IterateConfig)})
     if owned:
         raise UsageError(f"--{owned[0].replace('_', '-')} is set by bin/iterate itself each round")
     check_view(LEARNERS[cfg.learner], train_cfg.view or LEARNERS[cfg.learner].views[0], {})
-    rounds.windows = prompt_windows(cfg)
     for name in cfg.benchmarks.split(",") if cfg.eval_every else []:  # bad benchmarks fail now, not in round 5
         if name.strip():
             evaluate.load_benchmark(name.strip(), evaluate.EvalConfig())
@@ -204,7 +203,7 @@ class Rounds:
                     continue
                 record = self.round(k)
                 write_json(record_file, record)  # last: its presence marks a finished round
-                self.forget_optimizer(k - 1)
+                self.forget_optimizer(k)
                 bar.update(1)
                 bar.set_postfix(pass_rate=f"{record['pass_rate']:.3f}",
                                 **({"eval": f"{record['eval_avg']:.1f}"} if record.get("eval_avg") is not None else {}))
@@ -297,8 +296,8 @@ class Rounds:
             force=True, problems=cfg.problems, template=cfg.template, **engine_flags(cfg))  # stop: the template's
 
     def forget_optimizer(self, k: int) -> None:
-        """Every optimizer state older than the latest trained round's (up to round k+1): only that one goes on."""
-        latest = self.last_trained(k + 2)
+        """Once round k is done: every optimizer state older than the latest trained round's, the one that goes on."""
+        latest = self.last_trained(k + 1)
         for j in range(1, (latest or 1)):
             shutil.rmtree(self.out / f"round-{j}" / "train" / "checkpoints", ignore_errors=True)
 
