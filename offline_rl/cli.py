@@ -8,6 +8,7 @@ parses flags into that config and calls it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Callable
@@ -121,7 +122,16 @@ def command(name: str, prog: str | None = None) -> None:
     from rollout.runtime import run
 
     main = COMMANDS[name][1]()
+    atexit.register(end_process_group)
     run(lambda _: main(None), prog or name)
+
+
+def end_process_group() -> None:
+    """The torch.distributed group a multi-process bin/train joined, ended before the interpreter exits (gloo's
+    threads would otherwise abort the exit: "terminate called without an active exception")."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:

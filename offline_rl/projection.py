@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from offline_rl.sharding import gathered_weight
+
 
 def token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int = 0, float32: bool = False) -> torch.Tensor:
     """log pi(target_t | prefix) for every response position, in float32: [B, T] (0 elsewhere)."""
@@ -61,7 +63,7 @@ def fused_token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int,
     hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
     where = batch["response_mask"].bool()  # [B, T]
     lm_head = _unwrap(model).get_output_embeddings()
-    surrogate, selected = fused_weighted_logprobs(hidden[where], lm_head.weight, batch["targets"][where], chunk_size,
+    surrogate, selected = fused_weighted_logprobs(hidden[where], gathered_weight(lm_head.weight), batch["targets"][where], chunk_size,
                                                   token_grad)
     logprobs = torch.zeros((1, *where.shape), dtype=torch.float32, device=hidden.device)  # [1, B, T]
     logprobs[:, where] = selected
@@ -74,6 +76,7 @@ class LogitHead:
     chunked log-probs are the model's whatever its family."""
 
     def __init__(self, lm_head, multiplier: float = 1.0, softcap: float | None = None):
+        gathered_weight(lm_head.weight)  # under FSDP2: whole, not a shard
         self.lm_head, self.multiplier, self.softcap = lm_head, multiplier, softcap
 
     def __call__(self, hidden: torch.Tensor, float32: bool = False) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import IO, Any
 import torch
 from tqdm.auto import tqdm
 
-from offline_rl import views
+from offline_rl import sharding, views
 from offline_rl.learner import Learner
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_at
@@ -88,6 +88,7 @@ class TrainState:
     dropped_truncated: int
     metrics_file: IO | None
     tracked: bool  # trackers besides metrics.jsonl
+    sharded: bool = False  # FSDP2: the model's parameters, gradients and moments sharded over the ranks
     start: float = 0.0
     tokens_seen: int = 0
 
@@ -141,7 +142,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     manifests = complete_manifests(cfg.data)
     dataset = load_offline_dataset(cfg.data)
     model_path = resolve_model(cfg.model or next(iter(manifests.values()))["model"])
-    accelerator, board, tracked = make_accelerator(cfg)
+    accelerator, board, tracked, fsdp = make_accelerator(cfg)
     set_seed(cfg.seed)
     cfg = replace(cfg, view=cfg.view or learner.views[0])
     check_view(learner, cfg.view, manifests)  # one line naming what is missing, before any loading
@@ -157,27 +158,31 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused
         hold_directory(out, "train", force=cfg.force, owned=lambda d: (d / "train_config.json").is_file())
     identity = run_identity(cfg, learner_cfg, model_path, manifests)
+    if fsdp is not None:
+        identity["fsdp"] = 2  # a sharded checkpoint resumes only under FSDP2 (any number of processes)
     resume_from = checkpoint_to_resume(cfg, identity)
-    model, optimizer, scheduler = build_model(cfg, model_path, accelerator)
-    first_step = restore(cfg, accelerator, scheduler, optimizer, resume_from, init_from, offset)
-    projection = fused_projection(learner, learner_cfg, cfg, ratio_temperature, accelerator)
+    model, optimizer, scheduler = build_model(cfg, model_path, accelerator, fsdp)
+    first_step = restore(cfg, accelerator, model, scheduler, optimizer, resume_from, init_from, offset)
+    projection = fused_projection(learner, learner_cfg, cfg, ratio_temperature)
     if (getattr(accelerator.unwrap_model(model).get_output_embeddings(), "bias", None) is not None
             or logit_transform(model) != (1.0, None)):
         projection = None  # the fused projection has no bias term, no logit scaling and no soft-capping
     if accelerator.is_main_process:
+        layout = f"FSDP2 over {accelerator.num_processes} processes" if fsdp else \
+            f"{accelerator.num_processes} process{'es' * (accelerator.num_processes > 1)}"
         print(f"projection: {'fused chunks' if projection is not None else 'checkpointed chunks'} of "
-              f"{cfg.logit_chunk_size or 'all'} response tokens", file=sys.stderr)
+              f"{cfg.logit_chunk_size or 'all'} response tokens; {layout}", file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
     per_process = cfg.micro_batch_size * accelerator.num_processes
     return TrainState(cfg, learner, learner_cfg, accelerator, model, optimizer, scheduler, tokenizer, examples,
                       identity, offset, first_step, cfg.batch_size // per_process, projection,
                       (1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature), ratio_temperature,
-                      dropped, metrics_file, tracked)
+                      dropped, metrics_file, tracked, fsdp is not None)
 
 
 def make_accelerator(cfg: TrainConfig):
-    """accelerate's Accelerator (bf16 on a GPU) with the trackers ``--report-to`` names; the TensorBoard one, and
-    whether any is on."""
+    """accelerate's Accelerator (bf16 on a GPU) with the trackers ``--report-to`` names; the TensorBoard one,
+    whether any is on, and the FSDP2 sharding ``accelerate launch`` asked for (None: none, or one process)."""
     from accelerate import Accelerator
     from accelerate.tracking import TensorBoardTracker
 
@@ -186,9 +191,16 @@ def make_accelerator(cfg: TrainConfig):
     board = TensorBoardTracker("tensorboard", str(cfg.out)) if "tensorboard" in trackers and cfg.out else None
     log_with = [board] * (board is not None) + [t for t in trackers if t != "tensorboard"]
     on_gpu = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no", log_with=log_with or None,
-                              project_dir=cfg.out)
-    return accelerator, board, bool(log_with)
+    fsdp = sharding.requested()
+    if fsdp is not None:
+        sharding.load_whole_on_every_rank()
+    with sharding.accelerate_unsharded() if fsdp else contextlib.nullcontext():  # we shard, not accelerate
+        accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no",
+                                  log_with=log_with or None, project_dir=cfg.out)
+    if fsdp is not None and accelerator.num_processes == 1:
+        print("FSDP on one process: nothing to shard, training unsharded", file=sys.stderr)
+        fsdp = None
+    return accelerator, board, bool(log_with), fsdp
 
 
 def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, manifests: dict, model_path: str,
@@ -244,8 +256,10 @@ def checkpoint_to_resume(cfg: TrainConfig, identity: dict) -> Path | None:
     return resume_from
 
 
-def build_model(cfg: TrainConfig, model_path: str, accelerator):
-    """The model in float32 (one line if its weights do not load), fused AdamW and the warm-up + cosine schedule."""
+def build_model(cfg: TrainConfig, model_path: str, accelerator, fsdp=None):
+    """The model in float32 (one line if its weights do not load), fused AdamW and the warm-up + cosine schedule;
+    under FSDP2 the model sharded (:mod:`offline_rl.sharding`) before the optimizer sees its parameters, and
+    neither prepared by accelerate (no DDP wrapper; the checkpoints save them as DCP shards)."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -255,27 +269,35 @@ def build_model(cfg: TrainConfig, model_path: str, accelerator):
             raise
         raise UsageError(f"cannot load model {model_path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     model.config.use_cache = False
+    if fsdp is not None:
+        model = sharding.shard(model, fsdp, accelerator.device)
     # fused: one kernel over all parameters (measured 7.8x faster than the per-tensor loop at 0.5B on CPU)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                                   fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule_steps, cfg.warmup_steps))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if fsdp is None:
+        model, optimizer = accelerator.prepare(model, optimizer)
     # registered, not prepared: a prepared scheduler steps once per process, changing the schedule under DDP
     accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
 
 
-def restore(cfg: TrainConfig, accelerator, scheduler, optimizer, resume_from: Path | None, init_from: Path | None,
-            offset: int) -> int:
+def restore(cfg: TrainConfig, accelerator, model, scheduler, optimizer, resume_from: Path | None,
+            init_from: Path | None, offset: int) -> int:
     """Load a resumed checkpoint (model, optimizer, scheduler, RNG) or the one ``--init-from`` continues;
     returns the step the loop starts from."""
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        load_checkpoint(accelerator, model, optimizer, resume_from)
         return int(resume_from.name.removeprefix("step-"))
     if init_from is None:
         return offset
+    if sharding.checkpoint_is_sharded(init_from) and not sharding.is_sharded(model):
+        raise UsageError(f"--init-from {init_from} holds FSDP2 shards: continue it under FSDP2 "
+                         "(accelerate launch --config_file configs/accelerate/fsdp.yaml ...)")
+    if sharding.is_sharded(model) and not sharding.checkpoint_is_sharded(init_from):
+        raise UsageError(f"--init-from {init_from} was saved without FSDP: continue it without FSDP")
     try:
-        accelerator.load_state(str(init_from))
+        load_checkpoint(accelerator, model, optimizer, init_from)
     except Exception as e:  # another architecture, a damaged state: torch and accelerate raise many types
         if is_disk_full(e):
             raise
@@ -351,7 +373,8 @@ def loop(state: TrainState) -> None:
                 loss_sum, metrics = backward(state, batch, step_units)
             for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
                 totals[k] = max(totals.get(k, -math.inf), float(v)) if k.endswith("_max") else totals.get(k, 0.0) + float(v)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        grad_norm = (sharding.clip_grad_norm(model, cfg.max_grad_norm) if state.sharded
+                     else accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
         record = step_record(state, step, totals, step_units, grad_norm)
         bar.set_postfix(loss=f"{record['loss']:.4f}", nll=f"{record.get('nll', float('nan')):.3f}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
@@ -370,7 +393,8 @@ def loop(state: TrainState) -> None:
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_checkpoint(accelerator, Path(cfg.out) / "checkpoints", step + 1, state.identity)
+            save_checkpoint(accelerator, Path(cfg.out) / "checkpoints", step + 1, state.identity,
+                            (model, state.optimizer) if state.sharded else None)
         pause_point(f"train:step-{step + 1}")
 
 
@@ -426,7 +450,8 @@ def finish(state: TrainState) -> dict:
     """The final Hugging Face checkpoint (FSDP shards gathered), the summary that marks the run finished, the card."""
     cfg, accelerator = state.cfg, state.accelerator
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(state.model)  # collective: gathers FSDP shards onto the main process
+    # collective: gathers FSDP2 shards onto the main process
+    state_dict = sharding.full_state_dict(state.model) if state.sharded else accelerator.get_state_dict(state.model)
     seconds = time.time() - state.start
     summary = {"learner": cfg.learner, "steps": cfg.steps, "first_step": state.offset, "last_step": state.last_step,
                "examples": len(state.examples), "dropped_truncated": state.dropped_truncated,
@@ -466,14 +491,17 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.removeprefix("step-")), default=None)
 
 
-def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict) -> None:
+def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict, sharded=None) -> None:
     """Model, optimizer, scheduler and RNG states, and the settings that made them (``run.json``),
-    written aside and renamed into place, so a failed save never replaces or corrupts the last good checkpoint."""
+    written aside and renamed into place, so a failed save never replaces or corrupts the last good checkpoint.
+    ``sharded``: an FSDP2 run's (model, optimizer), saved by every rank as DCP shards beside accelerate's files."""
     final, partial = checkpoints / f"step-{step}", checkpoints / f".step-{step}.partial"
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    if sharded is not None:
+        sharding.save(*sharded, partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(partial / "run.json", identity)
@@ -597,18 +625,23 @@ def save_final(model, tokenizer, state_dict, out: Path) -> None:
     partial.rmdir()
 
 
-def fused_projection(learner: Learner, learner_cfg, cfg: TrainConfig, ratio_temperature, accelerator):
+def fused_projection(learner: Learner, learner_cfg, cfg: TrainConfig, ratio_temperature):
     """The learner's per-token gradient rule when the fused projection can serve it, else None (the checkpointed
-    path): a per-token loss (``token_grad``), chunked projection asked for, the policy read at temperature 1 only,
-    and no FSDP (whose sharded lm_head weight the fused function cannot read). An lm_head with a bias is checked
-    once the model is loaded."""
-    from accelerate.utils import DistributedType
-
+    path): a per-token loss (``token_grad``), chunked projection asked for, and the policy read at temperature 1
+    only. Under FSDP2 the lm_head's unit is gathered while the projection runs (:mod:`offline_rl.sharding`). An
+    lm_head with a bias is checked once the model is loaded."""
     rule = learner.token_grad(learner_cfg) if learner.token_grad is not None else None
-    if (rule is None or cfg.logit_chunk_size <= 0 or ratio_temperature not in (None, 1.0)
-            or accelerator.distributed_type == DistributedType.FSDP):
+    if rule is None or cfg.logit_chunk_size <= 0 or ratio_temperature not in (None, 1.0):
         return None
     return rule
+
+
+def load_checkpoint(accelerator, model, optimizer, checkpoint: Path) -> None:
+    """A checkpoint's states into this run: accelerate's files (scheduler, RNG; model and optimizer unless
+    sharded), then an FSDP2 run's DCP shards."""
+    accelerator.load_state(str(checkpoint))
+    if sharding.is_sharded(model):
+        sharding.load(model, optimizer, checkpoint)
 
 
 def continued_from(cfg: TrainConfig) -> tuple[Path | None, int]:
