@@ -43,7 +43,8 @@ class CollectConfig(SamplingFlags, EngineFlags):
     prompts: int = field(default=None, metadata={"help": "then use at most N prompts", "min": 1})
     shard: str = field(default="0/1", metadata={"help": "I/N: take every N-th prompt starting at I (for several processes or machines)", "advanced": True})
     seed: int = field(default=0, metadata={"help": "run seed; each prompt's seed derives from it and the prompt id"})
-    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: this many engines, each on its own GPUs and --shard, merged into --out", "min": 1, "advanced": True})
+    data_parallel_size: int = field(default=1, metadata={"help": "data parallelism: this many engines, each on its own GPUs and --shard (OUT/dp-I), merged into --out; processes on this machine, or Ray tasks with --ray-address", "min": 1, "advanced": True})
+    ray_address: str = field(default=None, metadata={"help": "run the --data-parallel-size engines as Ray tasks: local (a cluster of this machine, stopped at the end), auto (the running cluster), or HOST:PORT; OUT must be storage every node shares (pip install 'offline-rl[ray]')", "advanced": True})
     shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)", "min": 1, "advanced": True})
     force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters, or write into one bin/collect did not make"})
     extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
@@ -65,7 +66,7 @@ def run_collect(cfg: CollectConfig, *, world: Callable[[str], list] | None = Non
         raise UsageError("--out is required")
     shard_index, shard_count = parse_shard(cfg.shard)
     model = resolve_model(cfg.model or default_model)
-    if cfg.data_parallel_size > 1:
+    if cfg.data_parallel_size > 1 or cfg.ray_address:
         return data_parallel(cfg, world, default_model)
     try:
         loaded = load_source(cfg.source, cfg.format, cfg.question_field, cfg.answer_field, cfg.hub_split, world)
@@ -124,24 +125,45 @@ def is_collect_directory(out: Path) -> bool:
 
 
 def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
-    """vLLM's offline data parallelism: one engine process per rank, each on its own GPUs and its
-    own --shard of the prompts (into OUT/dp-I), then one merged dataset in OUT."""
+    """Data parallelism: one engine per rank, each on its own GPUs and its own --shard of the prompts (into
+    OUT/dp-I, each resumable as a collection of its own), then one merged dataset in OUT. The ranks are processes
+    on this machine, or Ray tasks anywhere on a cluster (``--ray-address``)."""
+    if cfg.shard != "0/1":
+        raise UsageError("--data-parallel-size already shards the prompts; drop --shard")
+    size = cfg.data_parallel_size
+    out = Path(cfg.out)
+    if cfg.ray_address:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise UsageError("--ray-address: ray is not installed; pip install 'offline-rl[ray]'")
+    hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
+    ranks = [replace(cfg, out=str(out / f"dp-{rank}"), shard=f"{rank}/{size}", data_parallel_size=1, ray_address=None)
+             for rank in range(size)]
+    if cfg.ray_address:
+        from rollout.ray_collect import run_ranks
+
+        run_ranks(cfg.ray_address, ranks, world, default_model)
+    else:
+        local_ranks(ranks, world, default_model)
+    manifest = merge(out, [Path(rank.out) for rank in ranks])
+    print(f"merged {size} data-parallel ranks: {manifest['counts']['responses']} responses -> {out}")
+    return manifest
+
+
+def local_ranks(ranks: list[CollectConfig], world, default_model: str | None) -> None:
+    """Each rank's collection in a process of its own on this machine (vLLM's offline data parallelism)."""
     import multiprocessing
     import os
 
-    if cfg.shard != "0/1":
-        raise UsageError("--data-parallel-size already shards the prompts; drop --shard")
-    size, tp = cfg.data_parallel_size, cfg.tensor_parallel_size
-    out = Path(cfg.out)
-    hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
     context, procs, saved = multiprocessing.get_context("spawn"), [], dict(os.environ)
+    tp = ranks[0].tensor_parallel_size
     try:
-        for rank in range(size):
+        for rank, rank_cfg in enumerate(ranks):
             # ranks sharing a CPU: split its cores rather than oversubscribe them (spin-waiting threads)
-            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // size)))
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(ranks))))
             if "CUDA_VISIBLE_DEVICES" not in saved:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(rank * tp + g) for g in range(tp))
-            rank_cfg = replace(cfg, out=str(out / f"dp-{rank}"), shard=f"{rank}/{size}", data_parallel_size=1)
             procs.append(context.Process(target=_rank, args=(rank_cfg, world, default_model)))
             procs[-1].start()  # the child takes the environment as it is now
     finally:
@@ -152,9 +174,6 @@ def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
     failed = [rank for rank, p in enumerate(procs) if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"data-parallel ranks {failed} failed; rerun the same command to resume them")
-    manifest = merge(out, [out / f"dp-{rank}" for rank in range(size)])
-    print(f"merged {size} data-parallel ranks: {manifest['counts']['responses']} responses -> {out}")
-    return manifest
 
 
 def _rank(cfg: CollectConfig, world, default_model: str | None) -> None:
@@ -200,6 +219,7 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
                                   use_tqdm=False, on_result=lambda i, samples, chunk=chunk, scorer=scorer: scorer.add(
                                       [((i, j), s.text, chunk[i]["gold"]) for j, s in enumerate(samples)]))
         scored, timed_out, _ = scorer.finish()
+        pause_point(f"collect:{cfg.shard}:sampled-{len(writer.manifest['shards']) + 1}")  # mid-shard: nothing written
         rows = []
         for i, (record, prompt, ids, samples) in enumerate(zip(chunk, prompts, prompt_ids, outputs, strict=True)):
             for idx, s in enumerate(samples):

@@ -111,6 +111,39 @@ def test_data_parallel_ranks_merge_into_the_single_process_run(tmp_path, hf_data
 
 
 @pytest.mark.slow
+def test_ray_ranks_equal_one_process_and_a_killed_worker_is_retried(tmp_path, vllm_dataset):
+    """bin/collect --ray-address local: 2 ranks as Ray tasks on a cluster the command starts (and stops) on
+    127.0.0.1. Rank 1's worker is killed after sampling its second shard, before writing it; Ray retries the task,
+    which resumes from its first shard. The rows equal the single-process collect's (the first 8 of its prompts)."""
+    import psutil
+
+    out, flag = tmp_path / "ray", tmp_path / "paused"
+    env = {**os.environ, PAUSE_ENV: "collect:1/2:sampled-2", PAUSE_ENV + "_FILE": str(flag)}
+    args = ["--out", str(out), "--ray-address", "local", "--data-parallel-size", "2", "--prompts", "8", "--n", "2",
+            "--max-tokens", "96", "--seed", "0", "--shard-size", "2"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "collect"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not flag.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else "timeout"
+        time.sleep(0.05)
+    killed = flag.read_text()
+    os.kill(int(killed), signal.SIGKILL)  # the worker, mid-shard
+    while not flag.exists() or flag.read_text() in ("", killed):  # the retried task reaches the same point
+        assert proc.poll() is None and time.time() < deadline, "the killed rank was not retried"
+        time.sleep(0.05)
+    flag.unlink()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert list((out / "dp-1").glob("collect_config.resume-*.json"))  # the retry resumed rank 1's dataset
+    manifest = read_manifest(out)
+    assert manifest["complete"] and manifest["counts"]["prompts"] == 8 and manifest["counts"]["responses"] == 16
+    single = {k: v for k, v in responses(vllm_dataset).items() if k[0] in {p for p, _ in responses(out)}}
+    assert responses(out) == single and len(single) == 16
+    assert not any("raylet" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+
+@pytest.mark.slow
 def test_logprobs_are_those_of_the_tempered_distribution(tempered_dataset):
     """At temperature 0.7 the stored log-probs are log softmax(logits / 0.7), what was sampled from."""
     rows = read_rows(tempered_dataset)
