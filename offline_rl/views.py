@@ -132,6 +132,21 @@ def require_behavior_logprobs(dataset, learner: str) -> None:
                          "(demonstrations, or samples collected without them)")
 
 
+def check_logprobs_mode(path: str, manifest: dict, temperature: float, learner: str) -> None:
+    """The stored log-probs are those of the distribution sampled from: our engines' always (vLLM with
+    ``processed_logprobs``, transformers' processed scores); a server's only as declared at collection, with
+    ``raw_logprobs`` the same distribution at temperature 1 only. Refused otherwise, even with
+    --approximate-ratios: a ratio to log-probs of unknown processing is not an approximation of anything."""
+    mode = manifest.get("logprobs_mode", "processed_logprobs" if manifest.get("backend") in ("vllm", "hf") else None)
+    if mode == "processed_logprobs" or (mode == "raw_logprobs" and temperature == 1.0):
+        return
+    if mode is None:
+        raise UsageError(f"{learner}: {path} does not say how its behaviour log-probs were computed (a server "
+                         "sampled it); collect with --server-logprobs-mode as the server runs, e.g. processed_logprobs")
+    raise UsageError(f"{learner}: {path} holds {mode} at temperature {temperature:g}, not the log-probs of the "
+                     "distribution sampled from; serve with --logprobs-mode processed_logprobs")
+
+
 def behavior_temperature(manifests: dict[str, dict], model_path: str, learner: str, approximate: bool) -> float:
     """The temperature T at which ``log softmax(logits / T)`` of the sampling model equals the stored
     behaviour log-probs, checked on every dataset's manifest; refused (one line) where no T makes the
@@ -161,6 +176,7 @@ def behavior_temperature(manifests: dict[str, dict], model_path: str, learner: s
             if not same_model(manifest.get("model"), model_path):
                 raise UsageError(f"{learner}: {path} was sampled by {manifest.get('model')}, not by the initial model "
                                  f"{model_path}; --approximate-ratios to run anyway")
+        check_logprobs_mode(path, manifest, float(sampling["temperature"]), learner)
         temperatures.add(float(sampling["temperature"]))
     if len(temperatures) > 1:
         raise UsageError(f"{learner}: the datasets were sampled at different temperatures "

@@ -193,6 +193,7 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
         "backend": cfg.backend, "shard": cfg.shard, "verifier_version": rewards.VERIFIER_VERSION,
         "skipped_without_gold": loaded.skipped_without_gold, "identity": identity, "complete": False,
         "scoring_deadline_seconds": cfg.scoring_deadline, "extraction": cfg.extraction,
+        "logprobs_mode": cfg.logprobs_mode(), **({"endpoint": cfg.endpoint} if cfg.backend == "openai" else {}),
     })  # the first write: from here on every crash point is resumable
     save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
     pause_point("collect:started")

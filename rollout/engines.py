@@ -50,7 +50,11 @@ class SamplingFlags:
 class EngineFlags:
     """The engine's own settings, shared as flags by every command that samples (collect, eval, iterate, compare)."""
 
-    backend: str = field(default="vllm", metadata={"help": "generation engine", "choices": ["vllm", "hf"]})
+    backend: str = field(default="vllm", metadata={"help": "generation engine: vllm (in this process), hf (transformers), openai (a running vllm serve at --endpoint)", "choices": ["vllm", "hf", "openai"]})
+    endpoint: str = field(default=None, metadata={"help": "--backend openai: the server's URL, e.g. http://host:8000 (one vllm serve, or many behind one address)", "advanced": True})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: the environment variable holding the server's API key (if it wants one)", "advanced": True})
+    concurrency: int = field(default=64, metadata={"help": "--backend openai: requests in flight at once", "min": 1, "advanced": True})
+    server_logprobs_mode: str = field(default=None, metadata={"help": "--backend openai: the --logprobs-mode the server runs with, recorded in the dataset (ratio learners need processed_logprobs, or raw_logprobs at temperature 1; undeclared: refused by them)", "choices": ["processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits"], "advanced": True})
     dtype: str = field(default="float32", metadata={"help": "model dtype in the engine", "advanced": True,
                                                     "choices": ["float32", "bfloat16", "float16", "auto"]})
     max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)", "min": 1, "advanced": True})
@@ -60,9 +64,18 @@ class EngineFlags:
     kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU", "above": 0, "advanced": True})
 
     def engine(self, model: str, seed: int):
+        if self.backend == "openai":
+            from rollout.server import OpenAIEngine
+
+            return OpenAIEngine(model, self.endpoint, self.api_key_env, self.concurrency)
         return ENGINES[self.backend](model, seed=seed, dtype=self.dtype, max_model_len=self.max_model_len,
                                      kv_cache_gib=self.kv_cache_gib, tensor_parallel_size=self.tensor_parallel_size,
                                      gpu_memory_utilization=self.gpu_memory_utilization)
+
+    def logprobs_mode(self) -> str | None:
+        """How the stored behaviour log-probs were computed: the sampled distribution's (after temperature and
+        top-p) by our engines; what the server was declared to run with; None: not known."""
+        return self.server_logprobs_mode if self.backend == "openai" else "processed_logprobs"
 
 
 def context_length(model: str, max_model_len: int | None = None) -> int | None:
@@ -316,6 +329,8 @@ def start_engine(cfg: EngineFlags, model: str):
     """The engine, or one line saying why it would not start (a bad --dtype, no room for the KV cache, ...)."""
     try:
         return cfg.engine(model, cfg.seed)
+    except UsageError:
+        raise
     except Exception as e:  # vLLM and torch raise many types; the first line names the cause
         if is_disk_full(e):
             raise

