@@ -137,7 +137,7 @@ def check_logprobs_mode(path: str, manifest: dict, temperature: float, learner: 
     ``processed_logprobs``, transformers' processed scores); a server's only as declared at collection, with
     ``raw_logprobs`` the same distribution at temperature 1 only. Refused otherwise, even with
     --approximate-ratios: a ratio to log-probs of unknown processing is not an approximation of anything."""
-    mode = manifest.get("logprobs_mode", "processed_logprobs" if manifest.get("backend") in ("vllm", "hf") else None)
+    mode = manifest.get("logprobs_mode") or (None if manifest.get("backend") == "openai" else "processed_logprobs")
     if mode == "processed_logprobs" or (mode == "raw_logprobs" and temperature == 1.0):
         return
     if mode is None:

@@ -143,7 +143,7 @@ def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
     if cfg.ray_address:
         from rollout.ray_collect import run_ranks
 
-        run_ranks(cfg.ray_address, ranks, world, default_model)
+        run_ranks(cfg.ray_address, run_collect, ranks, world, default_model)
     else:
         local_ranks(ranks, world, default_model)
     manifest = merge(out, [Path(rank.out) for rank in ranks])

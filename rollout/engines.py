@@ -8,7 +8,6 @@ and top-p), which is what importance weights against the behaviour policy need.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -16,23 +15,7 @@ from dataclasses import dataclass, field
 
 from rollout.files import is_disk_full
 from rollout.runtime import UsageError
-
-
-@dataclass
-class Sample:
-    token_ids: list[int]
-    logprobs: list[float]
-    text: str
-    finish_reason: str  # "stop" or "length"
-
-
-@dataclass
-class SamplingConfig:
-    n: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 160
-    stop: list[str] | None = None
+from rollout.sampling import Sample, SamplingConfig, prompt_seed, stop_token_ids  # noqa: F401 -- engines' names
 
 
 @dataclass
@@ -50,7 +33,7 @@ class SamplingFlags:
 class EngineFlags:
     """The engine's own settings, shared as flags by every command that samples (collect, eval, iterate, compare)."""
 
-    backend: str = field(default="vllm", metadata={"help": "generation engine: vllm (in this process), hf (transformers), openai (a running vllm serve at --endpoint)", "choices": ["vllm", "hf", "openai"]})
+    backend: str = field(default="vllm", metadata={"help": "engine (openai: vllm serve)", "choices": ["vllm", "hf", "openai"]})
     endpoint: str = field(default=None, metadata={"help": "--backend openai: the server's URL, e.g. http://host:8000 (one vllm serve, or many behind one address)", "advanced": True})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: the environment variable holding the server's API key (if it wants one)", "advanced": True})
     concurrency: int = field(default=64, metadata={"help": "--backend openai: requests in flight at once", "min": 1, "advanced": True})
@@ -72,6 +55,12 @@ class EngineFlags:
                                      kv_cache_gib=self.kv_cache_gib, tensor_parallel_size=self.tensor_parallel_size,
                                      gpu_memory_utilization=self.gpu_memory_utilization)
 
+    def require_own_engine(self, command: str) -> None:
+        """Commands that load each new checkpoint into their engine: a server's model is not theirs to replace."""
+        if self.backend == "openai":
+            raise UsageError(f"{command} samples from each checkpoint it trains; a server only serves its own model: "
+                             "use --backend vllm or hf")
+
     def logprobs_mode(self) -> str | None:
         """How the stored behaviour log-probs were computed: the sampled distribution's (after temperature and
         top-p) by our engines; what the server was declared to run with; None: not known."""
@@ -83,20 +72,6 @@ def context_length(model: str, max_model_len: int | None = None) -> int | None:
     from transformers import AutoConfig
 
     return max_model_len or getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None)
-
-
-def stop_token_ids(tokenizer, stop: list[str] | None) -> list[int]:
-    """The ids of stop strings that are single special tokens (``<|im_end|>``, ``<|endoftext|>``). vLLM matches
-    stop strings in text decoded without special tokens, where these never appear: the Qwen2.5-Math harness
-    passes them as stop token ids (151645, 151643 for Qwen tokenizers), and so do we."""
-    added = tokenizer.get_added_vocab() if stop else {}
-    return sorted({added[s] for s in stop or [] if s in added})
-
-
-def prompt_seed(run_seed: int, prompt_id: str) -> int:
-    """A prompt's own sampling seed: the same responses whatever the batching, sharding or resumption."""
-    digest = hashlib.sha256(f"{run_seed}:{prompt_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def _on_cpu() -> bool:

@@ -14,15 +14,17 @@ here Ray only places and retries the ranks, and every rank is bin/collect itself
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from rollout.runtime import CommandFailed, UsageError
 
 RETRIES = 3  # times Ray restarts a rank whose worker died
 
 
-def run_ranks(address: str, ranks: list, world, default_model: str | None) -> None:
-    """Every rank's collection as a Ray task on the cluster at ``address`` (``local``: one started here and
-    stopped at the end); one line for a rank that failed on its input, or whose worker died past its retries."""
+def run_ranks(address: str, collect: Callable, ranks: list, world, default_model: str | None) -> None:
+    """Every rank's ``collect(rank, world=..., default_model=...)`` (bin/collect's own) as a Ray task on the
+    cluster at ``address`` (``local``: one started here and stopped at the end); one line for a rank that failed
+    on its input, or whose worker died past its retries."""
     import ray
 
     local = address == "local"
@@ -43,7 +45,7 @@ def run_ranks(address: str, ranks: list, world, default_model: str | None) -> No
         else:  # a CPU cluster: its cores shared out between the ranks
             options = {"num_gpus": 0, "num_cpus": max(1, int(resources.get("CPU", 1)) // len(ranks))}
         task = ray.remote(max_retries=RETRIES, max_calls=1, **options)(_collect_rank)
-        pending = {task.remote(rank, world, default_model): rank.shard for rank in ranks}
+        pending = {task.remote(collect, rank, world, default_model): rank.shard for rank in ranks}
         for ref, shard in pending.items():
             try:
                 ray.get(ref)
@@ -65,7 +67,5 @@ def passed_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(("OFFLINE_RL_", "VLLM_", "HF_", "TOKENIZERS_"))}
 
 
-def _collect_rank(cfg, world, default_model):
-    from rollout.collect import run_collect
-
-    run_collect(cfg, world=world, default_model=default_model)
+def _collect_rank(collect: Callable, cfg, world, default_model) -> None:
+    collect(cfg, world=world, default_model=default_model)

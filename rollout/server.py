@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from rollout.runtime import UsageError
+from rollout.sampling import Sample, stop_token_ids
 
 RETRIES = 6  # attempts after the first, 0.5 s doubling up to 30 s between them
 TIMEOUT_S = 600.0  # one request's answer (n long samples of a big model may take minutes)
@@ -94,8 +95,6 @@ class OpenAIEngine:
         ``on_result(i, samples)`` as prompt i's answer arrives."""
         from tqdm.auto import tqdm
 
-        from rollout.engines import stop_token_ids
-
         seeds = seeds or [None] * len(prompt_token_ids)
         common = {"model": self.served, "n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
                   "max_tokens": sampling.max_tokens, "stop": sampling.stop, "return_token_ids": True,
@@ -121,9 +120,7 @@ class OpenAIEngine:
                 bar.update(1)
         return results
 
-    def _sample(self, choice: dict, logprobs: bool):
-        from rollout.engines import Sample
-
+    def _sample(self, choice: dict, logprobs: bool) -> Sample:
         ids = choice.get("token_ids")
         if ids is None:
             raise UsageError(f"{self.base} answered without token ids (a vLLM server of version 0.10.2 or later "

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -76,3 +77,20 @@ def hf_dataset(tmp_path_factory) -> Path:
 def tempered_dataset(tmp_path_factory) -> Path:
     """bin/collect with vLLM at temperature 0.7 (24 prompts, 2 samples each)."""
     return collect_world(tmp_path_factory, "vllm", "--temperature", "0.7")
+
+
+@pytest.fixture(scope="session")
+def fsdp_runs(vllm_dataset, tmp_path_factory):
+    """Every learner's run under FSDP2 (one launch of 2 processes) and in one process."""
+    from offline_rl import train
+    from tests.test_fsdp import accelerate_launch, runs
+
+    root = tmp_path_factory.mktemp("fsdp")
+    sharded = runs(vllm_dataset, root / "fsdp")
+    (root / "runs.json").write_text(json.dumps(list(sharded.values())))
+    launched = subprocess.run(accelerate_launch(str(ROOT / "tests" / "fsdp_runs.py"), str(root / "runs.json")),
+                              capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert launched.returncode == 0, launched.stderr[-4000:]
+    for argv in runs(vllm_dataset, root / "single").values():
+        train.main(argv)
+    return root, launched.stderr

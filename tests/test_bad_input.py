@@ -276,6 +276,9 @@ CASES = [
     ("eval", ["--problems", "1", "--template", "{ws}/latin1.txt"], "not UTF-8"),
     # compare
     ("compare", ["--out", "{ws}/new", "--steps", "0"], "--steps must be >= 1"),
+    ("compare", ["--out", "{ws}/new", "--backend", "openai", "--endpoint", "http://127.0.0.1:9"], "a server only serves its own model"),
+    ("iterate", ["--out", "{ws}/new", "--backend", "openai", "--endpoint", "http://127.0.0.1:9"], "a server only serves its own model"),
+    ("collect", ["--out", "{ws}/new", "--backend", "openai"], "--backend openai needs --endpoint"),
     ("compare", ["--out", "{ws}/new", "--learners", "dft,ddpg"], "--learners 'ddpg': needs a name"),
     ("compare", ["--out", "{ws}/new", "--seeds", "0,one"], "--seeds"),
     ("compare", ["--out", "{ws}/new", "--benchmarks", "mmlu"], "unknown benchmark 'mmlu'"),

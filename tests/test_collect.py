@@ -82,18 +82,19 @@ def test_killed_at_any_point_then_resumed_and_a_second_writer_refused_equal_an_u
 
 
 @pytest.mark.slow
-def test_two_shards_together_equal_the_unsharded_run(tmp_path_factory, vllm_dataset):
-    shards = [collect_world(tmp_path_factory, "vllm", "--shard", f"{i}/2") for i in range(2)]
+def test_two_shards_together_equal_the_unsharded_run(tmp_path_factory, hf_dataset):
+    """--shard I/N by hand, then merge (vLLM's shards: the Ray test, whose ranks are such shards)."""
+    shards = [collect_world(tmp_path_factory, "hf", "--shard", f"{i}/2") for i in range(2)]
     together = {**responses(shards[0]), **responses(shards[1])}
     assert len(together) == len(responses(shards[0])) + len(responses(shards[1]))
-    assert together == responses(vllm_dataset)
+    assert together == responses(hf_dataset)
 
     merged = tmp_path_factory.mktemp("merged") / "data"
     done = subprocess.run([sys.executable, "-m", "offline_rl", "merge", "--out", str(merged), "--data", ",".join(map(str, shards))],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert responses(merged) == responses(vllm_dataset)
-    assert read_manifest(merged)["counts"] == read_manifest(vllm_dataset)["counts"]
+    assert responses(merged) == responses(hf_dataset)
+    assert read_manifest(merged)["counts"] == read_manifest(hf_dataset)["counts"]
     shutil.copytree(shards[0], merged.parent / "copy")
     again = subprocess.run([sys.executable, "-m", "offline_rl", "merge", "--out", str(merged.parent / "again"),
                             "--data", f"{shards[0]},{merged.parent / 'copy'}"], cwd=ROOT, capture_output=True, text=True)

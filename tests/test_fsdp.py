@@ -1,7 +1,7 @@
 """FSDP2 on 2 CPU processes (gloo) through ``accelerate launch --config_file configs/accelerate/fsdp-cpu.yaml``:
 every learner's 3 steps equal one process's at the same global batch (losses, final weights); a killed sharded
-run resumes to the uninterrupted one's weights; ``--init-from`` continues a sharded checkpoint; vLLM collects
-from the gathered checkpoint."""
+run resumes to the uninterrupted one's weights; ``--init-from`` continues a sharded checkpoint. (vLLM loads the
+gathered checkpoint: tests/test_pipeline.py. The runs: the ``fsdp_runs`` fixture in conftest.py.)"""
 
 import json
 import os
@@ -16,9 +16,6 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from offline_rl import train
-from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
-from rollout.dataset import read_manifest
 from rollout.runtime import PAUSE_ENV
 from tests.conftest import ROOT, run_bin
 from tests.test_ddp import free_port
@@ -58,23 +55,9 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-4) -> None:
     assert worst <= atol, f"{a.name}: weights differ by {worst}"
 
 
-@pytest.fixture(scope="module")
-def sharded_and_single(vllm_dataset, tmp_path_factory):
-    """Every learner's run under FSDP2 (one launch of 2 processes) and in one process."""
-    root = tmp_path_factory.mktemp("fsdp")
-    sharded = runs(vllm_dataset, root / "fsdp")
-    (root / "runs.json").write_text(json.dumps(list(sharded.values())))
-    launched = subprocess.run(accelerate_launch(str(ROOT / "tests" / "fsdp_runs.py"), str(root / "runs.json")),
-                              capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert launched.returncode == 0, launched.stderr[-4000:]
-    for argv in runs(vllm_dataset, root / "single").values():
-        train.main(argv)
-    return root, launched.stderr
-
-
 @pytest.mark.slow
-def test_every_learner_under_fsdp2_equals_one_process(sharded_and_single):
-    root, log = sharded_and_single
+def test_every_learner_under_fsdp2_equals_one_process(fsdp_runs):
+    root, log = fsdp_runs
     assert log.count("FSDP2 over 2 processes") == len(LEARNERS) + 1  # the log names the path that ran
     assert "projection: fused chunks of 256 response tokens; FSDP2" in log  # the fused projection, sharded
     for name in [*LEARNERS, "continued"]:
@@ -89,8 +72,8 @@ def test_every_learner_under_fsdp2_equals_one_process(sharded_and_single):
 
 
 @pytest.mark.slow
-def test_a_killed_fsdp2_run_resumes_to_the_uninterrupted_weights(sharded_and_single, vllm_dataset, tmp_path):
-    root, _ = sharded_and_single
+def test_a_killed_fsdp2_run_resumes_to_the_uninterrupted_weights(fsdp_runs, vllm_dataset, tmp_path):
+    root, _ = fsdp_runs
     argv = runs(vllm_dataset, tmp_path)["dft"]
     flag = tmp_path / "paused"
     env = {**os.environ, PAUSE_ENV: "train:step-2", PAUSE_ENV + "_FILE": str(flag)}
@@ -115,15 +98,3 @@ def test_a_killed_fsdp2_run_resumes_to_the_uninterrupted_weights(sharded_and_sin
     refused = run_bin("train", *argv[:-2], "--out", str(tmp_path / "other"), "--init-from",
                       str(tmp_path / "dft" / "checkpoints" / "step-2"))
     assert refused.returncode == 2 and "holds FSDP2 shards" in refused.stderr.strip().splitlines()[-1]
-
-
-@pytest.mark.slow
-def test_vllm_collects_from_the_fsdp2_checkpoint(sharded_and_single, tmp_path):
-    root, _ = sharded_and_single
-    model = root / "fsdp" / "dft"
-    collected = run_bin("collect", "--model", str(model), "--out", str(tmp_path / "data"), "--prompts", "4",
-                        "--n", "1", "--max-tokens", "32", "--seed", "0")
-    assert collected.returncode == 0, collected.stderr[-3000:]
-    manifest = read_manifest(tmp_path / "data")
-    assert manifest["complete"] and manifest["counts"]["responses"] == 4
-    assert manifest["model"] != DEFAULT_BASE_MODEL

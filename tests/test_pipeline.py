@@ -61,7 +61,9 @@ def test_hf_backend_writes_the_same_contract(hf_dataset):
 
 
 @pytest.mark.slow
-def test_train_dft_then_eval_loads_the_checkpoint_in_vllm(vllm_dataset, tmp_path):
+def test_train_dft_then_eval_loads_the_checkpoint_in_vllm(vllm_dataset, fsdp_runs, tmp_path):
+    """bin/train's checkpoint, then bin/eval in vLLM of one: the FSDP2 run's, gathered from its shards (vLLM
+    loading one-process checkpoints: every compare and iterate test)."""
     model_dir = tmp_path / "dft"
     result = run_bin("train", "--learner", "dft", "--data", str(vllm_dataset), "--out", str(model_dir),
                      "--steps", "3", "--batch-size", "4")
@@ -71,7 +73,7 @@ def test_train_dft_then_eval_loads_the_checkpoint_in_vllm(vllm_dataset, tmp_path
     assert metrics[-1]["step"] == 3 and {"loss", "nll", "p"} <= set(metrics[-1])
     assert metrics[-1]["loss"] < metrics[-1]["nll"]  # DFT's loss is NLL weighted by p < 1
 
-    result = run_bin("eval", "--model", str(model_dir), "--problems", "8", "--k", "2", "--out", str(tmp_path / "eval"))
+    result = run_bin("eval", "--model", str(fsdp_runs[0] / "fsdp" / "dft"), "--problems", "8", "--k", "2", "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(results["benchmarks"]) == world.TEST_SPLITS  # every world test split by default

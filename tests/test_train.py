@@ -7,6 +7,7 @@ from offline_rl import views
 from offline_rl.embedded import world
 from offline_rl.learners import dft, rft, sft
 from offline_rl.train import TrainConfig, run_train
+from offline_rl.train import main as train_main
 from offline_rl.views import Example, ViewContext
 from rollout.dataset import DatasetWriter, load_offline_dataset, read_manifest
 
@@ -105,7 +106,7 @@ def test_a_second_writer_is_refused_and_a_killed_run_resumes_bitwise_equal(tmp_p
     world_dataset(tmp_path / "data", tokenizer, n_prompts=32)
     args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--steps", "6",
             "--batch-size", "8", "--micro-batch-size", "4", "--lr", "3e-3", "--save-every", "2", "--log-every", "1"]
-    assert run_bin("train", *args, "--out", str(tmp_path / "whole")).returncode == 0
+    train_main([*args, "--out", str(tmp_path / "whole")])  # in this process: the same run as bin/train's
     whole = load_file(tmp_path / "whole" / "model.safetensors")
 
     def weights_equal(out) -> bool:

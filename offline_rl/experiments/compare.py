@@ -61,6 +61,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     """``bin/compare``: every stage's input checked, then the stages in order, then the report."""
     if cfg.out is None:
         raise UsageError("--out is required")
+    cfg.require_own_engine("compare")
     runs = parse_runs(cfg)
     seeds = parse_seeds(cfg.seeds)
     report_targets(cfg.report_to)

@@ -113,6 +113,7 @@ def run_iterate(cfg: IterateConfig, train_cfg: TrainConfig | None = None, learne
         raise UsageError(f"unknown learner {cfg.learner!r}; known: {', '.join(LEARNERS)}")
     if cfg.steps % cfg.rounds:
         raise UsageError(f"--steps {cfg.steps} do not split evenly into {cfg.rounds} rounds")
+    cfg.require_own_engine("iterate")
     learner_cfg = learner_cfg or LEARNERS[cfg.learner].config()
     train_cfg = replace(train_cfg, learner=cfg.learner)
     report_targets(cfg.report_to)
