@@ -186,6 +186,7 @@ def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
 def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) -> dict:
     """``bin/eval``. ``engine``: a live engine already holding the model's weights (rounds), used and left open."""
     names = [b.strip() for b in cfg.benchmarks.split(",") if b.strip()]
+    cfg.check_engine()
     if not names:
         raise UsageError(f"no benchmark given; known: {known_benchmarks()}")
     benchmarks = [load_benchmark(name, cfg) for name in names]  # every one checked before any sampling

@@ -65,6 +65,7 @@ def run_collect(cfg: CollectConfig, *, world: Callable[[str], list] | None = Non
     if cfg.out is None:
         raise UsageError("--out is required")
     shard_index, shard_count = parse_shard(cfg.shard)
+    cfg.check_engine()
     model = resolve_model(cfg.model or default_model)
     if cfg.data_parallel_size > 1 or cfg.ray_address:
         return data_parallel(cfg, world, default_model)

@@ -55,6 +55,11 @@ class EngineFlags:
                                      kv_cache_gib=self.kv_cache_gib, tensor_parallel_size=self.tensor_parallel_size,
                                      gpu_memory_utilization=self.gpu_memory_utilization)
 
+    def check_engine(self) -> None:
+        """What the engine needs, known before anything is printed or started."""
+        if self.backend == "openai" and not self.endpoint:
+            raise UsageError("--backend openai needs --endpoint URL (a running vllm serve)")
+
     def require_own_engine(self, command: str) -> None:
         """Commands that load each new checkpoint into their engine: a server's model is not theirs to replace."""
         if self.backend == "openai":

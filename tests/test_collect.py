@@ -15,7 +15,7 @@ import pytest
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import read_manifest, read_rows
 from rollout.runtime import PAUSE_ENV
-from tests.conftest import COLLECT_ARGS, ROOT, collect_world, run_bin
+from tests.conftest import COLLECT_ARGS, ROOT, run_bin
 from tests.test_cli import assert_one_line_usage_error
 from tests.test_pipeline import mean_abs_diff, transformers_logprobs
 
@@ -82,24 +82,29 @@ def test_killed_at_any_point_then_resumed_and_a_second_writer_refused_equal_an_u
 
 
 @pytest.mark.slow
-def test_two_shards_together_equal_the_unsharded_run(tmp_path_factory, hf_dataset):
-    """--shard I/N by hand, then merge (vLLM's shards: the Ray test, whose ranks are such shards)."""
-    shards = [collect_world(tmp_path_factory, "hf", "--shard", f"{i}/2") for i in range(2)]
+def test_two_shards_together_equal_the_unsharded_run(tmp_path, hf_dataset):
+    """--shard I/N by hand, then merge (vLLM's shards: the Ray test, whose ranks are such shards). In this
+    process: bin/collect's and bin/merge's own functions."""
+    from offline_rl.cli import COMMANDS
+    from rollout.dataset import DatasetError, merge
+
+    collect_main = COMMANDS["collect"][1]()  # bin/collect's main, with the embedded defaults
+
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, shard in enumerate(shards):
+        collect_main(["--out", str(shard), "--backend", "hf", *COLLECT_ARGS, "--shard", f"{i}/2"])
     together = {**responses(shards[0]), **responses(shards[1])}
     assert len(together) == len(responses(shards[0])) + len(responses(shards[1]))
     assert together == responses(hf_dataset)
 
-    merged = tmp_path_factory.mktemp("merged") / "data"
-    done = subprocess.run([sys.executable, "-m", "offline_rl", "merge", "--out", str(merged), "--data", ",".join(map(str, shards))],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    merged = tmp_path / "merged"
+    merge(merged, shards)
     assert responses(merged) == responses(hf_dataset)
     assert read_manifest(merged)["counts"] == read_manifest(hf_dataset)["counts"]
-    shutil.copytree(shards[0], merged.parent / "copy")
-    again = subprocess.run([sys.executable, "-m", "offline_rl", "merge", "--out", str(merged.parent / "again"),
-                            "--data", f"{shards[0]},{merged.parent / 'copy'}"], cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode == 2 and "repeats row" in again.stderr
-    assert not (merged.parent / "again").exists()
+    shutil.copytree(shards[0], tmp_path / "copy")
+    with pytest.raises(DatasetError, match="repeats row"):
+        merge(tmp_path / "again", [shards[0], tmp_path / "copy"])
+    assert not (tmp_path / "again").exists()
 
 
 @pytest.mark.slow
@@ -112,16 +117,17 @@ def test_data_parallel_ranks_merge_into_the_single_process_run(tmp_path, hf_data
 
 
 @pytest.mark.slow
-def test_ray_ranks_equal_one_process_and_a_killed_worker_is_retried(tmp_path, vllm_dataset):
+def test_ray_ranks_equal_one_process_and_a_killed_worker_is_retried(tmp_path, hf_dataset):
     """bin/collect --ray-address local: 2 ranks as Ray tasks on a cluster the command starts (and stops) on
     127.0.0.1. Rank 1's worker is killed after sampling its second shard, before writing it; Ray retries the task,
-    which resumes from its first shard. The rows equal the single-process collect's (the first 8 of its prompts)."""
+    which resumes from its first shard. The rows equal the single-process collect's (the first 8 of its prompts).
+    The transformers engine keeps the test short (vLLM's ranks on Ray: bench/scale.py, the same rows)."""
     import psutil
 
     out, flag = tmp_path / "ray", tmp_path / "paused"
     env = {**os.environ, PAUSE_ENV: "collect:1/2:sampled-2", PAUSE_ENV + "_FILE": str(flag)}
     args = ["--out", str(out), "--ray-address", "local", "--data-parallel-size", "2", "--prompts", "8", "--n", "2",
-            "--max-tokens", "96", "--seed", "0", "--shard-size", "2"]
+            "--max-tokens", "96", "--seed", "0", "--shard-size", "2", "--backend", "hf"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "collect"), *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
@@ -139,7 +145,7 @@ def test_ray_ranks_equal_one_process_and_a_killed_worker_is_retried(tmp_path, vl
     assert list((out / "dp-1").glob("collect_config.resume-*.json"))  # the retry resumed rank 1's dataset
     manifest = read_manifest(out)
     assert manifest["complete"] and manifest["counts"]["prompts"] == 8 and manifest["counts"]["responses"] == 16
-    single = {k: v for k, v in responses(vllm_dataset).items() if k[0] in {p for p, _ in responses(out)}}
+    single = {k: v for k, v in responses(hf_dataset).items() if k[0] in {p for p, _ in responses(out)}}
     assert responses(out) == single and len(single) == 16
     assert not any("raylet" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
 

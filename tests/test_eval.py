@@ -92,7 +92,7 @@ def test_eval_runs_each_shared_benchmark_end_to_end(tmp_path):
     if not SHARED.is_dir():
         pytest.skip(f"benchmark data absent: {SHARED}")
     result = run_bin("eval", "--benchmarks", ",".join(SHARED_BENCHMARKS), "--benchmark-dir", str(SHARED), "--problems", "3",
-                     "--k", "2", "--max-tokens", "16", "--out", str(tmp_path / "ev"))
+                     "--k", "2", "--max-tokens", "16", "--backend", "hf", "--out", str(tmp_path / "ev"))
     assert result.returncode == 0, result.stderr[-2000:]
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert list(res["benchmarks"]) == list(SHARED_BENCHMARKS)

@@ -11,7 +11,6 @@ import torch
 from offline_rl.train import lr_lambda
 from rollout.dataset import read_manifest, read_rows
 from tests.conftest import run_bin
-from tests.test_cli import assert_one_line_usage_error
 from tests.test_collect import kill, start_paused
 
 ROUNDS = ["--rounds", "2", "--steps", "6", "--prompts-per-round", "12", "--batch-size", "8",
@@ -106,19 +105,6 @@ def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
         assert s["abs_log_ratio_max"] < 1e-4 and abs(s["ratio"] - 1) < 1e-4, s
     # after one update the same samples are off-policy: the check above can fail
     assert all(s["abs_log_ratio_max"] > 1e-3 for s in seconds), seconds
-
-
-def test_bad_rounds_input_is_one_line(tmp_path):
-    result = run_bin("iterate", "--learner", "rft", "--prompts-per-round", "5000", "--out", str(tmp_path / "a"))
-    assert_one_line_usage_error(result, "exceeds the 3000 prompts")
-    result = run_bin("iterate", "--save-every", "1", "--out", str(tmp_path / "b"))
-    assert_one_line_usage_error(result, "--save-every is set by bin/iterate")
-    result = run_bin("iterate", "--learner", "rft", "--beta", "0.2", "--out", str(tmp_path / "d"))
-    assert_one_line_usage_error(result, "--beta is a flag of dpo, not of rft")
-    result = run_bin("iterate", "--learner", "dpo", "--view", "groups", "--out", str(tmp_path / "e"))
-    assert_one_line_usage_error(result, "dpo trains on the pairs view")
-    result = run_bin("iterate", "--learner", "nope", "--out", str(tmp_path / "c"))
-    assert_one_line_usage_error(result, "unknown learner")
 
 
 def test_like_samples_as_the_dataset_did_and_shares_its_prompts_over_the_rounds(vllm_dataset, tmp_path):

@@ -73,12 +73,12 @@ def test_train_dft_then_eval_loads_the_checkpoint_in_vllm(vllm_dataset, fsdp_run
     assert metrics[-1]["step"] == 3 and {"loss", "nll", "p"} <= set(metrics[-1])
     assert metrics[-1]["loss"] < metrics[-1]["nll"]  # DFT's loss is NLL weighted by p < 1
 
-    result = run_bin("eval", "--model", str(fsdp_runs[0] / "fsdp" / "dft"), "--problems", "8", "--k", "2", "--out", str(tmp_path / "eval"))
+    result = run_bin("eval", "--model", str(fsdp_runs[0] / "fsdp" / "dft"), "--problems", "4", "--k", "2", "--out", str(tmp_path / "eval"))
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(results["benchmarks"]) == world.TEST_SPLITS  # every world test split by default
     for bench in world.TEST_SPLITS:
-        assert results["benchmarks"][bench]["problems"] == 8
+        assert results["benchmarks"][bench]["problems"] == 4
         assert 0.0 <= results["benchmarks"][bench]["avg@2"] <= 1.0
     # stdout is the table alone (bin/eval > table.md): vLLM's and transformers' logs go to stderr, quietly
     assert result.stdout.splitlines()[0] == "| model | benchmark | avg@2 | pass@2 | maj@2 |"

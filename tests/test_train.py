@@ -64,22 +64,21 @@ def test_training_changes_the_model_and_lowers_nll(tmp_path, tiny_model_dir, tin
 
 
 def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_model_dir):
-    from tests.conftest import make_rows, run_bin
+    from tests.conftest import make_rows
 
     writer = DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
                                                "sampling": {"temperature": 1.0, "top_p": 1.0}})
     writer.write_shard(make_rows(n_prompts=4, n=2))
     writer.finish()
-    result = run_bin("train", "--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-                     "--steps", "2", "--batch-size", "4", "--clip-eps", "0.1", "--log-every", "1")
-    assert result.returncode == 0, result.stderr[-2000:]
+    train_main(["--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                "--steps", "2", "--batch-size", "4", "--clip-eps", "0.1", "--log-every", "1"])
     assert json.loads((tmp_path / "out" / "learner_config.json").read_text())["clip_eps"] == 0.1
     metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert {"ratio", "clip_fraction", "nll"} <= set(metrics[-1])
 
 
 def test_dpo_trains_with_either_reference(tmp_path, tiny_model_dir):
-    from tests.conftest import make_rows, run_bin
+    from tests.conftest import make_rows
 
     writer = DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
                                                "sampling": {"temperature": 1.0, "top_p": 1.0}})
@@ -87,10 +86,9 @@ def test_dpo_trains_with_either_reference(tmp_path, tiny_model_dir):
     writer.finish()
     for reference in ("model", "behavior"):
         out = tmp_path / f"out-{reference}"
-        result = run_bin("train", "--learner", "dpo", "--data", str(tmp_path / "data"), "--out", str(out),
-                         "--steps", "2", "--batch-size", "2", "--beta", "0.2", "--reference", reference,
-                         "--log-every", "1", "--model", str(tiny_model_dir))
-        assert result.returncode == 0, result.stderr[-2000:]
+        train_main(["--learner", "dpo", "--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2",
+                    "--batch-size", "2", "--beta", "0.2", "--reference", reference, "--log-every", "1",
+                    "--model", str(tiny_model_dir)])
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert {"reward_accuracy", "margin", "nll"} <= set(metrics[-1])
 
@@ -133,14 +131,13 @@ def test_a_second_writer_is_refused_and_a_killed_run_resumes_bitwise_equal(tmp_p
 
 
 def test_resume_without_checkpoint_is_bad_input(tmp_path, tiny_model_dir, tiny_model):
-    from tests.conftest import run_bin
-    from tests.test_cli import assert_one_line_usage_error
+    from rollout.runtime import UsageError
 
     _, tokenizer = tiny_model
     world_dataset(tmp_path / "data", tokenizer)
-    result = run_bin("train", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out",
-                     str(tmp_path / "o"), "--resume")
-    assert_one_line_usage_error(result, "no checkpoint")
+    with pytest.raises(UsageError, match="no checkpoint"):  # one line, exit 2 (bin/train's handling: test_cli)
+        train_main(["--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
+                    "--resume"])
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, tiny_model):
