@@ -10,7 +10,7 @@ OUT="${1:-runs/gpu-check}"
 PY=.venv/bin/python; [ -x "$PY" ] || PY=python3
 NGPU=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)
 HAS_VLLM=$($PY -c "import importlib.util; print(int(importlib.util.find_spec('vllm') is not None))" 2>/dev/null || echo 0)
-LEARNERS="sft rft dft prob dpo ppo iwsft adft nft grpo"
+LEARNERS="sft rft dft prob dpo ppo iwsft adft asft nft grpo"
 [ $DRY = 1 ] || mkdir -p "$OUT"
 
 check() {  # check NAME COMMAND...: run it, one line of verdict
@@ -27,7 +27,7 @@ check data-demonstrations bin/import --source world:train --out "$OUT/demos" --p
 check data-samples bin/collect --backend hf --out "$OUT/samples" --prompts 128 --n 4 --force
 # FSDP2 with bf16 on every GPU (configs/accelerate/fsdp.yaml), each learner, 5 steps; peak memory per learner
 for learner in $LEARNERS; do
-  data="$OUT/samples"; case $learner in sft|dft|prob) data="$OUT/demos";; esac
+  data="$OUT/samples"; case $learner in sft|dft|prob|asft) data="$OUT/demos";; esac
   check "fsdp2-bf16-$learner" "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
     --num_processes "$NGPU" bin/train --learner "$learner" --data "$data" --out "$OUT/fsdp-$learner" --steps 5 \
     --batch-size $((8 * NGPU)) --report-to none --force

@@ -37,3 +37,4 @@ class Learner:
     collate: Callable = collate  # (examples, pad id) -> tensors
     behavior_ratio: bool = False  # divides by the behaviour policy: needs its log-probs at an exact temperature
     float32_projection: bool = False  # its log-probs in float32 even under bf16 autocast (ratios, references)
+    base_kl: bool = False  # needs KL(initial model || policy) over the vocabulary at each response token: "base_kl"

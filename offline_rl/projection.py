@@ -52,6 +52,40 @@ def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0
     return logprobs
 
 
+def token_logprobs_and_kl(model, reference, batch: dict[str, torch.Tensor], chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(target_t | prefix) [B, T] and KL(pi_ref(. | prefix) || pi(. | prefix)) over the whole vocabulary [B, T]
+    at every response position (0 elsewhere), both in float32. ``reference`` is a frozen model run alongside
+    (no gradient); chunks of ``chunk_size`` response tokens are projected under activation checkpointing, so no
+    [B, T, V] logits of either model are held whole (0: all at once)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                logits_to_keep=1)
+    with torch.no_grad():
+        ref_out = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            output_hidden_states=True, logits_to_keep=1)
+    where = batch["response_mask"].bool()  # [B, T]
+    hidden, ref_hidden = out.hidden_states[-1][where], ref_out.hidden_states[-1][where]  # [N, H]
+    targets = batch["targets"][where]  # [N]
+    head = LogitHead(_unwrap(model).get_output_embeddings(), *logit_transform(model))
+    ref_head = LogitHead(_unwrap(reference).get_output_embeddings(), *logit_transform(reference))
+    step = chunk_size if chunk_size > 0 else max(1, hidden.shape[0])
+    pieces = [torch.utils.checkpoint.checkpoint(_chunk_kl, head, ref_head, hidden[i : i + step], ref_hidden[i : i + step],
+                                                targets[i : i + step], use_reentrant=False)
+              for i in range(0, hidden.shape[0], step)]
+    both = torch.zeros((2, *where.shape), dtype=torch.float32, device=out.hidden_states[-1].device)  # [2, B, T]
+    if pieces:
+        both[:, where] = torch.cat(pieces, dim=1)
+    return both[0], both[1]
+
+
+def _chunk_kl(head, ref_head, hidden, ref_hidden, targets) -> torch.Tensor:
+    """[2, n]: the targets' log-probs under the policy, and KL(reference || policy) at each position."""
+    logprobs = head(hidden, float32=True).log_softmax(-1)  # [n, V]
+    with torch.no_grad():
+        ref_logprobs = ref_head(ref_hidden, float32=True).log_softmax(-1)  # [n, V]
+    kl = (ref_logprobs.exp() * (ref_logprobs - logprobs)).sum(-1)  # [n]
+    return torch.stack([logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), kl])
+
+
 def fused_token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int, token_grad) -> tuple[torch.Tensor, torch.Tensor]:
     """For a loss that is a per-token weighted sum (``token_grad(log p) = d loss / d log p``): the log-probs of every
     response position, detached, [1, B, T], and a surrogate scalar whose gradient is the loss's, through the fused

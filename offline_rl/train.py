@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from offline_rl import sharding, views
 from offline_rl.learner import Learner
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
-from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_at
+from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_and_kl, token_logprobs_at
 from offline_rl.views import Pair, ViewContext, behavior_temperature, check_view, require_behavior_logprobs
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import atomic_write, hold_directory, is_disk_full
@@ -89,6 +89,7 @@ class TrainState:
     metrics_file: IO | None
     tracked: bool  # trackers besides metrics.jsonl
     sharded: bool = False  # FSDP2: the model's parameters, gradients and moments sharded over the ranks
+    reference: Any = None  # the frozen initial model, for learners anchored to it (asft)
     start: float = 0.0
     tokens_seen: int = 0
 
@@ -173,11 +174,12 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         print(f"projection: {'fused chunks' if projection is not None else 'checkpointed chunks'} of "
               f"{cfg.logit_chunk_size or 'all'} response tokens; {layout}", file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
+    reference = frozen_model(model_path, accelerator) if learner.base_kl else None
     per_process = cfg.micro_batch_size * accelerator.num_processes
     return TrainState(cfg, learner, learner_cfg, accelerator, model, optimizer, scheduler, tokenizer, examples,
                       identity, offset, first_step, cfg.batch_size // per_process, projection,
                       (1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature), ratio_temperature,
-                      dropped, metrics_file, tracked, fsdp is not None)
+                      dropped, metrics_file, tracked, fsdp is not None, reference)
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -420,6 +422,11 @@ def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torc
         loss_sum, _, metrics = learner.loss(logprobs[0], batch, state.learner_cfg)
         accelerator.backward(token_mean(surrogate, step_units, accelerator.num_processes))
         return loss_sum, metrics
+    if state.reference is not None:  # anchored to the initial model: its KL over the vocabulary at every token
+        logprobs, batch["base_kl"] = token_logprobs_and_kl(state.model, state.reference, batch, cfg.logit_chunk_size)
+        loss_sum, _, metrics = learner.loss(logprobs, batch, state.learner_cfg)
+        accelerator.backward(token_mean(loss_sum, step_units, accelerator.num_processes))
+        return loss_sum, metrics
     logprobs = token_logprobs_at(state.model, batch, cfg.logit_chunk_size, state.temperatures, learner.float32_projection)
     batch["ratio_logprobs"] = logprobs[-1]  # log pi_theta at the behaviour's temperature: [B, T]
     loss_sum, _, metrics = learner.loss(logprobs[0], batch, state.learner_cfg)
@@ -634,6 +641,16 @@ def fused_projection(learner: Learner, learner_cfg, cfg: TrainConfig, ratio_temp
     if rule is None or cfg.logit_chunk_size <= 0 or ratio_temperature not in (None, 1.0):
         return None
     return rule
+
+
+def frozen_model(model_path: str, accelerator):
+    """The initial model, frozen, in float32 on this process's device (whole on every rank, as DPO's reference)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(accelerator.device).eval()
+    model.requires_grad_(False)
+    model.config.use_cache = False
+    return model
 
 
 def load_checkpoint(accelerator, model, optimizer, checkpoint: Path) -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_bin
-from tests.test_train import world_dataset
+from tests.conftest import ROOT
 
 
 def free_port() -> int:
@@ -24,26 +23,22 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_single_process(tmp_path, tiny_model_dir, tiny_model):
+def test_two_process_ddp_matches_single_process(fsdp_runs, vllm_dataset, tmp_path):
+    """dft, dpo (its reference pass split over the ranks) and ppo under DDP (torchrun, no FSDP switch) equal the
+    one-process runs of the FSDP2 test at the same global batch."""
+    from tests.test_fsdp import assert_same_weights, records, runs
+
+    root, _ = fsdp_runs
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    assert torchrun, "torchrun comes with torch"
-    _, tokenizer = tiny_model
-    world_dataset(tmp_path / "data", tokenizer, n_prompts=32)
-    args = ["--learner", "dft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--steps", "3",
-            "--lr", "3e-3", "--log-every", "1", "--seed", "0"]
-    single = run_bin("train", *args, "--batch-size", "8", "--out", str(tmp_path / "single"))
-    assert single.returncode == 0, single.stderr[-2000:]
+    chosen = {name: argv for name, argv in runs(vllm_dataset, tmp_path).items() if name in ("dft", "dpo", "ppo")}
+    (tmp_path / "runs.json").write_text(json.dumps(list(chosen.values())))
     ddp = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()),
-                          str(ROOT / "bin" / "train"), *args, "--batch-size", "8", "--out", str(tmp_path / "ddp")],
+                          str(ROOT / "tests" / "fsdp_runs.py"), str(tmp_path / "runs.json")],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-
-    def losses(name):
-        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
-    for one, two in zip(losses("single"), losses("ddp"), strict=True):
-        assert one["tokens"] == two["tokens"]  # the same global batch
-        assert one["loss"] == pytest.approx(two["loss"], rel=1e-4)  # and the same updates step after step
-        assert one["nll"] == pytest.approx(two["nll"], rel=1e-4)
-
-
+    assert ddp.stderr.count("; 2 processes") == 3 and "FSDP2" not in ddp.stderr
+    for name in chosen:
+        for one, two in zip(records(root / "single" / name), records(tmp_path / name), strict=True):
+            assert one["tokens"] == two["tokens"]  # the same global batch
+            assert two["loss"] == pytest.approx(one["loss"], rel=1e-4, abs=1e-7)  # the same updates step after step
+        assert_same_weights(root / "single" / name, tmp_path / name)

@@ -21,10 +21,10 @@ from tests.conftest import ROOT, run_bin
 from tests.test_ddp import free_port
 
 CONFIG = ROOT / "configs" / "accelerate" / "fsdp-cpu.yaml"
-# every learner, dft with each weighting, dpo with its reference pass from the model
+# every learner, dft with each weighting, dpo with its reference pass from the model, asft with its frozen base
 LEARNERS = {"sft": [], "rft": [], "dft": ["--save-every", "2"], "dft-sequence": ["--weighting", "sequence"],
             "dft-geometric": ["--weighting", "geometric"], "prob": [], "dpo": [], "ppo": [], "iwsft": [],
-            "adft": [], "grpo": [], "nft": []}
+            "adft": [], "asft": [], "grpo": [], "nft": []}
 
 
 def accelerate_launch(*args: str) -> list[str]:

@@ -78,7 +78,7 @@ def test_token_mean_over_micro_batches_equals_full_batch():
 
 
 def test_every_learner_is_registered_by_name():
-    assert {"sft", "rft", "dft", "dpo", "ppo", "iwsft", "adft"} <= set(LEARNERS)
+    assert {"sft", "rft", "dft", "dpo", "ppo", "iwsft", "adft", "asft"} <= set(LEARNERS)
     for name, learner in LEARNERS.items():  # an explicit record, nothing looked up by name
         assert learner.name == name and callable(learner.loss) and callable(learner.examples)
         assert learner.views and all(view in VIEWS for view in learner.views) and learner.config()

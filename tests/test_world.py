@@ -28,7 +28,20 @@ FROZEN = {
     "test-ood": "db0c820b2465fb4b7bd9cd8b9188fae2b8250cfa7564ac1a4c317c663119c025",
     "train": "f3be8e4911fa74d0d87c8af72721a6db0e1d18b0ba8eaa5aa6a296d3f17ce129",
     "pretrain": "ffee0f2cdeb8db1982f4ff2b15e34487e607f269c09d0defe7ee6a5da6cf179f",
+    "test-names": "96ab9dfe16b729e9405fdc6de7cfef9430ede401a18c78821ced45516ece920b",
+    "test-items": "a70036774e0dbf66862a76cb92992c927063aeea4e54d7e262e719072124edbf",
+    "test-verbs": "264ba4c470cedcef7120643683402cc1972a20d16580d025ec4e4cc5294b578e",
+    "test-distract": "479f5466f2513f6322802e710f6ed06998923692da22a31ed8bda6a843413509",
+    "valid": "ee09d795df77a9deb44ef584b535454dcb4f1b2d290ec6c3f632044c8414f098",  # the selection split, last
 }
+
+
+def test_the_selection_split_is_held_out_and_never_a_test_split():
+    assert list(world.SPLITS)[-1] == "valid" and "valid" not in world.TEST_SPLITS
+    valid = {p.question for p in world.load_split("valid")}
+    for name in world.SPLITS:
+        if name != "valid":
+            assert not valid & {p.question for p in world.load_split(name)}, name
 
 
 @pytest.mark.parametrize("split", FROZEN)
