@@ -63,6 +63,12 @@ def _iterate():
     return main
 
 
+def _inspect():
+    from offline_rl.inspection import main
+
+    return main
+
+
 def _export():
     from offline_rl.export import main
 
@@ -104,6 +110,7 @@ COMMANDS: dict[str, tuple[str, Callable]] = {
     "compare": ("learners x seeds under one budget -> report.md, results.csv, plots", _compare),
     "iterate": ("rounds of collect -> train from the current policy (online GRPO at one step per round)", _iterate),
     "export": ("a dataset as TRL trainer rows: trl-sft, trl-dpo, trl-grpo", _export),
+    "inspect": ("a dataset's token probabilities under a model (DFT's weights): will DFT help?", _inspect),
     "rescore": ("recompute pred and reward of a dataset with the current verifier", _rescore),
     "merge": ("one dataset from several (e.g. --shard outputs)", _merge),
     "demo": ("collect, train DFT, evaluate: the embedded default end to end", _demo),

@@ -17,7 +17,7 @@ def _color(model: str, models: list[str]) -> str:
     return palette[[m for m in models if m != "base"].index(model) % len(palette)]
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     import io
 
     import matplotlib.pyplot as plt
@@ -67,7 +67,7 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
         ax.set_ylabel("gain over base (points)" if column == 0 else "")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _series(curves: list[list[dict]], key: str, length: int) -> list[list[float]]:
@@ -115,4 +115,4 @@ def plot_training(out: Path, learners: list[str], seeds: list[int], path: Path) 
         ax.tick_params(labelsize=7)
     fig.suptitle("training: NLL of trained tokens (solid, left) and the learner's loss (dashed, right)", fontsize=9)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
