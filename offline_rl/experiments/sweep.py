@@ -1,0 +1,129 @@
+"""Sweeps with honest selection: a run's flag over a grid, each setting chosen on a held-out split.
+
+``--sweep lr=5e-5,1e-4,2e-4`` (every run) or a run's ``sweep: {lr: [...]}`` in ``--runs`` expands the run into one
+run per value, named ``NAME@FLAG=VALUE``, each trained with every seed and evaluated on the test benchmarks and on
+the selection split (``--select-on``, default the world's ``valid``). The setting reported for NAME is the one
+with the best mean ``avg@k`` on the selection split over the seeds; :func:`select` reads no other benchmark, so
+the test splits never choose what they then report. Every learner swept gets the same grid size and budget.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from rollout.runtime import UsageError
+
+SEPARATOR = "@"
+
+
+def parse_sweep(spec: str | None) -> tuple[str, list] | None:
+    """``FLAG=V1,V2,...`` -> (flag, values: numbers as numbers); None for no sweep."""
+    if not spec:
+        return None
+    flag, _, values = spec.partition("=")
+    flag = flag.strip().lstrip("-").replace("-", "_")
+    grid = [_value(v.strip()) for v in values.split(",") if v.strip()]
+    if not flag or len(grid) < 2:
+        raise UsageError(f"--sweep {spec!r}: expected FLAG=V1,V2,... with at least two values")
+    return flag, grid
+
+
+def _value(text: str):
+    """A number as a number (``5e-5`` too, which YAML 1.1 reads as a string), else as YAML reads it."""
+    import yaml
+
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def check_grid(flag: str, grid, where: str) -> list:
+    """A runs file's grid, numbers written as YAML 1.1 reads them as strings (``5e-5``) made numbers."""
+    if not isinstance(grid, list):
+        raise UsageError(f"{where}: sweep {flag} needs a list of values (got {grid!r})")
+    grid = [_value(v) if isinstance(v, str) else v for v in grid]
+    if len(grid) < 2 or len({repr(v) for v in grid}) != len(grid):
+        raise UsageError(f"{where}: sweep {flag} needs a list of at least two different values (got {grid!r})")
+    return grid
+
+
+def setting_name(name: str, flag: str, value) -> str:
+    """The run name of one setting of a sweep: ``dft@lr=0.0001``."""
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{name}{SEPARATOR}{flag}={shown}"
+
+
+def select(rows: list[dict], groups: dict[str, list[tuple[str, object]]], split: str, metric: str) -> dict[str, dict]:
+    """For each swept run, the setting with the best mean ``metric`` on ``split`` over the seeds (ties: the first in
+    the grid's order). ``groups``: run name -> [(setting's run name, value)]. Only the rows of ``split`` are read."""
+    chosen = {}
+    for name, settings in groups.items():
+        scores = {}
+        for run_name, value in settings:
+            values = [r[metric] for r in rows if r["model"] == run_name and r["benchmark"] == split and metric in r]
+            if not values:
+                raise UsageError(f"sweep {name}: {run_name} has no {metric} on {split} to choose by")
+            scores[run_name] = (statistics.fmean(values), value)
+        best = max(scores, key=lambda n: scores[n][0])  # max keeps the first of equal scores
+        chosen[name] = {"run": best, "value": scores[best][1], "scores": {n: s for n, (s, _) in scores.items()}}
+    return chosen
+
+
+def selection_table(chosen: dict[str, dict], groups: dict[str, list[tuple[str, object]]], flags: dict[str, str],
+                    split: str, metric: str) -> str:
+    lines = [f"| run | swept | {split} {metric} per value (%, mean over seeds) | chosen |", "|---|---|---|---:|"]
+    for name, settings in groups.items():
+        cells = ", ".join(f"{_shown(v)}: {100 * chosen[name]['scores'][n]:.1f}" for n, v in settings)
+        lines.append(f"| {name} | {flags[name]} | {cells} | **{_shown(chosen[name]['value'])}** |")
+    return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plot_sensitivity(rows: list[dict], groups: dict[str, list[tuple[str, object]]], flags: dict[str, str],
+                     chosen: dict[str, dict], benchmark: str, metric: str, path: Path) -> None:
+    """``benchmark`` ``metric`` against each swept value, mean ± std over seeds as a band, one line per run; the
+    chosen setting circled. A logarithmic axis for positive values spanning a factor of 10 or more."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from offline_rl.experiments.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    logarithmic = True
+    for i, (name, settings) in enumerate(groups.items()):
+        xs, means, stds = [], [], []
+        for run_name, value in settings:
+            values = [100 * r[metric] for r in rows if r["model"] == run_name and r["benchmark"] == benchmark]
+            if not values or not isinstance(value, int | float):
+                continue
+            xs.append(float(value))
+            means.append(statistics.fmean(values))
+            stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        if not xs:
+            continue
+        logarithmic &= min(xs) > 0 and max(xs) / min(xs) >= 10
+        color = f"C{i % 10}"
+        ax.plot(xs, means, marker="o", color=color, label=f"{name} ({flags[name]})")
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                        [m + s for m, s in zip(means, stds, strict=True)], color=color, alpha=0.2)
+        if isinstance(chosen[name]["value"], int | float) and float(chosen[name]["value"]) in xs:
+            j = xs.index(float(chosen[name]["value"]))
+            ax.plot([xs[j]], [means[j]], marker="o", markersize=14, markerfacecolor="none", color=color)
+    if logarithmic:
+        ax.set_xscale("log")
+    ax.set(xlabel="swept value", ylabel=f"{benchmark} {metric} (%)",
+           title=f"sensitivity: {benchmark} {metric}, mean ± std over seeds (circled: chosen on the selection split)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    if not math.isnan(ax.get_ylim()[0]):
+        save_figure(fig, path)

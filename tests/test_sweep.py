@@ -1,0 +1,51 @@
+"""Sweeps with honest selection: the setting is chosen on the held-out split alone, whatever the test splits say;
+a sweep expands into one run per value, every one evaluated on the selection split too."""
+
+import random
+
+import pytest
+
+from offline_rl.experiments.sweep import parse_sweep, select, setting_name
+from rollout.runtime import UsageError
+
+GROUPS = {"dft": [(setting_name("dft", "lr", v), v) for v in (5e-5, 1e-4, 2e-4, 5e-4)]}
+
+
+def _rows(valid: dict[float, list[float]], test: dict[float, list[float]]) -> list[dict]:
+    rows = []
+    for (name, value) in GROUPS["dft"]:
+        for seed, (v, t) in enumerate(zip(valid[value], test[value], strict=True)):
+            rows += [{"model": name, "seed": seed, "benchmark": "valid", "avg@4": v},
+                     {"model": name, "seed": seed, "benchmark": "test-id", "avg@4": t}]
+    return rows
+
+
+def test_the_setting_is_chosen_on_the_selection_split_and_never_on_a_test_split():
+    valid = {5e-5: [0.30, 0.31, 0.29], 1e-4: [0.36, 0.35, 0.37], 2e-4: [0.33, 0.34, 0.32], 5e-4: [0.20, 0.21, 0.19]}
+    test = {5e-5: [0.50, 0.50, 0.50], 1e-4: [0.10, 0.10, 0.10], 2e-4: [0.20, 0.20, 0.20], 5e-4: [0.90, 0.90, 0.90]}
+    chosen = select(_rows(valid, test), GROUPS, "valid", "avg@4")
+    assert chosen["dft"]["value"] == 1e-4 and chosen["dft"]["run"] == "dft@lr=0.0001"
+    rng = random.Random(0)
+    for _ in range(20):  # any test results: the same choice
+        shuffled = {v: [rng.random() for _ in range(3)] for v in test}
+        assert select(_rows(valid, shuffled), GROUPS, "valid", "avg@4")["dft"]["value"] == 1e-4
+    without_valid = [r for r in _rows(valid, test) if r["benchmark"] != "valid"]
+    with pytest.raises(UsageError, match="no avg@4 on valid"):  # never falls back to a test split
+        select(without_valid, GROUPS, "valid", "avg@4")
+
+
+def test_ties_keep_the_first_value_of_the_grid():
+    same = {v: [0.3, 0.3, 0.3] for v in (5e-5, 1e-4, 2e-4, 5e-4)}
+    assert select(_rows(same, same), GROUPS, "valid", "avg@4")["dft"]["value"] == 5e-5
+
+
+@pytest.mark.parametrize("spec, expected", [("lr=5e-5,1e-4", ("lr", [5e-5, 1e-4])),
+                                            ("--alpha=1,10", ("alpha", [1, 10])),
+                                            ("min-weight=0,0.1", ("min_weight", [0, 0.1]))])
+def test_sweep_flags_parse(spec, expected):
+    assert parse_sweep(spec) == expected
+
+
+def test_a_sweep_of_one_value_is_refused():
+    with pytest.raises(UsageError, match="at least two values"):
+        parse_sweep("lr=1e-4")
