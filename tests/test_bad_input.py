@@ -277,6 +277,10 @@ CASES = [
     ("eval", ["--problems", "1", "--template", "{ws}/latin1.txt"], "not UTF-8"),
     # compare
     ("compare", ["--out", "{ws}/new", "--steps", "0"], "--steps must be >= 1"),
+    ("compare", ["--out", "{ws}/new", "--sweep", "lr=1e-4"], "at least two values"),
+    ("compare", ["--out", "{ws}/new", "--sweep", "lr=1e-4,2e-4", "--select-on", "test-id"], "must not be one that reports it"),
+    ("compare", ["--out", "{ws}/new", "--sweep", "seed=1,2"], "it cannot be swept"),
+    ("compare", ["--out", "{ws}/new", "--sweep", "beta=0.1,0.2"], "sweep has an unknown option: beta"),
     ("compare", ["--out", "{ws}/new", "--backend", "openai", "--endpoint", "http://127.0.0.1:9"], "a server only serves its own model"),
     ("iterate", ["--out", "{ws}/new", "--backend", "openai", "--endpoint", "http://127.0.0.1:9"], "a server only serves its own model"),
     ("collect", ["--out", "{ws}/new", "--backend", "openai"], "--backend openai needs --endpoint"),

@@ -49,3 +49,37 @@ def test_sweep_flags_parse(spec, expected):
 def test_a_sweep_of_one_value_is_refused():
     with pytest.raises(UsageError, match="at least two values"):
         parse_sweep("lr=1e-4")
+
+
+def test_a_swept_comparison_chooses_on_valid_and_reports_the_choice(tmp_path, tiny_model_dir):
+    """bin/compare --sweep on the transformers engine: every setting trained with every seed and evaluated on
+    the test benchmark and on valid; the report's table holds each run once, at the value valid chose."""
+    import csv
+    import statistics
+
+    from offline_rl.experiments.compare import main as compare_main
+    from rollout.dataset import DatasetWriter
+    from tests.conftest import make_rows
+
+    writer = DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir)})
+    writer.write_shard(make_rows(reward=lambda p, i: 1.0))
+    writer.finish()
+    out = tmp_path / "cmp"
+    compare_main(["--data", str(tmp_path / "data"), "--out", str(out), "--learners", "rft", "--sweep", "lr=1e-3,3e-2",
+                  "--seeds", "0,1", "--benchmarks", "test-id", "--problems", "3", "--k", "2", "--max-tokens", "8",
+                  "--steps", "2", "--batch-size", "2", "--backend", "hf", "--report-to", "none"])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {(r["model"], r["benchmark"]) for r in rows} >= {
+        (m, b) for m in ("rft@lr=0.001", "rft@lr=0.03") for b in ("test-id", "valid")}
+    valid = {m: statistics.fmean(float(r["avg@2"]) for r in rows if r["model"] == m and r["benchmark"] == "valid")
+             for m in ("rft@lr=0.001", "rft@lr=0.03")}
+    best = max(valid, key=valid.get)  # the first of equal scores, as select keeps it
+    report = (out / "report.md").read_text()
+    assert "## Chosen settings (on valid avg@2 alone" in report
+    assert f"**{best.split('=')[1]}** |" in report
+    table = [line for line in report.split("## avg@2 (%")[1].split("\n## ")[0].splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| base", "| rft"]  # one row per run, the chosen setting
+    assert "valid" not in table[0]  # the selection split is never reported
+    chosen_test = statistics.fmean(100 * float(r["avg@2"]) for r in rows if r["model"] == best and r["benchmark"] == "test-id")
+    assert f"{chosen_test:.1f} ±" in table[2]
+    assert (out / "plots" / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -78,8 +78,10 @@ def run_compare(cfg: CompareConfig) -> dict:
     if cfg.model:
         resolve_model(cfg.model)
 
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to")}
-    planned = {"runs": [asdict(r) | {"flags": dict(r.flags)} for r in runs]}  # what --learners or --runs said
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to")
+                and not (k in ("sweep", "select_on") and cfg.sweep is None and not any(r.sweep for r in runs))}
+    planned = {"runs": [{k: v for k, v in asdict(r).items() if v is not None or k not in ("sweep", "swept")}
+                        | {"flags": dict(r.flags)} for r in runs]}  # what --learners or --runs said
     hold_directory(out, "compare", force=cfg.force, owned=lambda d: (d / "compare_config.json").is_file())
     check_rerun_settings(out / "compare_config.json", settings, out, cfg.force)
     check_rerun_settings(out / "compare_runs.json", planned, out, cfg.force)

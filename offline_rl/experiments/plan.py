@@ -19,6 +19,7 @@ from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from offline_rl.evaluate import EvalConfig
 from offline_rl.experiments.iterate import IterateConfig, engine_flags
+from offline_rl.experiments.sweep import check_grid, parse_sweep, setting_name
 from offline_rl.learners import LEARNERS
 from offline_rl.train import TrainConfig
 from rollout.collect import CollectConfig
@@ -58,6 +59,8 @@ class CompareConfig(SamplingFlags, EngineFlags):
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe", "above": 0})
     k: int = field(default=4, metadata={"help": "samples per problem in evaluation", "min": 1})
+    sweep: str = field(default=None, metadata={"help": "FLAG=V1,V2,...: every run trained at each value (with every seed), the value reported chosen on --select-on (a run's own sweep in --runs wins)"})
+    select_on: str = field(default="valid", metadata={"help": "the held-out benchmark a sweep's values are chosen on; never one of --benchmarks (the reported ones)", "advanced": True})
     problems: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
     report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
@@ -70,6 +73,8 @@ class Run:
     data: str = "dataset"  # dataset, demonstrations, or a dataset directory
     flags: tuple = ()  # (option, value) pairs: bin/train's and the learner's own
     rounds: int | None = None  # trained in this many rounds by bin/iterate, collecting its own samples
+    sweep: str | None = None  # one setting of the sweep of this run name (its value among the flags)
+    swept: str | None = None  # the flag that sweep varies
 
     def lr(self, shared: float) -> float:
         """The run's peak rate: its own, or the shared one times its learner's recipe (as bin/train prints it)."""
@@ -105,17 +110,49 @@ def parse_runs(cfg: CompareConfig) -> list[Run]:
     else:
         entries = _runs_file(Path(cfg.runs))
     runs = []
+    shared_sweep = parse_sweep(cfg.sweep)
     for i, entry in enumerate(entries):
         where = f"--runs {cfg.runs} entry {i + 1}" if cfg.runs else f"--learners {entry.get('name')!r}"
+        entry = dict(entry)
+        own_sweep = entry.pop("sweep", None)
         run = _run(entry, where, on_demonstrations)
         if run.name in {r.name for r in runs}:
             raise UsageError(f"{where}: the name {run.name!r} is taken")
         if run.rounds is not None and cfg.steps % run.rounds:
             raise UsageError(f"{where}: {cfg.steps} budget steps do not split into {run.rounds} rounds")
-        runs.append(run)
+        runs += _settings(run, own_sweep, shared_sweep, where)
     if not runs:
         raise UsageError("need at least one run (--learners or --runs)")
+    if any(r.sweep for r in runs) and cfg.select_on in [b.strip() for b in cfg.benchmarks.split(",")]:
+        raise UsageError(f"--select-on {cfg.select_on} is one of the reported --benchmarks: the split that chooses "
+                         "a setting must not be one that reports it")
     return runs
+
+
+def _settings(run: Run, own_sweep, shared_sweep: tuple[str, list] | None, where: str) -> list[Run]:
+    """The run, or one run per value of its sweep (a ``sweep: {flag: [values]}`` of its own, else ``--sweep``),
+    each flag value checked now."""
+    if own_sweep is not None:
+        if not isinstance(own_sweep, dict) or len(own_sweep) != 1:
+            raise UsageError(f"{where}: sweep must be one flag and its values, e.g. sweep: {{lr: [1e-4, 2e-4]}}")
+        (flag, grid), = own_sweep.items()
+        sweep = (str(flag).replace("-", "_"), check_grid(flag, grid, where))
+    else:
+        sweep = shared_sweep
+    if sweep is None:
+        return [run]
+    flag, grid = sweep
+    if flag in COMPARE_OWNS or flag == "lr_scale":
+        raise UsageError(f"{where}: {flag} is set by the comparison for every run; it cannot be swept")
+    settings = []
+    for value in grid:
+        flags = {**dict(run.flags), flag: value}
+        flags.pop("lr_scale", None) if flag == "lr" else None
+        parse_mapping((TrainConfig, LEARNERS[run.learner].config), {k: v for k, v in flags.items() if k != "lr_scale"},
+                      f"{where} sweep")
+        settings.append(replace(run, name=setting_name(run.name, flag, value), flags=tuple(flags.items()),
+                                sweep=run.name, swept=flag))
+    return settings
 
 
 def _runs_file(path: Path) -> list[dict]:
@@ -133,9 +170,10 @@ def _runs_file(path: Path) -> list[dict]:
 
 
 def _run(entry: dict, where: str, on_demonstrations: set[str]) -> Run:
-    unknown = set(entry) - {f.name for f in fields(Run)}
+    known = [f.name for f in fields(Run) if f.name != "swept"]  # sweep: read by parse_runs
+    unknown = set(entry) - set(known)
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(f.name for f in fields(Run))}")
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(known)}")
     name, learner = str(entry.get("name", "")), entry.get("learner", entry.get("name"))
     if learner not in LEARNERS or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name == "base":
         raise UsageError(f"{where}: needs a name (letters, digits, _ . -; not 'base') and a known learner "
@@ -195,6 +233,8 @@ def plan(cfg: CompareConfig, out: Path, data: Path, runs: list[Run], seeds: list
                          demonstrations / "manifest.json")
         if not imported.finished():
             stages.append(imported)
+    if any(r.sweep for r in runs):  # every model also evaluated on the split that chooses the swept settings
+        cfg = replace(cfg, benchmarks=f"{cfg.benchmarks},{cfg.select_on}")
     for seed in seeds:
         stages.append(_evaluation(cfg, out, "base", cfg.model or DATASET_MODEL, seed))
         for run in runs:

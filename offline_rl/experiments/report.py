@@ -11,6 +11,7 @@ from pathlib import Path
 from offline_rl.evaluate import pass_ks
 from offline_rl.experiments.plan import ROOT, CompareConfig, Run
 from offline_rl.experiments.plots import plot_accuracy, plot_training
+from offline_rl.experiments.sweep import plot_sensitivity, select, selection_table
 from rollout.dataset import atomic_write_bytes, read_manifest
 
 
@@ -144,23 +145,42 @@ def stage_times_table(out: Path) -> str:
 
 def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int], data: Path,
                  demonstrations: Path | None = None) -> dict:
-    models = ["base", *(r.name for r in runs)]
-    rows = collect_results(out, models, seeds)
-    benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
     k = cfg.k
+    all_rows = collect_results(out, ["base", *(r.name for r in runs)], seeds)
     columns = ["model", "seed", "benchmark", "problems", f"avg@{k}", *[f"pass@{j}" for j in pass_ks(k) if j > 1],
                f"maj@{k}", "mean_response_tokens", "truncation_rate", "prompts_too_long", "train_seconds"]
-    atomic_write_bytes(out / "results.csv", _csv_text(rows, columns).encode())
+    atomic_write_bytes(out / "results.csv", _csv_text(all_rows, columns).encode())  # every setting, every split
+    groups = {}
+    for r in runs:
+        if r.sweep:
+            groups.setdefault(r.sweep, []).append((r.name, dict(r.flags)[r.swept]))
+    swept = {r.sweep: r.swept for r in runs if r.sweep}
+    chosen = select(all_rows, groups, cfg.select_on, f"avg@{k}") if groups else {}
+    # reported: the base, the runs not swept, and each sweep's chosen setting under its run's name
+    shown = {name: name for name in ["base", *(r.name for r in runs if not r.sweep)]}
+    shown.update({c["run"]: group for group, c in chosen.items()})
+    rows = [{**r, "model": shown[r["model"]]} for r in all_rows
+            if r["model"] in shown and not (groups and r["benchmark"] == cfg.select_on)]
+    models = list(dict.fromkeys(shown.values()))
+    benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
     table = format_report_table(rows, models, benchmarks, f"avg@{k}")
     manifest = read_manifest(data) if (data / "manifest.json").exists() else {}
     lines = _report_header(out, cfg, runs, seeds, data, demonstrations, manifest, rows, benchmarks)
+    if groups:
+        reported = "test-id" if "test-id" in benchmarks else benchmarks[0]
+        lines += ["", f"## Chosen settings (on {cfg.select_on} avg@{k} alone; every value trained with every seed, "
+                  "the same grid size and budget per run)", "",
+                  selection_table(chosen, groups, swept, cfg.select_on, f"avg@{k}"), "",
+                  "![sensitivity](plots/sensitivity.png)", ""]
+        plot_sensitivity(all_rows, groups, swept, chosen, reported, f"avg@{k}", out / "plots" / "sensitivity.png")
     lines += ["", f"## avg@{k} (%; mean ± std over seeds; best per column in bold)", "", table, ""]
     if "base" in models and len(seeds) > 1:
         lines += [f"## Transfer: gain over the base model (avg@{k} points; * beyond two pooled seed stds)", "",
                   transfer_table(rows, models, benchmarks, f"avg@{k}"), ""]
     on_demonstrations = {r.name for r in runs if r.data == "demonstrations"} if demonstrations is not None else set()
+    trained = list(shown)  # the run directories of what is reported (a sweep's chosen setting by its own name)
     lines += ["## Budget: samples and time per learner (mean over seeds)", "",
-              budget_table(out, models, seeds, manifest, on_demonstrations, {r.name: r.rounds for r in runs if r.rounds}), ""]
+              budget_table(out, trained, seeds, manifest, on_demonstrations, {r.name: r.rounds for r in runs if r.rounds}), ""]
     stage_table = stage_times_table(out)
     if stage_table:
         lines += ["## Stage times (wall seconds of each stage's command, this process)", "", stage_table, ""]
@@ -171,7 +191,7 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
               "![training curves](plots/training.png)", ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
     plot_accuracy(rows, models, benchmarks, f"avg@{k}", out / "plots" / "accuracy.png")
-    plot_training(out, [m for m in models if m != "base"], seeds, out / "plots" / "training.png")
+    plot_training(out, [m for m in shown if m != "base"], seeds, out / "plots" / "training.png")
     return {"table": table, "rows": rows}
 
 
@@ -206,6 +226,15 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
            for r in runs if r.learner != r.name or r.flags or r.lr(cfg.lr) != cfg.lr]
     if own:
         lines.append("Run settings: " + "; ".join(own) + ".")
+    sweeps: dict[str, list] = {}
+    for r in runs:
+        if r.sweep:
+            sweeps.setdefault(r.sweep, []).append(dict(r.flags)[r.swept])
+    if sweeps:  # the tuning budget, equal for every run swept
+        lines.append("Sweeps (each value trained with every seed, chosen on the selection split): " + "; ".join(
+            f"{name} over {next(r.swept for r in runs if r.sweep == name)} in "
+            f"{{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}}}: {len(values)} x "
+            f"{len(seeds)} trainings of {cfg.steps} steps" for name, values in sweeps.items()) + ".")
     rounds = [r for r in runs if r.rounds]
     if rounds:
         lines.append("Trained in rounds with bin/iterate, each collecting from its own current policy with the "
