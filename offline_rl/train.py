@@ -423,13 +423,13 @@ def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torc
         accelerator.backward(token_mean(surrogate, step_units, accelerator.num_processes))
         return loss_sum, metrics
     if state.reference is not None:  # anchored to the initial model: its KL over the vocabulary at every token
-        logprobs, batch["base_kl"] = token_logprobs_and_kl(state.model, state.reference, batch, cfg.logit_chunk_size)
-        loss_sum, _, metrics = learner.loss(logprobs, batch, state.learner_cfg)
-        accelerator.backward(token_mean(loss_sum, step_units, accelerator.num_processes))
-        return loss_sum, metrics
-    logprobs = token_logprobs_at(state.model, batch, cfg.logit_chunk_size, state.temperatures, learner.float32_projection)
-    batch["ratio_logprobs"] = logprobs[-1]  # log pi_theta at the behaviour's temperature: [B, T]
-    loss_sum, _, metrics = learner.loss(logprobs[0], batch, state.learner_cfg)
+        policy, batch["base_kl"] = token_logprobs_and_kl(state.model, state.reference, batch, cfg.logit_chunk_size)
+    else:
+        logprobs = token_logprobs_at(state.model, batch, cfg.logit_chunk_size, state.temperatures,
+                                     learner.float32_projection)
+        batch["ratio_logprobs"] = logprobs[-1]  # log pi_theta at the behaviour's temperature: [B, T]
+        policy = logprobs[0]
+    loss_sum, _, metrics = learner.loss(policy, batch, state.learner_cfg)
     accelerator.backward(token_mean(loss_sum, step_units, accelerator.num_processes))
     return loss_sum, metrics
 

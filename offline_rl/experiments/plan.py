@@ -147,7 +147,8 @@ def _settings(run: Run, own_sweep, shared_sweep: tuple[str, list] | None, where:
     settings = []
     for value in grid:
         flags = {**dict(run.flags), flag: value}
-        flags.pop("lr_scale", None) if flag == "lr" else None
+        if flag == "lr":  # the swept rate is the run's own: no recipe scale on top
+            flags.pop("lr_scale", None)
         parse_mapping((TrainConfig, LEARNERS[run.learner].config), {k: v for k, v in flags.items() if k != "lr_scale"},
                       f"{where} sweep")
         settings.append(replace(run, name=setting_name(run.name, flag, value), flags=tuple(flags.items()),

@@ -11,7 +11,7 @@ from pathlib import Path
 from offline_rl.evaluate import pass_ks
 from offline_rl.experiments.plan import ROOT, CompareConfig, Run
 from offline_rl.experiments.plots import plot_accuracy, plot_training
-from offline_rl.experiments.sweep import plot_sensitivity, select, selection_table
+from offline_rl.experiments.sweep import groups_of, plot_sensitivity, select, selection_table, value_text
 from rollout.dataset import atomic_write_bytes, read_manifest
 
 
@@ -150,11 +150,7 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
     columns = ["model", "seed", "benchmark", "problems", f"avg@{k}", *[f"pass@{j}" for j in pass_ks(k) if j > 1],
                f"maj@{k}", "mean_response_tokens", "truncation_rate", "prompts_too_long", "train_seconds"]
     atomic_write_bytes(out / "results.csv", _csv_text(all_rows, columns).encode())  # every setting, every split
-    groups = {}
-    for r in runs:
-        if r.sweep:
-            groups.setdefault(r.sweep, []).append((r.name, dict(r.flags)[r.swept]))
-    swept = {r.sweep: r.swept for r in runs if r.sweep}
+    groups, swept = groups_of(runs)
     chosen = select(all_rows, groups, cfg.select_on, f"avg@{k}") if groups else {}
     # reported: the base, the runs not swept, and each sweep's chosen setting under its run's name
     shown = {name: name for name in ["base", *(r.name for r in runs if not r.sweep)]}
@@ -226,15 +222,11 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
            for r in runs if r.learner != r.name or r.flags or r.lr(cfg.lr) != cfg.lr]
     if own:
         lines.append("Run settings: " + "; ".join(own) + ".")
-    sweeps: dict[str, list] = {}
-    for r in runs:
-        if r.sweep:
-            sweeps.setdefault(r.sweep, []).append(dict(r.flags)[r.swept])
+    sweeps, swept = groups_of(runs)
     if sweeps:  # the tuning budget, equal for every run swept
         lines.append("Sweeps (each value trained with every seed, chosen on the selection split): " + "; ".join(
-            f"{name} over {next(r.swept for r in runs if r.sweep == name)} in "
-            f"{{{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}}}: {len(values)} x "
-            f"{len(seeds)} trainings of {cfg.steps} steps" for name, values in sweeps.items()) + ".")
+            f"{name} over {swept[name]} in {{{', '.join(value_text(v) for _, v in settings)}}}: {len(settings)} x "
+            f"{len(seeds)} trainings of {cfg.steps} steps" for name, settings in sweeps.items()) + ".")
     rounds = [r for r in runs if r.rounds]
     if rounds:
         lines.append("Trained in rounds with bin/iterate, each collecting from its own current policy with the "

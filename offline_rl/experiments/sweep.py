@@ -9,7 +9,6 @@ the test splits never choose what they then report. Every learner swept gets the
 
 from __future__ import annotations
 
-import math
 import statistics
 from pathlib import Path
 
@@ -54,8 +53,18 @@ def check_grid(flag: str, grid, where: str) -> list:
 
 def setting_name(name: str, flag: str, value) -> str:
     """The run name of one setting of a sweep: ``dft@lr=0.0001``."""
-    shown = f"{value:g}" if isinstance(value, float) else str(value)
-    return f"{name}{SEPARATOR}{flag}={shown}"
+    return f"{name}{SEPARATOR}{flag}={value_text(value)}"
+
+
+def groups_of(runs: list) -> tuple[dict[str, list[tuple[str, object]]], dict[str, str]]:
+    """The swept runs by the run they expand: name -> [(setting's run name, value)], and name -> the flag swept."""
+    groups: dict[str, list[tuple[str, object]]] = {}
+    flags: dict[str, str] = {}
+    for r in runs:
+        if r.sweep:
+            groups.setdefault(r.sweep, []).append((r.name, dict(r.flags)[r.swept]))
+            flags[r.sweep] = r.swept
+    return groups, flags
 
 
 def select(rows: list[dict], groups: dict[str, list[tuple[str, object]]], split: str, metric: str) -> dict[str, dict]:
@@ -78,12 +87,12 @@ def selection_table(chosen: dict[str, dict], groups: dict[str, list[tuple[str, o
                     split: str, metric: str) -> str:
     lines = [f"| run | swept | {split} {metric} per value (%, mean over seeds) | chosen |", "|---|---|---|---:|"]
     for name, settings in groups.items():
-        cells = ", ".join(f"{_shown(v)}: {100 * chosen[name]['scores'][n]:.1f}" for n, v in settings)
-        lines.append(f"| {name} | {flags[name]} | {cells} | **{_shown(chosen[name]['value'])}** |")
+        cells = ", ".join(f"{value_text(v)}: {100 * chosen[name]['scores'][n]:.1f}" for n, v in settings)
+        lines.append(f"| {name} | {flags[name]} | {cells} | **{value_text(chosen[name]['value'])}** |")
     return "\n".join(lines)
 
 
-def _shown(value) -> str:
+def value_text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -125,5 +134,4 @@ def plot_sensitivity(rows: list[dict], groups: dict[str, list[tuple[str, object]
            title=f"sensitivity: {benchmark} {metric}, mean ± std over seeds (circled: chosen on the selection split)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
-    if not math.isnan(ax.get_ylim()[0]):
-        save_figure(fig, path)
+    save_figure(fig, path)
