@@ -44,6 +44,7 @@ class TrainConfig:
     steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)", "min": 1})
     epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --steps is unset", "above": 0})
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step, over all processes", "min": 1})
+    whole_batches: bool = field(default=False, metadata={"help": "with --steps: each step's batch is the examples / --steps, so that the steps go once through all of them (a round of GRPO's recipe); replaces --batch-size", "advanced": True})
     micro_batch_size: int = field(default=None, metadata={"help": "sequences per forward pass per process; the step accumulates batch-size / (this x processes) of them (default: the whole step's share)", "min": 1, "advanced": True})
     micro_batch_tokens: int = field(default=0, metadata={"help": "regroup each step's sequences by length into micro-batches of at most N padded tokens (rows x longest), so that short sequences are not padded to the longest: the same loss and gradient up to float rounding, less compute; 0: as drawn (one process only)", "min": 0, "advanced": True})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)", "above": 0})
@@ -228,6 +229,10 @@ def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, m
 def resolve(cfg: TrainConfig, n_examples: int, processes: int, model_path: str) -> tuple[TrainConfig, int, Path | None]:
     """Every derived setting, once (``bin/train --config OUT/train_config.json`` repeats the run): the micro-batch,
     the steps, the schedule and warm-up; and the step this run counts from, with the checkpoint it continues."""
+    if cfg.whole_batches:  # the steps go once through every example (the last < steps x processes left over)
+        if not cfg.steps:
+            raise UsageError("--whole-batches needs --steps: the batch is the examples / the steps")
+        cfg = replace(cfg, batch_size=max(processes, n_examples // cfg.steps // processes * processes))
     micro = cfg.micro_batch_size or max(1, cfg.batch_size // processes)
     if cfg.batch_size % (micro * processes):
         raise UsageError(f"--batch-size {cfg.batch_size} is not a multiple of --micro-batch-size {micro} x "

@@ -113,7 +113,9 @@ def test_runs_file_recipes_and_overrides(tmp_path):
     seq_train, seq_learner = stages["train dft_seq s0"].configs
     assert seq_train.data == str(tmp_path / "demos") and seq_learner.weighting == "sequence"
     for text, message in (("- {name: x, learner: ddpg}", "known learner"), ("- {name: x, learner: dft, flags: {beta: 1}}", "beta"),
-                          ("- {name: x, learner: dft, rounds: 3}", "do not split"), ("- {name: x, learner: dft, colour: 1}", "unknown key")):
+                          ("- {name: x, learner: dft, rounds: 3}", "do not split"), ("- {name: x, learner: dft, colour: 1}", "unknown key"),
+                          ("- {name: x, learner: dft, n: 8}", "needs rounds"), ("- {name: x, learner: dft, batch_size: round}", "needs rounds"),
+                          ("- {name: x, learner: dft, batch_size: 0}", "whole number")):
         runs_file.write_text(text + "\n")
         with pytest.raises(UsageError, match=message):
             parse_runs(cfg)
@@ -188,7 +190,8 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
 
 
 def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tmp_path):
-    runs = [Run("rft", "rft"), Run("rft_x4", "rft", rounds=4), Run("grpo", "grpo", rounds=100)]
+    runs = [Run("rft", "rft"), Run("rft_x4", "rft", rounds=4), Run("grpo", "grpo", rounds=100),
+            Run("grpo8", "grpo", rounds=100, n=8, batch_size="round"), Run("sft64", "sft", batch_size=64)]
     cfg = CompareConfig(out=str(tmp_path), steps=100, batch_size=16, seeds="0")
     stages = {s.name: s for s in plan(cfg, tmp_path, tmp_path / "data", runs, [0])}
     offline, iterated, online = stages["train rft s0"], stages["train rft_x4 s0"], stages["train grpo s0"]
@@ -197,7 +200,10 @@ def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tm
     for stage, rounds in ((iterated, 4), (online, 100)):  # the dataset's prompts and sampling, shared out over the rounds
         cfg_rounds = stage.configs[0]
         assert (cfg_rounds.rounds, cfg_rounds.steps, cfg_rounds.batch_size) == (rounds, 100, 16)
-        assert cfg_rounds.data == str(tmp_path / "data")
+        assert cfg_rounds.data == str(tmp_path / "data") and not cfg_rounds.round_batches
+    recipe = stages["train grpo8 s0"]  # GRPO's recipe: its own group size, every sample of a round in its step
+    assert (recipe.configs[0].n, recipe.configs[0].round_batches, recipe.given) == (8, True, frozenset({"n"}))
+    assert stages["train sft64 s0"].configs[0].batch_size == 64  # a run's own batch
 
 
 class FakeEngine:

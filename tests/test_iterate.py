@@ -92,11 +92,18 @@ def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_ro
 
 
 def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
+    """GRPO's recipe (--round-batches): a round's 2 steps go once through all the samples of its 5 groups of 4 that
+    it trains on (groups whose rewards are all equal carry no advantage and are left out)."""
     out = tmp_path / "grpo"
     # the transformers engine (its sampled log-probs are exact too): no vLLM start-up in this test
     result = run_bin("iterate", "--learner", "grpo", "--rounds", "2", "--steps", "4", "--prompts-per-round",
-                     "12", "--batch-size", "8", "--lr", "1e-3", "--backend", "hf", "--out", str(out))
+                     "5", "--n", "4", "--round-batches", "--lr", "1e-3", "--backend", "hf", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    for k in (1, 2):
+        trained = json.loads((out / f"round-{k}" / "train" / "train_config.json").read_text())
+        record = json.loads((out / f"round-{k}" / "round.json").read_text())
+        assert (record["responses"], trained["batch_size"], trained["steps"]) == (20, record["examples"] // 2, 2)
+        assert record["examples"] >= 4 and trained["whole_batches"]
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     firsts = [s for s in steps if s["step"] in (1, 3)]
     seconds = [s for s in steps if s["step"] in (2, 4)]
@@ -114,8 +121,9 @@ def test_like_samples_as_the_dataset_did_and_shares_its_prompts_over_the_rounds(
     manifest = read_manifest(vllm_dataset)
     assert (cfg.prompts_per_round, cfg.n, cfg.max_tokens) == (24 // 4, 2, 96)
     assert cfg.model == manifest["model"] and cfg.source == "world:train" and cfg.temperature == 1.0
-    given = sample_like(IterateConfig(data=str(vllm_dataset), rounds=4, n=8), given={"rounds", "n"})
-    assert given.n == 8  # a flag given wins
+    given = sample_like(IterateConfig(data=str(vllm_dataset), rounds=2, n=4), given={"rounds", "n"})
+    # a group size given wins; the prompts per round keep the dataset's responses: 24 x 2 = 2 rounds x 6 x 4
+    assert (given.n, given.prompts_per_round) == (4, 6)
 
 
 def test_a_round_with_nothing_to_train_on_is_recorded_and_the_run_goes_on(tmp_path):

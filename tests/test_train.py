@@ -185,6 +185,20 @@ def test_the_saved_configuration_is_resolved_and_repeats_the_run(tmp_path, tiny_
 
 
 
+def test_whole_batches_go_once_through_every_example_in_the_steps():
+    from offline_rl.train import resolve, step_batches
+    from rollout.runtime import UsageError
+
+    cfg, _, _ = resolve(TrainConfig(steps=3, whole_batches=True, batch_size=999), 37, 1, "m")
+    assert (cfg.batch_size, cfg.micro_batch_size) == (12, 12)  # 36 of 37 seen once, 1 left over
+    (first,), (second,), (third,) = [next(b) for b in [step_batches(37, cfg, 0, 1, 1)] for _ in range(3)]
+    assert len(set(first + second + third)) == 36
+    ddp, _, _ = resolve(TrainConfig(steps=2, whole_batches=True), 25, 2, "m")
+    assert (ddp.batch_size, ddp.micro_batch_size) == (12, 6)  # a multiple of the processes
+    with pytest.raises(UsageError, match="needs --steps"):
+        resolve(TrainConfig(whole_batches=True), 25, 1, "m")
+
+
 def test_length_groups_cut_a_step_into_micro_batches_of_bounded_padding():
     from offline_rl.learners.dpo import Pair
     from offline_rl.train import example_size, length_groups

@@ -49,6 +49,9 @@ from rollout.runtime import (
 )
 
 
+OPTIONAL_RUN_KEYS = ("sweep", "swept", "n", "batch_size")  # recorded only when set: older comparisons rerun as they were
+
+
 class StageFailed(RuntimeError):
     """A stage's command failed."""
 
@@ -80,7 +83,7 @@ def run_compare(cfg: CompareConfig) -> dict:
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to")
                 and not (k in ("sweep", "select_on") and cfg.sweep is None and not any(r.sweep for r in runs))}
-    planned = {"runs": [{k: v for k, v in asdict(r).items() if v is not None or k not in ("sweep", "swept")}
+    planned = {"runs": [{k: v for k, v in asdict(r).items() if v is not None or k not in OPTIONAL_RUN_KEYS}
                         | {"flags": dict(r.flags)} for r in runs]}  # what --learners or --runs said
     hold_directory(out, "compare", force=cfg.force, owned=lambda d: (d / "compare_config.json").is_file())
     check_rerun_settings(out / "compare_config.json", settings, out, cfg.force)
@@ -161,7 +164,7 @@ def call(stage: Stage, configs: tuple, live: LiveEngine) -> None:
         run_eval(configs[0], default_model=str(DEFAULT_BASE_MODEL), engine=live.engine)
     elif stage.command == "iterate":  # its rounds sample with the live engine too
         rounds, train, learner = configs
-        run_iterate(resolve(rounds, {"model"} if rounds.model else set()), train, learner, engine=live)
+        run_iterate(resolve(rounds, stage.given), train, learner, engine=live)
     else:
         run_train(*configs)
 

@@ -1,7 +1,8 @@
 """``bin/iterate``: rounds of collect -> train (-> evaluate), each collecting from the policy the last one trained.
 
 One round is the offline setting; a few steps per round is expert iteration / iterated DPO; one step per round
-with ``--learner grpo`` is online GRPO. Every round writes ordinary directories, each usable on its own:
+with ``--learner grpo`` is online GRPO (with ``--round-batches --n 8``: as its recipe runs it, every sample of a
+round's groups in that round's update). Every round writes ordinary directories, each usable on its own:
 
     OUT/round-K/data    an offline dataset sampled by the policy after round K-1 (its manifest names that
                         checkpoint; its collect_config.json repeats it with bin/collect)
@@ -71,6 +72,7 @@ class IterateConfig(SamplingFlags, EngineFlags):
     extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction of the verifier", "choices": list(rewards.EXTRACTIONS), "advanced": True})
     seed: int = field(default=0, metadata={"help": "run seed: training order, and each round's sampling seed derives from it"})
     batch_size: int = field(default=16, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
+    round_batches: bool = field(default=False, metadata={"help": "each round's steps go once through all the samples its learner trains on, batch = those examples / the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train --whole-batches) instead of --batch-size"})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate", "above": 0})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of the schedule spent warming up", "min": 0, "max": 1, "advanced": True})
     restart_schedule: bool = field(default=False, metadata={"help": "start the warm-up + cosine schedule over each round (default: one schedule over all rounds); the optimizer's moments carry over either way", "advanced": True})
@@ -168,7 +170,9 @@ def sample_like(cfg: IterateConfig, given: set[str]) -> IterateConfig:
                                                   "max_tokens", "stop", "extraction", "skip") if name in collected}
     settings["model"] = manifest["model"]
     prompts = manifest["counts"]["prompts"] + manifest.get("prompts_too_long", 0)
-    settings["prompts_per_round"] = max(1, prompts // cfg.rounds)
+    # the dataset's responses shared out: a group size of one's own (--n) samples fewer or more prompts per round
+    n = cfg.n if "n" in given else settings.get("n", cfg.n)
+    settings["prompts_per_round"] = max(1, prompts * settings.get("n", cfg.n) // (n * cfg.rounds))
     return replace(cfg, **{k: v for k, v in settings.items() if k not in given})
 
 
@@ -279,7 +283,7 @@ class Rounds:
         last_step = json.loads((last / "train_summary.json").read_text())["last_step"] if last is not None else 0
         settings = dict(
             data=str(self.out / f"round-{k}" / "data"), out=str(trained), model=self.policy(k), steps=steps,
-            batch_size=cfg.batch_size, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, save_every=steps,
+            batch_size=cfg.batch_size, whole_batches=cfg.round_batches, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, save_every=steps,
             log_every=1, report_to=cfg.report_to, schedule_steps=steps if cfg.restart_schedule else cfg.steps,
             init_from=str(last / "checkpoints" / f"step-{last_step}") if last is not None else None,
             restart_schedule=cfg.restart_schedule and last is not None, resume=False, force=False)

@@ -6,7 +6,11 @@ A run is a name, a learner, the data it trains on (the dataset, the demonstratio
 budget). ``--learners sft,dft`` makes one run per learner with no flags; ``--runs FILE.yaml`` lists them in full:
 
     - {name: dft_seq, learner: dft, data: demonstrations, flags: {weighting: sequence}}
-    - {name: grpo, learner: grpo, rounds: 100}
+    - {name: grpo, learner: grpo, rounds: 100, n: 8, batch_size: round}
+
+A run in rounds may sample its own group size (``n``): its prompts per round are then as many as keep its sampled
+responses the dataset's. ``batch_size`` is a run's own (a number), or ``round``: each round's steps go once through
+all of its samples (GRPO's recipe).
 """
 
 from __future__ import annotations
@@ -73,8 +77,13 @@ class Run:
     data: str = "dataset"  # dataset, demonstrations, or a dataset directory
     flags: tuple = ()  # (option, value) pairs: bin/train's and the learner's own
     rounds: int | None = None  # trained in this many rounds by bin/iterate, collecting its own samples
+    n: int | None = None  # rounds: responses sampled per prompt (default: the dataset's)
+    batch_size: int | str | None = None  # its own sequences per step, or "round": all of a round's samples once
     sweep: str | None = None  # one setting of the sweep of this run name (its value among the flags)
     swept: str | None = None  # the flag that sweep varies
+
+    def batch(self, shared: int) -> int | str:
+        return shared if self.batch_size is None else self.batch_size
 
     def lr(self, shared: float) -> float:
         """The run's peak rate: its own, or the shared one times its learner's recipe (as bin/train prints it)."""
@@ -92,6 +101,7 @@ class Stage:
     configs: tuple  # the command function's configs
     done: Path  # the stage's completion mark, written last by its command
     samples: str | None = None  # the model a collection or evaluation samples from (the live engine loads it)
+    given: frozenset = frozenset()  # iterate: the settings the run gives, which the dataset's do not replace
 
     def finished(self) -> bool:
         """A dataset is finished when its manifest says so (collect writes the manifest first); the
@@ -195,11 +205,25 @@ def _run(entry: dict, where: str, on_demonstrations: set[str]) -> Run:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < float("inf"):
             raise UsageError(f"{where}: lr_scale must be a positive number (got {scale!r})")
         flags["lr_scale"] = float(scale)
-    rounds = entry.get("rounds")
-    if rounds is not None and (not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1):
-        raise UsageError(f"{where}: rounds must be a whole number >= 1 (got {rounds!r})")
+    rounds, n, batch = (_whole(entry, key, where) for key in ("rounds", "n", "batch_size"))
+    if n is not None and rounds is None:
+        raise UsageError(f"{where}: n (the group size it samples) needs rounds; offline runs train on the dataset's")
+    if entry.get("batch_size") == "round":
+        if rounds is None:
+            raise UsageError(f"{where}: batch_size: round needs rounds (each round's samples, once)")
+        batch = "round"
     data = str(entry.get("data", "demonstrations" if name in on_demonstrations else "dataset"))
-    return Run(name, learner, data, tuple(flags.items()), rounds)
+    return Run(name, learner, data, tuple(flags.items()), rounds, n=n, batch_size=batch)
+
+
+def _whole(entry: dict, key: str, where: str) -> int | None:
+    value = entry.get(key)
+    if value is None or (key == "batch_size" and value == "round"):
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        also = " or round" if key == "batch_size" else ""
+        raise UsageError(f"{where}: {key} must be a whole number >= 1{also} (got {value!r})")
+    return value
 
 
 def demonstrations_for(cfg: CompareConfig, out: Path, data: Path, runs: list[Run]) -> Path | None:
@@ -256,14 +280,17 @@ def _training(cfg: CompareConfig, out: Path, data: Path, demonstrations: Path | 
     where = out / "runs" / f"{run.name}-s{seed}"
     flags = {k: v for k, v in run.flags if k != "lr_scale"}
     (train, learner), _ = parse_mapping((TrainConfig, LEARNERS[run.learner].config), flags, f"run {run.name}")
-    settings = dict(learner=run.learner, out=str(where), model=cfg.model, batch_size=cfg.batch_size, seed=seed,
+    batch = run.batch(cfg.batch_size)
+    settings = dict(learner=run.learner, out=str(where), model=cfg.model, batch_size=batch, seed=seed,
                     report_to=cfg.report_to, lr=run.lr(cfg.lr))
     if run.rounds is not None:  # collects its own samples: the dataset's prompts and sampling, split into rounds
+        own = {"n": run.n} if run.n is not None else {}
         rounds = IterateConfig(learner=run.learner, data=str(data), model=cfg.model, out=str(where), rounds=run.rounds,
-                               steps=cfg.steps, batch_size=cfg.batch_size, seed=seed, lr=run.lr(cfg.lr),
-                               backend=cfg.backend, report_to=cfg.report_to)
+                               steps=cfg.steps, batch_size=cfg.batch_size if batch == "round" else batch,
+                               round_batches=batch == "round", seed=seed, lr=run.lr(cfg.lr), backend=cfg.backend,
+                               report_to=cfg.report_to, **own)
         return Stage(f"train {run.name} s{seed}", "iterate", (rounds, replace(train, learner=run.learner), learner),
-                     where / "iterate_summary.json")
+                     where / "iterate_summary.json", given=frozenset({"model"} if cfg.model else set()) | set(own))
     source = {"dataset": data, "demonstrations": demonstrations or data}.get(run.data, Path(run.data))
     train = replace(train, **settings, data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3), log_every=5)
     return Stage(f"train {run.name} s{seed}", "train", (train, learner), where / "train_summary.json")

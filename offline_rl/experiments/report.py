@@ -39,8 +39,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def format_report_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str) -> str:
-    """mean ± std (percent) per model and benchmark; the best mean of each column in bold."""
+def format_report_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str,
+                        settings: dict[str, str] | None = None) -> str:
+    """mean ± std (percent) per model and benchmark; the best mean of each column in bold; ``settings``: a column
+    saying each model's setting."""
     cell: dict[tuple[str, str], tuple[float, float, int]] = {}
     for model in models:
         for bench in benchmarks:
@@ -48,8 +50,9 @@ def format_report_table(rows: list[dict], models: list[str], benchmarks: list[st
             if values:
                 cell[model, bench] = (*mean_std(values), len(values))
     best = {b: max((round(cell[m, b][0], 1) for m in models if (m, b) in cell), default=None) for b in benchmarks}
-    lines = ["| model | " + " | ".join(f"{b} {metric}" for b in benchmarks) + " | seeds |",
-             "|---|" + "---:|" * len(benchmarks) + "---:|"]
+    setting = "setting | " if settings else ""
+    lines = ["| model | " + setting + " | ".join(f"{b} {metric}" for b in benchmarks) + " | seeds |",
+             "|---|" + ("---|" if settings else "") + "---:|" * len(benchmarks) + "---:|"]
     for model in models:
         cells, n = [], 0
         for bench in benchmarks:
@@ -60,8 +63,26 @@ def format_report_table(rows: list[dict], models: list[str], benchmarks: list[st
             n = max(n, count)
             text = f"{mean:.1f} ± {std:.1f}"
             cells.append(f"**{text}**" if round(mean, 1) == best[bench] else text)  # ties as shown: all bold
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | {n} |")
+        own = f"{settings.get(model, '–')} | " if settings else ""
+        lines.append(f"| {model} | {own}" + " | ".join(cells) + f" | {n} |")
     return "\n".join(lines)
+
+
+def run_setting(out: Path, run: Run, cfg: CompareConfig, seed: int) -> str:
+    """What a reported run trained with: its rate (the chosen one, when swept) and batch; in rounds, how many, each
+    sampling how many prompts x responses (as its first seed's bin/iterate resolved them)."""
+    text = f"lr {run.lr(cfg.lr):g}" + (" (chosen)" if run.swept == "lr" else "")
+    text += "".join(f", {k} {v}" + (" (chosen)" if k == run.swept else "") for k, v in run.flags
+                    if k not in ("lr", "lr_scale"))
+    if run.rounds is None:
+        return text + f", batch {run.batch(cfg.batch_size)}"
+    steps = cfg.steps // run.rounds
+    resolved = out / "runs" / f"{run.name}-s{seed}" / "iterate_config.json"
+    own = json.loads(resolved.read_text()) if resolved.exists() else {}
+    prompts, n = own.get("prompts_per_round", "?"), own.get("n", run.n or "?")
+    batch = (f"each round's {prompts} x {n} samples once" if run.batch_size == "round"
+             else f"batch {run.batch(cfg.batch_size)}")
+    return text + f", {run.rounds} rounds of {steps} step{'s' if steps > 1 else ''} ({batch})"
 
 
 def transfer_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str) -> str:
@@ -159,7 +180,9 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
             if r["model"] in shown and not (groups and r["benchmark"] == cfg.select_on)]
     models = list(dict.fromkeys(shown.values()))
     benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
-    table = format_report_table(rows, models, benchmarks, f"avg@{k}")
+    reported = {shown[r.name]: r for r in runs if r.name in shown}  # each name's reported run (a chosen setting)
+    settings = {"base": "–", **{name: run_setting(out, run, cfg, seeds[0]) for name, run in reported.items()}}
+    table = format_report_table(rows, models, benchmarks, f"avg@{k}", settings)
     manifest = read_manifest(data) if (data / "manifest.json").exists() else {}
     lines = _report_header(out, cfg, runs, seeds, data, demonstrations, manifest, rows, benchmarks)
     if groups:
@@ -219,7 +242,8 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
                      f"rows from {demo.get('source', {}).get('kind', '?')}): {', '.join(shown)}; the others on the dataset above.")
     own = [f"{r.name}: {r.learner}" + (f", lr {r.lr(cfg.lr):g}" if r.lr(cfg.lr) != cfg.lr else "")
            + "".join(f", {k} {v}" for k, v in r.flags if k not in ("lr", "lr_scale"))
-           for r in runs if r.learner != r.name or r.flags or r.lr(cfg.lr) != cfg.lr]
+           + (f", batch {r.batch_size}" if r.batch_size not in (None, "round") else "")
+           for r in runs if r.learner != r.name or r.flags or r.lr(cfg.lr) != cfg.lr or r.batch_size not in (None, "round")]
     if own:
         lines.append("Run settings: " + "; ".join(own) + ".")
     sweeps, swept = groups_of(runs)
@@ -231,7 +255,10 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
     if rounds:
         lines.append("Trained in rounds with bin/iterate, each collecting from its own current policy with the "
                      "dataset's sampling settings and prompts shared out over the rounds: "
-                     + ", ".join(f"{r.name} ({r.rounds} rounds of {cfg.steps // r.rounds} steps)" for r in rounds) + ".")
+                     + ", ".join(f"{r.name} ({r.rounds} rounds of {cfg.steps // r.rounds} steps"
+                                 + (f", {r.n} responses per prompt" if r.n else "")
+                                 + (", every sample of a round in its steps" if r.batch_size == "round" else "")
+                                 + ")" for r in rounds) + ".")
     return lines
 
 
