@@ -223,13 +223,14 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
         model = str(Path(model).relative_to(ROOT))  # the shipped base model, wherever the repo lives
     train_seconds = sum(r["train_seconds"] or 0 for r in rows if r["benchmark"] == benchmarks[0]) if rows else 0
     eval_seconds = sum(json.loads(p.read_text()).get("wall_seconds", 0) for p in (out / "evals").glob("*/results.json"))
+    own_rates = " (a run's own where the setting column says)" if any(r.lr(cfg.lr) != cfg.lr for r in runs) else ""
     lines = [
         "# Offline RL learners compared", "",
         f"Dataset `{data}`: {counts.get('responses', '?')} responses to {counts.get('prompts', '?')} prompts "
         f"from `{model}`, pass rate {manifest.get('pass_rate', float('nan')):.3f}"
         f" (collected in {manifest.get('wall_seconds', 0) / 60:.1f} min).",
         f"Budget per learner: {cfg.steps} optimizer steps of {cfg.batch_size} sequences (DPO: pairs), "
-        f"AdamW, peak lr {cfg.lr:g} with 5 % warm-up and cosine decay; seeds {', '.join(map(str, seeds))} "
+        f"AdamW, peak lr {cfg.lr:g}{own_rates} with 5 % warm-up and cosine decay; seeds {', '.join(map(str, seeds))} "
         f"(training order and evaluation sampling). Evaluation: k = {cfg.k} samples per problem at temperature "
         f"{cfg.temperature:g}, top-p {cfg.top_p:g}, at most {cfg.max_tokens} tokens.",
         f"Time: training {train_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min in all "
