@@ -58,8 +58,8 @@ def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(t
         assert json.loads((out / "runs" / f"dft-s{seed}" / "train_summary.json").read_text())["steps"] == 3
     report = (out / "report.md").read_text()
     table = [line for line in report.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| model | test-id avg@2 | test-names avg@2")
-    assert [line.split(" | ")[0] for line in table[1:3]] == ["| base", "| dft"]
+    assert table[0].startswith("| model | setting | test-id avg@2 | test-names avg@2")
+    assert [line.split(" | ")[:2] for line in table[1:3]] == [["| base", "–"], ["| dft", "lr 0.0002, batch 4"]]
     assert report.count("**") >= 2 and " ± " in report and "| 2 |" in table[1]
     for png in ("accuracy.png", "training.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -139,7 +139,7 @@ def test_a_failed_stage_is_reported_and_the_rest_still_run(tmp_path, tiny_model_
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {r["model"] for r in rows} == {"base", "rft"}
     assert not (out / "evals" / "dpo-s0").exists()
-    assert "| dpo | – |" in (out / "report.md").read_text()
+    assert "| dpo | lr 2e-05, batch 2 | – |" in (out / "report.md").read_text()
 
 
 def _report_without_times(out) -> list[str]:

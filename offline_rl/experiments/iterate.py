@@ -72,7 +72,7 @@ class IterateConfig(SamplingFlags, EngineFlags):
     extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction of the verifier", "choices": list(rewards.EXTRACTIONS), "advanced": True})
     seed: int = field(default=0, metadata={"help": "run seed: training order, and each round's sampling seed derives from it"})
     batch_size: int = field(default=16, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
-    round_batches: bool = field(default=False, metadata={"help": "each round's steps go once through all the samples its learner trains on, batch = those examples / the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train --whole-batches) instead of --batch-size"})
+    round_batches: bool = field(default=False, metadata={"help": "each round's steps go once through all the samples its learner trains on, batch = those examples / the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train --whole-batches) instead of --batch-size", "advanced": True})
     lr: float = field(default=2e-4, metadata={"help": "peak learning rate", "above": 0})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of the schedule spent warming up", "min": 0, "max": 1, "advanced": True})
     restart_schedule: bool = field(default=False, metadata={"help": "start the warm-up + cosine schedule over each round (default: one schedule over all rounds); the optimizer's moments carry over either way", "advanced": True})
