@@ -48,7 +48,6 @@ from rollout.runtime import (
     save_config,
 )
 
-
 OPTIONAL_RUN_KEYS = ("sweep", "swept", "n", "batch_size")  # recorded only when set: older comparisons rerun as they were
 
 
