@@ -205,23 +205,22 @@ def _run(entry: dict, where: str, on_demonstrations: set[str]) -> Run:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < float("inf"):
             raise UsageError(f"{where}: lr_scale must be a positive number (got {scale!r})")
         flags["lr_scale"] = float(scale)
-    rounds, n, batch = (_whole(entry, key, where) for key in ("rounds", "n", "batch_size"))
+    rounds, n, batch = _whole(entry, "rounds", where), _whole(entry, "n", where), _whole(entry, "batch_size", where, "round")
     if n is not None and rounds is None:
         raise UsageError(f"{where}: n (the group size it samples) needs rounds; offline runs train on the dataset's")
-    if entry.get("batch_size") == "round":
-        if rounds is None:
-            raise UsageError(f"{where}: batch_size: round needs rounds (each round's samples, once)")
-        batch = "round"
+    if batch == "round" and rounds is None:
+        raise UsageError(f"{where}: batch_size: round needs rounds (each round's samples, once)")
     data = str(entry.get("data", "demonstrations" if name in on_demonstrations else "dataset"))
     return Run(name, learner, data, tuple(flags.items()), rounds, n=n, batch_size=batch)
 
 
-def _whole(entry: dict, key: str, where: str) -> int | None:
+def _whole(entry: dict, key: str, where: str, word: str | None = None) -> int | str | None:
+    """``entry[key]``: absent (None), a whole number >= 1, or ``word`` where one is allowed."""
     value = entry.get(key)
-    if value is None or (key == "batch_size" and value == "round"):
-        return None
+    if value is None or (word is not None and value == word):
+        return value
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        also = " or round" if key == "batch_size" else ""
+        also = f" or {word}" if word else ""
         raise UsageError(f"{where}: {key} must be a whole number >= 1{also} (got {value!r})")
     return value
 
