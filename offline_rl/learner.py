@@ -2,17 +2,53 @@
 
 Each file in ``offline_rl/learners/`` ends with one ``LEARNER = Learner(...)``; ``learners.LEARNERS`` maps
 ``--learner NAME`` to it. The loop reads these fields and nothing else: no hooks looked up by name, no state
-written back by the learner.
+written back by the learner, nothing added to the batch.
+
+A loss is ``loss(policy, batch, cfg) -> (loss_sum, metrics)``:
+
+- ``policy`` (:class:`Policy`) holds the policy's quantities the record's ``inputs`` asked for, by name, and
+  nothing else (an input not asked for is ``None``); ``batch`` holds the data only, as the view's collate made it;
+- ``loss_sum`` is a sum over the learner's units, never a mean: the loop divides it once per optimizer step by
+  the step's count of the record's ``normaliser`` (:func:`units`), across micro-batches and ranks;
+- ``metrics`` are sums too (``_sum``, divided the same way) or maxima (``_max``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from offline_rl.views import Example, collate
+
+# What a loss may ask the loop for, each [B, T] over the response positions (0 elsewhere), all in float32.
+INPUTS = {
+    "logprobs": "log pi_theta(y_t) at temperature 1 (always given)",
+    "tempered_logprobs": "log pi_theta(y_t) at the behaviour's sampling temperature, projected in float32: what a "
+                         "ratio to the stored behaviour log-probs divides (the same tensor as logprobs at T = 1)",
+    "base_kl": "KL(pi_base || pi_theta) over the vocabulary at each response position, pi_base the run's initial "
+               "model, frozen",
+}
+
+# What a learner's loss sum is averaged over; each counted in a micro-batch by the loop.
+NORMALISERS = {
+    "token": "the step's response tokens",
+    "response": "the step's responses (each response's tokens averaged first by the loss)",
+    "pair": "the step's preference pairs (rows laid out as views.PairRows)",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The policy's quantities a loss asked for (:data:`INPUTS`), filled by the loop for one micro-batch.
+
+    Which tensor carries the gradient is the loss's choice: both ``logprobs`` and ``tempered_logprobs`` do."""
+
+    logprobs: torch.Tensor  # [B, T]
+    tempered_logprobs: torch.Tensor | None = None  # [B, T]
+    base_kl: torch.Tensor | None = None  # [B, T]
 
 
 def keep_view(examples: list[Example], cfg, context) -> list[Example]:
@@ -20,9 +56,8 @@ def keep_view(examples: list[Example], cfg, context) -> list[Example]:
     return examples
 
 
-def response_tokens(batch: dict[str, torch.Tensor], cfg) -> torch.Tensor:
-    """A token mean: the loss sum is divided by the step's response tokens."""
-    return batch["response_mask"].sum()
+def per_token(cfg) -> str:
+    return "token"
 
 
 @dataclass(frozen=True)
@@ -30,11 +65,42 @@ class Learner:
     name: str
     config: type  # its hyper-parameters (a dataclass); each field is a flag of bin/train
     views: tuple[str, ...]  # the views it can train on, the first its default
-    loss: Callable  # (logprobs [B, T], batch, cfg) -> (loss_sum, n_units, metrics): a sum, never a mean
+    loss: Callable  # (Policy, batch, cfg) -> (loss_sum, metrics): a sum, never a mean
     examples: Callable = keep_view  # (view's examples, cfg, ViewContext) -> what it trains on
-    units: Callable = response_tokens  # (batch, cfg) -> what the step's loss is averaged over
+    normaliser: Callable[[Any], str] = per_token  # cfg -> what the loss sum is averaged over: a key of NORMALISERS
+    inputs: tuple[str, ...] = ("logprobs",)  # what the loss reads of the policy: keys of INPUTS
     token_grad: Callable | None = None  # cfg -> (log p -> d loss / d log p) or None: per-token losses, fused projection
     collate: Callable = collate  # (examples, pad id) -> tensors
-    behavior_ratio: bool = False  # divides by the behaviour policy: needs its log-probs at an exact temperature
     float32_projection: bool = False  # its log-probs in float32 even under bf16 autocast (ratios, references)
-    base_kl: bool = False  # needs KL(initial model || policy) over the vocabulary at each response token: "base_kl"
+    lr_scale: float = 1.0  # its recipe's rate against the others' in a comparison (bin/compare), 1: the same
+
+    def __post_init__(self):
+        unknown = [name for name in self.inputs if name not in INPUTS]
+        if unknown or "logprobs" not in self.inputs:
+            raise ValueError(f"learner {self.name}: inputs {self.inputs} must include logprobs and name only "
+                             f"{', '.join(INPUTS)}")
+        if self.behavior_ratio and self.base_kl:  # one projection gives the tempered policy or the KL, not both
+            raise ValueError(f"learner {self.name}: tempered_logprobs and base_kl cannot be asked for together")
+
+    @property
+    def behavior_ratio(self) -> bool:
+        """Divides by the behaviour policy: needs its log-probs, at a temperature where the ratio is exact."""
+        return "tempered_logprobs" in self.inputs
+
+    @property
+    def base_kl(self) -> bool:
+        """Anchored to the run's initial model: the loop runs it frozen beside the policy."""
+        return "base_kl" in self.inputs
+
+
+def units(batch: dict[str, torch.Tensor], normaliser: str) -> torch.Tensor:
+    """How many of ``normaliser``'s units a micro-batch holds: what its loss sum is divided by, summed over the
+    step's micro-batches and ranks."""
+    mask = batch["response_mask"]  # [B, T]
+    if normaliser == "token":
+        return mask.sum()
+    if normaliser == "response":
+        return (mask.sum(-1) > 0).sum()
+    if normaliser == "pair":
+        return batch["pairs"]
+    raise ValueError(f"unknown normaliser {normaliser!r}; known: {', '.join(NORMALISERS)}")

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from offline_rl import sharding, views
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy, units
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_and_kl, token_logprobs_at
 from offline_rl.views import Pair, ViewContext, behavior_temperature, check_view, require_behavior_logprobs
@@ -370,7 +370,8 @@ def loop(state: TrainState) -> None:
             drawn = [[step_examples[j] for j in group] for group in
                      length_groups([example_size(state.examples[i]) for i in step_examples], cfg.micro_batch_tokens)]
         micro = [learner.collate([state.examples[i] for i in idx], pad) for idx in drawn]
-        local_units = sum(learner.units(b, state.learner_cfg) for b in micro)
+        normaliser = learner.normaliser(state.learner_cfg)  # what the step's loss is a mean over
+        local_units = sum(units(b, normaliser) for b in micro)
         step_units = accelerator.reduce(local_units.to(accelerator.device), reduction="sum")
         totals: dict[str, float] = {}
         for i, batch in enumerate(micro):
@@ -424,19 +425,25 @@ def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torc
     cfg, accelerator, learner = state.cfg, state.accelerator, state.learner
     if state.projection is not None:  # gradients made in forward; the loss's value from the detached log-probs
         logprobs, surrogate = fused_token_logprobs(state.model, batch, cfg.logit_chunk_size, state.projection)
-        loss_sum, _, metrics = learner.loss(logprobs[0], batch, state.learner_cfg)
+        loss_sum, metrics = learner.loss(Policy(logprobs[0]), batch, state.learner_cfg)
         accelerator.backward(token_mean(surrogate, step_units, accelerator.num_processes))
         return loss_sum, metrics
-    if state.reference is not None:  # anchored to the initial model: its KL over the vocabulary at every token
-        policy, batch["base_kl"] = token_logprobs_and_kl(state.model, state.reference, batch, cfg.logit_chunk_size)
-    else:
-        logprobs = token_logprobs_at(state.model, batch, cfg.logit_chunk_size, state.temperatures,
-                                     learner.float32_projection)
-        batch["ratio_logprobs"] = logprobs[-1]  # log pi_theta at the behaviour's temperature: [B, T]
-        policy = logprobs[0]
-    loss_sum, _, metrics = learner.loss(policy, batch, state.learner_cfg)
+    loss_sum, metrics = learner.loss(policy_inputs(state, batch), batch, state.learner_cfg)
     accelerator.backward(token_mean(loss_sum, step_units, accelerator.num_processes))
     return loss_sum, metrics
+
+
+def policy_inputs(state: TrainState, batch: dict[str, torch.Tensor]) -> Policy:
+    """What the learner's record asks of the policy for this micro-batch, by name, through the chunked projection:
+    the log-probs at temperature 1, at the behaviour's temperature, or with the initial model's KL."""
+    chunk, learner = state.cfg.logit_chunk_size, state.learner
+    if learner.base_kl:  # anchored to the initial model: its KL over the vocabulary at every token
+        logprobs, base_kl = token_logprobs_and_kl(state.model, state.reference, batch, chunk)
+        return Policy(logprobs, base_kl=base_kl)
+    logprobs = token_logprobs_at(state.model, batch, chunk, state.temperatures, learner.float32_projection)  # [K, B, T]
+    if learner.behavior_ratio:  # the behaviour's temperature last: the same tensor as logprobs[0] at T = 1
+        return Policy(logprobs[0], tempered_logprobs=logprobs[-1])
+    return Policy(logprobs[0])
 
 
 def step_record(state: TrainState, step: int, totals: dict[str, float], step_units, grad_norm) -> dict:

@@ -49,6 +49,24 @@ class Pair:
 
 
 @dataclass(frozen=True)
+class PairRows:
+    """The row layout of a pairs batch (:func:`collate_pairs`): ``pairs`` chosen responses in rows [0, P), each one's
+    rejected partner P rows below it, in rows [P, 2P). A loss reads the halves through this, never by slicing."""
+
+    pairs: int
+
+    @classmethod
+    def of(cls, batch: dict[str, torch.Tensor]) -> PairRows:
+        return cls(int(batch["pairs"]))
+
+    def chosen(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows[: self.pairs]
+
+    def rejected(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows[self.pairs :]
+
+
+@dataclass(frozen=True)
 class ViewContext:
     """What making a view may read besides the rows: the model and tokenizer (reference passes), the datasets'
     manifests (exactness checks), the accelerator (a reference pass sharded over ranks)."""
@@ -291,7 +309,8 @@ def reference_from_model(pairs: list[Pair], context: ViewContext, batch_size: in
 
 
 def collate_pairs(pairs: list[Pair], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Chosen responses in rows [0, P), their rejected partners in rows [P, 2P)."""
+    """The pairs as rows laid out as :class:`PairRows` says, with each response's reference log-prob and the count
+    of pairs (``pairs``: what a per-pair loss is averaged over)."""
     batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_token_id)
     batch["reference_logprobs"] = torch.tensor([p.chosen.reference_logprob for p in pairs]
                                                + [p.rejected.reference_logprob for p in pairs])  # [2P]

@@ -94,3 +94,17 @@ def fsdp_runs(vllm_dataset, tmp_path_factory):
     for argv in runs(vllm_dataset, root / "single").values():
         train.main(argv)
     return root, launched.stderr
+
+
+def learner_loss(learner, logprobs, batch, cfg=None, tempered_logprobs=None, base_kl=None):
+    """``learner``'s loss as the training loop calls it: a :class:`~offline_rl.learner.Policy` holding only the
+    inputs its record asks for (the tempered log-probs are ``logprobs`` themselves unless given: temperature 1),
+    and the count its normaliser divides by. Returns (loss_sum, count, metrics)."""
+    from offline_rl.learner import Policy, units
+
+    learner = getattr(learner, "LEARNER", learner)  # a learner's module or its record
+    cfg = cfg if cfg is not None else learner.config()
+    given = {"tempered_logprobs": logprobs if tempered_logprobs is None else tempered_logprobs, "base_kl": base_kl}
+    policy = Policy(logprobs, **{k: v for k, v in given.items() if k in learner.inputs})
+    loss_sum, metrics = learner.loss(policy, batch, cfg)
+    return loss_sum, units(batch, learner.normaliser(cfg)), metrics

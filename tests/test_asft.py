@@ -12,6 +12,7 @@ from offline_rl.embedded import world
 from offline_rl.learners import LEARNERS, asft
 from offline_rl.projection import LogitHead, _chunk_kl, token_logprobs, token_logprobs_and_kl
 from offline_rl.views import Example, collate
+from tests.conftest import learner_loss
 
 
 def test_the_chunk_kl_and_its_gradient_by_hand():
@@ -34,8 +35,8 @@ def test_the_chunk_kl_and_its_gradient_by_hand():
 def test_the_loss_and_its_gradients_by_hand():
     logprobs = torch.tensor([[-0.5, -2.0, 0.0]], requires_grad=True)
     base_kl = torch.tensor([[0.3, 0.1, 9.0]], requires_grad=True)
-    batch = {"response_mask": torch.tensor([[1.0, 1.0, 0.0]]), "base_kl": base_kl}
-    loss_sum, count, metrics = asft.loss(logprobs, batch, asft.ASFTConfig(kl_coef=0.5))
+    batch = {"response_mask": torch.tensor([[1.0, 1.0, 0.0]])}
+    loss_sum, count, metrics = learner_loss(asft, logprobs, batch, asft.ASFTConfig(kl_coef=0.5), base_kl=base_kl)
     p = torch.tensor([0.5, 2.0]).neg().exp()
     assert loss_sum.item() == pytest.approx(float(-(p * torch.tensor([-0.5, -2.0])).sum() + 0.5 * 0.4), rel=1e-6)
     assert count.item() == 2 and metrics["kl_sum"].item() == pytest.approx(0.4)
@@ -78,8 +79,9 @@ def test_the_anchor_holds_the_policy_near_the_base(tiny_model):
         policy = copy.deepcopy(model)
         optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
         for _ in range(6):
-            logprobs, batch["base_kl"] = token_logprobs_and_kl(policy, model, batch, chunk_size=8)
-            loss_sum, count, _ = LEARNERS["asft"].loss(logprobs, batch, asft.ASFTConfig(kl_coef=coef))
+            logprobs, base_kl = token_logprobs_and_kl(policy, model, batch, chunk_size=8)
+            loss_sum, count, _ = learner_loss(LEARNERS["asft"], logprobs, batch, asft.ASFTConfig(kl_coef=coef),
+                                              base_kl=base_kl)
             (loss_sum / count).backward()
             optimizer.step()
             optimizer.zero_grad()

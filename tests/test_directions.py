@@ -17,6 +17,7 @@ from offline_rl.embedded import world
 from offline_rl.learners import LEARNERS, dpo
 from offline_rl.projection import token_logprobs
 from offline_rl.views import Example, collate, group_accuracies, group_advantages
+from tests.conftest import learner_loss
 
 STEPS, LR = 6, 3e-3
 
@@ -61,7 +62,7 @@ def _train(model, learner, items, pad, cfg=None):
     for _ in range(STEPS):
         batch = collate_items(items, pad)
         logprobs = token_logprobs(model, batch, chunk_size=8)
-        loss_sum, count, _ = learner.loss(logprobs, batch, cfg)
+        loss_sum, count, _ = learner_loss(learner, logprobs, batch, cfg)
         (loss_sum / count).backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from offline_rl.learners import dft, grpo, nft, prob
+from tests.conftest import learner_loss
 
 
 def _batch(logp: list[list[float]], mask: list[list[float]], **extra):
@@ -27,7 +28,7 @@ P = [[0.5, 0.25, 0.9], [0.1, 0.8]]
 def test_dft_weights_loss_and_gradient_by_hand(weighting, min_weight, expected):
     logprobs, batch = _batch(LOGP, MASK)
     cfg = dft.Config(weighting=weighting, min_weight=min_weight)
-    loss_sum, n, _ = dft.loss(logprobs, batch, cfg)
+    loss_sum, n, _ = learner_loss(dft, logprobs, batch, cfg)
     flat_w = [w for row in expected for w in row]
     flat_logp = [lp for row, m in zip(LOGP, MASK, strict=True) for lp, k in zip(row, m, strict=True) if k]
     assert n.item() == 5
@@ -41,14 +42,14 @@ def test_dft_weights_loss_and_gradient_by_hand(weighting, min_weight, expected):
 def test_prob_is_minus_p_to_the_alpha_and_alpha_one_has_dfts_gradient():
     for alpha in (1.0, 10.0, 0.5):
         logprobs, batch = _batch(LOGP, MASK)
-        loss_sum, _, _ = prob.loss(logprobs, batch, prob.Config(alpha=alpha))
+        loss_sum, _, _ = learner_loss(prob, logprobs, batch, prob.Config(alpha=alpha))
         assert loss_sum.item() == pytest.approx(-sum(p ** alpha for row in P for p in row), rel=1e-5)
         loss_sum.backward()  # d(-p^a)/d log p = -a p^a
         assert logprobs.grad[0].tolist() == pytest.approx([-alpha * p ** alpha for p in P[0]], rel=1e-5)
     logprobs, batch = _batch(LOGP, MASK)
-    prob.loss(logprobs, batch, prob.Config(alpha=1.0))[0].backward()
+    learner_loss(prob, logprobs, batch, prob.Config(alpha=1.0))[0].backward()
     dft_logprobs, dft_batch = _batch(LOGP, MASK)
-    dft.loss(dft_logprobs, dft_batch, dft.Config())[0].backward()
+    learner_loss(dft, dft_logprobs, dft_batch, dft.Config())[0].backward()
     assert torch.allclose(logprobs.grad, dft_logprobs.grad)
 
 
@@ -58,7 +59,7 @@ def test_nft_loss_and_gradient_by_hand():
     behavior = [[math.log(0.5), math.log(0.5), math.log(0.5)], [math.log(0.2), math.log(0.4), 0.0]]
     logprobs, batch = _batch(LOGP, MASK, behavior_logprobs=torch.tensor(behavior), rewards=torch.tensor([1.0, 0.0]),
                              group_accuracy=torch.tensor([0.5, 0.25]))
-    loss_sum, n, metrics = nft.loss(logprobs, batch, nft.Config())
+    loss_sum, n, metrics = learner_loss(nft, logprobs, batch, nft.Config())
     # accepted (r = 0.5, omega 0.5): -0.5 log R_t. Rejected (r = 0.25, omega 0.75), R = [0.5, 2]:
     # x = (1 - 0.25 R) / 0.75 = [0.875 / 0.75, 0.5 / 0.75] = [1.1667, 0.6667]; floored at 1: values [1.1667, 1]
     accepted = -0.5 * sum(lp - b for lp, b in zip(LOGP[0], behavior[0], strict=True))
@@ -78,11 +79,11 @@ def test_nft_pushes_a_rejected_token_down_however_far_past_the_floor_it_is():
     for ratio in (1.5, 4.0, 40.0):  # x = (1 - r R) / (1 - r) with r = 0.5: 0, -2, -38
         logprobs, batch = _batch([[math.log(0.5 * ratio / 40)]], [[1.0]], behavior_logprobs=torch.tensor([[math.log(0.5 / 40)]]),
                                  rewards=torch.tensor([0.0]), group_accuracy=torch.tensor([0.5]))
-        nft.loss(logprobs, batch, nft.Config())[0].backward()
+        learner_loss(nft, logprobs, batch, nft.Config())[0].backward()
         assert logprobs.grad.item() == pytest.approx(0.5 * 0.5 * ratio / 0.5, rel=1e-5)  # omega r R / (1 - r)
     logprobs, batch = _batch([[0.0]], [[1.0]], behavior_logprobs=torch.tensor([[-5.0]]), rewards=torch.tensor([0.0]),
                              group_accuracy=torch.tensor([0.999]))  # R = e^5, r = 0.999 bounded to r^ = 0.98
-    nft.loss(logprobs, batch, nft.Config())[0].backward()
+    learner_loss(nft, logprobs, batch, nft.Config())[0].backward()
     assert logprobs.grad.item() == pytest.approx(0.02 * 0.98 * math.exp(5) / 0.02, rel=1e-4)  # omega = 1 - r^
 
 
@@ -101,7 +102,7 @@ def test_grpo_clipped_surrogate_and_aggregation_by_hand(aggregation):
                              behavior_logprobs=torch.tensor([[-0.5, -0.5, -1.0], [0.0, -1.0, 0.0]]),
                              advantages=torch.tensor([1.0, -1.0]))
     cfg = grpo.Config(aggregation=aggregation, clip_eps=0.2)
-    loss_sum, units, metrics = grpo.loss(logprobs, batch, cfg)
+    loss_sum, units, metrics = learner_loss(grpo, logprobs, batch, cfg)
     # response 0: r = [e^.5, 1, 1], A = +1: min(rA, clip(r)A) = [1.2, 1, 1]; the first token is clipped (no gradient)
     # response 1: r = [e^-.5, 1], A = -1: min = [-0.8, -1]; the first token is clipped too
     share = [1 / 3, 1 / 2] if aggregation == "sequence" else [1.0, 1.0]
@@ -119,7 +120,7 @@ def test_dfts_per_token_gradient_rule_is_its_loss_gradient_with_the_floor(min_we
     """The fused projection trains dft through ``token_grad``: it must be d loss / d log p, the floor included."""
     logprobs, batch = _batch(LOGP, MASK)
     cfg = dft.Config(min_weight=min_weight)
-    dft.loss(logprobs, batch, cfg)[0].backward()
+    learner_loss(dft, logprobs, batch, cfg)[0].backward()
     rule = dft.LEARNER.token_grad(cfg)(logprobs.detach())
     mask = torch.tensor(MASK).bool()
     assert torch.allclose(rule[mask], logprobs.grad[mask])

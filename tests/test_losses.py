@@ -7,6 +7,7 @@ from offline_rl.learners import LEARNERS, dft, rft
 from offline_rl.projection import token_logprobs
 from offline_rl.train import token_mean
 from offline_rl.views import VIEWS, Example, collate
+from tests.conftest import learner_loss
 
 
 def hand_batch(probs):
@@ -17,7 +18,7 @@ def hand_batch(probs):
 def test_dft_loss_hand_worked():
     # p = (1/2, 1/4, 1): NLL = ln2 + ln4 + 0 = 3 ln2; DFT = 1/2 ln2 + 1/4 ln4 + 0 = ln2
     logprobs, batch = hand_batch([0.5, 0.25, 1.0])
-    loss_sum, n_tokens, metrics = dft.loss(logprobs, batch, dft.Config())
+    loss_sum, n_tokens, metrics = learner_loss(dft, logprobs, batch, dft.Config())
     assert math.isclose(loss_sum.item(), math.log(2), rel_tol=1e-6)
     assert math.isclose(metrics["nll_sum"].item(), 3 * math.log(2), rel_tol=1e-6)
     assert n_tokens.item() == 3
@@ -29,7 +30,7 @@ def test_dft_loss_hand_worked():
 def test_rft_loss_is_masked_nll():
     logprobs, batch = hand_batch([0.5, 0.25, 1.0])
     batch["response_mask"] = torch.tensor([[1.0, 0.0, 1.0]])
-    loss_sum, n_tokens, _ = rft.loss(logprobs, batch, rft.Config())
+    loss_sum, n_tokens, _ = learner_loss(rft, logprobs, batch, rft.Config())
     assert math.isclose(loss_sum.item(), math.log(2), rel_tol=1e-6) and n_tokens.item() == 2
 
 
@@ -55,7 +56,7 @@ def test_dft_token_loss_and_gradient_on_a_model(tiny_model):
         grad_nll = torch.autograd.grad(nll, params)
         p = math.exp(-nll.item())
 
-        dft_loss, _, _ = dft.loss(token_logprobs(model, one), one, dft.Config())
+        dft_loss, _, _ = learner_loss(dft, token_logprobs(model, one), one, dft.Config())
         assert math.isclose(dft_loss.item(), p * nll.item(), rel_tol=1e-5)  # loss_t = NLL_t * sg(p_t)
         grad_dft = torch.autograd.grad(dft_loss, params)
         for g_dft, g_nll in zip(grad_dft, grad_nll, strict=True):
@@ -90,7 +91,7 @@ def test_ppo_surrogate_at_ratio_one_is_minus_the_mean_advantage():
     behavior = torch.log(torch.tensor([[0.5, 0.25, 0.8], [0.1, 0.9, 0.3]]))  # [B=2, T=3]
     logprobs = behavior.clone().requires_grad_(True)  # pi_theta = pi_behaviour: ratio 1 everywhere
     batch = {"response_mask": torch.ones(2, 3), "behavior_logprobs": behavior, "advantages": torch.tensor([1.0, -0.5])}
-    loss_sum, n_tokens, metrics = ppo.loss(logprobs, batch, ppo.Config(clip_eps=0.2))
+    loss_sum, n_tokens, metrics = learner_loss(ppo, logprobs, batch, ppo.Config(clip_eps=0.2))
     # token-mean of -A: (3 * -1 + 3 * 0.5) / 6 = -0.25
     assert math.isclose((loss_sum / n_tokens).item(), -0.25, rel_tol=1e-6)
     assert metrics["clip_fraction_sum"].item() == 0 and math.isclose(metrics["ratio_sum"].item(), 6.0, rel_tol=1e-6)
@@ -105,7 +106,7 @@ def test_ppo_clip_engages_beyond_epsilon():
     # ratios 1.1 (inside), 1.5 (above 1 + eps), 0.5 (below 1 - eps); advantage +1
     logprobs = torch.log(torch.tensor([[1.1, 1.5, 0.5]])).requires_grad_(True)
     batch = {"response_mask": torch.ones(1, 3), "behavior_logprobs": behavior, "advantages": torch.tensor([1.0])}
-    loss_sum, _, metrics = ppo.loss(logprobs, batch, ppo.Config(clip_eps=0.2))
+    loss_sum, _, metrics = learner_loss(ppo, logprobs, batch, ppo.Config(clip_eps=0.2))
     # min(r A, clip(r) A) with A > 0: 1.1, 1.2 (clipped), 0.5 (unclipped: the pessimistic side)
     assert math.isclose(loss_sum.item(), -(1.1 + 1.2 + 0.5), rel_tol=1e-6)
     assert metrics["clip_fraction_sum"].item() == 1
@@ -136,7 +137,7 @@ def test_dpo_loss_is_log_two_when_policy_equals_reference():
     logprobs = -torch.rand(batch["targets"].shape)  # [2P, T]: any policy...
     sequences = (logprobs * batch["response_mask"]).sum(-1)
     batch["reference_logprobs"] = sequences.clone()  # ...that equals its reference
-    loss_sum, pairs_count, metrics = dpo.loss(logprobs, batch, dpo.Config(beta=0.1))
+    loss_sum, pairs_count, metrics = learner_loss(dpo, logprobs, batch, dpo.Config(beta=0.1))
     assert pairs_count.item() == 2
     assert math.isclose((loss_sum / pairs_count).item(), math.log(2), rel_tol=1e-6)  # -log sigmoid(0)
     assert metrics["margin_sum"].item() == 0.0
@@ -166,12 +167,12 @@ def test_chunked_logprobs_and_dft_equal_the_naive_formula(tiny_model):
     params = [p for p in model.parameters() if p.requires_grad]
 
     naive = token_logprobs(model, batch, chunk_size=0) * mask
-    naive_loss, _, _ = dft.loss(naive, batch, dft.Config())
+    naive_loss, _, _ = learner_loss(dft, naive, batch, dft.Config())
     naive_grads = torch.autograd.grad(naive_loss, params)
     for chunk in (1, 3, 1024):
         chunked = token_logprobs(model, batch, chunk_size=chunk)
         assert torch.allclose(chunked, naive, atol=1e-5)
-        chunked_loss, _, _ = dft.loss(chunked, batch, dft.Config())
+        chunked_loss, _, _ = learner_loss(dft, chunked, batch, dft.Config())
         assert abs(chunked_loss.item() - naive_loss.item()) <= 1e-5
         for g_chunked, g_naive in zip(torch.autograd.grad(chunked_loss, params), naive_grads, strict=True):
             assert torch.allclose(g_chunked, g_naive, atol=1e-5, rtol=1e-4)
@@ -184,7 +185,7 @@ def test_iwsft_weights_are_clipped_detached_policy_over_behaviour_ratios():
     # sequence 0: policy = behaviour (weight 1); sequence 1: policy 4x likelier per token (weight 4 -> clipped to 2)
     logprobs = torch.log(torch.tensor([[0.5, 0.5], [1.0, 1.0]])).requires_grad_(True)
     batch = {"response_mask": torch.ones(2, 2), "behavior_logprobs": behavior}
-    loss_sum, n, metrics = iwsft.loss(logprobs, batch, iwsft.Config(max_weight=2.0))
+    loss_sum, n, metrics = learner_loss(iwsft, logprobs, batch, iwsft.Config(max_weight=2.0))
     # NLL: 2 ln2 for sequence 0 (weight 1), 0 for sequence 1
     assert math.isclose(loss_sum.item(), 2 * math.log(2), rel_tol=1e-6) and n.item() == 4
     assert math.isclose(metrics["weight_sum"].item(), 2 * 1 + 2 * 2, rel_tol=1e-6)
@@ -198,11 +199,11 @@ def test_adft_is_dft_at_the_anchor_and_pulls_back_when_away():
     behavior = torch.log(torch.tensor([[0.5, 0.25, 0.8]]))
     batch = {"response_mask": torch.ones(1, 3), "behavior_logprobs": behavior}
     at_anchor = behavior.clone().requires_grad_(True)
-    anchored, _, metrics = adft.loss(at_anchor, batch, adft.Config(anchor_coef=1.0))
-    plain, _, _ = dft.loss(behavior.clone(), batch, dft.Config())
+    anchored, _, metrics = learner_loss(adft, at_anchor, batch, adft.Config(anchor_coef=1.0))
+    plain, _, _ = learner_loss(dft, behavior.clone(), batch, dft.Config())
     assert math.isclose(anchored.item(), plain.item(), rel_tol=1e-6) and metrics["kl_sum"].item() == 0.0
     away = torch.log(torch.tensor([[0.9, 0.9, 0.9]]))
-    _, _, metrics = adft.loss(away, batch, adft.Config(anchor_coef=1.0))
+    _, _, metrics = learner_loss(adft, away, batch, adft.Config(anchor_coef=1.0))
     assert metrics["kl_sum"].item() > 0
 
 
@@ -256,8 +257,8 @@ def test_adft_anchor_pulls_the_policy_back_toward_the_behaviour():
 
     batch = {"response_mask": torch.ones(1, 2), "behavior_logprobs": torch.log(torch.tensor([[0.5, 0.5]]))}
     logp = torch.log(torch.tensor([[0.9, 0.1]])).requires_grad_(True)  # above, below the behaviour
-    anchored, _, _ = adft.loss(logp, batch, adft.Config(anchor_coef=1.0))
-    plain, _, _ = adft.loss(logp, batch, adft.Config(anchor_coef=0.0))
+    anchored, _, _ = learner_loss(adft, logp, batch, adft.Config(anchor_coef=1.0))
+    plain, _, _ = learner_loss(adft, logp, batch, adft.Config(anchor_coef=0.0))
     (anchored - plain).backward()
     # d/dlog pi of exp(d) - d - 1 is pi/b - 1: descent lowers log pi where pi > b and raises it where pi < b
     assert torch.allclose(logp.grad, torch.tensor([[0.9 / 0.5 - 1, 0.1 / 0.5 - 1]]), atol=1e-6)

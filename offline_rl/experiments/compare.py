@@ -1,7 +1,7 @@
 """``bin/compare``: several learners × seeds on one offline dataset under one budget, one report.
 
 Every learner trains from the same initial model on the same dataset for the same number of optimizer steps,
-batch size and learning-rate schedule (a learner's recipe may scale its rate: ``plan.LR_SCALES``; a run's own
+batch size and learning-rate schedule (a learner's recipe may scale its rate: ``lr_scale`` in its learner's record; a run's own
 flags come from ``--runs``), then each model — the base model included — is evaluated with the same sampling
 on the same benchmarks, with the run's seed (``--temperature``, ``--top-p``, ``--max-tokens``: the evaluation's
 sampling; the dataset is collected with bin/collect's defaults, or given with ``--data``). Each stage calls a command's function in this process (its

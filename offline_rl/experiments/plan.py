@@ -35,11 +35,6 @@ from rollout.runtime import UsageError, parse_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# A learner's own recipe under the shared budget, as a factor on the shared rate. DPO's loss is per pair of
-# whole sequences, and at the SFT-style rate (2e-4) it drove the embedded model to 16 % test-id avg@4 from 28 %
-# (over-optimisation); DPO recipes use a rate an order of magnitude or more below SFT's (Rafailov et al. 2023;
-# Tunstall et al. 2023). A run that sets its own lr or lr_scale replaces it.
-LR_SCALES = {"dpo": 0.1}
 # bin/train settings the comparison sets for every run (its budget and bookkeeping): a run's flags may not
 COMPARE_OWNS = ("learner", "data", "out", "model", "steps", "batch_size", "seed", "save_every", "log_every",
                 "report_to", "resume", "init_from", "schedule_steps", "force")
@@ -90,7 +85,7 @@ class Run:
         flags = dict(self.flags)
         if "lr" in flags:
             return float(flags["lr"])
-        scale = float(flags.get("lr_scale", LR_SCALES.get(self.learner, 1.0)))
+        scale = float(flags.get("lr_scale", LEARNERS[self.learner].lr_scale))  # a recipe's own rate (dpo.py)
         return float(f"{shared * scale:g}")
 
 

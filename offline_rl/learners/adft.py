@@ -9,7 +9,7 @@ since the tokens were drawn from ``b``, the anchor is **KL(b ‖ pi)**, estimate
 (``E_b[pi/b] = 1``), non-negative, and with gradient ``pi/b - 1`` in ``log pi``, bounded below
 (k3 on ``log b - log pi`` would estimate chi²(b‖pi) − KL(b‖pi) here, with an unbounded gradient
 ``1 - b/pi`` as pi → 0). ``pi`` is read at the behaviour's sampling temperature, projected in
-float32; the DFT term uses the policy itself. ``--anchor-coef 0`` is plain DFT.
+float32 (``policy.tempered_logprobs``); the DFT term uses the policy itself. ``--anchor-coef 0`` is plain DFT.
 Simplification: a per-token estimate on the sampled tokens instead of a full-vocabulary KL.
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
+from offline_rl.learners.terms import dft_sum, likelihood_metrics
 
 
 @dataclass
@@ -37,16 +38,15 @@ def anchor_kl(policy_logprobs: torch.Tensor, behavior_logprobs: torch.Tensor, ma
     return ((d.exp() - d - 1) * mask).sum()
 
 
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
-    mask = batch["response_mask"]  # [B, T]
-    token_probs = logprobs.detach().exp()  # [B, T]: sg(p_t)
-    dft = -(token_probs * logprobs * mask).sum()
-    policy = batch.get("ratio_logprobs", logprobs)  # [B, T], at the behaviour's temperature
-    kl = anchor_kl(policy, batch["behavior_logprobs"], mask)
-    metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "p_sum": (token_probs * mask).sum(), "kl_sum": kl.detach(),
-               "abs_log_ratio_sum": ((policy.detach() - batch["behavior_logprobs"]).abs() * mask).sum()}
-    return dft + cfg.anchor_coef * kl, mask.sum(), metrics
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
+    mask, behavior = batch["response_mask"], batch["behavior_logprobs"]  # [B, T]
+    dft = dft_sum(policy.logprobs, mask)
+    kl = anchor_kl(policy.tempered_logprobs, behavior, mask)  # [B, T] summed, at the behaviour's temperature
+    metrics = {**likelihood_metrics(policy.logprobs, mask), "kl_sum": kl.detach(),
+               "abs_log_ratio_sum": ((policy.tempered_logprobs.detach() - behavior).abs() * mask).sum()}
+    return dft + cfg.anchor_coef * kl, metrics
 
 
 # divides by the behaviour policy: the loop checks every dataset's sampling settings and tempers the policy
-LEARNER = Learner("adft", ADFTConfig, views=("accepted",), loss=loss, behavior_ratio=True, float32_projection=True)
+LEARNER = Learner("adft", ADFTConfig, views=("accepted",), loss=loss, inputs=("logprobs", "tempered_logprobs"),
+                  float32_projection=True)

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
+from offline_rl.learners.terms import dft_sum, likelihood_metrics
 
 
 @dataclass
@@ -33,13 +34,11 @@ class ASFTConfig:
 Config = ASFTConfig
 
 
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
-    token_probs = logprobs.detach().exp()  # [B, T]: sg(p_t)
-    dft = -(token_probs * logprobs * mask).sum()
-    kl = (batch["base_kl"] * mask).sum()  # [B, T] summed: KL(pi_base || pi) at every response position
-    metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "p_sum": (token_probs * mask).sum(), "kl_sum": kl.detach()}
-    return dft + cfg.kl_coef * kl, mask.sum(), metrics
+    kl = (policy.base_kl * mask).sum()  # [B, T] summed: KL(pi_base || pi) at every response position
+    metrics = {**likelihood_metrics(policy.logprobs, mask), "kl_sum": kl.detach()}
+    return dft_sum(policy.logprobs, mask) + cfg.kl_coef * kl, metrics
 
 
-LEARNER = Learner("asft", ASFTConfig, views=("accepted", "all"), loss=loss, base_kl=True)
+LEARNER = Learner("asft", ASFTConfig, views=("accepted", "all"), loss=loss, inputs=("logprobs", "base_kl"))

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
+from offline_rl.learners.terms import dft_sum, likelihood_metrics
 
 
 @dataclass
@@ -31,7 +32,6 @@ class DFTConfig:
 
 
 Config = DFTConfig
-
 
 
 def weights(logprobs: torch.Tensor, mask: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -47,15 +47,10 @@ def weights(logprobs: torch.Tensor, mask: torch.Tensor, cfg: Config) -> torch.Te
     return w.clamp(min=cfg.min_weight) * mask
 
 
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
-    cfg = cfg or Config()
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
-    w = weights(logprobs, mask, cfg)  # [B, T]; sg(.): a weight, never differentiated
-    dft_sum = -(w * logprobs * mask).sum()
-    n_tokens = mask.sum()
-    # DFT's loss is ~p times smaller than CE and can fall while NLL rises: log both
-    return dft_sum, n_tokens, {"nll_sum": -(logprobs.detach() * mask).sum(),
-                               "p_sum": (logprobs.detach().exp() * mask).sum(), "weight_sum": w.sum()}
+    w = weights(policy.logprobs, mask, cfg)  # [B, T]; sg(.): a weight, never differentiated
+    return dft_sum(policy.logprobs, mask, w), {**likelihood_metrics(policy.logprobs, mask), "weight_sum": w.sum()}
 
 
 def token_grad(cfg: Config):

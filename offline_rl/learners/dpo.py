@@ -10,7 +10,11 @@ Reference log-probs are computed once, before training, from the initial model
 same chunked float32 projection and under the same autocast as the policy, so the starting
 margin is 0), or taken from the stored behaviour log-probs (``--reference behavior``), which is
 exact only when every dataset was sampled from that model at temperature 1 with no top-p
-truncation — checked against the manifests, refused otherwise.
+truncation — checked against the manifests, refused otherwise. In a comparison DPO trains at a tenth of
+the shared learning rate (``lr_scale``; a run's own lr or lr_scale replaces it): its loss is per pair of whole
+sequences, and at the SFT-style rate (2e-4) it drove the embedded model to 16 % test-id avg@4 from 28 %
+(over-optimisation); DPO recipes use a rate an order of magnitude or more below SFT's (Rafailov et al. 2023;
+Tunstall et al. 2023).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
 from offline_rl.views import (
     Example,
     Pair,
+    PairRows,
     ViewContext,
     behavior_temperature,
     collate_pairs,
@@ -63,23 +68,18 @@ def examples(rows: list[Example], cfg: Config, context: ViewContext) -> list[Pai
     return reference_from_model(pairs, context)
 
 
-def units(batch: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
-    """DPO averages over pairs, not tokens."""
-    return batch["pairs"]
-
-
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
-    sequence = (logprobs * batch["response_mask"]).sum(-1)  # [2P]
-    n = sequence.shape[0] // 2
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
+    rows = PairRows.of(batch)
+    sequence = (policy.logprobs * batch["response_mask"]).sum(-1)  # [2P]
     log_ratio = sequence - batch["reference_logprobs"]  # [2P]
-    margin = cfg.beta * (log_ratio[:n] - log_ratio[n:])  # [P]: implicit reward of chosen minus rejected
+    margin = cfg.beta * (rows.chosen(log_ratio) - rows.rejected(log_ratio))  # [P]: implicit reward, chosen - rejected
     loss_sum = -torch.nn.functional.logsigmoid(margin).sum()
     with torch.no_grad():
         metrics = {"reward_accuracy_sum": (margin > 0).float().sum(), "margin_sum": margin.sum(),
-                   "nll_sum": -sequence[:n].sum()}
-    return loss_sum, batch["pairs"], metrics
+                   "nll_sum": -rows.chosen(sequence).sum()}
+    return loss_sum, metrics
 
 
 # float32 projection: the policy's log-probs in the same precision as the reference's
-LEARNER = Learner("dpo", DPOConfig, views=("pairs",), loss=loss, examples=examples, units=units, collate=collate_pairs,
-                  float32_projection=True)
+LEARNER = Learner("dpo", DPOConfig, views=("pairs",), loss=loss, examples=examples, normaliser=lambda cfg: "pair",
+                  collate=collate_pairs, float32_projection=True, lr_scale=0.1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
 from offline_rl.learners import ppo
 
 
@@ -30,25 +30,23 @@ class GRPOConfig:
 Config = GRPOConfig
 
 
-def units(batch: dict[str, torch.Tensor], cfg: Config) -> torch.Tensor:
+def normaliser(cfg: Config) -> str:
     """What the loss averages over: responses (sequence aggregation) or tokens."""
-    mask = batch["response_mask"]
-    return (mask.sum(-1) > 0).sum() if cfg.aggregation == "sequence" else mask.sum()
+    return "response" if cfg.aggregation == "sequence" else "token"
 
 
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
-    batch = {"ratio_logprobs": logprobs, **batch}
-    surrogate, diag = ppo.clipped_surrogate(batch, cfg)
+    surrogate, diag = ppo.clipped_surrogate(policy.tempered_logprobs, batch, cfg)
     # each response's share: 1 / its length (sequence) or 1 (token); the loop divides by the step's units
     share = 1 / mask.sum(-1, keepdim=True).clamp(min=1) if cfg.aggregation == "sequence" else torch.ones_like(mask[:, :1])
     loss_sum = -(surrogate * share).sum()
-    metrics = {"nll_sum": -(logprobs.detach() * mask * share).sum(), "ratio_sum": (diag["ratio"] * share).sum(),
+    metrics = {"nll_sum": -(policy.logprobs.detach() * mask * share).sum(), "ratio_sum": (diag["ratio"] * share).sum(),
                "clip_fraction_sum": (diag["clipped"] * share).sum(),
                "abs_log_ratio_sum": (diag["abs_log_ratio"] * share).sum(),
                "abs_log_ratio_max": diag["abs_log_ratio"].max()}
-    return loss_sum, units(batch, cfg), metrics
+    return loss_sum, metrics
 
 
-LEARNER = Learner("grpo", GRPOConfig, views=ppo.LEARNER.views, loss=loss, examples=ppo.examples, units=units,
-                  behavior_ratio=True, float32_projection=True)
+LEARNER = Learner("grpo", GRPOConfig, views=ppo.LEARNER.views, loss=loss, examples=ppo.examples, normaliser=normaliser,
+                  inputs=("logprobs", "tempered_logprobs"), float32_projection=True)

@@ -7,7 +7,9 @@ ratio of the current policy to the behaviour policy tightens it. Simplification:
 weight is per sequence, ``min(exp(mean_t(log pi_theta - log pi_behaviour)), max_weight)``,
 detached — a length-normalised ratio, since the full sequence ratio under- or
 overflows for long responses. ``pi_theta`` is read at the behaviour's sampling temperature
-(``batch["ratio_logprobs"]``), projected in float32, so the ratio is exactly 1 at step 0.
+(``policy.tempered_logprobs``), projected in float32, so the ratio is exactly 1 at step 0 (up to the
+trainer's and the engine's kernels: the training-inference mismatch, docs/learners.md). The gradient is the
+temperature-1 NLL's, weighted.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
 
 
 @dataclass
@@ -27,19 +29,20 @@ class IWSFTConfig:
 Config = IWSFTConfig
 
 
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
-    mask = batch["response_mask"]  # [B, T]
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
+    mask, behavior = batch["response_mask"], batch["behavior_logprobs"]  # [B, T]
     lengths = mask.sum(-1).clamp(min=1)  # [B]
     with torch.no_grad():
-        policy = batch.get("ratio_logprobs", logprobs)  # [B, T], at the behaviour's temperature
-        mean_log_ratio = ((policy - batch["behavior_logprobs"]) * mask).sum(-1) / lengths  # [B]
+        tempered = policy.tempered_logprobs  # [B, T], at the behaviour's temperature
+        mean_log_ratio = ((tempered - behavior) * mask).sum(-1) / lengths  # [B]
         weights = mean_log_ratio.exp().clamp(max=cfg.max_weight)  # [B]
-    nll = -(logprobs * mask)  # [B, T]
+    nll = -(policy.logprobs * mask)  # [B, T]
     loss_sum = (weights.unsqueeze(-1) * nll).sum()
     metrics = {"nll_sum": nll.detach().sum(), "weight_sum": (weights.unsqueeze(-1) * mask).sum(),
-               "abs_log_ratio_sum": ((policy.detach() - batch["behavior_logprobs"]).abs() * mask).sum()}
-    return loss_sum, mask.sum(), metrics
+               "abs_log_ratio_sum": ((tempered.detach() - behavior).abs() * mask).sum()}
+    return loss_sum, metrics
 
 
 # divides by the behaviour policy: the loop checks every dataset's sampling settings and tempers the policy
-LEARNER = Learner("iwsft", IWSFTConfig, views=("accepted",), loss=loss, behavior_ratio=True, float32_projection=True)
+LEARNER = Learner("iwsft", IWSFTConfig, views=("accepted",), loss=loss, inputs=("logprobs", "tempered_logprobs"),
+                  float32_projection=True)

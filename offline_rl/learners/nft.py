@@ -22,7 +22,7 @@ and, as the official code does by default:
 
 Simplification: the official loss sums tokens and divides by a constant (1000); here, as for every learner,
 the step's token mean (a per-step scale, not a change of direction). pi is read at the behaviour's temperature,
-projected in float32 (``batch["ratio_logprobs"]``), so it needs samples of the initial model with their
+projected in float32 (``policy.tempered_logprobs``), so it needs samples of the initial model with their
 log-probs, checked on every manifest.
 """
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
 from offline_rl.views import Example
 
 ACCURACY_BOUNDS = (0.02, 0.98)  # r^: the official clip of each prompt's share of right samples
@@ -58,10 +58,10 @@ def straight_through_min(x: torch.Tensor, floor: float) -> torch.Tensor:
     return x + (x.clamp(min=floor) - x).detach()
 
 
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
-    policy = batch.get("ratio_logprobs", logprobs)  # [B, T], at the behaviour's temperature
-    log_ratio = ((policy - batch["behavior_logprobs"]) * mask).clamp(max=MAX_LOG_RATIO)  # [B, T]
+    tempered = policy.tempered_logprobs  # [B, T], at the behaviour's temperature: carries the gradient
+    log_ratio = ((tempered - batch["behavior_logprobs"]) * mask).clamp(max=MAX_LOG_RATIO)  # [B, T]
     accepted = (batch["rewards"] == 1.0).float().unsqueeze(-1)  # [B, 1]
     r = batch["group_accuracy"].clamp(*ACCURACY_BOUNDS).unsqueeze(-1)  # [B, 1]
     negative = (1 - r * log_ratio.exp()) / (1 - r)  # [B, T]; 1 at R = 1
@@ -69,10 +69,10 @@ def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
     if cfg.prompt_weight == "1-r":
         token_loss = token_loss * (1 - r)
     with torch.no_grad():
-        metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "accepted_sum": (accepted * mask).sum(),
+        metrics = {"nll_sum": -(policy.logprobs.detach() * mask).sum(), "accepted_sum": (accepted * mask).sum(),
                    "clamped_sum": ((1 - accepted) * (negative < cfg.negative_clamp).float() * mask).sum()}
-    return (token_loss * mask).sum(), mask.sum(), metrics
+    return (token_loss * mask).sum(), metrics
 
 
-LEARNER = Learner("nft", NFTConfig, views=("groups",), loss=loss, examples=examples, behavior_ratio=True,
-                  float32_projection=True)
+LEARNER = Learner("nft", NFTConfig, views=("groups",), loss=loss, examples=examples,
+                  inputs=("logprobs", "tempered_logprobs"), float32_projection=True)

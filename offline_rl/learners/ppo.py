@@ -5,8 +5,9 @@ with GRPO's group-relative advantages in place of a critic (Shao et al., arXiv
 2402.03300) and the token-mean aggregation of DAPO (Yu et al., arXiv 2503.14476).
 Offline: the ratio is ``exp(log pi_theta - log pi_behaviour)`` with the behaviour
 log-probs stored at collection time; no new samples are drawn. ``pi_theta`` is read at the
-behaviour's sampling temperature (``batch["ratio_logprobs"]``), projected in float32, so every
-ratio is exactly 1 at step 0. Simplification: no KL term to a reference model (the clip is the
+behaviour's sampling temperature (``policy.tempered_logprobs``, which carries the gradient), projected in
+float32, so every ratio is exactly 1 at step 0 (up to the trainer's and the engine's kernels: the
+training-inference mismatch, docs/learners.md). Simplification: no KL term to a reference model (the clip is the
 only trust region).
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
 from offline_rl.views import Example, group_advantages
 
 
@@ -34,12 +35,14 @@ def examples(groups: list[Example], cfg: Config, context) -> list[Example]:
     return [e for e in group_advantages(groups, cfg.scale_advantages) if e.advantage != 0.0]
 
 
-def clipped_surrogate(batch: dict[str, torch.Tensor], cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token ``min(r A, clip(r, 1 - eps, 1 + eps) A)`` [B, T] (0 off the response) and per-token diagnostics:
-    the ratio, whether the clipped term is the active one, and |log r|."""
+def clipped_surrogate(tempered_logprobs: torch.Tensor, batch: dict[str, torch.Tensor],
+                      cfg) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token ``min(r A, clip(r, 1 - eps, 1 + eps) A)`` [B, T] (0 off the response), ``r`` the ratio of
+    ``tempered_logprobs`` (the policy at the behaviour's temperature) to the stored behaviour log-probs, and
+    per-token diagnostics: the ratio, whether the clipped term is the active one, and |log r|."""
     mask = batch["response_mask"]  # [B, T]
     advantages = batch["advantages"].unsqueeze(-1)  # [B, 1]
-    log_ratio = (batch["ratio_logprobs"] - batch["behavior_logprobs"]) * mask  # [B, T], at the behaviour's temperature
+    log_ratio = (tempered_logprobs - batch["behavior_logprobs"]) * mask  # [B, T]
     ratio = torch.exp(log_ratio)  # 1 off the response
     clipped = ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)
     surrogate = torch.minimum(ratio * advantages, clipped * advantages) * mask  # [B, T]
@@ -48,17 +51,16 @@ def clipped_surrogate(batch: dict[str, torch.Tensor], cfg) -> tuple[torch.Tensor
     return surrogate, {"ratio": ratio.detach() * mask, "clipped": was_clipped, "abs_log_ratio": log_ratio.detach().abs()}
 
 
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
-    batch = {"ratio_logprobs": logprobs, **batch}
-    surrogate, diag = clipped_surrogate(batch, cfg)
+    surrogate, diag = clipped_surrogate(policy.tempered_logprobs, batch, cfg)
     loss_sum = -surrogate.sum()
-    metrics = {"nll_sum": -(logprobs.detach() * mask).sum(), "ratio_sum": diag["ratio"].sum(),
+    metrics = {"nll_sum": -(policy.logprobs.detach() * mask).sum(), "ratio_sum": diag["ratio"].sum(),
                "clip_fraction_sum": diag["clipped"].sum(), "abs_log_ratio_sum": diag["abs_log_ratio"].sum(),
                "abs_log_ratio_max": diag["abs_log_ratio"].max()}
-    return loss_sum, mask.sum(), metrics
+    return loss_sum, metrics
 
 
 # divides by the behaviour policy: the loop checks every dataset's sampling settings and tempers the policy
-LEARNER = Learner("ppo", PPOConfig, views=("groups",), loss=loss, examples=examples, behavior_ratio=True,
-                  float32_projection=True)
+LEARNER = Learner("ppo", PPOConfig, views=("groups",), loss=loss, examples=examples,
+                  inputs=("logprobs", "tempered_logprobs"), float32_projection=True)

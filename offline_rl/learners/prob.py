@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
+from offline_rl.learners.terms import likelihood_metrics
 
 
 @dataclass
@@ -26,12 +27,10 @@ class ProbConfig:
 Config = ProbConfig
 
 
-
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
-    powered = torch.exp(cfg.alpha * logprobs) * mask  # p^alpha, computed in log space
-    return -powered.sum(), mask.sum(), {"nll_sum": -(logprobs.detach() * mask).sum(),
-                                        "p_sum": (logprobs.detach().exp() * mask).sum()}
+    powered = torch.exp(cfg.alpha * policy.logprobs) * mask  # p^alpha, computed in log space
+    return -powered.sum(), likelihood_metrics(policy.logprobs, mask)
 
 
 def token_grad(cfg: Config):

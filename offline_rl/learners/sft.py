@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from offline_rl.learner import Learner
+from offline_rl.learner import Learner, Policy
+from offline_rl.learners.terms import nll_sum
 
 
 @dataclass
@@ -22,11 +23,9 @@ class SFTConfig:
 Config = SFTConfig
 
 
-
-def loss(logprobs: torch.Tensor, batch: dict[str, torch.Tensor], cfg: Config):
-    mask = batch["response_mask"]  # [B, T]
-    nll_sum = -(logprobs * mask).sum()
-    return nll_sum, mask.sum(), {"nll_sum": nll_sum.detach()}
+def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
+    nll = nll_sum(policy.logprobs, batch["response_mask"])  # [B, T] summed
+    return nll, {"nll_sum": nll.detach()}
 
 
 def token_grad(cfg: Config):
