@@ -370,9 +370,7 @@ def loop(state: TrainState) -> None:
             drawn = [[step_examples[j] for j in group] for group in
                      length_groups([example_size(state.examples[i]) for i in step_examples], cfg.micro_batch_tokens)]
         micro = [learner.collate([state.examples[i] for i in idx], pad) for idx in drawn]
-        normaliser = learner.normaliser(state.learner_cfg)  # what the step's loss is a mean over
-        local_units = sum(units(b, normaliser) for b in micro)
-        step_units = accelerator.reduce(local_units.to(accelerator.device), reduction="sum")
+        step_units = count_units(learner, state.learner_cfg, micro, accelerator)
         totals: dict[str, float] = {}
         for i, batch in enumerate(micro):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -418,6 +416,14 @@ def step_batches(n_examples: int, cfg: TrainConfig, rank: int, ranks: int, accum
             yield [mine[i * micro : (i + 1) * micro] for i in range(accumulation)]
         if len(order) < cfg.batch_size:  # fewer examples than one step: cycle with replacement
             yield [[rng.randrange(n_examples) for _ in range(micro)] for _ in range(accumulation)]
+
+
+def count_units(learner: Learner, learner_cfg, micro: list[dict[str, torch.Tensor]], accelerator) -> torch.Tensor:
+    """What the step's loss sum is divided by: the learner's normaliser counted over the step's micro-batches and
+    every rank."""
+    normaliser = learner.normaliser(learner_cfg)
+    local_units = sum(units(batch, normaliser) for batch in micro)
+    return accelerator.reduce(local_units.to(accelerator.device), reduction="sum")
 
 
 def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torch.Tensor):
