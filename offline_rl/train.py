@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from offline_rl import sharding, views
 from offline_rl.learner import Learner, Policy, units
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
+from offline_rl.policies import check_learner, frozen_model
 from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_and_kl, token_logprobs_at
-from offline_rl.views import Pair, ViewContext, behavior_temperature, check_view, require_behavior_logprobs
+from offline_rl.views import Pair, ViewContext, check_view
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import atomic_write, hold_directory, is_disk_full
 from rollout.model_cards import write_model_card
@@ -149,10 +150,8 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     cfg = replace(cfg, view=cfg.view or learner.views[0])
     check_view(learner, cfg.view, manifests)  # one line naming what is missing, before any loading
     tokenizer = load_tokenizer(model_path)  # one line if the checkpoint's config or tokenizer is damaged
-    ratio_temperature = None
-    if learner.behavior_ratio:  # the policy read at the behaviour's temperature: exact, or refused
-        ratio_temperature = behavior_temperature(manifests, model_path, cfg.learner, cfg.approximate_ratios)
-        require_behavior_logprobs(dataset, cfg.learner)
+    # a ratio learner reads the policy at the behaviour's temperature: exact, or refused
+    ratio_temperature = check_learner(learner, manifests, dataset, model_path, cfg.approximate_ratios)
     examples, dropped = learner_examples(cfg, learner, learner_cfg, dataset, manifests, model_path, tokenizer,
                                          accelerator)
     cfg, offset, init_from = resolve(cfg, len(examples), accelerator.num_processes, model_path)
@@ -175,7 +174,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         print(f"projection: {'fused chunks' if projection is not None else 'checkpointed chunks'} of "
               f"{cfg.logit_chunk_size or 'all'} response tokens; {layout}", file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
-    reference = frozen_model(model_path, accelerator) if learner.base_kl else None
+    reference = frozen_model(model_path, accelerator.device) if learner.base_kl else None
     per_process = cfg.micro_batch_size * accelerator.num_processes
     return TrainState(cfg, learner, learner_cfg, accelerator, model, optimizer, scheduler, tokenizer, examples,
                       identity, offset, first_step, cfg.batch_size // per_process, projection,
@@ -659,16 +658,6 @@ def fused_projection(learner: Learner, learner_cfg, cfg: TrainConfig, ratio_temp
     if rule is None or cfg.logit_chunk_size <= 0 or ratio_temperature not in (None, 1.0):
         return None
     return rule
-
-
-def frozen_model(model_path: str, accelerator):
-    """The initial model, frozen, in float32 on this process's device (whole on every rank, as DPO's reference)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(accelerator.device).eval()
-    model.requires_grad_(False)
-    model.config.use_cache = False
-    return model
 
 
 def load_checkpoint(accelerator, model, optimizer, checkpoint: Path) -> None:

@@ -2,8 +2,8 @@
 
 What a learner trains on is a view of the dataset, chosen apart from its loss (``--view``): accepted rows, all
 rows, preference pairs, prompt groups. :func:`build` makes a view's examples; a learner's own ``examples`` step
-then shapes them (advantages, pairs with reference log-probs, filters) with the functions here. What a learner
-needs from the data (behaviour log-probs, an exact ratio) is checked against every dataset's manifest first.
+then shapes them (advantages, pairs with reference log-probs, filters) with the functions here. Whether a ratio
+to the behaviour policy is exact for the datasets is decided in :mod:`offline_rl.policies`.
 """
 
 from __future__ import annotations
@@ -88,10 +88,9 @@ def check_view(learner, view: str, manifests: dict[str, dict]) -> None:
         raise UsageError(f"{learner.name} trains on the {' or '.join(learner.views)} view, not on {view}: "
                          f"its loss needs {VIEWS[learner.views[0]]}")
     if learner.behavior_ratio:
-        for path, manifest in manifests.items():
-            if manifest.get("kind") == "demonstrations":
-                raise UsageError(f"{learner.name} needs the sampling policy's log-probs, and {path} holds demonstrations, "
-                                 "which have none; train sft, dft, rft or prob on them, or give sampled data")
+        from offline_rl.policies import require_samples
+
+        require_samples(learner.name, manifests)
 
 
 def build(view: str, dataset, include_truncated: bool = False) -> tuple[list[Example], int]:
@@ -141,68 +140,6 @@ def sampled_examples(dataset, accepted_only: bool, include_truncated: bool = Fal
         examples.append(Example(r["prompt_id"], r["prompt_token_ids"], r["response_token_ids"], r["behavior_logprobs"],
                                 r["reward"], truncated=r["finish_reason"] == "length"))
     return examples, dropped
-
-
-def require_behavior_logprobs(dataset, learner: str) -> None:
-    """Learners that weigh by pi_theta / pi_behaviour cannot run on rows collected without log-probs."""
-    if any(not lp for lp in dataset["behavior_logprobs"]):
-        raise UsageError(f"{learner} needs the sampling policy's log-probs; this dataset has rows without them "
-                         "(demonstrations, or samples collected without them)")
-
-
-def check_logprobs_mode(path: str, manifest: dict, temperature: float, learner: str) -> None:
-    """The stored log-probs are those of the distribution sampled from: our engines' always (vLLM with
-    ``processed_logprobs``, transformers' processed scores); a server's only as declared at collection, with
-    ``raw_logprobs`` the same distribution at temperature 1 only. Refused otherwise, even with
-    --approximate-ratios: a ratio to log-probs of unknown processing is not an approximation of anything."""
-    mode = manifest.get("logprobs_mode") or (None if manifest.get("backend") == "openai" else "processed_logprobs")
-    if mode == "processed_logprobs" or (mode == "raw_logprobs" and temperature == 1.0):
-        return
-    if mode is None:
-        raise UsageError(f"{learner}: {path} does not say how its behaviour log-probs were computed (a server "
-                         "sampled it); collect with --server-logprobs-mode as the server runs, e.g. processed_logprobs")
-    raise UsageError(f"{learner}: {path} holds {mode} at temperature {temperature:g}, not the log-probs of the "
-                     "distribution sampled from; serve with --logprobs-mode processed_logprobs")
-
-
-def behavior_temperature(manifests: dict[str, dict], model_path: str, learner: str, approximate: bool) -> float:
-    """The temperature T at which ``log softmax(logits / T)`` of the sampling model equals the stored
-    behaviour log-probs, checked on every dataset's manifest; refused (one line) where no T makes the
-    ratio exact: top-p truncation, another sampling model, unknown or mixed settings. ``approximate``
-    accepts truncation and another model knowingly (the ratio is then only approximate)."""
-    from pathlib import Path
-
-    def same_model(a, b) -> bool:
-        return a == b or (Path(str(a)).exists() and Path(str(a)).resolve() == Path(str(b)).resolve())
-
-    temperatures = set()
-    for path, manifest in manifests.items():
-        sampling = manifest.get("sampling")
-        if not isinstance(sampling, dict) or not isinstance(sampling.get("temperature"), int | float):
-            raise UsageError(f"{learner}: {path} does not record the temperature it was sampled at; "
-                             "its behaviour log-probs cannot be matched")
-        identity = manifest.get("identity", {})
-        for appended in manifest.get("appended_identities", []):
-            if appended.get("sampling") != identity.get("sampling") or appended.get("model") != identity.get("model"):
-                raise UsageError(f"{learner}: {path} holds rows sampled with other settings (a forced append); "
-                                 "its behaviour log-probs are not of one policy")
-        if not approximate:
-            if sampling.get("top_p", 1.0) != 1.0 or sampling.get("top_k", -1) not in (-1, 0, None):
-                raise UsageError(f"{learner}: {path} was sampled with top-p {sampling.get('top_p')}, top-k "
-                                 f"{sampling.get('top_k', 'full')}: a ratio to a truncated distribution is not exact; "
-                                 "--approximate-ratios to run anyway")
-            if not same_model(manifest.get("model"), model_path):
-                raise UsageError(f"{learner}: {path} was sampled by {manifest.get('model')}, not by the initial model "
-                                 f"{model_path}; --approximate-ratios to run anyway")
-        check_logprobs_mode(path, manifest, float(sampling["temperature"]), learner)
-        temperatures.add(float(sampling["temperature"]))
-    if len(temperatures) > 1:
-        raise UsageError(f"{learner}: the datasets were sampled at different temperatures "
-                         f"({', '.join(map(str, sorted(temperatures)))}); train on one at a time")
-    temperature = temperatures.pop()
-    if temperature <= 0:
-        raise UsageError(f"{learner}: greedy samples (temperature 0) have no behaviour probabilities to divide by")
-    return temperature
 
 
 def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -282,7 +219,7 @@ def reference_from_model(pairs: list[Pair], context: ViewContext, batch_size: in
     the chunked float32 projection, under the policy's autocast."""
     import contextlib
 
-    from transformers import AutoModelForCausalLM
+    from offline_rl.policies import frozen_model
 
     accelerator = context.accelerator
     device = accelerator.device if accelerator is not None else torch.device("cpu")
@@ -290,7 +227,7 @@ def reference_from_model(pairs: list[Pair], context: ViewContext, batch_size: in
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     chunk = context.logit_chunk_size
     pad = context.tokenizer.pad_token_id if context.tokenizer.pad_token_id is not None else context.tokenizer.eos_token_id
-    model = AutoModelForCausalLM.from_pretrained(context.model_path, dtype=torch.float32).to(device).eval()
+    model = frozen_model(context.model_path, device)
     flat = [e for p in pairs for e in (p.chosen, p.rejected)]
     mine = list(range(rank, len(flat), ranks))
     sums = torch.zeros(len(flat), device=device)  # [2P]

@@ -9,7 +9,7 @@ is read from the environment variable ``--api-key-env`` names, never from a flag
 How the server computed its log-probs is not in its answers: vLLM returns the raw model's by default
 (``--logprobs-mode raw_logprobs``), the sampled distribution's with ``processed_logprobs``. The dataset records what
 ``--server-logprobs-mode`` declares, and ratio learners refuse a dataset whose log-probs are not known to be the
-sampled distribution's (:func:`offline_rl.views.behavior_temperature`).
+sampled distribution's (:func:`offline_rl.policies.ratio_temperature`).
 """
 
 from __future__ import annotations

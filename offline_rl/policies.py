@@ -1,0 +1,110 @@
+"""The policies a learner's maths refers to besides the one it trains, in one place.
+
+- **The behaviour policy** that sampled the data. A learner that divides by it (``ppo``, ``grpo``, ``nft``,
+  ``iwsft``, ``adft``; DPO's ``--reference behavior``) is exact only for a temperature T at which
+  ``log softmax(logits / T)`` of its initial model equals the stored log-probs. :func:`ratio_temperature` decides
+  that T from every dataset's manifest (the sampling model, the sampling settings, how the log-probs were
+  computed, merged inputs), or refuses with one line naming why not. Train, iterate, compare and DPO's reference
+  all ask it, through :func:`check_learner` or directly.
+- **Frozen reference models** (DPO's reference pass, ASFT's anchor): loaded by :func:`frozen_model` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rollout.runtime import UsageError
+
+
+def check_learner(learner, manifests: dict[str, dict], dataset, model_path: str, approximate: bool) -> float | None:
+    """The temperature at which ``learner``'s ratio to the behaviour policy is exact for these datasets (None: it
+    divides by no behaviour policy); one line (UsageError) where none is."""
+    if not learner.behavior_ratio:
+        return None
+    require_samples(learner.name, manifests)
+    temperature = ratio_temperature(manifests, model_path, learner.name, approximate)
+    require_behavior_logprobs(dataset, learner.name)
+    return temperature
+
+
+def require_samples(learner: str, manifests: dict[str, dict]) -> None:
+    """Demonstrations were sampled by no policy: nothing to divide by."""
+    for path, manifest in manifests.items():
+        if manifest.get("kind") == "demonstrations":
+            raise UsageError(f"{learner} needs the sampling policy's log-probs, and {path} holds demonstrations, "
+                             "which have none; train sft, dft, rft or prob on them, or give sampled data")
+
+
+def require_behavior_logprobs(dataset, learner: str) -> None:
+    """Learners that weigh by pi_theta / pi_behaviour cannot run on rows collected without log-probs."""
+    if any(not lp for lp in dataset["behavior_logprobs"]):
+        raise UsageError(f"{learner} needs the sampling policy's log-probs; this dataset has rows without them "
+                         "(demonstrations, or samples collected without them)")
+
+
+def check_logprobs_mode(path: str, manifest: dict, temperature: float, learner: str) -> None:
+    """The stored log-probs are those of the distribution sampled from: our engines' always (vLLM with
+    ``processed_logprobs``, transformers' processed scores); a server's only as declared at collection, with
+    ``raw_logprobs`` the same distribution at temperature 1 only. Refused otherwise, even with
+    --approximate-ratios: a ratio to log-probs of unknown processing is not an approximation of anything."""
+    mode = manifest.get("logprobs_mode") or (None if manifest.get("backend") == "openai" else "processed_logprobs")
+    if mode == "processed_logprobs" or (mode == "raw_logprobs" and temperature == 1.0):
+        return
+    if mode is None:
+        raise UsageError(f"{learner}: {path} does not say how its behaviour log-probs were computed (a server "
+                         "sampled it); collect with --server-logprobs-mode as the server runs, e.g. processed_logprobs")
+    raise UsageError(f"{learner}: {path} holds {mode} at temperature {temperature:g}, not the log-probs of the "
+                     "distribution sampled from; serve with --logprobs-mode processed_logprobs")
+
+
+def ratio_temperature(manifests: dict[str, dict], model_path: str, learner: str, approximate: bool) -> float:
+    """The temperature T at which ``log softmax(logits / T)`` of the sampling model equals the stored
+    behaviour log-probs, checked on every dataset's manifest; refused (one line) where no T makes the
+    ratio exact: top-p truncation, another sampling model, unknown or mixed settings. ``approximate``
+    accepts truncation and another model knowingly (the ratio is then only approximate)."""
+    def same_model(a, b) -> bool:
+        return a == b or (Path(str(a)).exists() and Path(str(a)).resolve() == Path(str(b)).resolve())
+
+    temperatures = set()
+    for path, manifest in manifests.items():
+        sampling = manifest.get("sampling")
+        if not isinstance(sampling, dict) or not isinstance(sampling.get("temperature"), int | float):
+            raise UsageError(f"{learner}: {path} does not record the temperature it was sampled at; "
+                             "its behaviour log-probs cannot be matched")
+        identity = manifest.get("identity", {})
+        for appended in manifest.get("appended_identities", []):
+            if appended.get("sampling") != identity.get("sampling") or appended.get("model") != identity.get("model"):
+                raise UsageError(f"{learner}: {path} holds rows sampled with other settings (a forced append); "
+                                 "its behaviour log-probs are not of one policy")
+        if not approximate:
+            if sampling.get("top_p", 1.0) != 1.0 or sampling.get("top_k", -1) not in (-1, 0, None):
+                raise UsageError(f"{learner}: {path} was sampled with top-p {sampling.get('top_p')}, top-k "
+                                 f"{sampling.get('top_k', 'full')}: a ratio to a truncated distribution is not exact; "
+                                 "--approximate-ratios to run anyway")
+            if not same_model(manifest.get("model"), model_path):
+                raise UsageError(f"{learner}: {path} was sampled by {manifest.get('model')}, not by the initial model "
+                                 f"{model_path}; --approximate-ratios to run anyway")
+        check_logprobs_mode(path, manifest, float(sampling["temperature"]), learner)
+        temperatures.add(float(sampling["temperature"]))
+    if len(temperatures) > 1:
+        raise UsageError(f"{learner}: the datasets were sampled at different temperatures "
+                         f"({', '.join(map(str, sorted(temperatures)))}); train on one at a time")
+    temperature = temperatures.pop()
+    if temperature <= 0:
+        raise UsageError(f"{learner}: greedy samples (temperature 0) have no behaviour probabilities to divide by")
+    return temperature
+
+
+
+
+def frozen_model(model_path: str, device) -> torch.nn.Module:
+    """The model at ``model_path``, frozen, in float32 on ``device``, whole (on every rank): the one way a reference
+    (DPO's initial model, ASFT's anchor) is loaded."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
+    model.requires_grad_(False)
+    model.config.use_cache = False
+    return model
