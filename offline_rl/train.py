@@ -42,6 +42,7 @@ class TrainConfig:
     view: str = field(default=None, metadata={"help": f"what the learner trains on: {', '.join(views.VIEWS)} (default: the learner's own)", "choices": list(views.VIEWS)})
     out: str = field(default=None, metadata={"help": "output directory: final model here, metrics and config beside it (required)"})
     model: str = field(default=None, metadata={"help": "initial checkpoint (default: the model that collected the data)"})
+    base_model: str = field(default=None, metadata={"help": "the frozen model a learner anchored to its base reads (asft's pi_base; default: --model); bin/iterate sets it to the run's initial model in every round", "advanced": True})
     steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)", "min": 1})
     epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --steps is unset", "above": 0})
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step, over all processes", "min": 1})
@@ -152,6 +153,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     tokenizer = load_tokenizer(model_path)  # one line if the checkpoint's config or tokenizer is damaged
     # a ratio learner reads the policy at the behaviour's temperature: exact, or refused
     ratio_temperature = check_learner(learner, manifests, dataset, model_path, cfg.approximate_ratios)
+    base_model = anchor(cfg, learner, model_path)
     examples, dropped = learner_examples(cfg, learner, learner_cfg, dataset, manifests, model_path, tokenizer,
                                          accelerator)
     cfg, offset, init_from = resolve(cfg, len(examples), accelerator.num_processes, model_path)
@@ -174,7 +176,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         print(f"projection: {'fused chunks' if projection is not None else 'checkpointed chunks'} of "
               f"{cfg.logit_chunk_size or 'all'} response tokens; {layout}", file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
-    reference = frozen_model(model_path, accelerator.device) if learner.base_kl else None
+    reference = frozen_model(base_model, accelerator.device) if base_model else None
     per_process = cfg.micro_batch_size * accelerator.num_processes
     return TrainState(cfg, learner, learner_cfg, accelerator, model, optimizer, scheduler, tokenizer, examples,
                       identity, offset, first_step, cfg.batch_size // per_process, projection,
@@ -203,6 +205,16 @@ def make_accelerator(cfg: TrainConfig):
         print("FSDP on one process: nothing to shard, training unsharded", file=sys.stderr)
         fsdp = None
     return accelerator, board, bool(log_with), fsdp
+
+
+def anchor(cfg: TrainConfig, learner: Learner, model_path: str) -> str | None:
+    """The frozen base model a learner anchored to it reads (the initial checkpoint unless --base-model names
+    another, as bin/iterate's later rounds do), or None; one line for --base-model on a learner that reads none."""
+    if not learner.base_kl:
+        if cfg.base_model is not None:
+            raise UsageError(f"--base-model is read by learners anchored to a base model (asft), not by {learner.name}")
+        return None
+    return resolve_model(cfg.base_model) if cfg.base_model else model_path
 
 
 def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, manifests: dict, model_path: str,

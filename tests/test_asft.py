@@ -105,3 +105,11 @@ def test_bin_train_runs_asft_on_demonstrations_with_its_frozen_base(tmp_path, ti
     records = [json.loads(line) for line in (tmp_path / "asft" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the base
     assert records[1]["kl"] > 0 and {"nll", "p"} <= set(records[1])
+    # a second run from that policy: anchored to the original base (as bin/iterate's later rounds), its KL starts
+    # above 0; anchored to its own start (the default), at 0
+    first_kl = {}
+    for name, extra in (("own", []), ("base", ["--base-model", str(tiny_model_dir)])):
+        train_main(["--learner", "asft", "--data", str(tmp_path / "demos"), "--out", str(tmp_path / name),
+                    "--model", str(tmp_path / "asft"), "--steps", "1", "--batch-size", "4", "--log-every", "1", *extra])
+        first_kl[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["kl"]
+    assert first_kl["own"] == pytest.approx(0.0, abs=1e-6) and first_kl["base"] > 1e-4, first_kl

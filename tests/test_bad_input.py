@@ -227,6 +227,7 @@ CASES = [
     ("train", [*TRAIN, "--steps", "-1"], "--steps must be >= 1"),
     ("train", [*TRAIN, "--config", "{ws}/lr.yaml"], "invalid float value: 'fast'"),
     ("train", [*TRAIN, "--learner", "nope"], "unknown learner 'nope'"),
+    ("train", [*TRAIN, "--base-model", "{ws}/model"], "--base-model is read by learners anchored to a base model"),
     ("train", ["--learner", "dpo", "--data", "{ws}/all-wrong", "--out", "{ws}/new"], "no preference pairs for dpo: of 3 prompts 0 are all-right, 3 all-wrong"),
     ("train", [*TRAIN, "--learner", "dft", "--beta", "0.5"], "--beta is a flag of dpo, not of dft"),
     ("train", [*TRAIN, "--learner", "rft", "--clip-eps", "0.1"], "--clip-eps is a flag of ppo, grpo, not of rft"),
