@@ -129,7 +129,7 @@ class OpenAIEngine:
         models = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str)
                                                    for m in models):
-            raise ServerError(f"{url} answered {_excerpt(json.dumps(answer))}, not a list of models "
+            raise ServerError(f"{url} answered {_value(answer)}, not a list of models "
                               "({\"data\": [{\"id\": ...}, ...]})")
         served = [m["id"] for m in models]
         if model in served:
@@ -199,25 +199,27 @@ def completion_samples(answer, n: int, logprobs: bool, url: str) -> list[Sample]
 
     choices = answer.get("choices") if isinstance(answer, dict) else None
     if not isinstance(choices, list):
-        raise wrong(f"{_excerpt(json.dumps(answer))}, not a completion ({{\"choices\": [...]}})")
+        raise wrong(f"{_value(answer)}, not a completion ({{\"choices\": [...]}})")
+    if len(choices) != n:
+        raise wrong(f"{len(choices)} choices, not n = {n}")
     samples: dict[int, Sample] = {}
     for choice in choices:
         if not isinstance(choice, dict):
-            raise wrong(f"a choice that is not an object: {_excerpt(json.dumps(choice))}")
+            raise wrong(f"a choice that is not an object: {_value(choice)}")
         missing = [name for name in ("index", "text") if name not in choice]
         if missing:
             raise wrong(f"a choice without {' or '.join(repr(name) for name in missing)}")
         index, text, ids = choice["index"], choice["text"], choice.get("token_ids")
         if not _is_int(index) or not 0 <= index < n or index in samples:
-            raise wrong(f"a choice whose index is {_excerpt(json.dumps(index))}, not one of 0..{n - 1} once each")
+            raise wrong(f"a choice whose index is {_value(index)}, not one of 0..{n - 1} once each")
         if not isinstance(text, str):
-            raise wrong(f"a choice whose text is {_excerpt(json.dumps(text))}, not a string")
+            raise wrong(f"a choice whose text is {_value(text)}, not a string")
         if ids is None:
             raise wrong("without token ids (a vLLM server of version 0.10.2 or later returns them)")
         if not isinstance(ids, list) or not all(_is_int(t) and t >= 0 for t in ids):
-            raise wrong(f"token_ids {_excerpt(json.dumps(ids))}, not a list of token ids")
+            raise wrong(f"token_ids {_value(ids)}, not a list of token ids")
         if not isinstance(choice.get("finish_reason"), str | None):
-            raise wrong(f"a finish_reason {_excerpt(json.dumps(choice['finish_reason']))}, not a string")
+            raise wrong(f"a finish_reason {_value(choice['finish_reason'])}, not a string")
         token_logprobs = []
         if logprobs:
             given = choice.get("logprobs")
@@ -226,11 +228,9 @@ def completion_samples(answer, n: int, logprobs: bool, url: str) -> list[Sample]
                 raise wrong("without per-token log-probs (one per token id)")
             if not all(isinstance(x, int | float) and not isinstance(x, bool) and not math.isnan(x)
                        for x in token_logprobs):
-                raise wrong(f"token_logprobs {_excerpt(json.dumps(token_logprobs))}, not numbers")
+                raise wrong(f"token_logprobs {_value(token_logprobs)}, not numbers")
         samples[index] = Sample(list(ids), [float(x) for x in token_logprobs], text,
                                 "stop" if choice.get("finish_reason") == "stop" else "length")
-    if len(samples) != n:
-        raise wrong(f"{len(samples)} choices, not n = {n}")
     return [samples[i] for i in range(n)]
 
 
@@ -245,6 +245,12 @@ def _json(raw: bytes, content_type: str, url: str):
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _value(value, limit: int = 80) -> str:
+    """A JSON value as the server sent it, cut at ``limit`` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _excerpt(text: str, limit: int = 80) -> str:
