@@ -175,9 +175,11 @@ class OpenAIEngine:
                     if on_result is not None:
                         on_result(i, results[i])
                     bar.update(1)
-            except ServerError as e:
+            except BaseException as e:
                 pool.shutdown(cancel_futures=True)  # the requests not yet sent are not sent
-                raise UsageError(str(e)) from None
+                if isinstance(e, ServerError):
+                    raise UsageError(str(e)) from None
+                raise
         return results
 
     def load_weights(self, model: str) -> None:
