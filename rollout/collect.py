@@ -91,6 +91,8 @@ def run_collect(cfg: CollectConfig, *, world: Callable[[str], list] | None = Non
                 "sampling": {"n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p,
                              "max_tokens": cfg.max_tokens, "stop": cfg.stop},
                 "seed": cfg.seed, "shard": cfg.shard, "dtype": cfg.dtype}
+    if engine is None and cfg.backend == "openai":  # the server asked (it answers, serves the model, answers
+        engine = start_engine(cfg, model)  # completions as vLLM does) before anything is written; nothing to close
     hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
     done_ids = resumed_prompts(out, identity, cfg.force)
     print_config(cfg)
@@ -138,6 +140,9 @@ def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
 
         if importlib.util.find_spec("ray") is None:
             raise UsageError("--ray-address: ray is not installed; pip install 'offline-rl[ray]'")
+        from rollout.ray_collect import check_address
+
+        check_address(cfg.ray_address)  # reached within seconds, before anything is written
     hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
     ranks = [replace(cfg, out=str(out / f"dp-{rank}"), shard=f"{rank}/{size}", data_parallel_size=1, ray_address=None)
              for rank in range(size)]

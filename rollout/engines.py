@@ -59,6 +59,10 @@ class EngineFlags:
         """What the engine needs, known before anything is printed or started."""
         if self.backend == "openai" and not self.endpoint:
             raise UsageError("--backend openai needs --endpoint URL (a running vllm serve)")
+        if self.backend == "openai":  # its URL here; whether it answers, when the engine starts (before any write)
+            from rollout.server import endpoint_url
+
+            endpoint_url(self.endpoint)
 
     def require_own_engine(self, command: str) -> None:
         """Commands that load each new checkpoint into their engine: a server's model is not theirs to replace."""

@@ -14,11 +14,45 @@ here Ray only places and retries the ranks, and every rank is bin/collect itself
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Callable
 
 from rollout.runtime import CommandFailed, UsageError
 
 RETRIES = 3  # times Ray restarts a rank whose worker died
+CONNECT_TIMEOUT_S = 5.0  # a cluster's address answers within this, or is refused before anything is written
+
+
+def check_address(address: str) -> None:
+    """One line unless ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``; ``local`` is started here)
+    names a cluster that accepts a connection within :data:`CONNECT_TIMEOUT_S` seconds: ``ray.init`` itself waits
+    minutes for an address that does not answer, logging as it waits."""
+    if address == "local":
+        return
+    target = address.removeprefix("ray://")
+    if address.startswith("ray://"):  # Ray Client's server, 10001 unless named
+        target = target if re.search(r":\d+$", target) else target + ":10001"
+    else:  # the GCS address ray.init connects to (auto: RAY_ADDRESS or the last cluster started here; localhost as
+        from ray._private import services  # this node's address)
+
+        try:
+            target = services.canonicalize_bootstrap_address(address)
+        except ConnectionError as e:
+            raise UsageError(f"--ray-address {address}: {str(e).splitlines()[0]}") from None
+        except ValueError:
+            target = ""
+    m = re.fullmatch(r"\[?([^\[\]/]+?)\]?:(\d+)", target or "")
+    if m is None:
+        raise UsageError(f"--ray-address {address!r} is not local, auto, HOST:PORT or ray://HOST:PORT")
+    host, port = m[1], int(m[2])
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = (f"no answer within {CONNECT_TIMEOUT_S:g} s" if isinstance(e, TimeoutError)
+                  else (e.strerror or str(e) or type(e).__name__).lower())
+        raise UsageError(f"--ray-address {address}: no Ray cluster at {host}:{port} ({reason}); start one with "
+                         "ray start --head, or name its address") from None
 
 
 def run_ranks(address: str, collect: Callable, ranks: list, world, default_model: str | None) -> None:
@@ -28,13 +62,15 @@ def run_ranks(address: str, collect: Callable, ranks: list, world, default_model
     import ray
 
     local = address == "local"
+    log_level = os.environ.get("RAY_LOGGER_LEVEL", "info")  # Ray's own lines: errors only unless --verbose
     try:
         if local:  # a cluster of this machine only, bound to the loopback address
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                     num_cpus=os.cpu_count(), log_to_driver=True,
+                     num_cpus=os.cpu_count(), log_to_driver=True, logging_level=log_level,
                      runtime_env={"env_vars": passed_environment()})
         else:
-            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": passed_environment()})
+            ray.init(address=address, log_to_driver=True, logging_level=log_level,
+                     runtime_env={"env_vars": passed_environment()})
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise UsageError(f"--ray-address {address}: cannot connect ({str(e).splitlines()[0] if str(e) else e})") from None
     try:

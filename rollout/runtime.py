@@ -241,6 +241,7 @@ def configure_logging(verbose: bool) -> None:
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # vLLM's default is stdout
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("RAY_LOGGER_LEVEL", "info" if verbose else "error")  # ray.init's "Connecting to ..."
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "0" if verbose else "1")
     if not verbose:  # "Loading weights" / "Writing model shards" bars of a 3M-parameter model: noise
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -3,8 +3,14 @@ address) through its OpenAI-compatible completions API.
 
 Each prompt is one request carrying its token ids, its own seed and ``n``; the answer's token ids
 (``return_token_ids``) and per-token log-probs (``logprobs: 0``) come from the server. Requests run
-``--concurrency`` at a time; a connection error, a 5xx or a 429 is retried with exponential backoff. The API key
-is read from the environment variable ``--api-key-env`` names, never from a flag.
+``--concurrency`` at a time; a dropped connection, a time-out, a 5xx or a 429 is retried with exponential backoff,
+a bounded number of times, said in the error. The API key is read from the environment variable
+``--api-key-env`` names, never from a flag.
+
+The server is checked when the engine starts, before a command writes anything: ``--endpoint`` is an http(s)
+URL, ``/v1/models`` answers and serves the model, and one short completion is read as every answer will be. Every
+answer is validated (JSON, fields, types); one that is not what a vLLM server sends is one line naming the URL
+and what was wrong (:class:`ServerError`, turned into a :class:`~rollout.runtime.UsageError`).
 
 How the server computed its log-probs is not in its answers: vLLM returns the raw model's by default
 (``--logprobs-mode raw_logprobs``), the sampled distribution's with ``processed_logprobs``. The dataset records what
@@ -14,23 +20,45 @@ sampled distribution's (:func:`offline_rl.policies.ratio_temperature`).
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from rollout.runtime import UsageError
 from rollout.sampling import Sample, stop_token_ids
 
-RETRIES = 6  # attempts after the first, 0.5 s doubling up to 30 s between them
+RETRIES = 6  # while sampling: retries after the first attempt, BACKOFF_S doubling up to 30 s between them
+CHECK_RETRIES = 2  # at start-up: a server that is down is said within seconds
+BACKOFF_S = 0.5
 TIMEOUT_S = 600.0  # one request's answer (n long samples of a big model may take minutes)
+CHECK_TIMEOUT_S = 30.0  # /v1/models, and the one-token completion of the start-up check
 
 
 class ServerError(Exception):
-    """A request the server refused (4xx): retrying will not help."""
+    """The server cannot be asked, or answered what a vLLM server would not (a 4xx, not JSON, a missing or mistyped
+    field), or stopped answering past its retries; the message names the URL."""
+
+
+def endpoint_url(endpoint: str) -> str:
+    """``--endpoint`` as the base of the API's paths (``.../v1``); one line unless it is an http(s) URL with a host."""
+    parts = urllib.parse.urlsplit(endpoint)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        port_ok = False
+    if (parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query or parts.fragment
+            or any(c.isspace() for c in endpoint)):
+        raise UsageError(f"--endpoint {endpoint!r} is not a server's URL: it must be http(s)://HOST[:PORT][/PATH], "
+                         "e.g. http://localhost:8000")
+    base = endpoint.rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
 
 
 class OpenAIEngine:
@@ -42,57 +70,88 @@ class OpenAIEngine:
                  **_engine_options):
         if not endpoint:
             raise UsageError("--backend openai needs --endpoint URL (a running vllm serve)")
-        base = endpoint.rstrip("/")
-        self.base = base if base.endswith("/v1") else base + "/v1"
+        self.base = endpoint_url(endpoint)
         self.api_key = os.environ.get(api_key_env or "", "")
         self.concurrency = concurrency
         from rollout.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(model)  # the prompts' and stop tokens' ids, as the server's
-        self.served = self._served_model(model)
+        try:
+            self.served = self._served_model(model)
+            self._check_completions()
+        except ServerError as e:
+            raise UsageError(str(e)) from None
 
-    def _request(self, path: str, body: dict | None = None, retries: int = RETRIES) -> dict:
-        """One call, retried with backoff on connection errors, 5xx and 429; a 4xx raises :class:`ServerError`."""
+    def _request(self, path: str, body: dict | None = None, retries: int = RETRIES, timeout: float = TIMEOUT_S,
+                 retry_refused: bool = True):
+        """The JSON of one call. A dropped connection, a time-out, a 5xx or a 429 is retried with backoff, at most
+        ``retries`` times (a refused connection too, if ``retry_refused``); anything else is a :class:`ServerError`."""
+        url = self.base + path
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = None if body is None else json.dumps(body).encode()
         for attempt in range(retries + 1):
-            request = urllib.request.Request(self.base + path, data=data, headers=headers,
-                                             method="GET" if body is None else "POST")
+            request = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
             try:
-                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as answer:
-                    return json.loads(answer.read())
+                with urllib.request.urlopen(request, timeout=timeout) as answer:
+                    raw, content_type = answer.read(), answer.headers.get_content_type()
+                return _json(raw, content_type, url)
             except urllib.error.HTTPError as e:
                 if e.code != 429 and e.code < 500:
-                    detail = e.read().decode(errors="replace")[:300]
-                    raise ServerError(f"{self.base}{path} answered {e.code}: {detail}") from None
-                error: Exception = e
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-                error = e
+                    hint = " (--api-key-env names the variable holding its key)" if e.code in (401, 403) else ""
+                    raise ServerError(f"{url} answered HTTP {e.code}{_detail(e)}{hint}") from None
+                error = f"answered HTTP {e.code}{_detail(e)}"
+            except urllib.error.URLError as e:  # the socket's error is its reason
+                if not isinstance(e.reason, OSError):  # e.g. a host name that is not one
+                    raise ServerError(f"{url} cannot be asked: {e.reason}") from None
+                if isinstance(e.reason, ConnectionRefusedError) and not retry_refused:
+                    raise ServerError(f"{url}: connection refused (is vllm serve running there?)") from None
+                error = f"did not answer: {_reason(e.reason)}"
+            except http.client.BadStatusLine as e:  # a server that does not speak HTTP; RemoteDisconnected: below
+                if not isinstance(e, ConnectionError):
+                    raise ServerError(f"{url} answered something that is not HTTP: {_excerpt(str(e))}") from None
+                error = f"did not answer: {_reason(e)}"
+            except (OSError, http.client.HTTPException) as e:  # reset, time-out, an answer cut short
+                error = f"did not answer: {_reason(e)}"
+            except ValueError as e:  # http.client.InvalidURL and the like
+                raise ServerError(f"{url} cannot be asked: {e}") from None
             if attempt == retries:
-                raise ConnectionError(f"{self.base}{path}: {getattr(error, 'reason', error)}") from None
-            time.sleep(min(30.0, 0.5 * 2**attempt))
+                raise ServerError(f"{url} {error}" + (f" (retried {retries} times)" if retries else "")) from None
+            time.sleep(min(30.0, BACKOFF_S * 2**attempt))
         raise AssertionError("unreachable")
 
     def _served_model(self, model: str) -> str:
         """The name the server serves ``model`` under (its only one, or the one named alike); one line if the
-        server cannot be reached or serves another model."""
-        try:
-            served = [m["id"] for m in self._request("/models", retries=2).get("data", [])]
-        except (ConnectionError, ServerError, ValueError) as e:
-            raise UsageError(f"cannot reach the server at {self.base}: {e}") from None
+        server cannot be reached, answers wrongly, or serves another model."""
+        url = self.base + "/models"
+        answer = self._request("/models", retries=CHECK_RETRIES, timeout=CHECK_TIMEOUT_S, retry_refused=False)
+        models = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str)
+                                                   for m in models):
+            raise ServerError(f"{url} answered {_value(answer)}, not a list of models "
+                              "({\"data\": [{\"id\": ...}, ...]})")
+        served = [m["id"] for m in models]
         if model in served:
             return model
         if len(served) == 1:
             return served[0]
-        raise UsageError(f"{self.base} serves {', '.join(served) or 'no model'}, not {model}")
+        raise ServerError(f"{url}: the server serves {', '.join(served) or 'no model'}, not {model}")
+
+    def _check_completions(self) -> None:
+        """One one-token completion, read as every answer will be: a server that answers wrongly is refused before
+        a command writes anything."""
+        prompt = self.tokenizer.encode("1", add_special_tokens=False) or [0]
+        body = {"model": self.served, "prompt": prompt, "n": 1, "max_tokens": 1, "temperature": 1.0, "seed": 0,
+                "return_token_ids": True, "logprobs": 0}
+        answer = self._request("/completions", body, retries=CHECK_RETRIES, timeout=CHECK_TIMEOUT_S)
+        completion_samples(answer, 1, logprobs=True, url=self.base + "/completions")
 
     def generate(self, prompt_token_ids: list[list[int]], sampling, seeds: list[int] | None = None,
                  use_tqdm: bool = True, logprobs: bool = True,
                  on_result: Callable[[int, list], None] | None = None) -> list[list]:
         """Every prompt's ``sampling.n`` samples, in order, each prompt one request (``--concurrency`` in flight);
-        ``on_result(i, samples)`` as prompt i's answer arrives."""
+        ``on_result(i, samples)`` as prompt i's answer arrives. The first failed request stops the rest."""
         from tqdm.auto import tqdm
 
         seeds = seeds or [None] * len(prompt_token_ids)
@@ -103,35 +162,25 @@ class OpenAIEngine:
 
         def one(i: int) -> int:
             body = {**common, "prompt": prompt_token_ids[i], **({"seed": seeds[i]} if seeds[i] is not None else {})}
-            try:
-                answer = self._request("/completions", body)
-            except ServerError as e:
-                raise UsageError(str(e)) from None
-            except ConnectionError as e:
-                raise UsageError(f"the server stopped answering after {RETRIES} retries: {e}") from None
-            results[i] = [self._sample(c, logprobs) for c in sorted(answer["choices"], key=lambda c: c["index"])]
+            answer = self._request("/completions", body)
+            results[i] = completion_samples(answer, sampling.n, logprobs, self.base + "/completions")
             return i
 
         with ThreadPoolExecutor(self.concurrency) as pool, \
                 tqdm(total=len(results), desc="generate", unit="prompt", disable=not use_tqdm) as bar:
-            for i in pool.map(one, range(len(results))) if on_result is None else _as_done(pool, one, len(results)):
-                if on_result is not None:
-                    on_result(i, results[i])
-                bar.update(1)
+            futures = [pool.submit(one, i) for i in range(len(results))]
+            try:
+                for future in futures if on_result is None else as_completed(futures):
+                    i = future.result()
+                    if on_result is not None:
+                        on_result(i, results[i])
+                    bar.update(1)
+            except BaseException as e:
+                pool.shutdown(cancel_futures=True)  # the requests not yet sent are not sent
+                if isinstance(e, ServerError):
+                    raise UsageError(str(e)) from None
+                raise
         return results
-
-    def _sample(self, choice: dict, logprobs: bool) -> Sample:
-        ids = choice.get("token_ids")
-        if ids is None:
-            raise UsageError(f"{self.base} answered without token ids (a vLLM server of version 0.10.2 or later "
-                             "returns them)")
-        token_logprobs = []
-        if logprobs:
-            token_logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
-            if not token_logprobs or len(token_logprobs) != len(ids) or None in token_logprobs:
-                raise UsageError(f"{self.base} answered without per-token log-probs")
-        return Sample(list(ids), list(token_logprobs), choice["text"],
-                      "stop" if choice.get("finish_reason") == "stop" else "length")
 
     def load_weights(self, model: str) -> None:
         raise UsageError("the openai backend samples the server's model: it cannot take a new checkpoint's weights "
@@ -144,8 +193,81 @@ class OpenAIEngine:
         """The server is not ours to stop."""
 
 
-def _as_done(pool: ThreadPoolExecutor, one: Callable[[int], int], count: int):
-    from concurrent.futures import as_completed
+def completion_samples(answer, n: int, logprobs: bool, url: str) -> list[Sample]:
+    """A completions answer's ``n`` samples in the order of their index; a :class:`ServerError` naming ``url`` and
+    the first field that is missing or of the wrong type."""
+    def wrong(what: str) -> ServerError:
+        return ServerError(f"{url} answered {what}")
 
-    for future in as_completed([pool.submit(one, i) for i in range(count)]):
-        yield future.result()
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list):
+        raise wrong(f"{_value(answer)}, not a completion ({{\"choices\": [...]}})")
+    if len(choices) != n:
+        raise wrong(f"{len(choices)} choices, not n = {n}")
+    samples: dict[int, Sample] = {}
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise wrong(f"a choice that is not an object: {_value(choice)}")
+        missing = [name for name in ("index", "text") if name not in choice]
+        if missing:
+            raise wrong(f"a choice without {' or '.join(repr(name) for name in missing)}")
+        index, text, ids = choice["index"], choice["text"], choice.get("token_ids")
+        if not _is_int(index) or not 0 <= index < n or index in samples:
+            raise wrong(f"a choice whose index is {_value(index)}, not one of 0..{n - 1} once each")
+        if not isinstance(text, str):
+            raise wrong(f"a choice whose text is {_value(text)}, not a string")
+        if ids is None:
+            raise wrong("without token ids (a vLLM server of version 0.10.2 or later returns them)")
+        if not isinstance(ids, list) or not all(_is_int(t) and t >= 0 for t in ids):
+            raise wrong(f"token_ids {_value(ids)}, not a list of token ids")
+        if not isinstance(choice.get("finish_reason"), str | None):
+            raise wrong(f"a finish_reason {_value(choice['finish_reason'])}, not a string")
+        token_logprobs = []
+        if logprobs:
+            given = choice.get("logprobs")
+            token_logprobs = given.get("token_logprobs") if isinstance(given, dict) else None
+            if not token_logprobs or len(token_logprobs) != len(ids) or None in token_logprobs:
+                raise wrong("without per-token log-probs (one per token id)")
+            if not all(isinstance(x, int | float) and not isinstance(x, bool) and not math.isnan(x)
+                       for x in token_logprobs):
+                raise wrong(f"token_logprobs {_value(token_logprobs)}, not numbers")
+        samples[index] = Sample(list(ids), [float(x) for x in token_logprobs], text,
+                                "stop" if choice.get("finish_reason") == "stop" else "length")
+    return [samples[i] for i in range(n)]
+
+
+def _json(raw: bytes, content_type: str, url: str):
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        page = "an HTML page" if content_type == "text/html" or text.lstrip().startswith("<") else "something"
+        raise ServerError(f"{url} answered {page}, not JSON: {_excerpt(text)}") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _value(value, limit: int = 80) -> str:
+    """A JSON value as the server sent it, cut at ``limit`` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _excerpt(text: str, limit: int = 80) -> str:
+    """``text`` on one line, cut at ``limit`` characters: what a server said, quoted in a one-line error."""
+    flat = " ".join(str(text).split())
+    return repr(flat if len(flat) <= limit else flat[:limit] + "...")
+
+
+def _detail(error: urllib.error.HTTPError) -> str:
+    try:
+        body = error.read().decode(errors="replace")
+    except OSError:
+        body = ""
+    return f": {_excerpt(body)}" if body.strip() else ""
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

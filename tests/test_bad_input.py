@@ -182,6 +182,8 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
 TRAIN = ["--data", "{ws}/ds", "--out", "{ws}/new"]
 IMPORT = ["--out", "{ws}/new"]
 ITERATE = ["--learner", "rft", "--out", "{ws}/new", "--backend", "hf"]
+OPENAI = ["--out", "{ws}/new", "--prompts", "1", "--backend", "openai", "--endpoint"]
+RAY = ["--out", "{ws}/new", "--prompts", "1", "--data-parallel-size", "2", "--ray-address"]
 CASES = [
     # collect: ranges, choices, types
     ("collect", ["--out", "{ws}/new", "--prompts", "-1"], "--prompts must be >= 1"),
@@ -398,20 +400,57 @@ CASES = [
     # make-base
     ("make-base", ["--out", "{ws}/new", "--steps", "0"], "--steps must be >= 1"),
     ("make-base", ["--out", "{ws}/foreign"], "not made by make-base"),
+    # collect --backend openai: the endpoint a URL, and a server that answers as vLLM does, before any write;
+    # {server}/CASE answers as tests/test_server.py's WRONG_ANSWERS[CASE] says
+    ("collect", [*OPENAI, "localhost:8000"], "--endpoint 'localhost:8000' is not a server's URL"),
+    ("collect", [*OPENAI, "htp://127.0.0.1:8000"], "is not a server's URL"),
+    ("collect", [*OPENAI, "http://:8000"], "is not a server's URL"),
+    ("collect", [*OPENAI, "http://127.0.0.1:port"], "is not a server's URL"),
+    ("eval", ["--out", "{ws}/new", "--backend", "openai", "--endpoint", "127.0.0.1:8000"], "is not a server's URL"),
+    ("collect", [*OPENAI, "http://127.0.0.1:9"], "http://127.0.0.1:9/v1/models: connection refused"),
+    ("collect", [*OPENAI, "{server}/models-500"], "answered HTTP 500: 'Internal Server Error' (retried 2 times)"),
+    ("collect", [*OPENAI, "{server}/models-bad-json"], "/v1/models answered something, not JSON"),
+    ("collect", [*OPENAI, "{server}/models-html"], "/v1/models answered an HTML page, not JSON: '<!DOCTYPE"),
+    ("collect", [*OPENAI, "{server}/models-not-a-list"], "not a list of models"),
+    ("collect", [*OPENAI, "{server}/models-two-others"], "the server serves a, b, not"),
+    ("collect", [*OPENAI, "{server}/models-404"], "/v1/models answered HTTP 404"),
+    ("collect", [*OPENAI, "{server}/no-index"], "/no-index/v1/completions answered a choice without 'index'"),
+    ("collect", [*OPENAI, "{server}/completions-html"], "/v1/completions answered an HTML page, not JSON"),
+    ("collect", [*OPENAI, "{server}/completions-not-json"], "/v1/completions answered something, not JSON: 'OK'"),
+    ("collect", [*OPENAI, "{server}/completions-list"], "not a completion"),
+    ("collect", [*OPENAI, "{server}/token-ids-strings"], "token_ids [\"5\"], not a list of token ids"),
+    ("collect", [*OPENAI, "{server}/text-number"], "a choice whose text is 5, not a string"),
+    ("collect", [*OPENAI, "{server}/logprobs-strings"], "not numbers"),
+    ("collect", [*OPENAI, "{server}/no-token-ids"], "without token ids"),
+    ("collect", [*OPENAI, "{server}/two-choices"], "2 choices, not n = 1"),
+    ("collect", [*OPENAI, "{server}/completions-400"], "/completions-400/v1/completions answered HTTP 400"),
+    # collect --ray-address: reached within seconds (a closed port), before any write; Ray's logs not shown
+    ("collect", [*RAY, "127.0.0.1:9"], "--ray-address 127.0.0.1:9: no Ray cluster at"),
+    ("collect", [*RAY, "ray://127.0.0.1:9"], "no Ray cluster at 127.0.0.1:9 (connection refused)"),
+    ("collect", [*RAY, "head-node"], "'head-node' is not local, auto, HOST:PORT or ray://HOST:PORT"),
 ]
 
 
+@pytest.fixture(scope="module")
+def server():
+    """A stand-in vLLM server on 127.0.0.1 that answers wrongly in each way the rows name, stopped at the end."""
+    from tests.test_server import wrong_server
+
+    with wrong_server() as url:
+        yield url
+
+
 @pytest.mark.parametrize("command,args,fragment", CASES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, capfd, monkeypatch, command, args, fragment):
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, server, capfd, monkeypatch, command, args, fragment):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # org/typo: refused at once, not after the hub client's retries
     before = snapshot(ws)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(ws / "no-netrc"))
     start = time.time()
-    code, stderr = run_command(command, [a.format(ws=ws, wsname=ws.name) for a in args], capfd)
+    code, stderr = run_command(command, [a.format(ws=ws, wsname=ws.name, server=server) for a in args], capfd)
     assert_one_line(code, stderr, fragment)
     assert snapshot(ws) == before
-    if command in ("compare", "iterate"):  # refused before any stage, any engine
+    if command in ("compare", "iterate") or "--ray-address" in args:  # refused before any stage, engine, cluster
         assert time.time() - start < 5 and "engine" not in stderr.lower()
 
 

@@ -1,7 +1,9 @@
 """--backend openai: a real ``vllm serve`` of the shipped model on 127.0.0.1 (started here, stopped at the end)
-samples the same tokens as the offline engine at the same seeds; a stand-in server shows the client's bounds
-(concurrency, retries, answers without log-probs)."""
+samples the same tokens as the offline engine at the same seeds; stand-in servers show the client's bounds
+(concurrency, retries, answers without log-probs) and every wrong answer refused in one line naming the URL
+(:func:`wrong_server`, whose cases tests/test_bad_input.py runs through bin/collect)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +23,7 @@ from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import read_manifest, read_rows
 from rollout.engines import SamplingConfig
 from rollout.runtime import UsageError
-from rollout.server import OpenAIEngine
+from rollout.server import OpenAIEngine, ServerError, endpoint_url
 from tests.conftest import run_bin
 from tests.test_collect import responses
 from tests.test_ddp import free_port
@@ -98,11 +100,125 @@ def test_a_vllm_server_samples_what_the_offline_engine_samples(vllm_server, vllm
     assert len(generations) == 8 and all(g["reward"] == rewards.score(g["response"], g["gold"]) for g in generations)
 
 
-def test_an_unreachable_server_is_one_line(tmp_path):
+def test_an_unreachable_server_is_one_line_and_nothing_is_written(tmp_path):
+    port = free_port()
     result = run_bin("collect", "--out", str(tmp_path / "x"), "--backend", "openai", "--endpoint",
-                     f"http://127.0.0.1:{free_port()}", "--prompts", "2")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("collect: error: cannot reach the server at")
+                     f"http://127.0.0.1:{port}", "--prompts", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"collect: error: http://127.0.0.1:{port}/v1/models: connection "
+                                                  "refused (is vllm serve running there?)"]
+    assert not (tmp_path / "x").exists()
+
+
+MODELS = {"data": [{"id": "served-model", "object": "model"}]}
+ONE_CHOICE = {"index": 0, "text": "x", "token_ids": [5], "finish_reason": "length",
+              "logprobs": {"token_logprobs": [-0.5]}}
+HTML = "<!DOCTYPE html><html><head><title>Sign in</title></head>\n<body>proxy login</body></html>"
+# each case: what /v1/models answers, then what /v1/completions answers, as (status, content type, body)
+WRONG_ANSWERS = {
+    "models-500": ((500, "text/plain", "Internal Server Error"), None),
+    "models-bad-json": ((200, "application/json", '{"data": [{"id": '), None),
+    "models-html": ((200, "text/html", HTML), None),
+    "models-not-a-list": ((200, "application/json", {"data": {"id": "served-model"}}), None),
+    "models-two-others": ((200, "application/json", {"data": [{"id": "a"}, {"id": "b"}]}), None),
+    "models-404": ((404, "application/json", {"detail": "Not Found"}), None),
+    "no-index": (None, (200, "application/json", {"choices": [{k: v for k, v in ONE_CHOICE.items() if k != "index"}]})),
+    "completions-html": (None, (200, "text/html", HTML)),
+    "completions-not-json": (None, (200, "text/plain", "OK")),
+    "completions-list": (None, (200, "application/json", [ONE_CHOICE])),
+    "token-ids-strings": (None, (200, "application/json", {"choices": [{**ONE_CHOICE, "token_ids": ["5"]}]})),
+    "text-number": (None, (200, "application/json", {"choices": [{**ONE_CHOICE, "text": 5}]})),
+    "logprobs-strings": (None, (200, "application/json",
+                                {"choices": [{**ONE_CHOICE, "logprobs": {"token_logprobs": ["-0.5"]}}]})),
+    "no-token-ids": (None, (200, "application/json", {"choices": [{**ONE_CHOICE, "token_ids": None}]})),
+    "two-choices": (None, (200, "application/json", {"choices": [ONE_CHOICE, {**ONE_CHOICE, "index": 1}]})),
+    "completions-400": (None, (400, "application/json", {"message": "This model's maximum context length is 4"})),
+}
+
+
+class Wrong(BaseHTTPRequestHandler):
+    """Answers ``/CASE/v1/models`` and ``/CASE/v1/completions`` as :data:`WRONG_ANSWERS` says for CASE (a good
+    answer where it says None); counts the requests."""
+
+    requests = 0
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, which: int) -> None:
+        type(self).requests += 1
+        case = self.path.strip("/").split("/")[0]
+        good = (200, "application/json", MODELS if self.path.endswith("/models") else {"choices": [ONE_CHOICE]})
+        code, content_type, body = WRONG_ANSWERS.get(case, (None, None))[which] or good
+        data = (body if isinstance(body, str) else json.dumps(body)).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._answer(0)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(1)
+
+
+@contextlib.contextmanager
+def wrong_server():
+    """:class:`Wrong` on a free port of 127.0.0.1 (its URL, e.g. URL/no-index is a case's --endpoint), stopped at
+    the end; the client's backoff between retries shortened meanwhile."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Wrong)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("rollout.server.BACKOFF_S", 0.001)
+            yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("endpoint", ["localhost:8000", "htp://host:8000", "http://:8000", "http://host:port",
+                                      "http://host:8000/v1?key=1", "http://host :8000", "//host:8000"])
+def test_an_endpoint_that_is_not_a_url_is_refused(endpoint):
+    with pytest.raises(UsageError, match="is not a server's URL"):
+        endpoint_url(endpoint)
+
+
+def test_good_endpoints_name_the_api_base():
+    assert endpoint_url("http://h:8000") == endpoint_url("http://h:8000/v1/") == "http://h:8000/v1"
+    assert endpoint_url("https://gateway.example/llm/") == "https://gateway.example/llm/v1"
+
+
+def test_a_wrong_answer_while_sampling_stops_the_requests_and_names_the_url(tiny_model_dir):
+    """The start-up check passes (a good server); then every completion answers without an index: the first
+    such answer is one UsageError, and the requests not yet sent are never sent."""
+    with wrong_server() as url:
+        engine = OpenAIEngine(str(tiny_model_dir), url, concurrency=2)
+        engine.base = f"{url}/no-index/v1"  # the same server, answering wrongly from now on
+        Wrong.requests = 0
+        sampling = SamplingConfig(n=1, temperature=1.0, top_p=1.0, max_tokens=4, stop=None)
+        with pytest.raises(UsageError) as refused:
+            engine.generate([[5]] * 50, sampling, use_tqdm=False)
+    assert str(refused.value) == f"{url}/no-index/v1/completions answered a choice without 'index'"
+    assert Wrong.requests < 10  # not the 50 of the batch
+
+
+def test_retries_are_bounded_and_said(tiny_model_dir):
+    """A server that keeps answering 500: the first request and RETRIES retries, then one line that says so."""
+    from rollout.server import RETRIES
+
+    with wrong_server() as url:
+        engine = OpenAIEngine(str(tiny_model_dir), url)
+        engine.base = f"{url}/models-500/v1"  # its completions: still good; its models: 500 -- ask for them
+        Wrong.requests = 0
+        with pytest.raises(ServerError) as refused:
+            engine._request("/models")
+    assert Wrong.requests == RETRIES + 1
+    assert str(refused.value) == (f"{url}/models-500/v1/models answered HTTP 500: 'Internal Server Error' "
+                                  f"(retried {RETRIES} times)")
 
 
 class StandIn(BaseHTTPRequestHandler):
@@ -142,7 +258,8 @@ class StandIn(BaseHTTPRequestHandler):
         self._answer(200, {"choices": choices})
 
 
-def test_the_client_bounds_its_requests_retries_and_refuses_answers_without_logprobs(tiny_model_dir):
+def test_the_client_bounds_its_requests_retries_and_refuses_answers_without_logprobs(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("rollout.server.BACKOFF_S", 0.01)
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
