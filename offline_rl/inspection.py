@@ -28,7 +28,7 @@ from offline_rl.projection import LogitHead, _unwrap, logit_transform
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import hold_directory
 from rollout.models import load_tokenizer, resolve_model
-from rollout.runtime import UsageError, parse_config
+from rollout.runtime import UsageError, parse_config, print_config
 
 LOW = 0.1  # "unlikely": the share of tokens under this probability is reported
 
@@ -63,6 +63,7 @@ def run_inspect(cfg: InspectConfig) -> dict:
     tokenizer = load_tokenizer(model_path)
     out = Path(cfg.out or f"runs/inspect-{Path(cfg.data.split(',')[0]).name}")
     hold_directory(out, "inspect", force=cfg.force, owned=lambda d: (d / "inspect.json").is_file())
+    print_config(cfg, out=out)
     per_token, per_response, eos = read_probabilities(model_path, tokenizer, examples, cfg)
     summary = summarize(per_token, per_response, eos, cfg)
     summary.update(data=cfg.data, model=model_path, view=cfg.view, config=asdict(cfg))
