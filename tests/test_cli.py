@@ -23,10 +23,18 @@ def test_every_command_answers_help_with_one_default_per_flag_in_kebab_case(comm
     import re
 
     text = " ".join(result.stdout.split())  # argparse wraps help text over lines
+    assert "``" not in text and ":func:" not in text and ":class:" not in text, "reST markup in --help"
     assert not re.search(r"--[a-z]+_[a-z]", text), "snake_case flag spellings"
     assert "[FORCE]" not in text and "--force" in text or command == "demo"
     entries = re.split(r" (?=--[a-z-]+[ ,])", text)
     assert all(entry.count("(default") <= 1 for entry in entries), [e for e in entries if e.count("(default") > 1]
+
+
+def test_help_shows_docstrings_without_rest_markup():
+    from rollout.runtime import build_parser
+
+    doc = "``bin/x``: :func:`run` turns ``a b`` into :class:`~rollout.runtime.UsageError` (`plain`).\n\nMore."
+    assert build_parser((), "x", doc).description == "bin/x: run turns a b into UsageError (`plain`)."
 
 
 def test_a_bin_command_reports_bad_input_in_one_line(tmp_path):
