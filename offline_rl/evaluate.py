@@ -203,7 +203,7 @@ def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) 
         hold_directory(out, "eval", force=cfg.force, owned=lambda d: (d / "eval_config.json").is_file())
         (out / "results.json").unlink(missing_ok=True)  # a rerun: the old results no longer mark it finished
         save_config(cfg, out / "eval_config.json")
-    print_config(cfg)
+    print_config(cfg, out=out)
     results, generations = evaluate(model, benchmarks, templates, cfg, engine)
     print(format_table({results["name"]: results}, [b.name for b in benchmarks], cfg.k))
     if out is not None:

@@ -83,7 +83,7 @@ def run_export(cfg: ExportConfig) -> dict:
                          + ("no accepted responses" if cfg.format == "trl-sft" else "no preference pairs"))
     out = Path(cfg.out)
     hold_directory(out, "export", force=cfg.force, owned=lambda d: (d / "export.json").is_file())
-    print_config(cfg)
+    print_config(cfg, out=out)
     table = pa.Table.from_pylist(rows)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)

@@ -339,8 +339,7 @@ def start_files(cfg: TrainConfig, learner_cfg, accelerator, resume_from: Path | 
     resolved = {**asdict(cfg), **asdict(learner_cfg), "resume": False}  # saved, and logged to every tracker
     metrics_file = None
     if accelerator.is_main_process:
-        print_config(cfg)  # once the input is known good: bad input gets one line only
-        print_config(learner_cfg)
+        print_config(resolved, out=out)  # once the input is known good: bad input gets one line only
         if resume_from is None:  # a fresh run: nothing of an earlier one may pass for this one's result
             if (out / "checkpoints").exists():
                 shutil.rmtree(out / "checkpoints")

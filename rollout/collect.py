@@ -22,7 +22,7 @@ from rollout.dataset import DatasetWriter, merge, read_manifest, read_rows
 from rollout.engines import EngineFlags, SamplingConfig, SamplingFlags, context_length, prompt_seed, start_engine
 from rollout.files import TextError, hold_directory
 from rollout.models import git_commit, load_tokenizer, resolve_model, toolkit_version
-from rollout.runtime import UsageError, parse_config, pause_point, print_config, save_config
+from rollout.runtime import CONFIG_NAME, UsageError, parse_config, pause_point, print_config, save_config
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
@@ -95,7 +95,7 @@ def run_collect(cfg: CollectConfig, *, world: Callable[[str], list] | None = Non
         engine = start_engine(cfg, model)  # completions as vLLM does) before anything is written; nothing to close
     hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
     done_ids = resumed_prompts(out, identity, cfg.force)
-    print_config(cfg)
+    print_config(cfg, out=out)
     return collect(cfg, model, template, records, loaded, identity, out, done_ids, engine)
 
 
@@ -123,8 +123,8 @@ def is_collect_directory(out: Path) -> bool:
     """A dataset, or what a collection that died before its first write left (its configuration only)."""
     if (out / "manifest.json").exists():
         return True
-    return all(p.name.startswith("collect_config") or (p.name == "data" and not any(p.iterdir()))
-               for p in out.iterdir() if not p.name.startswith("."))
+    return all(p.name.startswith("collect_config") or p.name == CONFIG_NAME
+               or (p.name == "data" and not any(p.iterdir())) for p in out.iterdir() if not p.name.startswith("."))
 
 
 def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
@@ -144,6 +144,7 @@ def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
 
         check_address(cfg.ray_address)  # reached within seconds, before anything is written
     hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
+    print_config(cfg, out=out)
     ranks = [replace(cfg, out=str(out / f"dp-{rank}"), shard=f"{rank}/{size}", data_parallel_size=1, ray_address=None)
              for rank in range(size)]
     if cfg.ray_address:

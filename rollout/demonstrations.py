@@ -279,12 +279,12 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
     except (TemplateError, SourceError) as e:
         raise UsageError(str(e)) from None
     hold_directory(out, "import", force=cfg.force, owned=is_import_directory)
-    print_config(cfg)
     # an import is cheap and deterministic: it starts over, in a staging folder swapped in once it is whole, so
     # that a bad row or a full disk half-way leaves OUT as it was
     stage = out / ".import.partial"
     shutil.rmtree(stage, ignore_errors=True)
     try:
+        print_config(cfg, out=out, save_in=stage)  # swapped in with the rest
         manifest = write_demonstrations(cfg, model, tokenizer, template, rows, total, layout_name, layout,
                                         description, stage)
     except BaseException:

@@ -202,8 +202,21 @@ def run_rescore(cfg: RescoreConfig) -> dict:
         raise DatasetError(f"--fallbacks: unknown {unknown[0]!r}; known: {', '.join(FALLBACKS)}")
     summary = rescore(cfg.data, workers=cfg.workers, deadline=cfg.deadline, fallbacks=fallbacks,
                       extraction=cfg.extraction)
-    print(json.dumps(summary, indent=2))
+    print(format_rescore(summary, cfg.data))
     return summary
+
+
+def format_rescore(summary: dict, dataset: str) -> str:
+    """The summary rescore prints (the manifest's ``rescores`` keeps it whole)."""
+    timed_out = summary["timed_out"]
+    verifier = (f"verifier {summary['verifier_version_before']} -> {summary['verifier_version']}"
+                if summary["verifier_version_before"] != summary["verifier_version"]
+                else f"verifier {summary['verifier_version']}")
+    return (f"rescored {summary['rows']} rows of {dataset} ({summary['extraction']} extraction, {verifier}) in "
+            f"{summary['wall_seconds']:.1f} s\n"
+            f"  pass rate {100 * summary['pass_rate_before']:.1f} % -> {100 * summary['pass_rate_after']:.1f} %; "
+            f"{summary['changed_rewards']} rewards changed ({summary['changed_rows']} rows with a new pred or reward)"
+            + (f"; {timed_out} timed out after {summary['deadline_seconds']:g} s (scored 0)" if timed_out else ""))
 
 
 @dataclass(frozen=True)

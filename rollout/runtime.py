@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import types
@@ -75,7 +76,7 @@ def build_parser(classes: tuple, prog: str, description: str, shown: int | None 
     Defaults stay out of the namespace (``SUPPRESS``), so what was given is known, and each class
     keeps its own default for what was not. Fields marked ``advanced``, and every field of the classes after
     the first ``shown`` (e.g. each learner's), show under ``--help-all`` only, so that ``--help`` fits a screen."""
-    parser = OneLineParser(prog=prog, description=description.strip().split("\n\n")[0],
+    parser = OneLineParser(prog=prog, description=plain(description.strip().split("\n\n")[0]),
                            formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     show_all = "--help-all" in sys.argv[1:]
     advanced = parser.add_argument_group("advanced (shown with --help-all)") if show_all else None
@@ -89,7 +90,7 @@ def build_parser(classes: tuple, prog: str, description: str, shown: int | None 
                     raise TypeError(f"{cls.__name__}.{f.name} is a {kind.__name__} elsewhere a {added[f.name].__name__}")
                 continue
             added[f.name] = kind
-            help_text = f.metadata.get("help", "")
+            help_text = plain(f.metadata.get("help", ""))
             if f.default is not None and "default" not in help_text:
                 help_text += f" (default: {f.default})"
             group = parser
@@ -107,6 +108,15 @@ def build_parser(classes: tuple, prog: str, description: str, shown: int | None 
     parser.add_argument("-h", "--help", action="help", help="show the common flags and exit")
     parser.add_argument("--help-all", action="help", help="show every flag and exit")
     return parser
+
+
+_ROLE = re.compile(r":[\w:]+:`~?(?:[\w.]*\.)?([^`.]+)`")  # :func:`run`, :class:`~rollout.files.BadInput`
+_LITERAL = re.compile(r"``([^`]*)``")
+
+
+def plain(text: str) -> str:
+    """A docstring's reST as a terminal shows it: ``x`` and :func:`x` as x (``--help`` reads module docstrings)."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
 
 
 def check_bounds(config) -> None:
@@ -238,6 +248,8 @@ def configure_logging(verbose: bool) -> None:
     import logging
     import warnings
 
+    global _verbose
+    _verbose = verbose
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # vLLM's default is stdout
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
@@ -250,6 +262,10 @@ def configure_logging(verbose: bool) -> None:
         warnings.filterwarnings("ignore")  # library deprecation and advice notes; --verbose shows them
         for name in ("vllm", "transformers", "accelerate", "datasets", "torch", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+CONFIG_NAME = "config.yaml"  # the resolved configuration in OUT, beside the JSON settings files reruns compare
+_verbose = False  # --verbose, as the last command line parsed in this process said
 
 
 def save_config(config, path: Path) -> None:
@@ -272,10 +288,27 @@ def check_rerun_settings(saved: Path, settings: dict, out: Path, force: bool) ->
         raise UsageError(f"{out} was run with different {', '.join(differs)}; choose another --out, or --force")
 
 
-def print_config(config, stream=None) -> None:
-    name = type(config).__name__
-    items = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(config).items())
-    print(f"{name}({items})", file=stream or sys.stderr, flush=True)  # stderr as it is now (redirected: rounds)
+def print_config(*configs, out: str | Path | None = None, save_in: Path | None = None) -> None:
+    """The resolved configuration (the fields of ``configs``, dataclasses or mappings; the first to name a field wins;
+    ``force`` left out) saved as ``OUT/config.yaml``, a ``--config`` file that repeats the run, and named in one line
+    on stderr; with ``--verbose`` shown there whole, as YAML. ``save_in``: the folder that becomes OUT (a staging
+    one) if not OUT itself."""
+    import yaml
+
+    values: dict = {}
+    for config in configs:
+        for key, value in (config if isinstance(config, dict) else dataclasses.asdict(config)).items():
+            values.setdefault(key, value)
+    values.pop("force", None)  # an action, not a setting: a rerun from this file never overwrites by itself
+    text = yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=False, allow_unicode=True)
+    stream = sys.stderr  # as it is now (redirected: a stage of compare, a round of iterate)
+    if out is not None:
+        target = Path(save_in if save_in is not None else out) / CONFIG_NAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda f: f.write(text.encode()))
+        print(f"config -> {Path(out) / CONFIG_NAME}", file=stream, flush=True)
+    if _verbose:
+        print(text, end="", file=stream, flush=True)
 
 
 class _StageStream(io.TextIOBase):

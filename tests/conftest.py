@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPR = re.compile(r"^\w+Config\(")  # a config dataclass's repr, as commands once printed theirs on stderr
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +62,7 @@ def collect_world(tmp_path_factory, backend: str, *extra: str) -> Path:
     out = tmp_path_factory.mktemp(f"collect-{backend}") / "data"
     result = run_bin("collect", "--out", str(out), "--backend", backend, *COLLECT_ARGS, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not [line for line in result.stderr.splitlines() if REPR.match(line)], result.stderr[-3000:]
     return out
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_bin
+from tests.conftest import REPR, run_bin
 
 
 def assert_one_line_usage_error(result, *fragments):
@@ -23,10 +23,18 @@ def test_every_command_answers_help_with_one_default_per_flag_in_kebab_case(comm
     import re
 
     text = " ".join(result.stdout.split())  # argparse wraps help text over lines
+    assert "``" not in text and ":func:" not in text and ":class:" not in text, "reST markup in --help"
     assert not re.search(r"--[a-z]+_[a-z]", text), "snake_case flag spellings"
     assert "[FORCE]" not in text and "--force" in text or command == "demo"
     entries = re.split(r" (?=--[a-z-]+[ ,])", text)
     assert all(entry.count("(default") <= 1 for entry in entries), [e for e in entries if e.count("(default") > 1]
+
+
+def test_help_shows_docstrings_without_rest_markup():
+    from rollout.runtime import build_parser
+
+    doc = "``bin/x``: :func:`run` turns ``a b`` into :class:`~rollout.runtime.UsageError` (`plain`).\n\nMore."
+    assert build_parser((), "x", doc).description == "bin/x: run turns a b into UsageError (`plain`)."
 
 
 def test_a_bin_command_reports_bad_input_in_one_line(tmp_path):
@@ -138,3 +146,35 @@ def test_the_gpu_check_dry_run_lists_every_check_and_its_commands_parse(tmp_path
             parse_config(parsers[words[at].removeprefix("bin/")], words[at + 1:], "check", "")
             parsed += 1
     assert parsed >= 13
+
+
+def test_a_successful_command_names_its_saved_config_and_prints_no_repr(tmp_path, capsys):
+    """import and export in-process: stderr names OUT/config.yaml in one line (no dataclass repr); the file repeats
+    the run as a --config file; --verbose shows it whole, as YAML."""
+    import yaml
+
+    from offline_rl.cli import COMMANDS
+    from rollout.demonstrations import ImportConfig
+    from rollout.runtime import parse_config
+
+    demos, exported = tmp_path / "demos", tmp_path / "sft"
+    COMMANDS["import"][1]()(["--source", "world:train", "--prompts", "3", "--out", str(demos)])
+    COMMANDS["export"][1]()(["--format", "trl-sft", str(demos), str(exported), "--force"])
+    err = capsys.readouterr().err.splitlines()
+    assert not [line for line in err if REPR.match(line)]
+    assert [line for line in err if line.startswith("config")] == [f"config -> {demos}/config.yaml",
+                                                                   f"config -> {exported}/config.yaml"]
+    saved = yaml.safe_load((demos / "config.yaml").read_text())
+    assert saved["prompts"] == 3 and "force" not in saved
+    assert parse_config(ImportConfig, ["--config", str(demos / "config.yaml")], "import", "") == \
+           ImportConfig(source="world:train", prompts=3, out=str(demos))
+    assert yaml.safe_load((exported / "config.yaml").read_text())["format"] == "trl-sft"
+
+    try:
+        COMMANDS["export"][1]()(["--format", "trl-sft", str(demos), str(tmp_path / "again"), "--verbose"])
+    finally:
+        parse_config(ImportConfig, [], "import", "")  # --verbose off again for the tests after this one
+    err = capsys.readouterr().err
+    shown = err[err.index("config -> ") :].split("\n", 1)[1]
+    assert yaml.safe_load(shown) == yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    assert not [line for line in err.splitlines() if REPR.match(line)]

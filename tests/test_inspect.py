@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rollout.dataset import DatasetWriter
-from tests.conftest import ROOT
+from tests.conftest import REPR, ROOT
 
 
 def test_inspect_reports_the_figures_computed_by_hand(tmp_path, tiny_model_dir, tiny_model):
@@ -59,9 +59,25 @@ def test_inspect_reports_the_figures_computed_by_hand(tmp_path, tiny_model_dir, 
     assert summary["eos"]["responses_ending_in_eos"] == 2  # the cut response has no closing EOS
     assert summary["eos"]["mean_probability"] == pytest.approx(statistics.fmean(closing), abs=1e-5)
     assert "tokens" in result.stdout and "EOS weight" in result.stdout
+    assert result.stdout.splitlines()[-1].startswith(f"reading: {100 * tp['share_below_0.1']:.1f} % of tokens under")
+    assert f"config -> {tmp_path / 'out' / 'config.yaml'}" in result.stderr.splitlines()
+    assert not [line for line in result.stderr.splitlines() if REPR.match(line)]
 
     # the default view is dft's own: the accepted responses only (the rejected one and the cut one left out)
     from offline_rl.inspection import main
 
     accepted = main([str(tmp_path / "data"), "--out", str(tmp_path / "accepted")])
     assert accepted["responses"] == 1 and accepted["eos"]["responses_ending_in_eos"] == 1
+
+
+@pytest.mark.parametrize("share, says", [
+    (0.30, "more than any of the capability continuum's bases (0.1-1.2 %, all with DFT above SFT): untested"),
+    (0.012, "as on the capability continuum's bases (0.1-1.2 %), where DFT beat SFT on every base"),
+    (0.001, "as on the capability continuum's bases"),
+    (0.0004, "fewer than on the capability continuum's bases (0.1-1.2 %); the most confident gave DFT its largest"),
+])
+def test_the_reading_places_the_share_of_unlikely_tokens_against_the_continuum(share, says):
+    from offline_rl.inspection import reading
+
+    line = reading(share)
+    assert line.startswith(f"reading: {100 * share:.1f} % of tokens under p = 0.1, {says}") and "\n" not in line

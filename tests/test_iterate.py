@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from offline_rl.train import lr_lambda
+from offline_rl.train import TrainConfig, lr_lambda
 from rollout.dataset import read_manifest, read_rows
-from tests.conftest import run_bin
+from tests.conftest import REPR, run_bin
 from tests.test_collect import kill, start_paused
 
 ROUNDS = ["--rounds", "2", "--steps", "6", "--prompts-per-round", "12", "--batch-size", "8",
@@ -138,6 +139,11 @@ def test_a_round_with_nothing_to_train_on_is_recorded_and_the_run_goes_on(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert [("skipped" in r, r["policy"]) for r in rounds] == [(True, rounds[0]["policy"])] * 2
+    # its settings and bin/train's it leaves as given, in one file that --config takes; named, not printed whole
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["learner"], saved["rounds"], saved["lr"]) == ("rft", 2, TrainConfig().lr)
+    assert f"config -> {out / 'config.yaml'}" in result.stderr.splitlines()
+    assert not [line for line in result.stderr.splitlines() if REPR.match(line)]
     assert "no training examples for rft" in rounds[0]["skipped"]
     summary = json.loads((out / "iterate_summary.json").read_text())
     assert summary["skipped_rounds"] == [1, 2] and summary["steps"] == 0

@@ -158,3 +158,24 @@ def test_rescore_keeps_the_extraction_the_dataset_was_scored_with(tmp_path):
     assert manifest["counts"]["accepted"] == 1 and manifest["summary"]["correct_per_prompt"] == {"0/1": 1, "1/1": 1}
     rescore(tmp_path / "mv", workers=1, extraction="boxed")  # told otherwise: no box, nothing accepted
     assert read_state(tmp_path / "mv")[1]["reward"] == [0.0, 0.0] and read_state(tmp_path / "mv")[0]["pass_rate"] == 0
+
+
+def test_rescore_prints_a_summary_not_json(tmp_path, capsys):
+    from rewards.verify import VERIFIER_VERSION
+    from rollout.rescore import RescoreConfig, format_rescore, run_rescore
+
+    dataset = make_dataset(tmp_path / "ds", shards=1)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    data = dataset / "data" / manifest["shards"][0]
+    pq.write_table(pq.read_table(data).slice(0, 5), data)  # the power tower out: no timeout on a loaded machine
+    manifest["counts"]["responses"] = 5
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    run_rescore(RescoreConfig(data=str(dataset), workers=1, deadline=5.0))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and not lines[0].startswith("{")
+    assert lines[0].startswith(f"rescored 5 rows of {dataset} (boxed extraction, verifier old-verifier/0 -> "
+                               f"{VERIFIER_VERSION}) in ")
+    # ROWS[:5]: 2 of 5 accepted before, 3 after; 3 verdicts flip
+    assert lines[1] == "  pass rate 40.0 % -> 60.0 %; 3 rewards changed (3 rows with a new pred or reward)"
+    summary = {**json.loads((dataset / "manifest.json").read_text())["rescores"][0], "timed_out": 1}
+    assert format_rescore(summary, "D").endswith("; 1 timed out after 5 s (scored 0)")

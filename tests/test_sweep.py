@@ -83,3 +83,29 @@ def test_a_swept_comparison_chooses_on_valid_and_reports_the_choice(tmp_path, ti
     chosen_test = statistics.fmean(100 * float(r["avg@2"]) for r in rows if r["model"] == best and r["benchmark"] == "test-id")
     assert f"{chosen_test:.1f} ±" in table[2]
     assert (out / "plots" / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_sensitivity_plot_puts_a_learning_rate_on_a_log_axis_and_keeps_ties_apart(monkeypatch, tmp_path):
+    """lr over a factor of 4 (a linear axis before): log scale, one labelled tick per swept value and no other; two
+    runs with equal results drawn side by side, their tie labelled."""
+    from offline_rl.experiments import plots
+    from offline_rl.experiments.sweep import plot_sensitivity
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    grid = (5e-5, 1e-4, 2e-4)
+    groups = {name: [(setting_name(name, "lr", v), v) for v in grid] for name in ("dft", "prob")}
+    rows = [{"model": setting_name(name, "lr", v), "benchmark": "test-id", "avg@4": 0.3 + 100 * v + 0.01 * seed}
+            for name in groups for v in grid for seed in range(2)]  # prob's results are dft's
+    chosen = {name: {"value": 1e-4} for name in groups}
+    plot_sensitivity(rows, groups, {"dft": "lr", "prob": "lr"}, chosen, "test-id", "avg@4", tmp_path / "s.png")
+
+    ax = figures[0].axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "lr (log scale)"
+    assert list(ax.get_xticks()) == list(grid) and not list(ax.xaxis.get_minorticklocs())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5e-5", "1e-4", "2e-4"]
+    dft, prob = (next(line for line in ax.get_lines() if line.get_label().startswith(name)) for name in groups)
+    at_dft, at_prob = (line.get_transform().transform(line.get_xydata()) for line in (dft, prob))
+    assert (at_prob[:, 0] > at_dft[:, 0]).all() and (at_prob[:, 1] == at_dft[:, 1]).all()  # apart, equal height
+    assert [t.get_text() for t in ax.texts] == ["2 equal"] * 3
+    assert ax.get_ylim()[0] < 30.5 and ax.get_ylim()[1] > 32.5  # the dodged lines still set the limits

@@ -163,8 +163,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 
 def test_the_saved_configuration_is_resolved_and_repeats_the_run(tmp_path, tiny_model_dir, tiny_model, capfd):
+    import yaml
     from safetensors.torch import load_file
 
+    from tests.conftest import REPR
     from tests.test_bad_input import run_command
 
     _, tokenizer = tiny_model
@@ -177,6 +179,10 @@ def test_the_saved_configuration_is_resolved_and_repeats_the_run(tmp_path, tiny_
     # derived values resolved: the model, the total and warm-up steps; the learner's own settings beside them
     assert saved["model"] == str(tiny_model_dir) and saved["steps"] == 4 and saved["warmup_steps"] == 1
     assert saved["anchor_coef"] == 0.2 and saved["learner"] == "adft"
+    saved_yaml = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert saved_yaml == {k: v for k, v in saved.items() if k != "force"}
+    assert f"config -> {tmp_path / 'a' / 'config.yaml'}" in err.splitlines()
+    assert not [line for line in err.splitlines() if REPR.match(line)]
     code, err = run_command("train", ["--config", str(tmp_path / "a" / "train_config.json"), "--out",
                                       str(tmp_path / "b")], capfd)
     assert code == 0, err

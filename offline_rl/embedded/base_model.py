@@ -155,7 +155,7 @@ def run_make_base(cfg: MakeBaseConfig) -> dict:
     if cfg.out is None:
         cfg = replace(cfg, out=str(Path(__file__).resolve().parents[2] / "runs" / time.strftime("base-model-%Y%m%d-%H%M%S")))
     hold_directory(Path(cfg.out), "make-base", force=cfg.force)  # writable, and never the shipped model by accident
-    print_config(cfg)
+    print_config(cfg, out=cfg.out)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     summary = make_base(cfg)
     print(f"base model: {summary['parameters']:,} parameters, {summary['steps']} steps, "

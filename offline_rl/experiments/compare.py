@@ -87,7 +87,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     hold_directory(out, "compare", force=cfg.force, owned=lambda d: (d / "compare_config.json").is_file())
     check_rerun_settings(out / "compare_config.json", settings, out, cfg.force)
     check_rerun_settings(out / "compare_runs.json", planned, out, cfg.force)
-    print_config(cfg)
+    print_config(cfg, out=out)
     save_config(cfg, out / "compare_config.json")
     write_json(out / "compare_runs.json", planned)
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
 def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out or ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S"))
     hold_directory(out, "demo")
-    print_config(cfg)
+    print_config(cfg, out=out)
     base = str(DEFAULT_BASE_MODEL)
     collect = CollectConfig(out=str(out / "data"), prompts=cfg.prompts, n=cfg.n, seed=cfg.seed)
     train = TrainConfig(learner="dft", data=str(out / "data"), out=str(out / "dft"), epochs=cfg.epochs, seed=cfg.seed)

@@ -137,7 +137,7 @@ def run_iterate(cfg: IterateConfig, train_cfg: TrainConfig | None = None, learne
     training = {**{k: v for k, v in asdict(train_cfg).items() if k not in ours}, **asdict(learner_cfg)}
     check_rerun_settings(out / "iterate_config.json", settings, out, cfg.force)
     check_rerun_settings(out / "iterate_train_config.json", training, out, cfg.force)
-    print_config(cfg)
+    print_config(cfg, training, out=out)
     save_config(cfg, out / "iterate_config.json")
     write_json(out / "iterate_train_config.json", training)
     return rounds.run()

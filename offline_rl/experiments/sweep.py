@@ -96,42 +96,76 @@ def value_text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+DODGE = 4.0  # points between neighbouring runs' markers at one value, so that equal results stay apart
+
+
 def plot_sensitivity(rows: list[dict], groups: dict[str, list[tuple[str, object]]], flags: dict[str, str],
                      chosen: dict[str, dict], benchmark: str, metric: str, path: Path) -> None:
     """``benchmark`` ``metric`` against each swept value, mean ± std over seeds as a band, one line per run; the
-    chosen setting circled. A logarithmic axis for positive values spanning a factor of 10 or more."""
+    chosen setting circled. A learning rate, and any positive values spanning a factor of 10 or more, on a
+    logarithmic axis; ticks at the swept values alone. Runs sit a few points apart at each value, and results that
+    several runs share are labelled with their count, so that a tie never hides a run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+    from matplotlib.transforms import offset_copy
 
     from offline_rl.experiments.plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    logarithmic = True
-    for i, (name, settings) in enumerate(groups.items()):
-        xs, means, stds = [], [], []
+    series = []  # (name, values, means, stds)
+    for name, settings in groups.items():
+        points = []
         for run_name, value in settings:
             values = [100 * r[metric] for r in rows if r["model"] == run_name and r["benchmark"] == benchmark]
-            if not values or not isinstance(value, int | float):
-                continue
-            xs.append(float(value))
-            means.append(statistics.fmean(values))
-            stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-        if not xs:
-            continue
-        logarithmic &= min(xs) > 0 and max(xs) / min(xs) >= 10
-        color = f"C{i % 10}"
-        ax.plot(xs, means, marker="o", color=color, label=f"{name} ({flags[name]})")
-        ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
-                        [m + s for m, s in zip(means, stds, strict=True)], color=color, alpha=0.2)
-        if isinstance(chosen[name]["value"], int | float) and float(chosen[name]["value"]) in xs:
-            j = xs.index(float(chosen[name]["value"]))
-            ax.plot([xs[j]], [means[j]], marker="o", markersize=14, markerfacecolor="none", color=color)
+            if values and isinstance(value, int | float) and not isinstance(value, bool):
+                points.append((float(value), statistics.fmean(values),
+                               statistics.stdev(values) if len(values) > 1 else 0.0))
+        if points:
+            series.append((name, *(list(column) for column in zip(*points, strict=True))))
+    ticks = sorted({x for _, xs, _, _ in series for x in xs})
+    swept = sorted({flags[name] for name, *_ in series})
+    logarithmic = bool(ticks) and ticks[0] > 0 and (swept == ["lr"] or ticks[-1] / ticks[0] >= 10)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
     if logarithmic:
         ax.set_xscale("log")
-    ax.set(xlabel="swept value", ylabel=f"{benchmark} {metric} (%)",
-           title=f"sensitivity: {benchmark} {metric}, mean ± std over seeds (circled: chosen on the selection split)")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=8)
+    for i, (name, xs, means, stds) in enumerate(series):
+        color = f"C{i % 10}"
+        dodged = offset_copy(ax.transData, fig=fig, x=DODGE * (i - (len(series) - 1) / 2), y=0, units="points")
+        ax.plot(xs, means, marker="o", color=color, label=f"{name} ({flags[name]})", transform=dodged)
+        low, high = [m - s for m, s in zip(means, stds, strict=True)], [m + s for m, s in zip(means, stds, strict=True)]
+        ax.fill_between(xs, low, high, color=color, alpha=0.15, transform=dodged)
+        ax.update_datalim([*zip(xs, low, strict=True), *zip(xs, high, strict=True)])  # dodged artists: not counted
+        best = chosen[name]["value"]
+        if isinstance(best, int | float) and float(best) in xs:
+            j = xs.index(float(best))
+            ax.plot([xs[j]], [means[j]], marker="o", markersize=14, markerfacecolor="none", color=color,
+                     transform=dodged)
+    ax.autoscale_view()
+    shared: dict[tuple, list[float]] = {}  # (value, mean as the report prints it) -> the runs' means
+    for _, xs, means, _ in series:
+        for x, mean in zip(xs, means, strict=True):
+            shared.setdefault((x, f"{mean:.1f}"), []).append(mean)
+    for (x, _), equal in shared.items():
+        if len(equal) > 1:
+            ax.annotate(f"{len(equal)} equal", (x, max(equal)), xytext=(0, 9), textcoords="offset points",
+                        ha="center", fontsize=7, color="0.3")
+    ax.set_xticks(ticks, [tick_text(x) for x in ticks], rotation=45 if len(ticks) > 6 else 0)
+    ax.xaxis.set_minor_locator(NullLocator())
+    scale = " (log scale)" if logarithmic else ""
+    ax.set(xlabel=(swept[0] if len(swept) == 1 else "swept value") + scale, ylabel=f"{benchmark} {metric} (%)")
+    ax.set_title(f"sensitivity: {benchmark} {metric}, mean ± std over seeds\n"
+                 "circled: chosen on the selection split", fontsize=9)
+    if series:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     save_figure(fig, path)
+
+
+def tick_text(value: float) -> str:
+    """A swept value as a short tick label: 5e-5, 2e-4, 0.1, 16."""
+    if value and not 1e-3 <= abs(value) < 1e4:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}"
