@@ -28,8 +28,8 @@ from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_and_kl, token_logprobs_at
 from offline_rl.views import Pair, ViewContext, behavior_temperature, check_view, require_behavior_logprobs
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
-from rollout.files import atomic_write, hold_directory, is_disk_full
-from rollout.model_cards import write_model_card
+from rollout.files import Finished, atomic_write, hold_directory, is_disk_full
+from rollout.model_cards import EVALUATIONS, write_model_card
 from rollout.models import load_tokenizer, resolve_model
 from rollout.runtime import CommandFailed, NoExamples, UsageError, parse_config, pause_point, print_config, save_config
 
@@ -157,8 +157,9 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
                                          accelerator)
     cfg, offset, init_from = resolve(cfg, len(examples), accelerator.num_processes, model_path)
     out = Path(cfg.out)
-    if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused
-        hold_directory(out, "train", force=cfg.force, owned=lambda d: (d / "train_config.json").is_file())
+    if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused, another run's model too
+        hold_directory(out, "train", force=cfg.force, owned=lambda d: (d / "train_config.json").is_file(),
+                       finished=None if cfg.resume else finished_training(cfg, learner_cfg))
     identity = run_identity(cfg, learner_cfg, model_path, manifests)
     if fsdp is not None:
         identity["fsdp"] = 2  # a sharded checkpoint resumes only under FSDP2 (any number of processes)
@@ -248,6 +249,14 @@ def resolve(cfg: TrainConfig, n_examples: int, processes: int, model_path: str) 
     return cfg, offset, init_from
 
 
+def finished_training(cfg: TrainConfig, learner_cfg) -> Finished:
+    """A finished model in OUT is the same run's when its ``train_config.json`` holds this run's settings (all but
+    those a resume may change); ``--resume`` is checked against its checkpoint's instead."""
+    settings = {k: v for k, v in {**asdict(cfg), **asdict(learner_cfg)}.items() if k not in RESUMABLE_CHANGES}
+    return Finished("{learner} model trained on {data}", "train_summary.json", settings,
+                    lambda out: json.loads((out / "train_config.json").read_text()))
+
+
 def checkpoint_to_resume(cfg: TrainConfig, identity: dict) -> Path | None:
     """``--resume``'s checkpoint, checked to come from the same settings; an earlier run's checkpoints are never
     silently trained over."""
@@ -333,7 +342,7 @@ def start_files(cfg: TrainConfig, learner_cfg, accelerator, resume_from: Path | 
         if resume_from is None:  # a fresh run: nothing of an earlier one may pass for this one's result
             if (out / "checkpoints").exists():
                 shutil.rmtree(out / "checkpoints")
-            for stale in ("train_summary.json", "config.json"):
+            for stale in ("train_summary.json", "config.json", EVALUATIONS):  # EVALUATIONS: of the old weights
                 (out / stale).unlink(missing_ok=True)
         write_json(out / "train_config.json", resolved)
         save_config(learner_cfg, out / "learner_config.json")
