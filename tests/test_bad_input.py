@@ -51,6 +51,16 @@ def run_command(command: str, args: list[str], capfd) -> tuple[int, str]:
     return exit_info.value.code, capfd.readouterr().err
 
 
+def run_alone(command: str, args: list[str], capfd) -> tuple[int, str]:
+    """``run_command``, its holds on output directories ending with it as they would with its own process."""
+    from rollout.files import release
+
+    try:
+        return run_command(command, args, capfd)
+    finally:
+        release(set())
+
+
 def assert_one_line(code: int, stderr: str, *fragments: str) -> None:
     assert code == 2, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
