@@ -48,7 +48,8 @@ class EvalConfig(SamplingFlags, EngineFlags):
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: str = field(default=None, metadata={"help": "directory for results.json and generations.parquet (default: print only)"})
     name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
-    force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make"})
+    force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make, or replace "
+                                                 "another model's or setting's finished evaluation"})
     extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
 
 

@@ -40,7 +40,8 @@ class ExportConfig:
     pairing: str = field(default="one", metadata={"help": "trl-dpo: pairs per prompt, as the dpo learner makes them: all, one, hardest", "choices": ["all", "one", "hardest"]})
     seed: int = field(default=0, metadata={"help": "trl-dpo: seed of --pairing one"})
     include_truncated: bool = field(default=False, metadata={"help": "keep accepted responses cut at the token limit (trl-sft's completions, trl-dpo's chosen)"})
-    force: bool = field(default=False, metadata={"help": "write into an OUT that bin/export did not make"})
+    force: bool = field(default=False, metadata={"help": "write into an OUT that bin/export did not make, or replace "
+                                                 "a finished export of other settings"})
 
 
 SWITCHES = {"--include-truncated", "--no-include-truncated", "--force", "--no-force", "--verbose", "--help", "-h"}

@@ -43,7 +43,8 @@ class InspectConfig:
     batch_size: int = field(default=16, metadata={"help": "responses per forward pass", "min": 1, "advanced": True})
     logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk", "min": 1, "advanced": True})
     bins: int = field(default=20, metadata={"help": "histogram bins over [0, 1]", "min": 2, "advanced": True})
-    force: bool = field(default=False, metadata={"help": "write into an OUT that inspect did not make"})
+    force: bool = field(default=False, metadata={"help": "write into an OUT that inspect did not make, or replace "
+                                                 "another model's, view's or dataset's finished inspection"})
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -63,7 +63,8 @@ class ImportConfig:
     shard_size: int = field(default=10000, metadata={"help": "rows per parquet shard", "min": 1, "advanced": True})
     extraction: str = field(default="qwen", metadata={"help": "how the solution's final answer is read: boxed, qwen (box, 'the answer is', else the last number: reads GSM8K's '#### N'), math-verify", "choices": list(rewards.EXTRACTIONS)})
     scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one solution may take to score", "above": 0, "advanced": True})
-    force: bool = field(default=False, metadata={"help": "write into an output directory bin/import did not make"})
+    force: bool = field(default=False, metadata={"help": "write into an output directory bin/import did not make, "
+                                                 "or replace a finished import of other settings"})
 
 
 @dataclass(frozen=True)
