@@ -61,7 +61,8 @@ class TrainConfig:
     schedule_steps: int = field(default=None, metadata={"help": "length of the warm-up + cosine schedule (default: up to this run's last step, counted from the first run's start with --init-from)", "min": 1, "advanced": True})
     restart_schedule: bool = field(default=False, metadata={"help": "with --init-from: keep the optimizer's moments but start the schedule over", "advanced": True})
     force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, replace "
-                                                 "another run's finished model, or start over in one holding checkpoints"})
+                                                 "another run's finished model, or start over in one holding "
+                                                 "checkpoints"})
     include_truncated: bool = field(default=False, metadata={"help": "keep responses cut at --max-tokens in the loss: the accepted view's, DPO's chosen ones, the groups view's (whose statistics count them either way)", "advanced": True})
     report_to: str = field(default="tensorboard", metadata={"help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
     approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) distribution or another model", "advanced": True})
