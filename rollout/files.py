@@ -159,8 +159,11 @@ def _comparable(value):
     value = json.loads(json.dumps(value, default=str))
     if isinstance(value, str) and value:
         parts = value.split(",")
-        if all(part and Path(part).expanduser().exists() for part in parts):
-            return ",".join(str(Path(part).expanduser().resolve()) for part in parts)
+        try:
+            if all(part and Path(part).expanduser().exists() for part in parts):
+                return ",".join(str(Path(part).expanduser().resolve()) for part in parts)
+        except (OSError, ValueError):  # a name too long, a NUL byte: text, not a path
+            pass
     return value
 
 

@@ -100,7 +100,7 @@ def test_bad_export_input_is_one_line(vllm_dataset, tmp_path):
     assert_one_line_usage_error(result, "missing")
 
 
-def test_a_finished_export_is_replaced_only_by_the_same_run_or_with_force(tmp_path, capfd):
+def test_a_finished_export_is_replaced_only_by_the_same_run_or_with_force(tmp_path, capfd, monkeypatch):
     from rollout.dataset import DatasetWriter
     from tests.conftest import make_rows
     from tests.test_bad_input import assert_one_line, run_alone, snapshot
@@ -114,8 +114,9 @@ def test_a_finished_export_is_replaced_only_by_the_same_run_or_with_force(tmp_pa
     code, err = run_alone("export", ["--format", "trl-grpo", str(tmp_path / "data"), str(out)], capfd)
     assert_one_line(code, err, f"{out} holds a finished trl-sft export of", "format ('trl-sft', now 'trl-grpo')")
     assert snapshot(out) == finished
-    code, err = run_alone("export", ["--format", "trl-sft", "--data", str(tmp_path / "data"), "--out", str(out)], capfd)
-    assert code == 0, err  # the same run again
+    monkeypatch.chdir(tmp_path)
+    code, err = run_alone("export", ["--format", "trl-sft", "--data", "./data", "--out", str(out)], capfd)
+    assert code == 0, err  # the same run again (its data spelled otherwise)
     assert (out / "data" / "train.parquet").read_bytes() == finished["data/train.parquet"]
     code, err = run_alone("export", ["--format", "trl-grpo", str(tmp_path / "data"), str(out), "--force"], capfd)
     assert code == 0, err
