@@ -205,9 +205,9 @@ def test_a_finished_model_is_replaced_only_by_the_same_run_or_with_force(tmp_pat
     assert (out / "model.safetensors").read_bytes() == finished["model.safetensors"]
     assert not (out / "evaluations.json").exists()  # trained again: no record of earlier weights passes for these
     (out / "evaluations.json").write_text(evaluated)
-    code, err = run_alone("train", [*args, "--learner", "asft", "--force"], capfd)
+    code, err = run_alone("train", [*args, "--learner", "sft", "--force"], capfd)
     assert code == 0, err
-    assert json.loads((out / "train_config.json").read_text())["learner"] == "asft"
+    assert json.loads((out / "train_config.json").read_text())["learner"] == "sft"
     assert (out / "model.safetensors").read_bytes() != finished["model.safetensors"]
     assert not (out / "evaluations.json").exists() and "None recorded" in (out / "README.md").read_text()
 
