@@ -205,7 +205,7 @@ def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) 
         hold_directory(out, "eval", force=cfg.force, owned=lambda d: (d / "eval_config.json").is_file(),
                        finished=Finished("evaluation of {model}", "results.json", identity, saved_identity))
         replaced = previous_model(out)
-        if replaced is not None and is_our_checkpoint(replaced):  # --force over an evaluation: its model forgets it
+        if replaced is not None and is_our_checkpoint(replaced):  # replaced (rerun, --force): its record goes too
             forget_evaluation(replaced, out)
         (out / "results.json").unlink(missing_ok=True)  # a rerun: the old results no longer mark it finished
         save_config(cfg, out / "eval_config.json")
