@@ -16,7 +16,7 @@ import math
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import rewards
@@ -24,8 +24,8 @@ from offline_rl.embedded import world
 from rewards.normalize import normalize_answer
 from rollout.dataset import atomic_write_bytes, write_json
 from rollout.engines import EngineFlags, SamplingConfig, SamplingFlags, context_length, prompt_seed, start_engine
-from rollout.files import TextError, hold_directory
-from rollout.model_cards import is_our_checkpoint, record_evaluation
+from rollout.files import Finished, TextError, hold_directory
+from rollout.model_cards import forget_evaluation, is_our_checkpoint, record_evaluation
 from rollout.models import load_tokenizer, resolve_model
 from rollout.runtime import UsageError, parse_config, print_config, save_config
 from rollout.sources import SourceError, load_source
@@ -48,7 +48,8 @@ class EvalConfig(SamplingFlags, EngineFlags):
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: str = field(default=None, metadata={"help": "directory for results.json and generations.parquet (default: print only)"})
     name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
-    force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make"})
+    force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make, or replace "
+                                                 "another model's or setting's finished evaluation"})
     extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
 
 
@@ -199,8 +200,13 @@ def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) 
     except (TemplateError, TextError) as e:
         raise UsageError(str(e)) from None
     out = Path(cfg.out) if cfg.out else None
-    if out is not None:  # writable and ours, checked before an hour of sampling
-        hold_directory(out, "eval", force=cfg.force, owned=lambda d: (d / "eval_config.json").is_file())
+    identity = eval_identity(cfg, model)
+    if out is not None:  # writable, ours, and not another model's or setting's evaluation: checked before sampling
+        hold_directory(out, "eval", force=cfg.force, owned=lambda d: (d / "eval_config.json").is_file(),
+                       finished=Finished("evaluation of {model}", "results.json", identity, saved_identity))
+        replaced = previous_model(out)
+        if replaced is not None and is_our_checkpoint(replaced):  # replaced (rerun, --force): its record goes too
+            forget_evaluation(replaced, out)
         (out / "results.json").unlink(missing_ok=True)  # a rerun: the old results no longer mark it finished
         save_config(cfg, out / "eval_config.json")
     print_config(cfg, out=out)
@@ -210,8 +216,27 @@ def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) 
         write_generations(out / "generations.parquet", generations)
         write_json(out / "results.json", results)  # last: its presence marks a finished evaluation
     if is_our_checkpoint(model):  # a record beside the weights; the model card is not rewritten
-        record_evaluation(model, str(out) if out is not None else f"{results['name']} (seed {cfg.seed}, printed)", results)
+        record_evaluation(model, str(out) if out is not None else f"{results['name']} (seed {cfg.seed}, printed)",
+                          results, out, identity)
     return results
+
+
+def eval_identity(cfg: EvalConfig, model: str) -> dict:
+    """What makes an evaluation what it is: the model and every setting but where it is written and its label."""
+    return {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "force", "name")}, "model": model}
+
+
+def saved_identity(out: Path) -> dict:
+    """The identity of the finished evaluation in ``out``: its saved settings, and the model its results are of."""
+    return {**json.loads((out / "eval_config.json").read_text()), "model": previous_model(out)}
+
+
+def previous_model(out: Path) -> str | None:
+    """The model whose finished evaluation ``out`` holds (None: none, or unreadable)."""
+    try:
+        return json.loads((out / "results.json").read_text())["model"]
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
 
 
 def main(argv: list[str] | None = None, **kwargs) -> dict:

@@ -25,7 +25,7 @@ import yaml
 
 from offline_rl.views import make_pairs, sampled_examples
 from rollout.dataset import atomic_write_bytes, complete_manifests, load_offline_dataset, write_json
-from rollout.files import hold_directory
+from rollout.files import Finished, hold_directory
 from rollout.runtime import UsageError, parse_config, print_config
 
 FORMATS = {"trl-sft": ["prompt", "completion"], "trl-dpo": ["prompt", "chosen", "rejected"],
@@ -40,7 +40,8 @@ class ExportConfig:
     pairing: str = field(default="one", metadata={"help": "trl-dpo: pairs per prompt, as the dpo learner makes them: all, one, hardest", "choices": ["all", "one", "hardest"]})
     seed: int = field(default=0, metadata={"help": "trl-dpo: seed of --pairing one"})
     include_truncated: bool = field(default=False, metadata={"help": "keep accepted responses cut at the token limit (trl-sft's completions, trl-dpo's chosen)"})
-    force: bool = field(default=False, metadata={"help": "write into an OUT that bin/export did not make"})
+    force: bool = field(default=False, metadata={"help": "write into an OUT that bin/export did not make, or replace "
+                                                 "a finished export of other settings"})
 
 
 SWITCHES = {"--include-truncated", "--no-include-truncated", "--force", "--no-force", "--verbose", "--help", "-h"}
@@ -82,7 +83,10 @@ def run_export(cfg: ExportConfig) -> dict:
         raise UsageError(f"nothing to export as {cfg.format} from {cfg.data}: "
                          + ("no accepted responses" if cfg.format == "trl-sft" else "no preference pairs"))
     out = Path(cfg.out)
-    hold_directory(out, "export", force=cfg.force, owned=lambda d: (d / "export.json").is_file())
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "force")}
+    hold_directory(out, "export", force=cfg.force, owned=lambda d: (d / "export.json").is_file(),
+                   finished=Finished("{format} export of {data}", "export.json", settings,
+                                     lambda d: json.loads((d / "export.json").read_text())))
     print_config(cfg, out=out)
     table = pa.Table.from_pylist(rows)
     sink = pa.BufferOutputStream()

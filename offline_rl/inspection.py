@@ -15,6 +15,7 @@ Writes ``OUT/inspect.json`` and ``OUT/inspect.png`` (the histograms); a progress
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from offline_rl import views
 from offline_rl.projection import LogitHead, _unwrap, logit_transform
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
-from rollout.files import hold_directory
+from rollout.files import Finished, hold_directory
 from rollout.models import load_tokenizer, resolve_model
 from rollout.runtime import UsageError, parse_config, print_config
 
@@ -41,12 +42,13 @@ CONTINUUM = ((0.012, 2.6), (0.002, 3.1), (0.001, 5.5))
 class InspectConfig:
     data: str = field(default=None, metadata={"help": "offline dataset directory (or several, comma-separated); also the first positional argument"})
     model: str = field(default=None, metadata={"help": "the model to read the data with (default: the model that collected it)"})
-    out: str = field(default=None, metadata={"help": "output directory for inspect.json and inspect.png (default: runs/inspect-<data>)"})
+    out: str = field(default=None, metadata={"help": "output directory for inspect.json and inspect.png (default: runs/inspect-<data>-<model>-<view>)"})
     view: str = field(default="accepted", metadata={"help": "which responses: accepted (what dft trains on) or all", "choices": ["accepted", "all"]})
     batch_size: int = field(default=16, metadata={"help": "responses per forward pass", "min": 1, "advanced": True})
     logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk", "min": 1, "advanced": True})
     bins: int = field(default=20, metadata={"help": "histogram bins over [0, 1]", "min": 2, "advanced": True})
-    force: bool = field(default=False, metadata={"help": "write into an OUT that inspect did not make"})
+    force: bool = field(default=False, metadata={"help": "write into an OUT that inspect did not make, or replace "
+                                                 "another model's, view's or dataset's finished inspection"})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,8 +67,11 @@ def run_inspect(cfg: InspectConfig) -> dict:
     if not examples:
         raise UsageError(f"no {cfg.view} responses in {cfg.data}")
     tokenizer = load_tokenizer(model_path)
-    out = Path(cfg.out or f"runs/inspect-{Path(cfg.data.split(',')[0]).name}")
-    hold_directory(out, "inspect", force=cfg.force, owned=lambda d: (d / "inspect.json").is_file())
+    out = Path(cfg.out) if cfg.out else default_out(cfg.data, model_path, cfg.view)
+    settings = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "force")}, "model": model_path}
+    hold_directory(out, "inspect", force=cfg.force, owned=lambda d: (d / "inspect.json").is_file(),
+                   finished=Finished("inspection of {data} by {model} ({view})", "inspect.json", settings,
+                                     saved_settings))
     print_config(cfg, out=out)
     per_token, per_response, eos = read_probabilities(model_path, tokenizer, examples, cfg)
     summary = summarize(per_token, per_response, eos, cfg)
@@ -75,6 +80,18 @@ def run_inspect(cfg: InspectConfig) -> dict:
     plot(per_token, per_response, eos, summary, out / "inspect.png")
     print(format_summary(summary, out))
     return summary
+
+
+def saved_settings(out: Path) -> dict:
+    """The settings of the finished inspection in ``out``, with the model it read the data with."""
+    saved = json.loads((out / "inspect.json").read_text())
+    return {**saved["config"], "model": saved["model"]}
+
+
+def default_out(data: str, model: str, view: str) -> Path:
+    """``runs/inspect-DATA-MODEL-VIEW``: another model's or view's reading of the same data never lands on this one."""
+    names = "+".join(Path(p).name for p in data.split(",") if p)
+    return Path("runs") / f"inspect-{names}-{Path(model).name}-{view}"
 
 
 @torch.no_grad()

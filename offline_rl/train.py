@@ -29,8 +29,8 @@ from offline_rl.policies import check_learner, frozen_model
 from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_and_kl, token_logprobs_at
 from offline_rl.views import Pair, ViewContext, check_view
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
-from rollout.files import atomic_write, hold_directory, is_disk_full
-from rollout.model_cards import write_model_card
+from rollout.files import Finished, atomic_write, hold_directory, is_disk_full
+from rollout.model_cards import EVALUATIONS, write_model_card
 from rollout.models import load_tokenizer, resolve_model
 from rollout.runtime import CommandFailed, NoExamples, UsageError, parse_config, pause_point, print_config, save_config
 
@@ -62,7 +62,9 @@ class TrainConfig:
     init_from: str = field(default=None, metadata={"help": "start from another run's checkpoint (its OUT/checkpoints/step-N): its weights, optimizer moments, schedule and RNG; steps count on from N (rounds: bin/iterate)", "advanced": True})
     schedule_steps: int = field(default=None, metadata={"help": "length of the warm-up + cosine schedule (default: up to this run's last step, counted from the first run's start with --init-from)", "min": 1, "advanced": True})
     restart_schedule: bool = field(default=False, metadata={"help": "with --init-from: keep the optimizer's moments but start the schedule over", "advanced": True})
-    force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, or start over in one holding checkpoints"})
+    force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, replace "
+                                                 "another run's finished model, or start over in one holding "
+                                                 "checkpoints"})
     include_truncated: bool = field(default=False, metadata={"help": "keep responses cut at --max-tokens in the loss: the accepted view's, DPO's chosen ones, the groups view's (whose statistics count them either way)", "advanced": True})
     report_to: str = field(default="tensorboard", metadata={"help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
     approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) distribution or another model", "advanced": True})
@@ -158,8 +160,9 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
                                          accelerator)
     cfg, offset, init_from = resolve(cfg, len(examples), accelerator.num_processes, model_path)
     out = Path(cfg.out)
-    if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused
-        hold_directory(out, "train", force=cfg.force, owned=lambda d: (d / "train_config.json").is_file())
+    if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused, another run's model too
+        hold_directory(out, "train", force=cfg.force, owned=lambda d: (d / "train_config.json").is_file(),
+                       finished=None if cfg.resume else finished_training(cfg, learner_cfg))
     identity = run_identity(cfg, learner_cfg, model_path, manifests)
     if fsdp is not None:
         identity["fsdp"] = 2  # a sharded checkpoint resumes only under FSDP2 (any number of processes)
@@ -259,6 +262,14 @@ def resolve(cfg: TrainConfig, n_examples: int, processes: int, model_path: str) 
     return cfg, offset, init_from
 
 
+def finished_training(cfg: TrainConfig, learner_cfg) -> Finished:
+    """A finished model in OUT is the same run's when its ``train_config.json`` holds this run's settings (all but
+    those a resume may change); ``--resume`` is checked against its checkpoint's instead."""
+    settings = {k: v for k, v in {**asdict(cfg), **asdict(learner_cfg)}.items() if k not in RESUMABLE_CHANGES}
+    return Finished("{learner} model trained on {data}", "train_summary.json", settings,
+                    lambda out: json.loads((out / "train_config.json").read_text()))
+
+
 def checkpoint_to_resume(cfg: TrainConfig, identity: dict) -> Path | None:
     """``--resume``'s checkpoint, checked to come from the same settings; an earlier run's checkpoints are never
     silently trained over."""
@@ -343,7 +354,7 @@ def start_files(cfg: TrainConfig, learner_cfg, accelerator, resume_from: Path | 
         if resume_from is None:  # a fresh run: nothing of an earlier one may pass for this one's result
             if (out / "checkpoints").exists():
                 shutil.rmtree(out / "checkpoints")
-            for stale in ("train_summary.json", "config.json"):
+            for stale in ("train_summary.json", "config.json", EVALUATIONS):  # EVALUATIONS: of the old weights
                 (out / stale).unlink(missing_ok=True)
         write_json(out / "train_config.json", resolved)
         save_config(learner_cfg, out / "learner_config.json")

@@ -31,7 +31,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -40,7 +40,7 @@ import rewards
 from rewards.extract import extract_boxed
 from rollout.dataset import DatasetWriter, quiet_datasets
 from rollout.engines import context_length
-from rollout.files import TextError, hold_directory, read_text
+from rollout.files import Finished, TextError, hold_directory, read_text
 from rollout.models import load_tokenizer
 from rollout.runtime import UsageError, parse_config, print_config, save_config
 from rollout.sources import SourceError, load_saved
@@ -63,7 +63,8 @@ class ImportConfig:
     shard_size: int = field(default=10000, metadata={"help": "rows per parquet shard", "min": 1, "advanced": True})
     extraction: str = field(default="qwen", metadata={"help": "how the solution's final answer is read: boxed, qwen (box, 'the answer is', else the last number: reads GSM8K's '#### N'), math-verify", "choices": list(rewards.EXTRACTIONS)})
     scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one solution may take to score", "above": 0, "advanced": True})
-    force: bool = field(default=False, metadata={"help": "write into an output directory bin/import did not make"})
+    force: bool = field(default=False, metadata={"help": "write into an output directory bin/import did not make, "
+                                                 "or replace a finished import of other settings"})
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,9 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
         template = Template(cfg.template or ("world" if description["kind"] == "world" else "qwen-boxed"), tokenizer)
     except (TemplateError, SourceError) as e:
         raise UsageError(str(e)) from None
-    hold_directory(out, "import", force=cfg.force, owned=is_import_directory)
+    settings = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "force")}, "model": model}
+    hold_directory(out, "import", force=cfg.force, owned=is_import_directory,
+                   finished=Finished("import of {source}", "manifest.json", settings, saved_settings))
     # an import is cheap and deterministic: it starts over, in a staging folder swapped in once it is whole, so
     # that a bad row or a full disk half-way leaves OUT as it was
     stage = out / ".import.partial"
@@ -328,6 +331,12 @@ def _unique_id(pid: str, seen: set[str], number: int, source: str) -> None:
     if pid in seen:
         raise UsageError(f"{source}: row {number} repeats the id {pid!r} of an earlier row; ids must be unique")
     seen.add(pid)
+
+
+def saved_settings(out: Path) -> dict:
+    """The settings of the finished import in ``out``, with the model whose tokenizer it used."""
+    return {**json.loads((out / "import_config.json").read_text()), "model": json.loads(
+        (out / "manifest.json").read_text())["model"]}
 
 
 def is_import_directory(out: Path) -> bool:

@@ -3,7 +3,8 @@
 - :func:`atomic_write`: readers see the old file or the new one, never a part; mode 0644 (under the umask).
 - :func:`hold_directory`: an exclusive ``fcntl.flock`` on ``DIR/.offline-rl.lock`` for the life of the
   process (the kernel drops it when the process dies, however it dies). A second writer is refused
-  naming the holder's pid; a directory that another command made is refused unless forced.
+  naming the holder's pid; a directory that another command made, or that holds a finished result of another
+  run (:class:`Finished`), is refused unless forced.
 - :func:`read_text`: UTF-8 text, or one error naming the file and the line of the first bad byte.
 """
 
@@ -113,6 +114,59 @@ class _Hold:
 _held: dict[Path, _Hold] = {}
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A command's finished result in its output directory, told apart from another run's by the settings that made
+    it: the same run may be repeated or resumed into it; another run is refused unless forced.
+
+    ``name`` names it in the refusal, filled from the saved settings (``"evaluation of {model}"``); ``mark`` is the
+    file the command writes last (its presence: finished); ``settings`` are this run's; ``saved(directory)`` reads
+    back those that made the result there. Only settings both record are compared (an older result may lack a newer
+    one); paths are compared resolved."""
+
+    name: str
+    mark: str
+    settings: dict
+    saved: Callable[[Path], dict]
+
+    def other_run(self, directory: Path) -> str | None:
+        """What ``directory`` holds if it is another run's finished result (named, with the settings that differ);
+        None if it holds none, or this run's own."""
+        if not (directory / self.mark).is_file():
+            return None
+        try:
+            saved = self.saved(directory)
+        except (OSError, ValueError, LookupError, TypeError, AttributeError):  # damaged files
+            saved = None
+        if not isinstance(saved, dict) or not saved:
+            return f"a finished {self.name.format_map(_Unknown())} whose settings cannot be read"
+        differs = [f"{k} ({saved[k]!r}, now {v!r})" for k, v in self.settings.items()
+                   if k in saved and _comparable(saved[k]) != _comparable(v)]
+        if not differs:
+            return None
+        return (f"a finished {self.name.format_map(_Unknown(saved))} made with other settings: "
+                + "; ".join(differs[:3]) + ("; ..." if len(differs) > 3 else ""))
+
+
+class _Unknown(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def _comparable(value):
+    """A setting as the files hold it (tuples as lists, paths as text), a path that exists (or comma-separated
+    paths) resolved: ``runs/data`` and ``./runs/data`` are one dataset."""
+    value = json.loads(json.dumps(value, default=str))
+    if isinstance(value, str) and value:
+        parts = value.split(",")
+        try:
+            if all(part and Path(part).expanduser().exists() for part in parts):
+                return ",".join(str(Path(part).expanduser().resolve()) for part in parts)
+        except (OSError, ValueError):  # a name too long, a NUL byte: text, not a path
+            pass
+    return value
+
+
 def _holder(text: str) -> dict:
     try:
         holder = json.loads(text)
@@ -122,18 +176,20 @@ def _holder(text: str) -> dict:
 
 
 def hold_directory(directory: str | Path, command: str, force: bool = False,
-                   owned: Callable[[Path], bool] = lambda directory: False) -> Path:
+                   owned: Callable[[Path], bool] = lambda directory: False, finished: Finished | None = None) -> Path:
     """Create ``directory`` if needed and hold it exclusively until this process exits.
 
     Refused with :class:`OutputError` (before anything is written into it):
     - another live process holds it (its command and pid are named);
     - it exists, holds files, and neither its lock file says ``command`` made it nor ``owned(directory)``
       recognises it (e.g. a dataset's manifest), unless ``force``;
+    - it holds a finished result of another run (``finished``), unless ``force``;
     - it is a file, or cannot be created or written.
     """
     directory = Path(directory)
     key = directory.resolve()
-    if key in _held:
+    if key in _held:  # this process wrote there before (a stage of compare, a test): its result is checked alike
+        _refuse_another_run(directory, finished, force)
         return directory
     existed = directory.exists()
     if existed and not directory.is_dir():
@@ -167,6 +223,12 @@ def hold_directory(directory: str | Path, command: str, force: bool = False,
         _undo(directory, existed, lock, lock_existed)
         raise OutputError(f"{directory} exists and was not made by {command}; choose another --out, or --force")
     try:
+        _refuse_another_run(directory, finished, force)
+    except OutputError:
+        file.close()
+        _undo(directory, existed, lock, lock_existed)
+        raise
+    try:
         file.seek(0)
         file.truncate()
         file.write(json.dumps({"command": command, "pid": os.getpid(),
@@ -179,6 +241,12 @@ def hold_directory(directory: str | Path, command: str, force: bool = False,
     _held[key] = _Hold(directory, file, not existed, not lock_existed, previous_text,
                        (lock_stat.st_atime_ns, lock_stat.st_mtime_ns), _contents(directory))
     return directory
+
+
+def _refuse_another_run(directory: Path, finished: Finished | None, force: bool) -> None:
+    other = finished.other_run(directory) if finished is not None and not force else None
+    if other is not None:
+        raise OutputError(f"{directory} holds {other}; choose another --out, or --force to replace it")
 
 
 def _undo(directory: Path, existed: bool, lock: Path, lock_existed: bool) -> None:

@@ -3,8 +3,9 @@
 ``MODEL/README.md`` says what made the weights: the base model, the learner and its settings, the
 datasets it trained on with their manifests' identities, the steps, and every evaluation that
 ``bin/eval`` had recorded beside it (``MODEL/evaluations.json``) when the card was written. Written atomically
-by bin/train when it saves the final model; an evaluation adds its record to ``evaluations.json`` and leaves the
-card alone, and :func:`write_model_card` regenerates the card from those records.
+by bin/train when it saves the final model; an evaluation adds its record to ``evaluations.json`` (where it is, the
+model and settings it is of, its results) and leaves the card alone, and :func:`write_model_card` regenerates the
+card from those records. A record is dropped when its evaluation is replaced, and all of them when the weights are.
 """
 
 from __future__ import annotations
@@ -81,16 +82,38 @@ def write_model_card(model: str | Path) -> Path:
     return model / "README.md"
 
 
-def record_evaluation(model: str | Path, name: str, results: dict) -> None:
-    """Add one evaluation's results to the checkpoint's ``evaluations.json`` (one writer at a time)."""
+def record_evaluation(model: str | Path, name: str, results: dict, out: Path | None = None,
+                      identity: dict | None = None) -> None:
+    """Add one evaluation's results to the checkpoint's ``evaluations.json`` (one writer at a time), with where the
+    evaluation is (``out``, resolved; None: printed only) and what it is (``identity``: the model and its settings)."""
     model = Path(model)
     with (model / ".evaluations.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         evaluations = _read_evaluations(model)
-        evaluations[name] = {k: results.get(k) for k in ("k", "temperature", "top_p", "max_tokens", "seed",
-                                                         "extraction", "verifier_version", "benchmarks")}
-        text = (json.dumps(evaluations, indent=2) + "\n").encode()
-        atomic_write(model / EVALUATIONS, lambda f: f.write(text))
+        evaluations[name] = {"path": str(Path(out).resolve()) if out is not None else None, "identity": identity,
+                             **{k: results.get(k) for k in ("k", "temperature", "top_p", "max_tokens", "seed",
+                                                             "extraction", "verifier_version", "benchmarks")}}
+        _write_evaluations(model, evaluations)
+
+
+def forget_evaluation(model: str | Path, out: Path) -> None:
+    """Drop the checkpoint's records of the evaluation in ``out`` (about to be replaced): a record never describes
+    another evaluation than its own."""
+    model, where = Path(model), Path(out).resolve()
+    if not (model / EVALUATIONS).is_file():
+        return
+    with (model / ".evaluations.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        evaluations = _read_evaluations(model)
+        kept = {name: e for name, e in evaluations.items()  # a record without "path" (older): its name is its --out
+                if Path((e.get("path") if isinstance(e, dict) else None) or name).resolve() != where}
+        if kept != evaluations:
+            _write_evaluations(model, kept)
+
+
+def _write_evaluations(model: Path, evaluations: dict) -> None:
+    text = (json.dumps(evaluations, indent=2) + "\n").encode()
+    atomic_write(model / EVALUATIONS, lambda f: f.write(text))
 
 
 def _read_evaluations(model: Path) -> dict:

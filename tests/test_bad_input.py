@@ -51,6 +51,16 @@ def run_command(command: str, args: list[str], capfd) -> tuple[int, str]:
     return exit_info.value.code, capfd.readouterr().err
 
 
+def run_alone(command: str, args: list[str], capfd) -> tuple[int, str]:
+    """``run_command``, its holds on output directories ending with it as they would with its own process."""
+    from rollout.files import release
+
+    try:
+        return run_command(command, args, capfd)
+    finally:
+        release(set())
+
+
 def assert_one_line(code: int, stderr: str, *fragments: str) -> None:
     assert code == 2, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -173,10 +183,21 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     from offline_rl.train import main as train_main
 
     train_main(["--learner", "dft", *args])
+    # a finished result of every other writer, which another run must not replace: the model's evaluation (recorded
+    # in ws/run/evaluations.json), an inspection, an export, an import
+    _commands()["eval"](["--model", str(ws / "run"), *[a.format(ws=ws) for a in FINISHED_EVAL]])
+    _commands()["inspect"]([str(ws / "ds"), "--out", str(ws / "inspected")])
+    _commands()["export"](["--format", "trl-sft", str(ws / "ds"), str(ws / "exported")])
+    _commands()["import"](["--source", "world:train", "--prompts", "2", "--model", str(ws / "model"), "--out",
+                           str(ws / "demos")])
     from rollout.files import release_unused
 
-    release_unused()  # the in-process run's hold on ws/run ends as the process of a real run would
+    release_unused()  # the in-process runs' holds end as the process of a real run would
     return ws
+
+
+FINISHED_EVAL = ["--benchmarks", "test-id", "--problems", "1", "--k", "1", "--max-tokens", "4", "--backend", "hf",
+                 "--out", "{ws}/eval"]
 
 
 TRAIN = ["--data", "{ws}/ds", "--out", "{ws}/new"]
@@ -263,7 +284,30 @@ CASES = [
                "--lr", "1e-3", "--save-every", "1", "--resume"], "lr (0.0002, now 0.001); schedule_steps (2, now 4); steps (2, now 4)"),
     ("train", ["--learner", "dft", "--data", "{ws}/ds2", "--out", "{ws}/run", "--steps", "2", "--batch-size", "2",
                "--save-every", "1", "--resume"], "different data"),
-    ("train", ["--learner", "dft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "2"], "holds checkpoints"),
+    ("train", ["--learner", "dft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "2", "--batch-size", "2"],
+     "holds checkpoints"),
+    # a finished result of another run, refused naming it (the same run may repeat, --force replaces: each command's
+    # own tests)
+    ("train", ["--learner", "asft", "--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "2", "--batch-size", "2"],
+     "holds a finished dft model trained on"),
+    ("train", ["--data", "{ws}/ds2", "--out", "{ws}/run", "--steps", "2", "--batch-size", "2"],
+     "made with other settings: data ("),
+    ("train", ["--data", "{ws}/ds", "--out", "{ws}/run", "--steps", "3", "--batch-size", "2"], "steps (2, now 3)"),
+    ("eval", ["--model", "{ws}/model", *FINISHED_EVAL], "{ws}/eval holds a finished evaluation of {ws}/run"),
+    ("eval", ["--model", "{ws}/run", *FINISHED_EVAL, "--k", "2"], "made with other settings: k (1, now 2)"),
+    ("eval", ["--model", "{ws}/run", *FINISHED_EVAL, "--problems", "2"], "problems (1, now 2)"),
+    ("inspect", ["{ws}/ds", "--view", "all", "--out", "{ws}/inspected"], "holds a finished inspection of"),
+    ("inspect", ["{ws}/ds2", "--out", "{ws}/inspected"], "made with other settings: data ("),
+    ("inspect", ["{ws}/ds", "--model", "{ws}/run", "--out", "{ws}/inspected"], "made with other settings: model ("),
+    ("export", ["--format", "trl-grpo", "{ws}/ds", "{ws}/exported"], "holds a finished trl-sft export of"),
+    ("export", ["--format", "trl-sft", "{ws}/ds2", "{ws}/exported"], "made with other settings: data ("),
+    ("import", ["--source", "world:train", "--prompts", "3", "--model", "{ws}/model", "--out", "{ws}/demos"],
+     "holds a finished import of world:train made with other settings: prompts (2, now 3)"),
+    ("import", ["--source", "world:valid", "--prompts", "2", "--model", "{ws}/model", "--out", "{ws}/demos"],
+     "source ('world:train', now 'world:valid')"),
+    ("collect", ["--out", "{ws}/demos", "--prompts", "1"], "was sampled with different"),
+    ("collect", ["--out", "{ws}/eval", "--prompts", "1"], "not made by collect"),
+    ("train", ["--data", "{ws}/ds", "--out", "{ws}/exported"], "not made by train"),
     # eval
     ("eval", ["--problems", "0"], "--problems must be >= 1"),
     ("eval", ["--k", "0"], "--k must be >= 1"),
@@ -448,7 +492,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, server, capfd, mon
     monkeypatch.setenv("NETRC", str(ws / "no-netrc"))
     start = time.time()
     code, stderr = run_command(command, [a.format(ws=ws, wsname=ws.name, server=server) for a in args], capfd)
-    assert_one_line(code, stderr, fragment)
+    assert_one_line(code, stderr, fragment.replace("{ws}", str(ws)))
     assert snapshot(ws) == before
     if command in ("compare", "iterate") or "--ray-address" in args:  # refused before any stage, engine, cluster
         assert time.time() - start < 5 and "engine" not in stderr.lower()

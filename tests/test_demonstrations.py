@@ -250,3 +250,19 @@ def test_a_save_to_disk_directory_is_a_source(tmp_path, tiny_model_dir):
                          ).save_to_disk(str(saved))
     manifest, rows = _import(tmp_path, tiny_model_dir, saved, "--template", "world")
     assert manifest["source"]["format"] == "numina" and [r["reward"] for r in rows] == [1.0] * 3
+
+
+def test_a_finished_import_is_replaced_only_by_the_same_run_or_with_force(tmp_path, tiny_model_dir, capfd):
+    from tests.test_bad_input import assert_one_line, run_alone, snapshot
+
+    out = tmp_path / "demos"
+    args = ["--source", "world:train", "--model", str(tiny_model_dir), "--out", str(out)]
+    assert run_alone("import", [*args, "--prompts", "2"], capfd)[0] == 0
+    finished = snapshot(out)
+    code, err = run_alone("import", [*args, "--prompts", "3"], capfd)
+    assert_one_line(code, err, f"{out} holds a finished import of world:train", "prompts (2, now 3)", "--force")
+    assert snapshot(out) == finished
+    assert run_alone("import", [*args, "--prompts", "2"], capfd)[0] == 0  # the same run again
+    assert read_manifest(out)["counts"]["responses"] == 2
+    assert run_alone("import", [*args, "--prompts", "3", "--force"], capfd)[0] == 0
+    assert read_manifest(out)["counts"]["responses"] == 3

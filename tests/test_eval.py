@@ -87,6 +87,38 @@ def test_eval_of_a_tiny_model_on_a_tiny_file_benchmark(tmp_path, tiny_model_dir)
     assert all(g["response_tokens"] <= 24 for g in gens)
 
 
+def test_an_evaluation_is_replaced_only_by_the_same_run_or_with_force(tmp_path, tiny_model_dir, capfd):
+    import shutil
+
+    from tests.test_bad_input import assert_one_line, run_alone, snapshot
+
+    for name in ("dft", "sft"):  # two checkpoints as bin/train leaves them (the files that make them ours)
+        shutil.copytree(tiny_model_dir, tmp_path / name)
+        (tmp_path / name / "train_config.json").write_text(json.dumps({"learner": name}))
+        (tmp_path / name / "train_summary.json").write_text(json.dumps({"steps": 1}))
+    out = tmp_path / "eval-dft"
+    args = ["--benchmarks", "test-id", "--problems", "2", "--k", "2", "--max-tokens", "8", "--backend", "hf",
+            "--out", str(out)]
+    assert run_alone("eval", ["--model", str(tmp_path / "dft"), *args], capfd)[0] == 0
+    record = json.loads((tmp_path / "dft" / "evaluations.json").read_text())[str(out)]
+    assert record["path"] == str(out.resolve()) and record["identity"]["model"] == str(tmp_path / "dft")
+    assert record["identity"]["k"] == 2 and record["identity"]["problems"] == 2 and "out" not in record["identity"]
+    finished = snapshot(tmp_path)  # the evaluation, and the record beside the model
+    code, err = run_alone("eval", ["--model", str(tmp_path / "sft"), *args], capfd)
+    assert_one_line(code, err, f"{out} holds a finished evaluation of {tmp_path / 'dft'}",
+                    f"model ('{tmp_path / 'dft'}', now '{tmp_path / 'sft'}')", "--force")
+    assert snapshot(tmp_path) == finished
+    code, err = run_alone("eval", ["--model", str(tmp_path / "dft"), *args, "--name", "again"], capfd)  # the same run
+    assert code == 0, err
+    assert (out / "generations.parquet").read_bytes() == finished["eval-dft/generations.parquet"]
+    code, err = run_alone("eval", ["--model", str(tmp_path / "sft"), *args, "--force"], capfd)
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text())["model"] == str(tmp_path / "sft")
+    assert str(out) not in json.loads((tmp_path / "dft" / "evaluations.json").read_text())  # no longer dft's
+    assert json.loads((tmp_path / "sft" / "evaluations.json").read_text())[str(out)]["identity"]["model"] == str(
+        tmp_path / "sft")
+
+
 @pytest.mark.slow
 def test_eval_runs_each_shared_benchmark_end_to_end(tmp_path):
     if not SHARED.is_dir():

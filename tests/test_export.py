@@ -98,3 +98,26 @@ def test_bad_export_input_is_one_line(vllm_dataset, tmp_path):
     assert result.returncode == 2 and "trl-ppo" in result.stderr
     result = run_bin("export", "--format", "trl-sft", str(tmp_path / "missing"), str(tmp_path / "o"))
     assert_one_line_usage_error(result, "missing")
+
+
+def test_a_finished_export_is_replaced_only_by_the_same_run_or_with_force(tmp_path, capfd, monkeypatch):
+    from rollout.dataset import DatasetWriter
+    from tests.conftest import make_rows
+    from tests.test_bad_input import assert_one_line, run_alone, snapshot
+
+    writer = DatasetWriter(tmp_path / "data", {"model": "tiny", "source": {"kind": "test"}})
+    writer.write_shard(make_rows())
+    writer.finish()
+    out = tmp_path / "sft"
+    assert run_alone("export", ["--format", "trl-sft", str(tmp_path / "data"), str(out)], capfd)[0] == 0
+    finished = snapshot(out)
+    code, err = run_alone("export", ["--format", "trl-grpo", str(tmp_path / "data"), str(out)], capfd)
+    assert_one_line(code, err, f"{out} holds a finished trl-sft export of", "format ('trl-sft', now 'trl-grpo')")
+    assert snapshot(out) == finished
+    monkeypatch.chdir(tmp_path)
+    code, err = run_alone("export", ["--format", "trl-sft", "--data", "./data", "--out", str(out)], capfd)
+    assert code == 0, err  # the same run again (its data spelled otherwise)
+    assert (out / "data" / "train.parquet").read_bytes() == finished["data/train.parquet"]
+    code, err = run_alone("export", ["--format", "trl-grpo", str(tmp_path / "data"), str(out), "--force"], capfd)
+    assert code == 0, err
+    assert json.loads((out / "export.json").read_text())["columns"] == ["prompt_id", "prompt", "answer"]

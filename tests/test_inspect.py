@@ -81,3 +81,36 @@ def test_the_reading_places_the_share_of_unlikely_tokens_against_the_continuum(s
 
     line = reading(share)
     assert line.startswith(f"reading: {100 * share:.1f} % of tokens under p = 0.1, {says}") and "\n" not in line
+
+
+def test_default_outs_differ_by_model_and_view_and_a_finished_one_is_replaced_only_with_force(
+        tmp_path, tiny_model_dir, capfd, monkeypatch):
+    import shutil
+
+    from tests.conftest import make_rows
+    from tests.test_bad_input import assert_one_line, run_alone, snapshot
+
+    writer = DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
+                                               "sampling": {"temperature": 1.0, "top_p": 1.0}})
+    writer.write_shard(make_rows())
+    writer.finish()
+    shutil.copytree(tiny_model_dir, tmp_path / "other")
+    monkeypatch.chdir(tmp_path)  # the default OUT is under ./runs
+    for args in ([], ["--view", "all"], ["--model", "other"]):
+        code, err = run_alone("inspect", ["data", *args], capfd)
+        assert code == 0, err
+    readings = {p.name: json.loads((p / "inspect.json").read_text()) for p in (tmp_path / "runs").iterdir()}
+    assert {name: (r["model"], r["view"], r["responses"]) for name, r in readings.items()} == {
+        f"inspect-data-{tiny_model_dir.name}-accepted": (str(tiny_model_dir), "accepted", 3),
+        f"inspect-data-{tiny_model_dir.name}-all": (str(tiny_model_dir), "all", 6),
+        "inspect-data-other-accepted": ("other", "accepted", 3)}
+
+    out = tmp_path / "runs" / "inspect-data-other-accepted"
+    finished = snapshot(out)
+    code, err = run_alone("inspect", ["data", "--model", "other", "--view", "all", "--out", str(out)], capfd)
+    assert_one_line(code, err, f"{out} holds a finished inspection of data by other (accepted)",
+                    "view ('accepted', now 'all')", "--force")
+    assert snapshot(out) == finished
+    code, err = run_alone("inspect", ["data", "--model", "other", "--view", "all", "--out", str(out), "--force"], capfd)
+    assert code == 0, err
+    assert json.loads((out / "inspect.json").read_text())["view"] == "all"

@@ -191,6 +191,33 @@ def test_the_saved_configuration_is_resolved_and_repeats_the_run(tmp_path, tiny_
 
 
 
+def test_a_finished_model_is_replaced_only_by_the_same_run_or_with_force(tmp_path, tiny_model_dir, tiny_model, capfd):
+    from tests.test_bad_input import assert_one_line, run_alone, snapshot
+
+    _, tokenizer = tiny_model
+    world_dataset(tmp_path / "data", tokenizer, n_prompts=8)
+    out = tmp_path / "dft"
+    args = ["--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out", str(out), "--steps", "2",
+            "--batch-size", "2"]
+    evaluated = '{"eval-dft": {"k": 4}}\n'  # what bin/eval recorded of these weights
+    assert run_alone("train", [*args, "--learner", "dft"], capfd)[0] == 0
+    (out / "evaluations.json").write_text(evaluated)
+    finished = snapshot(out)
+    code, err = run_alone("train", [*args, "--learner", "asft"], capfd)
+    assert_one_line(code, err, f"{out} holds a finished dft model trained on", "learner ('dft', now 'asft')", "--force")
+    assert snapshot(out) == finished
+    code, err = run_alone("train", [*args, "--learner", "dft", "--log-every", "1"], capfd)  # the same run, again
+    assert code == 0, err
+    assert (out / "model.safetensors").read_bytes() == finished["model.safetensors"]
+    assert not (out / "evaluations.json").exists()  # trained again: no record of earlier weights passes for these
+    (out / "evaluations.json").write_text(evaluated)
+    code, err = run_alone("train", [*args, "--learner", "sft", "--force"], capfd)
+    assert code == 0, err
+    assert json.loads((out / "train_config.json").read_text())["learner"] == "sft"
+    assert (out / "model.safetensors").read_bytes() != finished["model.safetensors"]
+    assert not (out / "evaluations.json").exists() and "None recorded" in (out / "README.md").read_text()
+
+
 def test_whole_batches_go_once_through_every_example_in_the_steps():
     from offline_rl.train import resolve, step_batches
     from rollout.runtime import UsageError
