@@ -158,3 +158,26 @@ def test_rescore_keeps_the_extraction_the_dataset_was_scored_with(tmp_path):
     assert manifest["counts"]["accepted"] == 1 and manifest["summary"]["correct_per_prompt"] == {"0/1": 1, "1/1": 1}
     rescore(tmp_path / "mv", workers=1, extraction="boxed")  # told otherwise: no box, nothing accepted
     assert read_state(tmp_path / "mv")[1]["reward"] == [0.0, 0.0] and read_state(tmp_path / "mv")[0]["pass_rate"] == 0
+
+
+def test_merge_refuses_inputs_with_different_logprobs_modes(tmp_path):
+    """A ratio learner divides by the stored log-probs: a dataset whose server declared them (processed) and one that
+    did not say are never merged under the first one's mode; inputs of one mode merge and keep it."""
+    from rollout.dataset import merge
+    from rollout.files import DatasetError
+
+    def dataset(name: str, first_prompt: int, **manifest) -> Path:
+        writer = DatasetWriter(tmp_path / name, {"model": "made-up", "backend": "openai", **manifest})
+        writer.write_shard([{"prompt_id": f"p{first_prompt + i}", "question": "q", "gold": "1", "prompt": "Q:",
+                             "prompt_token_ids": [1], "response_token_ids": [2], "response": "\\boxed{1}",
+                             "behavior_logprobs": [-0.5], "sample_idx": 0, "finish_reason": "stop", "pred": "1",
+                             "reward": 1.0} for i in range(2)])
+        writer.finish(wall_seconds=1.0)
+        return tmp_path / name
+
+    declared = [dataset(f"declared{k}", 10 * k, logprobs_mode="processed_logprobs") for k in range(2)]
+    undeclared = dataset("undeclared", 20)
+    with pytest.raises(DatasetError, match="has logprobs_mode None.*has 'processed_logprobs'"):
+        merge(tmp_path / "mixed", [declared[0], undeclared])
+    assert not (tmp_path / "mixed").exists()  # refused before anything is written
+    assert merge(tmp_path / "merged", declared)["logprobs_mode"] == "processed_logprobs"
