@@ -6,7 +6,7 @@ deadline is killed (SIGKILL) and replaced; its item scores 0.0 and is counted as
 The deadline is enforced from outside the worker, so neither a stuck sympy call, a C-level
 loop nor a thread without ``signal.alarm`` can hold the batch.
 
-Workers come from a ``forkserver`` that has already imported math-verify and sympy, so a
+Workers come from a ``forkserver`` that has already imported math-verify and sympy and parsed once, so a
 replacement is a fork, not a fresh interpreter. The pool is kept between calls.
 """
 
