@@ -52,10 +52,11 @@ def extract_boxed(text: str) -> str:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; "" if none.
 
     Braces are matched in one forward pass, so nested braces (``\\boxed{\\frac{1}{2}}``) are
-    kept whole and thousands of unbalanced braces cost linear time. An unclosed last box yields "".
+    kept whole and thousands of unbalanced braces cost linear time. An unclosed last box yields "", and so does
+    a box command that ends the text: an earlier box, abandoned, is not the answer.
     """
     starts = [(m.start(), m.end()) for m in re.finditer(r"\\(?:boxed|fbox)(?![A-Za-z])", text)]
-    if not starts:
+    if not starts or not text[starts[-1][1] :].strip():
         return ""
     closing = _matching_braces(text)
     for _, end in reversed(starts):
@@ -70,6 +71,17 @@ def extract_boxed(text: str) -> str:
             if bare:
                 return bare.group().rstrip(".,;")
     return ""
+
+
+def last_box_is_open(text: str) -> bool:
+    """Whether the last ``\\boxed{`` (or ``\\fbox{``) of ``text`` is never closed, or a box command ends the text:
+    an answer begun and abandoned (or cut off), after which no earlier box stands as the answer."""
+    last = next(reversed(list(re.finditer(r"\\(?:boxed|fbox)(?![A-Za-z]) *", text))), None)
+    if last is None:
+        return False
+    if not text[last.end() :].strip():
+        return True
+    return text[last.end()] == "{" and last.end() not in _matching_braces(text)
 
 
 def _matching_braces(text: str) -> dict[int, int]:

@@ -10,25 +10,136 @@ import re
 
 from rewards.extract import clean_answer, extract_boxed, normalize_unicode
 
-# 10{,}000 / 10\,000 / 10\!000: LaTeX spacing between digit groups; 1,234,567 as a whole answer.
-_LATEX_SEPARATOR = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\!)(?=\d{3})")
+# Spacing between two digits: a space or tab (NFKC has made thin and no-break spaces plain ones), LaTeX's
+# \, \; \: \! and "\ ", a tie, a quad. One token each, so that a run of them is matched one way only (linear time).
+_SPACE_GAP = r"(?:[ \t]|\\[,;:! ]|~|\\q?quad(?![A-Za-z]))"
+_ANY_GAP = r"(?:\s|\\[,;:! ]|~|\\q?quad(?![A-Za-z]))"
+# 1 000 000, 1\,000, 1{,}000: a whole first group of one to three digits, then groups of exactly three.
+_THOUSANDS = re.compile(rf"(?<![\w.])\d{{1,3}}(?:(?:{_SPACE_GAP}+|\{{,\}})\d{{3}})+(?!\d)")
+# digits, spacing, digits again ("2 5", "1.5 6", "12 3456"): what is left once thousands are joined
+_SPACED_DIGITS = re.compile(rf"(?<![\w.])\d+(?:\.\d+)?{_ANY_GAP}+(?=\d)")
+# TeX gives \frac, \binom, \sqrt and a sub/superscript the next digit as argument: \frac 1 2 is 1/2, x^2 3 is 3x^2
+_TOKEN_ARGUMENT = re.compile(r"(?:[\^_]|\\(?:[dtc]?frac|[dt]?binom|sqrt))\s*$")
 _PLAIN_GROUPED = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def _takes_argument(text: str, start: int) -> bool:
+    """Whether the digits at ``start`` are a TeX argument (a window before them is enough: linear time overall)."""
+    return bool(_TOKEN_ARGUMENT.search(text[max(0, start - 40) : start]))
+
+
+def join_digit_groups(text: str) -> str:
+    """Spaced thousands as one number: ``1 000 000``, ``1\\,000``, ``1{,}000`` -> ``1000000``, ``1000``, ``1000``.
+    Digits spaced any other way (``2 5``) stay as they are: :func:`has_spaced_digits` finds them."""
+    return _THOUSANDS.sub(lambda m: m.group() if _takes_argument(text, m.start()) else re.sub(r"\D", "", m.group()),
+                          text)
+
+
+def has_spaced_digits(text: str) -> bool:
+    """Whether digits are separated by spacing that is no thousands grouping (``2 5``, ``1.5 6``, ``2\\,5``): no
+    number a reader would write, though parsers join them (25) or add them (2 + 5). ``\\frac 1 2`` is no such case."""
+    text = join_digit_groups(text)
+    return any(not _takes_argument(text, m.start()) for m in _SPACED_DIGITS.finditer(text))
 
 
 def normalize_answer(answer: str) -> str:
     """Normalise an extracted or gold answer without changing its value.
 
-    Thousands separators go: ``10{,}000`` and ``10\\,000`` anywhere (LaTeX spacing, never a list),
+    Thousands separators go: ``10{,}000``, ``10\\,000`` and ``10 000`` anywhere (LaTeX spacing, never a list),
     ``1,234,567`` only when it is the whole answer (``1,234`` inside a tuple may be two numbers).
     Units, degrees and percent are left to math-verify's own normalisation, which both sides share.
     """
     answer = clean_answer(normalize_unicode(answer))
     answer = re.sub(r"^\\\$\s*|^\$\s*(?=\d)", "", answer)  # "\$18" and "$18": currency, not math mode
-    answer = _LATEX_SEPARATOR.sub("", answer)
+    answer = join_digit_groups(answer)
     if _PLAIN_GROUPED.fullmatch(answer):
         answer = answer.replace(",", "")
     answer = re.sub(r"(?<=\d)\./(?=\d)", "/", answer)  # "-1./3": a C-style float literal in some golds
     return answer.strip()
+
+
+# A gold written as a range or a dash-separated list ("10-15", "3-2", "2023-10-15", "10 to 15"): unsigned numbers
+# joined by dashes. Read as what it is, never as a subtraction (which would accept -5 for 10-15).
+_NUMBER = r"\d+(?:\.\d+)?"
+_RANGE_DASH = r"\s*(?:-{1,3}|\u2014|\\text\{\s*(?:-{1,3}|to)\s*\}|to|\\sim)\s*"
+_DASH_LIST = re.compile(rf"{_NUMBER}(?:{_RANGE_DASH}{_NUMBER})+")
+
+
+def dash_list(answer: str) -> tuple[tuple[str, str], ...] | None:
+    """The numbers of an answer written as a range or dash-separated list, each as (whole, fraction) digits with
+    leading and trailing zeros dropped (``10.0-15`` is ``10-15``); None for any other answer."""
+    if len(answer) > 1000 or not _DASH_LIST.fullmatch(answer):
+        return None
+    numbers = [n.partition(".") for n in re.findall(_NUMBER, answer)]
+    return tuple((whole.lstrip("0") or "0", fraction.rstrip("0")) for whole, _, fraction in numbers)
+
+
+# Units an answer may end in, each name -> its key (plurals are read too). Only these are compared: an answer
+# whose trailing words are not all known units is not judged by its unit (math-verify's normalisation drops them).
+_UNIT_NAMES = {
+    "mm": "mm millimeter millimetre", "cm": "cm centimeter centimetre", "m": "m meter metre",
+    "km": "km kilometer kilometre", "in": "in inch", "ft": "ft foot feet", "yd": "yd yard", "mi": "mi mile",
+    "mg": "mg milligram", "g": "g gm gram", "kg": "kg kilogram", "lb": "lb pound", "oz": "oz ounce",
+    "ml": "ml milliliter millilitre", "l": "l liter litre", "gal": "gal gallon",
+    "s": "s sec second", "min": "min minute", "h": "h hr hour", "day": "day", "week": "wk week",
+    "month": "month", "year": "yr year", "cent": "cent \u00a2", "dollar": "dollar usd",
+    "deg": "deg degree \u00b0", "rad": "rad radian", "km/h": "kmh kph kmph", "mi/h": "mph",
+}
+_UNITS = {name: key for key, names in _UNIT_NAMES.items() for name in names.split()}
+# the trailing pieces of a unit, read from the end: \text{ cm}, a word, a degree sign, a power, a slash
+_UNIT_PIECE = re.compile(r"(?:\\(?:text|mbox|mathrm|textrm|textnormal|textup|rm)\s*\{([^{}]*)\}"
+                         r"|(?<![\\A-Za-z])([A-Za-z\u00a2]+)\.?|(\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree)"
+                         r"|\^\s*\{?\s*(-?\d)\s*\}?|/)\s*$")
+_TRAILING_SPACE = re.compile(r"(?:\s|\\[,;:! ]|~)+$")
+
+
+def _unit_name(word: str) -> str | None:
+    if word in _UNITS:
+        return _UNITS[word]
+    for plural in ("es", "s"):  # inches, meters; never "ms" -> "m" (a word of two letters is no plural)
+        if len(word) > 2 and word.endswith(plural) and word[: -len(plural)] in _UNITS:
+            return _UNITS[word[: -len(plural)]]
+    return None
+
+
+def unit_key(phrase: str) -> str | None:
+    """One key per unit, however written (``cm^2``, ``square centimeters``, ``sq cm``; ``km/h``, ``kilometers per
+    hour``); None unless every part is a known unit."""
+    phrase = re.sub(r"\s+", " ", phrase.lower().replace("\\circ", "\u00b0")).strip().rstrip(".")
+    phrase = re.sub(r"\s*(/|\^)\s*", r"\1", re.sub(r"\s+per\s+", "/", phrase))
+    for pattern, power in ((r"(?:square|sq\.?) (.+)|(.+) squared", 2), (r"(?:cubic|cu\.?) (.+)|(.+) cubed", 3)):
+        match = re.fullmatch(pattern, phrase)
+        if match:
+            inner = unit_key(match.group(1) or match.group(2))
+            return f"{inner}^{power}" if inner and "^" not in inner and "/" not in inner else None
+    if phrase in _UNITS:
+        return _UNITS[phrase]
+    keys = []
+    for part in phrase.split("/"):
+        match = re.fullmatch(r"([a-z\u00a2\u00b0]+)(?:\^\{?(-?\d)\}?)?", part)
+        name = _unit_name(match.group(1)) if match else None
+        if name is None:
+            return None
+        keys.append(name + (f"^{match.group(2)}" if match.group(2) and match.group(2) != "1" else ""))
+    return "/".join(keys)
+
+
+def split_unit(answer: str) -> tuple[str, str | None]:
+    """(the answer without its unit, the unit's key) when it ends in a known unit after a value (``12 \\text{ cm}``,
+    ``30^\\circ``, ``5 km/h``, ``864 \\mbox{ inches}^2``); else (the answer, None). Reads the last 200 characters."""
+    answer = answer.rstrip()
+    cut = max(0, len(answer) - 200)
+    head, pieces = answer[cut:], []
+    for _ in range(8):
+        match = _UNIT_PIECE.search(head)
+        if not match:
+            break
+        text, word, degree, power = match.groups()
+        pieces.insert(0, text if text is not None else word or ("\u00b0" if degree else f"^{power}" if power else "/"))
+        head = head[: match.start()]
+    value = answer[:cut] + _TRAILING_SPACE.sub("", head)
+    key = unit_key(" ".join(pieces)) if pieces and value.strip() else None
+    return (value, key) if key else (answer, None)
 
 
 def _number_text(value) -> str:

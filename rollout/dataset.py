@@ -206,13 +206,15 @@ def quiet_datasets():
             datasets.enable_progress_bars()
 
 
-MERGED_ALIKE = ("kind", "model", "sampling", "template", "extraction", "verifier_version")
+# what merged inputs must share: one behaviour policy (model, sampling, and what its stored log-probs are) and one grader
+MERGED_ALIKE = ("kind", "model", "sampling", "logprobs_mode", "template", "extraction", "verifier_version")
 
 
 def merge(out: str | Path, inputs: list[str | Path], force: bool = False) -> dict:
     """One dataset from several (e.g. the outputs of ``--shard I/N``): shards copied, counts summed.
 
-    Refuses inputs that differ in model, sampling, template, extraction or verifier (naming the difference), or
+    Refuses inputs that differ in model, sampling, log-prob mode, template, extraction or verifier (naming the
+    difference: a declared server dataset and an undeclared one would merge under the first's mode), or
     that share a (prompt_id, sample_idx) row, so nothing is counted twice; an ``out`` that is one of the inputs;
     and an existing directory, unless ``force``.
     """

@@ -120,6 +120,8 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     sampled = {"temperature": 1.0, "top_p": 1.0}
     manifests = {"ds-t07": {"sampling": {**sampled, "temperature": 0.7}}, "ds-topp": {"sampling": {**sampled, "top_p": 0.9}},
                  "ds-other-model": {"model": str(DEFAULT_BASE_MODEL)}, "no-sampling": {"sampling": None},
+                 "ds-server-declared": {"backend": "openai", "logprobs_mode": "processed_logprobs"},
+                 "ds-server-undeclared": {"backend": "openai"},
                  "collected": {"model": str(DEFAULT_BASE_MODEL), "identity": {
                      "model": str(DEFAULT_BASE_MODEL), "sampling": {"n": 4, "temperature": 1.0, "top_p": 1.0,
                                                                     "max_tokens": 160, "stop": None}}}}
@@ -389,6 +391,8 @@ CASES = [
     ("rescore", ["--data", "{ws}/incomplete"], "unfinished collection"),
     ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds,{ws}/ds-t07"], "has sampling"),
     ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds,{ws}/ds-other-model"], "has model"),
+    ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds-server-declared,{ws}/ds-server-undeclared"],
+     "has logprobs_mode None"),
     ("iterate", [*ITERATE, "--data", "{ws}/incomplete"], "not a dataset made by bin/collect"),
     # trackers
     ("train", [*TRAIN, "--report-to", "wandb"], "no W&B credentials"),

@@ -179,3 +179,26 @@ def test_rescore_prints_a_summary_not_json(tmp_path, capsys):
     assert lines[1] == "  pass rate 40.0 % -> 60.0 %; 3 rewards changed (3 rows with a new pred or reward)"
     summary = {**json.loads((dataset / "manifest.json").read_text())["rescores"][0], "timed_out": 1}
     assert format_rescore(summary, "D").endswith("; 1 timed out after 5 s (scored 0)")
+
+
+def test_merge_refuses_inputs_with_different_logprobs_modes(tmp_path):
+    """A ratio learner divides by the stored log-probs: a dataset whose server declared them (processed) and one that
+    did not say are never merged under the first one's mode; inputs of one mode merge and keep it."""
+    from rollout.dataset import merge
+    from rollout.files import DatasetError
+
+    def dataset(name: str, first_prompt: int, **manifest) -> Path:
+        writer = DatasetWriter(tmp_path / name, {"model": "made-up", "backend": "openai", **manifest})
+        writer.write_shard([{"prompt_id": f"p{first_prompt + i}", "question": "q", "gold": "1", "prompt": "Q:",
+                             "prompt_token_ids": [1], "response_token_ids": [2], "response": "\\boxed{1}",
+                             "behavior_logprobs": [-0.5], "sample_idx": 0, "finish_reason": "stop", "pred": "1",
+                             "reward": 1.0} for i in range(2)])
+        writer.finish(wall_seconds=1.0)
+        return tmp_path / name
+
+    declared = [dataset(f"declared{k}", 10 * k, logprobs_mode="processed_logprobs") for k in range(2)]
+    undeclared = dataset("undeclared", 20)
+    with pytest.raises(DatasetError, match="has logprobs_mode None.*has 'processed_logprobs'"):
+        merge(tmp_path / "mixed", [declared[0], undeclared])
+    assert not (tmp_path / "mixed").exists()  # refused before anything is written
+    assert merge(tmp_path / "merged", declared)["logprobs_mode"] == "processed_logprobs"

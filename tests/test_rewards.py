@@ -268,3 +268,157 @@ def test_decimals_are_read_from_their_text_never_through_a_float():
         for response in (f"\\boxed{{{huge}}}", f"so $x = {huge}$", huge):
             assert rewards.score(response, "\\infty", extraction=mode) == 0.0, (mode, response[:20])
     assert rewards.score("\\boxed{2.50}", "2.5") == 1.0
+
+
+# False positives found by an audit (issue 33), one table per class: (response, gold, expected), each row in every
+# extraction mode. Rows expecting 0.0 scored 1.0 before in at least one mode; rows expecting 1.0 must stay right.
+# digits separated by spaces are no number (spaced thousands are one)
+SPACED_DIGITS = [
+    ("\\boxed{2 5}", "25", 0.0),
+    ("\\boxed{1.5 6}", "1.56", 0.0),
+    ("\\boxed{2 5}", "7", 0.0),
+    ("\\boxed{1.5 6}", "9", 0.0),
+    ("The answer is $3 4$.", "34", 0.0),
+    ("\\boxed{12 3456}", "123456", 0.0),
+    ("\\boxed{1 000 0}", "10000", 0.0),
+    ("\\boxed{2\\,5}", "25", 0.0),
+    ("\\boxed{2~5}", "25", 0.0),
+    ("\\boxed{x = 4 2}", "42", 0.0),
+    ("\\boxed{-3 7}", "-37", 0.0),
+    ("\\boxed{1 2}", "12", 0.0),
+    ("\\boxed{7 \\quad 5}", "75", 0.0),
+    ("\\boxed{1 2 3}", "123", 0.0),
+    ("The answer is 2 5.", "25", 0.0),
+    ("\\boxed{0.2 5}", "0.25", 0.0),
+    ("\\boxed{4 5}", "9", 0.0),
+    ("\\boxed{1 000 000}", "1000000", 1.0),
+    ("\\boxed{1\\,000}", "1000", 1.0),
+    ("\\boxed{1{,}000}", "1000", 1.0),
+    ("\\boxed{12 345.5}", "12345.5", 1.0),
+    ("\\boxed{\\frac 1 2}", "\\frac{1}{2}", 1.0),
+    ("The answer is $1\\,234\\,567$.", "1234567", 1.0),
+    ("\\boxed{3 \\sqrt{2}}", "\\sqrt{18}", 1.0),
+    ("\\boxed{2 \\cdot 5}", "10", 1.0),
+    ("\\boxed{1000}", "1 000", 1.0),
+]
+# a gold range or dash-separated list is what it is, never a subtraction
+GOLD_RANGES = [
+    ("\\boxed{-5}", "10-15", 0.0),
+    ("\\boxed{-1}", "3-4", 0.0),
+    ("\\boxed{1}", "3-2", 0.0),
+    ("\\boxed{-4}", "1-2-3", 0.0),
+    ("\\boxed{15-10}", "10-15", 0.0),
+    ("\\boxed{10}", "10-15", 0.0),
+    ("\\boxed{-2.5}", "2.5-5", 0.0),
+    ("\\boxed{1998}", "2023-10-15", 0.0),
+    ("\\boxed{-10}", "20 - 30", 0.0),
+    ("The answer is $-5$.", "10-15", 0.0),
+    ("\\boxed{0}", "5-5", 0.0),
+    ("\\boxed{-5 \\text{ minutes}}", "10-15 \\text{ minutes}", 0.0),
+    ("\\boxed{10-15}", "10-15", 1.0),
+    ("\\boxed{10 - 15}", "10-15", 1.0),
+    ("\\boxed{10 \\text{ to } 15}", "10-15", 1.0),
+    ("\\boxed{10\u201315}", "10-15", 1.0),
+    ("\\boxed{10.0-15}", "10-15", 1.0),
+    ("The answer is 3-2.", "3-2", 1.0),
+    ("\\boxed{10-15}", "-5", 1.0),
+]
+# numbers equal under a relative tolerance: two tiny numbers are not equal for being tiny
+TINY_NUMBERS = [
+    ("\\boxed{\\frac{1}{2004!}}", "\\frac{1}{2006!}", 0.0),
+    ("\\boxed{10^{-20}}", "2 \\cdot 10^{-20}", 0.0),
+    ("\\boxed{e^{-100}}", "e^{-101}", 0.0),
+    ("\\boxed{0.0000001}", "0.0000002", 0.0),
+    ("\\boxed{10^{-7}}", "0.0000002", 0.0),
+    ("\\boxed{\\frac{1}{10^{20}}}", "\\frac{1}{10^{21}}", 0.0),
+    ("\\boxed{2^{-60}}", "2^{-61}", 0.0),
+    ("\\boxed{\\frac{1}{100!}}", "\\frac{2}{100!}", 0.0),
+    ("\\boxed{1.5 \\times 10^{-30}}", "1.6 \\times 10^{-30}", 0.0),
+    ("\\boxed{0.000000012}", "1.3 \\times 10^{-8}", 0.0),
+    ("\\boxed{\\sqrt{10^{-30}}}", "10^{-16}", 0.0),
+    ("\\boxed{\\frac{\\pi}{10^{12}}}", "\\frac{3}{10^{12}}", 0.0),
+    ("\\boxed{\\frac{1}{3^{40}}}", "\\frac{1}{3^{41}}", 0.0),
+    ("\\boxed{10^{-9}}", "10^{-10}", 0.0),
+    ("\\boxed{0.333333}", "\\frac{1}{3}", 1.0),
+    ("\\boxed{0.166667}", "\\frac{1}{6}", 1.0),
+    ("\\boxed{1.414214}", "\\sqrt{2}", 1.0),
+    ("\\boxed{\\frac{2}{2006!}}", "\\frac{1}{1003 \\cdot 2005!}", 1.0),
+    ("\\boxed{10^{-20}}", "\\frac{1}{10^{20}}", 1.0),
+    ("\\boxed{1.0 \\times 10^{-7}}", "10^{-7}", 1.0),
+    ("\\boxed{\\sqrt{2}\\sqrt{3}}", "\\sqrt{6}", 1.0),
+]
+# a unit on both sides must be the same unit; on one side only, the value decides
+UNITS = [
+    ("\\boxed{12 \\text{ m}}", "12 \\text{ cm}", 0.0),
+    ("\\boxed{12 \\text{ cm}}", "12 \\text{ m}", 0.0),
+    ("\\boxed{5 \\text{ km}}", "5 \\text{ miles}", 0.0),
+    ("\\boxed{3 \\text{ hours}}", "3 \\text{ minutes}", 0.0),
+    ("\\boxed{30 \\text{ cents}}", "30 \\text{ dollars}", 0.0),
+    ("\\boxed{15 \\text{ cm}^2}", "15 \\text{ cm}", 0.0),
+    ("\\boxed{4 \\text{ kg}}", "4 \\text{ g}", 0.0),
+    ("\\boxed{60 \\text{ mph}}", "60 \\text{ km/h}", 0.0),
+    ("The answer is $7$ inches.", "7 \\text{ feet}", 0.0),
+    ("\\boxed{30^\\circ}", "30 \\text{ radians}", 0.0),
+    ("\\boxed{2 \\text{ L}}", "2 \\text{ mL}", 0.0),
+    ("\\boxed{8 \\, \\mathrm{m/s}}", "8 \\text{ km/h}", 0.0),
+    ("\\boxed{12 \\text{ m}}", "12 \\text{ meters}", 1.0),
+    ("\\boxed{864 \\text{ in}^2}", "864 \\mbox{ inches}^2", 1.0),
+    ("\\boxed{12}", "12 \\text{ cm}", 1.0),
+    ("\\boxed{\\frac{270}{7}^\\circ}", "\\frac{270}7\\text{ degrees}", 1.0),
+    ("\\boxed{5 \\text{ km/h}}", "5 \\text{ kilometers per hour}", 1.0),
+    ("\\boxed{15 \\text{ square centimeters}}", "15\\mbox{ cm}^2", 1.0),
+]
+# an unclosed last box is no answer, and no earlier box stands for it
+UNCLOSED_LAST_BOX = [
+    ("first \\boxed{5} then \\boxed{6", "5", 0.0),
+    ("\\boxed{5}. Wait, that is wrong: \\boxed{\\frac{1}{", "5", 0.0),
+    ("So $x = 5$, hence \\boxed{", "5", 0.0),
+    ("\\boxed{5} \\boxed", "5", 0.0),
+    ("\\boxed{5}\n\nActually, recomputing: \\boxed{7 + ", "5", 0.0),
+    ("\\fbox{5} then \\fbox{6", "5", 0.0),
+    ("The answer is 5. \\boxed{", "5", 0.0),
+    ("\\boxed{5} and \\boxed{\\text{all } x \\in \\{1, 2", "5", 0.0),
+    ("$\\boxed{5}$ \\boxed {", "5", 0.0),
+    ("\\boxed{5} more text \\boxed{" + "x" * 100, "5", 0.0),
+    ("The final answer is $5$. I hope it is correct. \\boxed{\\sqrt{", "5", 0.0),
+    ("\\boxed{5} \\fbox{", "5", 0.0),
+    ("$\\boxed{5}$\n\n\\boxed{\\begin{pmatrix}", "5", 0.0),
+    ("The answer is $\\boxed{5}$, or rather \\boxed{\\dfrac{", "5", 0.0),
+    ("\\boxed{6} then \\boxed{5}", "5", 1.0),
+    ("\\boxed{5} and {", "5", 1.0),
+]
+FALSE_POSITIVE_CLASSES = {"spaced-digits": SPACED_DIGITS, "gold-range": GOLD_RANGES, "tiny-numbers": TINY_NUMBERS,
+                          "units": UNITS, "unclosed-last-box": UNCLOSED_LAST_BOX}
+WRITTEN_FORMS = [row for table in FALSE_POSITIVE_CLASSES.values() for row in table]
+
+
+@pytest.mark.parametrize("extraction", list(rewards.EXTRACTIONS))
+@pytest.mark.parametrize("response, gold, expected", WRITTEN_FORMS,
+                         ids=[f"{name}-{i}" for name, table in FALSE_POSITIVE_CLASSES.items() for i in range(len(table))])
+def test_false_positive_classes(response, gold, expected, extraction):
+    assert rewards.score(response, gold, extraction=extraction) == expected
+
+
+@pytest.mark.parametrize("extraction", list(rewards.EXTRACTIONS))
+def test_false_positive_classes_in_the_worker_pool(extraction):
+    """The same verdicts where collect and eval score: the parent's string checks and the workers' parser."""
+    responses, golds, expected = (list(column) for column in zip(*WRITTEN_FORMS, strict=True))
+    assert rewards.score_batch(responses, golds, workers=2, extraction=extraction, deadline=5.0) == expected
+
+
+def test_every_class_has_ten_cases_that_were_false_positives():
+    for name, table in FALSE_POSITIVE_CLASSES.items():
+        assert sum(expected == 0.0 for _, _, expected in table) >= 10, name
+        assert any(expected == 1.0 for _, _, expected in table), name  # and the right ones that must stay right
+
+
+def test_math_verify_is_restored_after_each_call():
+    """Our relative comparison of numbers and the recording of answers replace two math-verify functions within our
+    calls only: a caller of math-verify itself gets its own behaviour back."""
+    import math_verify.grader
+    import math_verify.parser
+
+    numeric, extract = math_verify.grader.sympy_numeric_eq, math_verify.parser.extract_match
+    assert rewards.score("so $x = 10^{-20}$", "2 \\cdot 10^{-20}", extraction="math-verify") == 0.0
+    assert rewards.score("\\boxed{e^{-100}}", "e^{-101}") == 0.0
+    assert math_verify.grader.sympy_numeric_eq is numeric and math_verify.parser.extract_match is extract

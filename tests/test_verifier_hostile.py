@@ -44,6 +44,10 @@ def hostile_cases(sentinel: str) -> list[tuple[str, str, float]]:
         ("\\boxed{" + "{" * 5000, "1", 0.0),
         ("\\boxed{" + "\\left(" * 2000 + "1" + "\\right)" * 2000 + "}", "1", 0.0),
         ("\\boxed{" + "\\sqrt{" * 3000 + "2" + "}" * 3000 + "}", "2", 0.0),
+        # how an answer is written, read in linear time: 50,000 spaced digits, an abandoned box before 20,000 open ones
+        ("\\boxed{" + "1 " * 50_000 + "}", "1", 0.0),
+        ("\\boxed{1}" + "\\boxed{" * 20_000, "1", 0.0),
+        ("\\boxed{1" + " \\text{ m}" * 5000 + "}", "1 \\text{ cm}", 0.0),
         # empty boxes, several boxes
         ("\\boxed{}", "1", 0.0),
         ("\\boxed{}\\boxed{}\\boxed{ }", "1", 0.0),
