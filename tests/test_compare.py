@@ -79,8 +79,8 @@ def test_report_table_marks_the_best_mean_per_column():
     rows = [{"model": m, "benchmark": b, "avg@4": v} for m, b, v in [
         ("base", "a", 0.2), ("base", "a", 0.4), ("dft", "a", 0.5), ("dft", "a", 0.7), ("base", "b", 0.3), ("dft", "b", 0.1)]]
     table = format_report_table(rows, ["base", "dft"], ["a", "b"], "avg@4").splitlines()
-    assert table[2] == "| base | 30.0 ± 14.1 | **30.0 ± 0.0** | 2 |"
-    assert table[3] == "| dft | **60.0 ± 14.1** | 10.0 ± 0.0 | 2 |"
+    assert table[2] == "| base | 30.0 ± 14.1 | **30.0** | 2 |"  # b: one seed each, so no "± 0.0"
+    assert table[3] == "| dft | **60.0 ± 14.1** | 10.0 | 2 |"
 
 
 def test_transfer_table_marks_gains_beyond_seed_noise_and_the_plot_shows_them(tmp_path):
