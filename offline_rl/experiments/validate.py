@@ -145,16 +145,16 @@ def check_select_on(cfg: CompareConfig, runs: list[Run], sources: dict[str, dict
             also = "" if reported == name else f" (as {reported})"
             raise UsageError(f"--select-on {name} is one of the reported --benchmarks{also}: the split that chooses "
                              "a setting must not be one that reports it")
-    try:
-        load_benchmark(name, EvalConfig(benchmark_dir=cfg.benchmark_dir))
-    except UsageError as e:
-        raise UsageError(f"--select-on {name}: {e}") from None
     for path, manifest in sources.items():
         source = manifest.get("source") or {}
         drawn = f"world:{source.get('split')}" if source.get("kind") == "world" else str(source.get("path"))
         if identity(drawn, cfg.benchmark_dir) == split:
             raise UsageError(f"--select-on {name} is the split the training data {path} was drawn from: a setting "
                              f"chosen on it is chosen on the training prompts; choose on a held-out one ({SELECT_ON})")
+    try:
+        load_benchmark(name, EvalConfig(benchmark_dir=cfg.benchmark_dir))
+    except UsageError as e:
+        raise UsageError(f"--select-on {name}: {e}") from None
     return replace(cfg, select_on=name)
 
 
