@@ -22,7 +22,7 @@ from offline_rl.experiments.sweep import SELECT_ON
 from offline_rl.learners import LEARNERS
 from offline_rl.train import TrainConfig, micro_batch, report_targets
 from offline_rl.views import behavior_temperature, check_view
-from rollout.dataset import complete_manifests, read_manifest
+from rollout.dataset import complete_manifests, is_complete, read_manifest
 from rollout.models import resolve_model
 from rollout.runtime import UsageError, check_bounds, parse_mapping
 
@@ -113,11 +113,11 @@ def check_run(cfg: CompareConfig, run: Run, out: Path, data: Path, demonstration
 def manifests_of(path: Path, cfg: CompareConfig, out: Path, data: Path) -> dict[str, dict]:
     """The manifest of the dataset at ``path``, which must be a finished one; for the dataset compare collects or
     the demonstrations it imports, the manifest they will have (marked ``planned``)."""
+    if path == data and not cfg.data and not is_complete(path):  # collected by this comparison (or resumed)
+        return {str(path): {"source": COLLECTED, "planned": True}}
+    if path == out / "demonstrations" and not is_complete(path):
+        return {str(path): {"kind": "demonstrations", "source": COLLECTED, "planned": True}}
     if not (path / "manifest.json").is_file():
-        if path == data and not cfg.data:
-            return {str(path): {"source": COLLECTED, "planned": True}}
-        if path == out / "demonstrations":
-            return {str(path): {"kind": "demonstrations", "source": COLLECTED, "planned": True}}
         if (path / "config.json").is_file():
             raise UsageError(f"data {path} is a model, not an offline dataset (bin/collect's or bin/import's)")
         if not path.is_dir():
