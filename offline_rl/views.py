@@ -75,9 +75,9 @@ def check_view(learner, view: str, manifests: dict[str, dict]) -> None:
                 raise UsageError(f"{learner.name} needs the sampling policy's log-probs, and {path} holds demonstrations, "
                                  "which have none; train sft, dft, rft or prob on them, or give sampled data")
     if view in ("pairs", "groups") and manifests and all(m.get("kind") == "demonstrations" for m in manifests.values()):
-        raise UsageError(f"{learner.name} trains on the {view} view, and {', '.join(manifests)} hold only "
-                         "demonstrations, one accepted solution per prompt: no preference pairs, no groups to compare; "
-                         "give sampled data")
+        holds = f"{', '.join(manifests)} hold{'s' * (len(manifests) == 1)}"
+        raise UsageError(f"{learner.name} trains on the {view} view, and {holds} only demonstrations, one accepted "
+                         "solution per prompt: no preference pairs, no groups to compare; give sampled data")
 
 
 def build(view: str, dataset, include_truncated: bool = False) -> tuple[list[Example], int]:
