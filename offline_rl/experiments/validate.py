@@ -62,7 +62,8 @@ def check_comparison(cfg: CompareConfig) -> Comparison:
     if cfg.data and not (data / "manifest.json").is_file():
         raise UsageError(f"{data} is not an offline dataset (no manifest.json); omit --data to collect one")
     if cfg.data and read_manifest(data).get("complete") is not True:
-        raise UsageError(f"{data} is an unfinished collection (complete: false); run its bin/collect again to finish it")
+        raise UsageError(f"{data} is an unfinished collection (complete: false); run its bin/collect again to "
+                         "finish it")
     if cfg.model:
         resolve_model(cfg.model)
     sources = {}  # every dataset a run trains on: its manifest (planned, for what compare makes itself)
