@@ -54,6 +54,8 @@ class InspectConfig:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):  # DATA first, as `offline-rl inspect DATA --model M`
+        if any(a == "--data" or a.startswith("--data=") for a in argv[1:]):
+            raise UsageError(f"DATA {argv[0]} and --data both name the dataset: give one of them")
         argv = ["--data", argv[0], *argv[1:]]
     return run_inspect(parse_config(InspectConfig, argv, "inspect", __doc__))
 

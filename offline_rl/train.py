@@ -44,15 +44,22 @@ class TrainConfig:
     model: str = field(default=None, metadata={"help": "initial checkpoint (default: the model that collected the data)"})
     base_model: str = field(default=None, metadata={"help": "the frozen model a learner anchored to its base reads (asft's pi_base; default: --model); bin/iterate sets it to the run's initial model in every round", "advanced": True})
     steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)", "min": 1})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --steps is unset", "above": 0})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --steps is unset",
+                                                 "above": 0, "max": 1000})
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step, over all processes", "min": 1})
-    whole_batches: bool = field(default=False, metadata={"help": "with --steps: each step's batch is the examples / --steps, so that the steps go once through all of them (a round of GRPO's recipe); replaces --batch-size", "advanced": True})
+    whole_batches: bool = field(default=False, metadata={
+        "help": "with --steps: each step's batch is the examples / --steps (rounded down to whole micro-batches), so "
+                "that the steps go once through all of them (a round of GRPO's recipe); replaces --batch-size",
+        "advanced": True})
     micro_batch_size: int = field(default=None, metadata={"help": "sequences per forward pass per process; the step accumulates batch-size / (this x processes) of them (default: the whole step's share)", "min": 1, "advanced": True})
     micro_batch_tokens: int = field(default=0, metadata={"help": "regroup each step's sequences by length into micro-batches of at most N padded tokens (rows x longest), so that short sequences are not padded to the longest: the same loss and gradient up to float rounding, less compute; 0: as drawn (one process only)", "min": 0, "advanced": True})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)", "above": 0})
+    lr: float = field(default=2e-4, metadata={
+        "help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)", "above": 0,
+        "max": 1})  # AdamW moves each weight by about lr a step (1e308: NaN at step 2)
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up", "min": 0, "max": 1})
     warmup_steps: int = field(default=None, metadata={"help": "steps spent warming the learning rate up (default: --warmup-ratio of the steps)", "min": 1, "advanced": True})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0, "advanced": True})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0, "max": 1,
+                                                       "advanced": True})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm", "above": 0, "advanced": True})
     logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once", "min": 0, "advanced": True})
     seed: int = field(default=0, metadata={"help": "seed for data order and any sampling"})
@@ -243,14 +250,12 @@ def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, m
 def resolve(cfg: TrainConfig, n_examples: int, processes: int, model_path: str) -> tuple[TrainConfig, int, Path | None]:
     """Every derived setting, once (``bin/train --config OUT/train_config.json`` repeats the run): the micro-batch,
     the steps, the schedule and warm-up; and the step this run counts from, with the checkpoint it continues."""
-    if cfg.whole_batches:  # the steps go once through every example (the last < steps x processes left over)
+    if cfg.whole_batches:  # the steps go once through every example (the last < steps x micro-batches left over)
         if not cfg.steps:
             raise UsageError("--whole-batches needs --steps: the batch is the examples / the steps")
-        cfg = replace(cfg, batch_size=max(processes, n_examples // cfg.steps // processes * processes))
-    micro = cfg.micro_batch_size or max(1, cfg.batch_size // processes)
-    if cfg.batch_size % (micro * processes):
-        raise UsageError(f"--batch-size {cfg.batch_size} is not a multiple of --micro-batch-size {micro} x "
-                         f"{processes} processes")
+        unit = (cfg.micro_batch_size or 1) * processes
+        cfg = replace(cfg, batch_size=max(unit, n_examples // cfg.steps // unit * unit))
+    micro = micro_batch(cfg.batch_size, cfg.micro_batch_size, processes)
     if cfg.micro_batch_tokens and processes > 1:
         raise UsageError("--micro-batch-tokens regroups one process's batches; with several processes leave it 0")
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * n_examples / cfg.batch_size))
@@ -268,6 +273,16 @@ def finished_training(cfg: TrainConfig, learner_cfg) -> Finished:
     settings = {k: v for k, v in {**asdict(cfg), **asdict(learner_cfg)}.items() if k not in RESUMABLE_CHANGES}
     return Finished("{learner} model trained on {data}", "train_summary.json", settings,
                     lambda out: json.loads((out / "train_config.json").read_text()))
+
+
+def micro_batch(batch_size: int, micro_batch_size: int | None, processes: int) -> int:
+    """Sequences per forward pass per process: ``micro_batch_size``, or each process's whole share of the step; one
+    line if they do not divide the step (bin/compare and bin/iterate ask before any stage)."""
+    micro = micro_batch_size or max(1, batch_size // processes)
+    if batch_size % (micro * processes):
+        raise UsageError(f"--batch-size {batch_size} is not a multiple of --micro-batch-size {micro} x "
+                         f"{processes} process{'es' * (processes > 1)}")
+    return micro
 
 
 def checkpoint_to_resume(cfg: TrainConfig, identity: dict) -> Path | None:

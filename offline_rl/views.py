@@ -91,6 +91,10 @@ def check_view(learner, view: str, manifests: dict[str, dict]) -> None:
         from offline_rl.policies import require_samples
 
         require_samples(learner.name, manifests)
+    if view in ("pairs", "groups") and manifests and all(m.get("kind") == "demonstrations" for m in manifests.values()):
+        holds = f"{', '.join(manifests)} hold{'s' * (len(manifests) == 1)}"
+        raise UsageError(f"{learner.name} trains on the {view} view, and {holds} only demonstrations, one accepted "
+                         "solution per prompt: no preference pairs, no groups to compare; give sampled data")
 
 
 def build(view: str, dataset, include_truncated: bool = False) -> tuple[list[Example], int]:

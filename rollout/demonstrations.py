@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 import rewards
 from rewards.extract import extract_boxed
-from rollout.dataset import DatasetWriter, quiet_datasets
+from rollout.dataset import DatasetWriter, complete_manifests, quiet_datasets, read_rows
 from rollout.engines import context_length
 from rollout.files import Finished, TextError, hold_directory, read_text
 from rollout.models import load_tokenizer
@@ -63,6 +63,9 @@ class ImportConfig:
     shard_size: int = field(default=10000, metadata={"help": "rows per parquet shard", "min": 1, "advanced": True})
     extraction: str = field(default="qwen", metadata={"help": "how the solution's final answer is read: boxed, qwen (box, 'the answer is', else the last number: reads GSM8K's '#### N'), math-verify", "choices": list(rewards.EXTRACTIONS)})
     scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one solution may take to score", "above": 0, "advanced": True})
+    prompts_of: str = field(default=None, metadata={
+        "help": "import only the rows whose prompt id this offline dataset holds (the world's reference solutions "
+                "of a collection's prompts: --source world:train --prompts-of runs/data)", "advanced": True})
     force: bool = field(default=False, metadata={"help": "write into an output directory bin/import did not make, "
                                                  "or replace a finished import of other settings"})
 
@@ -271,8 +274,11 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
         raise UsageError("--source and --out are required")
     model = cfg.model or default_model
     rows, total, layout_name, layout, description = open_source(cfg, world)
+    only = prompts_of(cfg, description, world) if cfg.prompts_of else None
+    if only is not None:  # the manifest says which prompts were taken
+        description = {**description, "prompts_of": cfg.prompts_of}
     if description["kind"] == "file":  # read through once first: a bad row is one line before anything is written
-        check_rows(cfg, open_source(cfg, world)[0], layout_name, layout)
+        check_rows(cfg, open_source(cfg, world)[0], layout_name, layout, only)
     out = Path(cfg.out)
     tokenizer = load_tokenizer(model)
     try:
@@ -289,7 +295,7 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
     try:
         print_config(cfg, out=out, save_in=stage)  # swapped in with the rest
         manifest = write_demonstrations(cfg, model, tokenizer, template, rows, total, layout_name, layout,
-                                        description, stage)
+                                        description, stage, only)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -300,19 +306,36 @@ def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = Non
     return manifest
 
 
-def check_rows(cfg: ImportConfig, rows: Iterator[dict], layout_name: str, layout: Layout) -> None:
+def prompts_of(cfg: ImportConfig, description: dict, world) -> set[str]:
+    """The prompt ids of ``--prompts-of``'s dataset; for a world source, each checked to be one of its split's."""
+    ids = {r["prompt_id"] for path in complete_manifests(cfg.prompts_of) for r in read_rows(path, ["prompt_id"])}
+    if description["kind"] == "world":
+        foreign = sorted(ids - {p.id for p in world(description["split"])})
+        if foreign:
+            raise UsageError(f"--prompts-of {cfg.prompts_of} holds {len(foreign)} prompts that {cfg.source} does not "
+                             f"(e.g. {foreign[0]}): it was not drawn from them")
+    return ids
+
+
+def check_rows(cfg: ImportConfig, rows: Iterator[dict], layout_name: str, layout: Layout,
+               only: set[str] | None = None) -> None:
     """Every row the import would take readable, of the right field types, under a unique id (UsageError if not)."""
     seen: set[str] = set()
-    for number, row, found in demonstrations(rows, cfg, layout_name, layout):
+    for number, row, found in demonstrations(rows, cfg, layout_name, layout, only):
         if found is not None:
             _unique_id(row_id(row, number, _stem(cfg.source)), seen, number, cfg.source)
 
 
-def demonstrations(rows: Iterator[dict], cfg: ImportConfig, layout_name: str, layout: Layout):
-    """(number, row, (question, solution, gold) or None) of the first ``--prompts`` rows; UsageError naming a bad one."""
+def demonstrations(rows: Iterator[dict], cfg: ImportConfig, layout_name: str, layout: Layout,
+                   only: set[str] | None = None):
+    """(number, row, (question, solution, gold) or None) of the first ``--prompts`` rows (those of ``only``'s prompt
+    ids, when given); UsageError naming a bad one."""
+    stem = _stem(cfg.source)
     for number, row in enumerate(_checked(rows, cfg.source)):
         if cfg.prompts is not None and number >= cfg.prompts:
             return
+        if only is not None and row_id(row, number, stem) not in only:
+            continue
         try:
             yield number, row, demonstration(row, layout_name, layout, number)
         except SourceError as e:
@@ -406,7 +429,8 @@ def _checked(rows: Iterator[dict], source: str) -> Iterator[dict]:
 
 
 def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Template, rows: Iterator[dict],
-                         total: int | None, layout_name: str, layout: Layout, description: dict, out: Path) -> dict:
+                         total: int | None, layout_name: str, layout: Layout, description: dict, out: Path,
+                         only: set[str] | None = None) -> dict:
     start = time.time()
     writer = DatasetWriter(out, {
         "kind": "demonstrations", "model": model, "source": description, "template": template.name,
@@ -419,6 +443,8 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
     counts = {"disagreeing": 0, "without_gold": 0, "too_long": 0, "unverified": 0}
     seen: set[str] = set()
     stem = _stem(cfg.source)
+    if only is not None:
+        total = min(total or len(only), len(only))
     bar = tqdm(total=min(total, cfg.prompts) if total and cfg.prompts else (total or cfg.prompts), desc="import",
                unit="row")
     pending: list[dict] = []
@@ -432,7 +458,7 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
         writer.write_shard(pending, scoring_timeouts=len(scored.timed_out))
         pending.clear()
 
-    for number, row, found in demonstrations(rows, cfg, layout_name, layout):
+    for number, row, found in demonstrations(rows, cfg, layout_name, layout, only):
         if found is None:
             counts["unverified"] += 1
             bar.update(1)

@@ -210,8 +210,12 @@ def parse_mapping(classes: tuple, values: dict, where: str) -> tuple[list, set[s
     if not isinstance(values, dict):
         raise UsageError(f"{where} must be a mapping of option: value")
     parser = build_parser(classes, where, "")
-    namespace = parser.parse_args(_mapping_flags(values, classes, where))
-    return fill(classes, vars(namespace)), {k for k in vars(namespace) if k not in ("config", "verbose")}
+    try:  # a value's type or range, named where it was written
+        namespace = parser.parse_args(_mapping_flags(values, classes, where))
+        configs = fill(classes, vars(namespace))
+    except UsageError as e:
+        raise UsageError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+    return configs, {k for k in vars(namespace) if k not in ("config", "verbose")}
 
 
 def command_line(command: str, *configs, omit: tuple[str, ...] = ()) -> str:

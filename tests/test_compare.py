@@ -79,8 +79,8 @@ def test_report_table_marks_the_best_mean_per_column():
     rows = [{"model": m, "benchmark": b, "avg@4": v} for m, b, v in [
         ("base", "a", 0.2), ("base", "a", 0.4), ("dft", "a", 0.5), ("dft", "a", 0.7), ("base", "b", 0.3), ("dft", "b", 0.1)]]
     table = format_report_table(rows, ["base", "dft"], ["a", "b"], "avg@4").splitlines()
-    assert table[2] == "| base | 30.0 ± 14.1 | **30.0 ± 0.0** | 2 |"
-    assert table[3] == "| dft | **60.0 ± 14.1** | 10.0 ± 0.0 | 2 |"
+    assert table[2] == "| base | 30.0 ± 14.1 | **30.0** | 2 |"  # b: one seed each, so no "± 0.0"
+    assert table[3] == "| dft | **60.0 ± 14.1** | 10.0 | 2 |"
 
 
 def test_transfer_table_marks_gains_beyond_seed_noise_and_the_plot_shows_them(tmp_path):
@@ -204,6 +204,43 @@ def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tm
     recipe = stages["train grpo8 s0"]  # GRPO's recipe: its own group size, every sample of a round in its step
     assert (recipe.configs[0].n, recipe.configs[0].round_batches, recipe.given) == (8, True, frozenset({"n"}))
     assert stages["train sft64 s0"].configs[0].batch_size == 64  # a run's own batch
+
+
+def test_the_demonstrations_are_the_worlds_solutions_of_the_datasets_own_prompts(tmp_path):
+    """As documented: sft trains on the world's reference solutions of --data's prompts (bin/import --prompts-of), not
+    on all 3,000 of the split, so that it sees the prompts dft sees."""
+    out, data = tmp_path / "cmp", tmp_path / "data"
+    cfg = CompareConfig(out=str(out), data=str(data), learners="sft,dft", seeds="0")
+    stages = {s.name: s for s in plan(cfg, out, data, parse_runs(cfg), [0], out / "demonstrations")}
+    imported = stages["import"].configs[0]
+    assert (imported.source, imported.prompts_of, imported.prompts) == ("world:train", str(data), None)
+    assert stages["train sft s0"].configs[0].data == str(out / "demonstrations")
+    assert stages["train dft s0"].configs[0].data == str(data)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{name: x, learner: dft, data: nowhere}", "data nowhere: no such dataset directory"),
+    ("{name: x, learner: dft, flags: {micro_batch_size: 3}}", "--batch-size 32 is not a multiple"),
+    ("{name: x, learner: ppo, data: demonstrations}", "ppo needs the sampling policy's log-probs"),
+])
+def test_a_bad_runs_file_is_refused_at_once_with_no_engine_started_and_nothing_written(
+        tmp_path, monkeypatch, capfd, entry, message):
+    import time
+
+    from offline_rl.experiments import compare
+    from rollout.runtime import run
+
+    started = []
+    monkeypatch.setattr(compare, "LiveEngine", lambda *args, **kwargs: started.append(args))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs.yaml").write_text(f"- {{name: dft, learner: dft}}\n- {entry}\n")  # the second run is wrong
+    start = time.time()
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda _: compare.main(["--out", "cmp", "--runs", "runs.yaml"]), "compare")
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert time.time() - start < 5 and started == []
+    assert [p.name for p in tmp_path.iterdir()] == ["runs.yaml"]  # no OUT, no collection, no log
 
 
 class FakeEngine:

@@ -88,6 +88,23 @@ def test_plain_layout_csv_and_the_worlds_reference_solutions(tmp_path, tiny_mode
     assert rows[0]["response_token_ids"] == tokenizer(" " + problems[0].solution)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def test_the_worlds_reference_solutions_of_a_collections_own_prompts(tmp_path, tiny_model_dir):
+    """--prompts-of: the demonstrations of exactly the prompts a dataset holds (compare's sft against dft on the same
+    prompts), wherever in the split they lie; prompts the source does not hold are refused."""
+    from rollout.dataset import DatasetWriter
+    from tests.conftest import make_rows
+
+    ids = ["train-00007", "train-00002", "train-02999"]
+    collected = DatasetWriter(tmp_path / "collected", {"model": str(tiny_model_dir)})
+    collected.write_shard([{**r, "prompt_id": ids[int(r["prompt_id"][-1])]} for r in make_rows()])
+    collected.finish()
+    manifest, rows = _import(tmp_path, tiny_model_dir, "world:train", "--prompts-of", str(tmp_path / "collected"))
+    assert [r["prompt_id"] for r in rows] == sorted(ids)  # the split's order, one row each
+    assert manifest["source"]["prompts_of"] == str(tmp_path / "collected")
+    with pytest.raises(UsageError, match="holds 3 prompts that world:test-id does not"):
+        _import(tmp_path, tiny_model_dir, "world:test-id", "--prompts-of", str(tmp_path / "collected"))
+
+
 def test_shared_benchmarks_as_real_schema_demonstrations(tmp_path, tiny_model_dir):
     if not SHARED.is_dir():
         pytest.skip("../shared/data/benchmarks is not beside this checkout")

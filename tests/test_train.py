@@ -228,6 +228,8 @@ def test_whole_batches_go_once_through_every_example_in_the_steps():
     assert len(set(first + second + third)) == 36
     ddp, _, _ = resolve(TrainConfig(steps=2, whole_batches=True), 25, 2, "m")
     assert (ddp.batch_size, ddp.micro_batch_size) == (12, 6)  # a multiple of the processes
+    micro, _, _ = resolve(TrainConfig(steps=3, whole_batches=True, micro_batch_size=5), 37, 1, "m")
+    assert (micro.batch_size, micro.micro_batch_size) == (10, 5)  # whole micro-batches (not 12, refused before)
     with pytest.raises(UsageError, match="needs --steps"):
         resolve(TrainConfig(whole_batches=True), 25, 1, "m")
 

@@ -150,16 +150,22 @@ SPLITS = {
 TEST_SPLITS = [name for name in SPLITS if name.startswith("test-")]
 
 
+# per seed: the splits generated so far in SPLITS' order, and the questions they hold. A split after pretrain
+# (40,000 problems) costs about 1.5 s to generate; a command checking every benchmark asks for several
+_GENERATED: dict[int, tuple[dict[str, tuple[Problem, ...]], set[str]]] = {}
+
+
 def load_split(split: str, seed: int = WORLD_SEED) -> list[Problem]:
-    """All problems of one split, deterministically; splits never share a question."""
+    """All problems of one split, deterministically; splits never share a question. Generated once per process."""
     if split not in SPLITS:
         raise ValueError(f"unknown world split {split!r}; known: {', '.join(SPLITS)}")
-    taken: set[str] = set()
+    generated, taken = _GENERATED.setdefault(seed, ({}, set()))
     for name in SPLITS:  # earlier splits claim their questions first, so later ones avoid them
-        problems = _generate(name, seed, taken)
+        if name not in generated:
+            generated[name] = tuple(_generate(name, seed, taken))
+            taken.update(p.question for p in generated[name])
         if name == split:
-            return problems
-        taken.update(p.question for p in problems)
+            return list(generated[name])  # the caller's own list
     raise AssertionError("unreachable")
 
 

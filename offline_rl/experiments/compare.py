@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 
 from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
-from offline_rl.evaluate import EvalConfig, load_benchmark, run_eval
+from offline_rl.evaluate import EvalConfig, run_eval
 from offline_rl.experiments.iterate import engine_flags, resolve, run_iterate
-from offline_rl.experiments.plan import DATASET_MODEL, CompareConfig, Stage, demonstrations_for, parse_runs, plan
+from offline_rl.experiments.plan import DATASET_MODEL, CompareConfig, Stage, plan
 from offline_rl.experiments.report import write_report
-from offline_rl.train import report_targets, run_train
+from offline_rl.experiments.validate import check_comparison
+from offline_rl.train import run_train
 from rollout.collect import run_collect
 from rollout.dataset import read_manifest, write_json
 from rollout.demonstrations import run_import
@@ -61,25 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run_compare(cfg: CompareConfig) -> dict:
     """``bin/compare``: every stage's input checked, then the stages in order, then the report."""
-    if cfg.out is None:
-        raise UsageError("--out is required")
-    cfg.require_own_engine("compare")
-    runs = parse_runs(cfg)
-    seeds = parse_seeds(cfg.seeds)
-    report_targets(cfg.report_to)
-    for name in cfg.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
-        if name.strip():
-            load_benchmark(name.strip(), EvalConfig(benchmark_dir=cfg.benchmark_dir))
-    out = Path(cfg.out)
-    data = Path(cfg.data) if cfg.data else out / "data"
-    demonstrations = demonstrations_for(cfg, out, data, runs)
-    if cfg.data and not (data / "manifest.json").is_file():
-        raise UsageError(f"{data} is not an offline dataset (no manifest.json); omit --data to collect one")
-    if cfg.data and read_manifest(data).get("complete") is not True:
-        raise UsageError(f"{data} is an unfinished collection (complete: false); run its bin/collect again to finish it")
-    if cfg.model:
-        resolve_model(cfg.model)
-
+    checked = check_comparison(cfg)  # before anything is written or started
+    cfg, runs, seeds, out, data, demonstrations = (checked.cfg, checked.runs, checked.seeds, checked.out, checked.data,
+                                                   checked.demonstrations)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to")
                 and not (k in ("sweep", "select_on") and cfg.sweep is None and not any(r.sweep for r in runs))}
     planned = {"runs": [{k: v for k, v in asdict(r).items() if v is not None or k not in OPTIONAL_RUN_KEYS}
@@ -98,18 +83,6 @@ def run_compare(cfg: CompareConfig) -> dict:
     if failures:
         raise CommandFailed(f"{len(failures)} stage(s) failed, the report holds the rest: {failures[0]}")
     return summary
-
-
-def parse_seeds(spec: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in spec.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers (got {spec!r})") from None
-    if not seeds:
-        raise UsageError("--seeds: need at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds {spec}: a seed is named twice (its runs would be one)")
-    return seeds
 
 
 def run_stages(stages: list[Stage], out: Path, data: Path, engine: EvalConfig) -> list[str]:

@@ -29,7 +29,8 @@ class DemoConfig:
     out: str = field(default=None, metadata={"help": "run directory (default: runs/demo-<time>)"})
     prompts: int = field(default=1000, metadata={"help": "world train prompts to collect from", "min": 1})
     n: int = field(default=4, metadata={"help": "responses per prompt", "min": 1})
-    epochs: float = field(default=4.0, metadata={"help": "DFT passes over the accepted samples", "above": 0})
+    epochs: float = field(default=4.0, metadata={"help": "DFT passes over the accepted samples", "above": 0,
+                                                 "max": 1000})
     k: int = field(default=4, metadata={"help": "samples per test problem (avg@k)", "min": 1})
     seed: int = field(default=0, metadata={"help": "seed of collection, training and evaluation"})
 

@@ -34,7 +34,7 @@ from offline_rl import evaluate
 from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
-from offline_rl.train import TrainConfig, latest_checkpoint, learner_config, report_targets, run_train
+from offline_rl.train import TrainConfig, latest_checkpoint, learner_config, micro_batch, report_targets, run_train
 from offline_rl.views import check_view
 from rollout.collect import CollectConfig, run_collect
 from rollout.dataset import is_complete, read_manifest, write_json
@@ -73,7 +73,7 @@ class IterateConfig(SamplingFlags, EngineFlags):
     seed: int = field(default=0, metadata={"help": "run seed: training order, and each round's sampling seed derives from it"})
     batch_size: int = field(default=16, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
     round_batches: bool = field(default=False, metadata={"help": "each round's steps go once through all the samples its learner trains on, batch = those examples / the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train --whole-batches) instead of --batch-size", "advanced": True})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate", "above": 0})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate", "above": 0, "max": 1})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of the schedule spent warming up", "min": 0, "max": 1, "advanced": True})
     restart_schedule: bool = field(default=False, metadata={"help": "start the warm-up + cosine schedule over each round (default: one schedule over all rounds); the optimizer's moments carry over either way", "advanced": True})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N rounds and after the last (0: never)", "min": 0})
@@ -125,6 +125,8 @@ def run_iterate(cfg: IterateConfig, train_cfg: TrainConfig | None = None, learne
     if owned:
         raise UsageError(f"--{owned[0].replace('_', '-')} is set by bin/iterate itself each round")
     check_view(LEARNERS[cfg.learner], train_cfg.view or LEARNERS[cfg.learner].views[0], {})
+    if not cfg.round_batches:  # a round's own batch (--round-batches) is whole micro-batches by construction
+        micro_batch(cfg.batch_size, train_cfg.micro_batch_size, 1)
     for name in cfg.benchmarks.split(",") if cfg.eval_every else []:  # bad benchmarks fail now, not in round 5
         if name.strip():
             evaluate.load_benchmark(name.strip(), evaluate.EvalConfig())

@@ -23,7 +23,7 @@ from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from offline_rl.evaluate import EvalConfig
 from offline_rl.experiments.iterate import IterateConfig, engine_flags
-from offline_rl.experiments.sweep import check_grid, parse_sweep, setting_name
+from offline_rl.experiments.sweep import SELECT_ON, check_grid, parse_sweep, setting_name
 from offline_rl.learners import LEARNERS
 from offline_rl.train import TrainConfig
 from rollout.collect import CollectConfig
@@ -46,7 +46,8 @@ class CompareConfig(SamplingFlags, EngineFlags):
     out: str = field(default=None, metadata={"help": "comparison directory (required); run again to resume"})
     data: str = field(default=None, metadata={"help": "offline dataset from bin/collect (default: collect one into OUT/data with bin/collect's defaults)"})
     model: str = field(default=None, metadata={"help": "initial model of every learner (default: the dataset's model)"})
-    prompts: int = field(default=None, metadata={"help": "when collecting or importing: use at most N prompts of the source", "min": 1})
+    prompts: int = field(default=None, metadata={
+        "help": "when collecting (no --data): use at most N prompts of the source", "min": 1})
     learners: str = field(default="sft,rft,dft,dpo,ppo,iwsft,adft", metadata={"help": f"comma-separated learners, one run each ({', '.join(LEARNERS)}); ignored with --runs"})
     runs: str = field(default=None, metadata={"help": "YAML file listing the runs: name, learner, data (dataset, demonstrations or a path), flags (bin/train's and the learner's), rounds"})
     demonstrations: str = field(default="world", metadata={"help": "demonstrations for --demonstration-learners: world (the world's reference solutions of --data's prompts, when they come from the world), a bin/import dataset directory, or none", "advanced": True})
@@ -56,10 +57,13 @@ class CompareConfig(SamplingFlags, EngineFlags):
     benchmark_dir: str = field(default=None, metadata={"help": "folder of the short-named benchmarks' files (bin/eval --benchmark-dir)", "advanced": True})
     steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)", "min": 1})
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe", "above": 0})
+    lr: float = field(default=2e-4, metadata={
+        "help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe", "above": 0, "max": 1})
     k: int = field(default=4, metadata={"help": "samples per problem in evaluation", "min": 1})
     sweep: str = field(default=None, metadata={"help": "FLAG=V1,V2,...: every run trained at each value (with every seed), the value reported chosen on --select-on (a run's own sweep in --runs wins)"})
-    select_on: str = field(default="valid", metadata={"help": "the held-out benchmark a sweep's values are chosen on; never one of --benchmarks (the reported ones)", "advanced": True})
+    select_on: str = field(default=None, metadata={
+        "help": f"with a sweep: the held-out benchmark its values are chosen on (default: {SELECT_ON}); never one of "
+                "--benchmarks (the reported ones), nor the split the data was drawn from", "advanced": True})
     problems: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
     report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
@@ -128,9 +132,6 @@ def parse_runs(cfg: CompareConfig) -> list[Run]:
         runs += _settings(run, own_sweep, shared_sweep, where)
     if not runs:
         raise UsageError("need at least one run (--learners or --runs)")
-    if any(r.sweep for r in runs) and cfg.select_on in [b.strip() for b in cfg.benchmarks.split(",")]:
-        raise UsageError(f"--select-on {cfg.select_on} is one of the reported --benchmarks: the split that chooses "
-                         "a setting must not be one that reports it")
     return runs
 
 
@@ -149,6 +150,11 @@ def _settings(run: Run, own_sweep, shared_sweep: tuple[str, list] | None, where:
     flag, grid = sweep
     if flag in COMPARE_OWNS or flag == "lr_scale":
         raise UsageError(f"{where}: {flag} is set by the comparison for every run; it cannot be swept")
+    beside = [k for k in dict(run.flags) if k == flag or (flag == "lr" and k == "lr_scale")]
+    if beside:  # the sweep would replace the run's own value without a word
+        swept_by = "its own sweep" if own_sweep is not None else "--sweep"
+        raise UsageError(f"{where}: {beside[0]} is set in its flags and {flag} swept by {swept_by}; the flag would "
+                         "be dropped: keep one of them")
     settings = []
     for value in grid:
         flags = {**dict(run.flags), flag: value}
@@ -221,8 +227,9 @@ def _whole(entry: dict, key: str, where: str, word: str | None = None) -> int | 
 
 
 def demonstrations_for(cfg: CompareConfig, out: Path, data: Path, runs: list[Run]) -> Path | None:
-    """Where runs on demonstrations train: a given bin/import dataset, the world's reference solutions imported
-    into OUT/demonstrations (when --data's prompts are the world's), or nowhere (they use --data)."""
+    """Where runs on demonstrations train: a given bin/import dataset, the world's reference solutions of the
+    dataset's prompts imported into OUT/demonstrations (when its prompts are the world's), or nowhere (they use
+    --data)."""
     if not any(r.data == "demonstrations" for r in runs) or cfg.demonstrations == "none":
         return None
     if cfg.demonstrations != "world":
@@ -246,9 +253,9 @@ def plan(cfg: CompareConfig, out: Path, data: Path, runs: list[Run], seeds: list
                     samples=cfg.model or str(DEFAULT_BASE_MODEL))
     if not collect.finished():
         stages.append(collect)
-    if demonstrations is not None and demonstrations == out / "demonstrations":  # the world's, imported here
+    if demonstrations is not None and demonstrations == out / "demonstrations":  # the world's, of the data's prompts
         imported = Stage("import", "import", (ImportConfig(source="world:train", out=str(demonstrations),
-                                                           model=cfg.model or DATASET_MODEL, prompts=cfg.prompts),),
+                                                           model=cfg.model or DATASET_MODEL, prompts_of=str(data)),),
                          demonstrations / "manifest.json")
         if not imported.finished():
             stages.append(imported)

@@ -41,8 +41,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def format_report_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str,
                         settings: dict[str, str] | None = None) -> str:
-    """mean ± std (percent) per model and benchmark; the best mean of each column in bold; ``settings``: a column
-    saying each model's setting."""
+    """mean ± std (percent; the mean alone from one seed) per model and benchmark; the best mean of each column in
+    bold; ``settings``: a column saying each model's setting."""
     cell: dict[tuple[str, str], tuple[float, float, int]] = {}
     for model in models:
         for bench in benchmarks:
@@ -61,7 +61,7 @@ def format_report_table(rows: list[dict], models: list[str], benchmarks: list[st
                 continue
             mean, std, count = cell[model, bench]
             n = max(n, count)
-            text = f"{mean:.1f} ± {std:.1f}"
+            text = f"{mean:.1f} ± {std:.1f}" if count > 1 else f"{mean:.1f}"  # one seed has no spread to show
             cells.append(f"**{text}**" if round(mean, 1) == best[bench] else text)  # ties as shown: all bold
         own = f"{settings.get(model, '–')} | " if settings else ""
         lines.append(f"| {model} | {own}" + " | ".join(cells) + f" | {n} |")
@@ -192,7 +192,8 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
                   selection_table(chosen, groups, swept, cfg.select_on, f"avg@{k}"), "",
                   "![sensitivity](plots/sensitivity.png)", ""]
         plot_sensitivity(all_rows, groups, swept, chosen, reported, f"avg@{k}", out / "plots" / "sensitivity.png")
-    lines += ["", f"## avg@{k} (%; mean ± std over seeds; best per column in bold)", "", table, ""]
+    spread = "mean ± std over seeds" if len(seeds) > 1 else f"one seed, {seeds[0]}"
+    lines += ["", f"## avg@{k} (%; {spread}; best per column in bold)", "", table, ""]
     if "base" in models and len(seeds) > 1:
         lines += [f"## Transfer: gain over the base model (avg@{k} points; * beyond two pooled seed stds)", "",
                   transfer_table(rows, models, benchmarks, f"avg@{k}"), ""]

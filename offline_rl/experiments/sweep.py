@@ -15,18 +15,22 @@ from pathlib import Path
 from rollout.runtime import UsageError
 
 SEPARATOR = "@"
+SELECT_ON = "valid"  # the world split held out to choose a sweep's setting, never reported
 
 
 def parse_sweep(spec: str | None) -> tuple[str, list] | None:
-    """``FLAG=V1,V2,...`` -> (flag, values: numbers as numbers); None for no sweep."""
+    """``FLAG=V1,V2,...`` -> (flag, values: numbers as numbers); None for no sweep. An empty value (``1e-4,,2e-4``)
+    or one named twice (``1e-4,0.0001``) is refused, never dropped or run once for two."""
     if not spec:
         return None
     flag, _, values = spec.partition("=")
     flag = flag.strip().lstrip("-").replace("-", "_")
-    grid = [_value(v.strip()) for v in values.split(",") if v.strip()]
-    if not flag or len(grid) < 2:
+    texts = [v.strip() for v in values.split(",")]
+    if not flag or len([t for t in texts if t]) < 2:
         raise UsageError(f"--sweep {spec!r}: expected FLAG=V1,V2,... with at least two values")
-    return flag, grid
+    if not all(texts):
+        raise UsageError(f"--sweep {spec!r}: an empty value (two commas in a row, or one at an end)")
+    return flag, distinct(flag, [_value(t) for t in texts], f"--sweep {spec!r}")
 
 
 def _value(text: str):
@@ -42,12 +46,27 @@ def _value(text: str):
 
 
 def check_grid(flag: str, grid, where: str) -> list:
-    """A runs file's grid, numbers written as YAML 1.1 reads them as strings (``5e-5``) made numbers."""
+    """A runs file's grid, numbers written as YAML 1.1 reads them as strings (``5e-5``) made numbers; no empty value
+    (``null``, ``""``), none named twice."""
     if not isinstance(grid, list):
         raise UsageError(f"{where}: sweep {flag} needs a list of values (got {grid!r})")
     grid = [_value(v) if isinstance(v, str) else v for v in grid]
-    if len(grid) < 2 or len({repr(v) for v in grid}) != len(grid):
+    if len(grid) < 2:
         raise UsageError(f"{where}: sweep {flag} needs a list of at least two different values (got {grid!r})")
+    if any(v is None or v == "" for v in grid):
+        raise UsageError(f"{where}: sweep {flag} has an empty value (got {grid!r})")
+    return distinct(flag, grid, f"{where}: sweep")
+
+
+def distinct(flag: str, grid: list, where: str) -> list:
+    """``grid``, refused if two of its values are one setting (``1e-4`` and ``0.0001``: the same run name)."""
+    seen: dict[str, object] = {}
+    for value in grid:
+        text = value_text(value)
+        if text in seen:
+            raise UsageError(f"{where} {flag} names the value {text} twice ({seen[text]!r} and {value!r}); "
+                             "each value is one setting, trained once per seed")
+        seen[text] = value
     return grid
 
 

@@ -25,7 +25,8 @@ from offline_rl.learners.terms import dft_sum, likelihood_metrics
 
 @dataclass
 class ADFTConfig:
-    anchor_coef: float = field(default=0.1, metadata={"help": "adft: weight of the KL anchor to the behaviour policy", "min": 0})
+    anchor_coef: float = field(default=0.1, metadata={"help": "adft: weight of the KL anchor to the behaviour policy",
+                                                      "min": 0, "max": 1000})  # 1e308: an infinite loss at step 1
 
 
 Config = ADFTConfig

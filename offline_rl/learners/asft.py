@@ -28,7 +28,9 @@ from offline_rl.learners.terms import dft_sum, likelihood_metrics
 
 @dataclass
 class ASFTConfig:
-    kl_coef: float = field(default=0.1, metadata={"help": "asft: lambda, the weight of KL(pi_base || pi) over the vocabulary (the published default 0.1)", "min": 0})
+    kl_coef: float = field(default=0.1, metadata={
+        "help": "asft: lambda, the weight of KL(pi_base || pi) over the vocabulary (the published default 0.1)",
+        "min": 0, "max": 1000})  # 1e308: a NaN loss at step 1
 
 
 Config = ASFTConfig

@@ -23,7 +23,8 @@ from offline_rl.learner import Learner, Policy
 
 @dataclass
 class IWSFTConfig:
-    max_weight: float = field(default=2.0, metadata={"help": "iwsft: clip of the importance weight", "above": 0})
+    max_weight: float = field(default=2.0, metadata={"help": "iwsft: clip of the importance weight", "above": 0,
+                                                     "max": 1000})  # 1e308: beyond float32, a traceback
 
 
 Config = IWSFTConfig

@@ -21,7 +21,8 @@ from offline_rl.learners.terms import likelihood_metrics
 
 @dataclass
 class ProbConfig:
-    alpha: float = field(default=10.0, metadata={"help": "prob: the exponent of -p^alpha (1: DFT's gradient)", "above": 0})
+    alpha: float = field(default=10.0, metadata={"help": "prob: the exponent of -p^alpha (1: DFT's gradient)",
+                                                 "above": 0, "max": 1000})  # 1e308: a NaN loss at step 1
 
 
 Config = ProbConfig
