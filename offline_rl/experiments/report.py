@@ -39,16 +39,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def format_report_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str,
-                        settings: dict[str, str] | None = None) -> str:
-    """mean ± std (percent; the mean alone from one seed) per model and benchmark; the best mean of each column in
-    bold; ``settings``: a column saying each model's setting."""
-    cell: dict[tuple[str, str], tuple[float, float, int]] = {}
+def cell_stats(rows: list[dict], models: list[str], benchmarks: list[str],
+               metric: str) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """(mean, std, seeds) of ``metric`` in percent over the seeds, per model and benchmark that has it."""
+    cells = {}
     for model in models:
         for bench in benchmarks:
             values = [100 * r[metric] for r in rows if r["model"] == model and r["benchmark"] == bench and metric in r]
             if values:
-                cell[model, bench] = (*mean_std(values), len(values))
+                cells[model, bench] = (*mean_std(values), len(values))
+    return cells
+
+
+def format_report_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str,
+                        settings: dict[str, str] | None = None) -> str:
+    """mean ± std (percent; the mean alone from one seed) per model and benchmark; the best mean of each column in
+    bold; ``settings``: a column saying each model's setting."""
+    cell = cell_stats(rows, models, benchmarks, metric)
     best = {b: max((round(cell[m, b][0], 1) for m in models if (m, b) in cell), default=None) for b in benchmarks}
     setting = "setting | " if settings else ""
     lines = ["| model | " + setting + " | ".join(f"{b} {metric}" for b in benchmarks) + " | seeds |",
@@ -88,12 +95,7 @@ def run_setting(out: Path, run: Run, cfg: CompareConfig, seed: int) -> str:
 def transfer_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str) -> str:
     """Each learner's gain over the base model (points of ``metric``, mean over seeds) per benchmark, marked *
     where it exceeds two pooled seed stds (sqrt of the mean of the two variances): a gain beyond seed noise."""
-    stats = {}
-    for model in models:
-        for bench in benchmarks:
-            values = [100 * r[metric] for r in rows if r["model"] == model and r["benchmark"] == bench and metric in r]
-            if values:
-                stats[model, bench] = mean_std(values)
+    stats = {key: (mean, std) for key, (mean, std, _) in cell_stats(rows, models, benchmarks, metric).items()}
     lines = ["| model | " + " | ".join(benchmarks) + " |", "|---|" + "---:|" * len(benchmarks)]
     for model in [m for m in models if m != "base"]:
         cells = []
