@@ -258,6 +258,18 @@ def parse_mapping(classes: tuple, values: dict, where: str) -> tuple[list, set[s
     return fill(classes, vars(namespace)), {k for k in vars(namespace) if k not in ("config", "verbose")}
 
 
+def with_flags(config, values: dict):
+    """``config`` as if ``values`` (option: value) had been given as flags: each lands in every field of that name,
+    the config's own and its stage configs' (:func:`stage`), as one flag fills them all."""
+    settings = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("stage"):
+            settings[f.name] = with_flags(getattr(config, f.name), values)
+        elif f.name in values:
+            settings[f.name] = values[f.name]
+    return dataclasses.replace(config, **settings)
+
+
 def flag_names(item) -> set[str]:
     """The names of every flag of a config class or instance (its stage configs' included)."""
     return {f.name for _, f, _ in options(item)}

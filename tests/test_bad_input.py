@@ -24,24 +24,10 @@ from tests.conftest import make_rows
 
 
 def _commands():
-    from offline_rl import cli, evaluate, export, train
-    from offline_rl.embedded import base_model
-    from offline_rl.experiments import compare, iterate
-    from rollout import collect, demonstrations
+    """Each command's main with the context offline-rl gives it (the embedded world and base model)."""
+    from offline_rl import commands, embedded
 
-    return {
-        "collect": partial(collect.main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL)),
-        "import": partial(demonstrations.main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL)),
-        "train": train.main,
-        "eval": partial(evaluate.main, default_model=str(DEFAULT_BASE_MODEL)),
-        "compare": compare.main,
-        "iterate": iterate.main,
-        "export": export.main,
-        "inspect": cli.COMMANDS["inspect"][1](),
-        "merge": cli.COMMANDS["merge"][1](),
-        "rescore": cli.COMMANDS["rescore"][1](),
-        "make-base": base_model.main,
-    }
+    return {name: partial(commands.module(name).main, context=embedded.context()) for name in commands.COMMANDS}
 
 
 def run_command(command: str, args: list[str], capfd) -> tuple[int, str]:

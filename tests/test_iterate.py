@@ -116,14 +116,18 @@ def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
 
 def test_like_samples_as_the_dataset_did_and_shares_its_prompts_over_the_rounds(vllm_dataset, tmp_path):
     from offline_rl.experiments.iterate import IterateConfig, sample_like
+    from rollout.runtime import with_flags
 
-    cfg = sample_like(IterateConfig(data=str(vllm_dataset), rounds=4, out=str(tmp_path)), given={"rounds"})
+    cfg = sample_like(IterateConfig(sample_like=str(vllm_dataset), rounds=4, out=str(tmp_path)), given={"rounds"})
     manifest = read_manifest(vllm_dataset)
-    assert (cfg.prompts_per_round, cfg.n, cfg.max_tokens) == (24 // 4, 2, 96)
-    assert cfg.model == manifest["model"] and cfg.source == "world:train" and cfg.temperature == 1.0
-    given = sample_like(IterateConfig(data=str(vllm_dataset), rounds=2, n=4), given={"rounds", "n"})
+    assert (cfg.prompts_per_round, cfg.collect.n, cfg.collect.max_tokens) == (24 // 4, 2, 96)
+    assert cfg.collect.model == manifest["model"] and cfg.collect.source == "world:train"
+    # the evaluations sample as the rounds do
+    assert (cfg.evaluation.max_tokens, cfg.evaluation.temperature) == (96, 1.0)
+    given = sample_like(with_flags(IterateConfig(sample_like=str(vllm_dataset), rounds=2), {"n": 4}),
+                        given={"rounds", "n"})
     # a group size given wins; the prompts per round keep the dataset's responses: 24 x 2 = 2 rounds x 6 x 4
-    assert (given.n, given.prompts_per_round) == (4, 6)
+    assert (given.collect.n, given.prompts_per_round) == (4, 6)
 
 
 def test_a_round_with_nothing_to_train_on_is_recorded_and_the_run_goes_on(tmp_path):
