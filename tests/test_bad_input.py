@@ -328,7 +328,7 @@ CASES = [
     ("rescore", ["--data", "{ws}/incomplete"], "unfinished collection"),
     ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds,{ws}/ds-t07"], "has sampling"),
     ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds,{ws}/ds-other-model"], "has model"),
-    ("iterate", [*ITERATE, "--data", "{ws}/incomplete"], "not a dataset made by bin/collect"),
+    ("iterate", [*ITERATE, "--sample-like", "{ws}/incomplete"], "not a dataset made by bin/collect"),
     # trackers
     ("train", [*TRAIN, "--report-to", "wandb"], "no W&B credentials"),
     ("compare", ["--out", "{ws}/new", "--report-to", "wandb"], "no W&B credentials"),
@@ -364,8 +364,20 @@ CASES = [
     ("iterate", [*ITERATE, "--learner", "ddpg"], "unknown learner"),
     ("iterate", [*ITERATE, "--prompts-per-round", "5000"], "exceeds the 3000 prompts"),
     ("iterate", [*ITERATE, "--benchmarks", "mmlu", "--eval-every", "1"], "unknown benchmark 'mmlu'"),
-    ("iterate", [*ITERATE, "--data", "{ws}/ds"], "not a dataset made by bin/collect"),
+    ("iterate", [*ITERATE, "--sample-like", "{ws}/ds"], "not a dataset made by bin/collect"),
     ("iterate", [*ITERATE, "--config", "{ws}/nan.yaml"], "--lr must be a finite number"),
+    # iterate: a flag each round sets itself, a batch of no known size, a budget that trains nothing
+    ("iterate", [*ITERATE, "--data", "{ws}/ds"], "--data is set by bin/iterate itself each round; --sample-like"),
+    ("iterate", [*ITERATE, "--prompts", "8"], "--prompts is set by bin/iterate itself each round; --prompts-per-round"),
+    ("iterate", [*ITERATE, "--whole-batches", "--steps", "4"], "--whole-batches is set by bin/iterate itself each round; --round-batches"),
+    ("iterate", [*ITERATE, "--data-parallel-size", "2"], "--data-parallel-size is set by bin/iterate itself each round"),
+    ("iterate", [*ITERATE, "--name", "x", "--eval-every", "1"], "--name is set by bin/iterate itself each round"),
+    ("iterate", [*ITERATE, "--learner", "grpo", "--round-batches"], "--round-batches needs --steps"),
+    ("iterate", [*ITERATE, "--learner", "grpo", "--round-batches", "--steps", "4", "--n", "1"], "grpo trains on the groups view"),
+    ("iterate", [*ITERATE, "--learner", "dpo", "--n", "1"], "needs two or more samples per prompt; no round would train"),
+    # compare: an evaluation's own settings are each stage's
+    ("compare", ["--out", "{ws}/new", "--seed", "1"], "--seed is set by bin/compare itself for each evaluation; --seeds"),
+    ("compare", ["--out", "{ws}/new", "--name", "x"], "--name is set by bin/compare itself for each evaluation"),
     # merge
     ("merge", ["--out", "{ws}/ds", "--data", "{ws}/ds"], "one of the inputs"),
     ("merge", ["--out", "{ws}/ds2", "--data", "{ws}/ds"], "not made by merge"),
@@ -392,6 +404,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, capfd, monkeypatch
     before = snapshot(ws)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(ws / "no-netrc"))
+    _commands()  # every command's module imported before the clock: the time limit is the refusal's
     start = time.time()
     code, stderr = run_command(command, [a.format(ws=ws, wsname=ws.name) for a in args], capfd)
     assert_one_line(code, stderr, fragment)
