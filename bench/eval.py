@@ -89,7 +89,8 @@ def main() -> None:
             start = time.time()
             ms = live.hold(resolve_model(str(model)))
             with contextlib.redirect_stdout(io.StringIO()):
-                res = evaluate.run_eval(eval_config(model, tmp / f"live-{i}", args), context=context(engine=live.engine))
+                res = evaluate.run_eval(eval_config(model, tmp / f"live-{i}", args),
+                                        context=context(engine=live.engine))
             ways["live engine"].append({**res, "wall": time.time() - start, "engine": ms / 1000 if ms else 0.0})
         ways["live, per benchmark"] = []  # as bin/eval sampled before: one engine pass per benchmark
         for i, model in enumerate(models):

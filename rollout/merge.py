@@ -15,7 +15,8 @@ from rollout.runtime import CommandContext, parse_config
 
 @dataclass(frozen=True)
 class MergeConfig:
-    data: str = field(default=None, metadata={"help": "comma-separated dataset directories to merge, e.g. the outputs of collect --shard I/N (required)"})
+    data: str = field(default=None, metadata={
+        "help": "comma-separated dataset directories to merge, e.g. the outputs of collect --shard I/N (required)"})
     out: str = field(default=None, metadata={"help": "output dataset directory (new, unless --force) (required)"})
     force: bool = field(default=False, metadata={"help": "write into an existing directory"})
 

@@ -369,14 +369,14 @@ CASES = [
     # iterate: a flag each round sets itself, a batch of no known size, a budget that trains nothing
     ("iterate", [*ITERATE, "--data", "{ws}/ds"], "--data is set by bin/iterate itself each round; --sample-like"),
     ("iterate", [*ITERATE, "--prompts", "8"], "--prompts is set by bin/iterate itself each round; --prompts-per-round"),
-    ("iterate", [*ITERATE, "--whole-batches", "--steps", "4"], "--whole-batches is set by bin/iterate itself each round; --round-batches"),
-    ("iterate", [*ITERATE, "--data-parallel-size", "2"], "--data-parallel-size is set by bin/iterate itself each round"),
+    ("iterate", [*ITERATE, "--whole-batches", "--steps", "4"], "set by bin/iterate itself each round; --round-batches"),
+    ("iterate", [*ITERATE, "--data-parallel-size", "2"], "--data-parallel-size is set by bin/iterate"),
     ("iterate", [*ITERATE, "--name", "x", "--eval-every", "1"], "--name is set by bin/iterate itself each round"),
     ("iterate", [*ITERATE, "--learner", "grpo", "--round-batches"], "--round-batches needs --steps"),
-    ("iterate", [*ITERATE, "--learner", "grpo", "--round-batches", "--steps", "4", "--n", "1"], "grpo trains on the groups view"),
-    ("iterate", [*ITERATE, "--learner", "dpo", "--n", "1"], "needs two or more samples per prompt; no round would train"),
+    ("iterate", [*ITERATE, "--learner", "grpo", "--round-batches", "--steps", "4", "--n", "1"], "the groups view"),
+    ("iterate", [*ITERATE, "--learner", "dpo", "--n", "1"], "two or more samples per prompt; no round would train"),
     # compare: an evaluation's own settings are each stage's
-    ("compare", ["--out", "{ws}/new", "--seed", "1"], "--seed is set by bin/compare itself for each evaluation; --seeds"),
+    ("compare", ["--out", "{ws}/new", "--seed", "1"], "--seed is set by bin/compare itself for each evaluation"),
     ("compare", ["--out", "{ws}/new", "--name", "x"], "--name is set by bin/compare itself for each evaluation"),
     # merge
     ("merge", ["--out", "{ws}/ds", "--data", "{ws}/ds"], "one of the inputs"),

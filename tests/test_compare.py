@@ -206,6 +206,41 @@ def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tm
     assert stages["train sft64 s0"].configs[0].batch_size == 64  # a run's own batch
 
 
+def test_each_stage_logs_a_command_line_that_parses_back_to_its_configs(tmp_path):
+    """A stage's log starts with its command line: parsed by that command, it gives the stage's configs again,
+    bin/iterate's stage configs (its collection's, training's and evaluation's) included."""
+    import shlex
+
+    from offline_rl.evaluate import EvalConfig
+    from offline_rl.experiments.iterate import IterateConfig
+    from offline_rl.learners import LEARNER_CONFIGS
+    from offline_rl.train import TrainConfig
+    from rollout.collect import CollectConfig
+    from rollout.demonstrations import ImportConfig
+    from rollout.runtime import command_line, parse_config
+
+    runs = [Run("dpo", "dpo", flags=(("beta", 0.2),)), Run("sft", "sft", data="demonstrations"),
+            Run("grpo8", "grpo", rounds=4, n=8, batch_size="round", flags=(("view", "groups"), ("warmup_ratio", 0.1)))]
+    cfg = parse_config(CompareConfig, ["--out", str(tmp_path), "--steps", "8", "--k", "2", "--temperature", "0.7",
+                                       "--backend", "hf", "--seeds", "0"], "compare", "")
+    parsers = {"collect": CollectConfig, "import": ImportConfig, "eval": EvalConfig,
+               "train": (TrainConfig, *LEARNER_CONFIGS), "iterate": (IterateConfig, *LEARNER_CONFIGS)}
+    stages = plan(cfg, tmp_path, tmp_path / "data", runs, [0], tmp_path / "demonstrations")
+    assert {s.command for s in stages} == set(parsers)
+    for stage in stages:
+        words = shlex.split(command_line(stage.command, *stage.configs))
+        parsed = parse_config(parsers[words[0].removeprefix("bin/")], words[1:], "check", "")
+        parsed = parsed if isinstance(parsed, tuple) else (parsed,)
+        assert parsed[0] == stage.configs[0], stage.name
+        if len(stage.configs) > 1:  # the learner's own settings
+            assert stage.configs[1] in parsed[1:], stage.name
+    rounds = next(s.configs[0] for s in stages if s.command == "iterate")
+    assert (rounds.collect.n, rounds.train.warmup_ratio, rounds.train.view) == (8, 0.1, "groups")
+    assert rounds.collect.backend == rounds.evaluation.backend == "hf"
+    evaluation = next(s.configs[0] for s in stages if s.command == "eval")
+    assert (evaluation.k, evaluation.temperature, evaluation.backend) == (2, 0.7, "hf")  # the comparison's flags
+
+
 class FakeEngine:
     """Records what the live engine asks of it; ``device``: False (CPU), "close" (an accelerator engine that cannot
     sleep) or "sleep" (one with vLLM's sleep mode)."""

@@ -118,6 +118,6 @@ def test_every_command_has_its_config_a_run_function_taking_the_one_context_and_
             parameters = list(inspect.signature(function).parameters.values())
             assert parameters[0].annotation == first, (name, function.__name__, parameters[0])
             context = parameters[-1]
-            assert (context.name, context.kind) == ("context", inspect.Parameter.KEYWORD_ONLY), (name, function.__name__)
+            assert (context.name, context.kind) == ("context", inspect.Parameter.KEYWORD_ONLY), (name, function)
             assert context.annotation == "CommandContext | None" and context.default is None, (name, function.__name__)
             assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters[1:-1]), (name, function)

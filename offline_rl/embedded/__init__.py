@@ -8,9 +8,9 @@ DEFAULT_BASE_MODEL = Path(__file__).resolve().parent / "assets" / "base-model"
 
 
 def context(**given):
-    """What every command defaults to, as the context ``offline-rl`` gives each (:class:`rollout.runtime.CommandContext`):
-    the world's splits for ``world:SPLIT`` sources and the shipped base model when no model is named; ``given``: the
-    rest (an engine, the settings given)."""
+    """What every command defaults to, as the context ``offline-rl`` gives each (a
+    :class:`rollout.runtime.CommandContext`): the world's splits for ``world:SPLIT`` sources and the shipped base model
+    when no model is named; ``given``: the rest (an engine, the settings given)."""
     from offline_rl.embedded import world
     from rollout.runtime import CommandContext
 

@@ -15,6 +15,9 @@ when the same command is run again: finished rounds and stages are skipped, an u
 from its last shard, an unfinished training starts over from the previous round's state, which makes the end
 the same as an uninterrupted run's. OUT holds the final model, ``rounds.jsonl`` (one line per round: times,
 samples, pass rate, training metrics) and ``iterate_summary.json`` (written last).
+
+bin/collect's, bin/train's and bin/eval's flags are bin/iterate's too (one flag per name: ``--seed`` is the run's):
+:class:`IterateConfig` holds a config of each stage and declares only what the rounds add.
 """
 
 from __future__ import annotations
@@ -63,11 +66,20 @@ class IterateConfig:
     configs it holds, whose flags are bin/iterate's too (bin/collect's, bin/train's, bin/eval's, one flag per name)."""
 
     out: str = field(default=None, metadata={"help": "output directory (required); run again to resume"})
-    sample_like: str = field(default=None, metadata={"help": "sample as this collected dataset was (its model, prompts and sampling) and share its prompts out over the rounds: its iterated twin; flags given override"})
+    sample_like: str = field(default=None, metadata={
+        "help": "sample as this collected dataset was (its model, prompts and sampling) and share its prompts out over "
+                "the rounds: its iterated twin; flags given override"})
     rounds: int = field(default=4, metadata={"help": "rounds of collect -> train", "min": 1})
-    steps: int = field(default=None, metadata={"help": f"optimizer steps over all rounds, split evenly between them (default: {DEFAULT_STEPS}; steps = rounds: online)", "min": 1})
-    prompts_per_round: int = field(default=64, metadata={"help": "prompts sampled per round; round K takes the K-th window of them from --source after --skip (cycling)", "min": 1})
-    round_batches: bool = field(default=False, metadata={"help": "each round's steps go once through all the samples its learner trains on, batch = those examples / the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train --whole-batches; needs --steps) instead of --batch-size", "advanced": True})
+    steps: int = field(default=None, metadata={
+        "help": f"optimizer steps over all rounds, split evenly between them (default: {DEFAULT_STEPS}; steps = "
+                "rounds: online)", "min": 1})
+    prompts_per_round: int = field(default=64, metadata={
+        "help": "prompts sampled per round; round K takes the K-th window of them from --source after --skip "
+                "(cycling)", "min": 1})
+    round_batches: bool = field(default=False, metadata={
+        "help": "each round's steps go once through all the samples its learner trains on, batch = those examples / "
+                "the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train "
+                "--whole-batches; needs --steps) instead of --batch-size", "advanced": True})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N rounds and after the last (0: never)", "min": 0})
     restart_engine: bool = field(default=False, metadata={"help": "start a new engine every round instead of loading the new weights into the live one", "advanced": True})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with other settings, or one bin/iterate did not make"})
@@ -87,7 +99,8 @@ COMMON = ("model", "source", "n", "seed", "temperature", "max_tokens", "backend"
 # bin/train's settings recorded in iterate_config.json (the rest of bin/train's and the learner's: iterate_train_config)
 TRAIN_RECORDED = ("learner", "batch_size", "lr", "warmup_ratio", "restart_schedule", "seed", "report_to")
 # settings a resumed run may change: they alter no round's data or weights
-RESUMABLE = ("out", "force", "restart_engine", "report_to", "eval_every", "benchmarks", "benchmark_dir", "k", "problems")
+RESUMABLE = ("out", "force", "restart_engine", "report_to", "eval_every", "benchmarks", "benchmark_dir", "k",
+             "problems")
 MODEL_FILES_SKIPPED = {"train_config.json", "learner_config.json", "metrics.jsonl", "train_summary.json", "README.md",
                        "evaluations.json"}  # the last round's own; OUT is the weights of the whole run
 
@@ -131,7 +144,8 @@ def run_iterate(cfg: IterateConfig, learner_cfg=None, *, context: CommandContext
     hold_directory(out, "iterate", force=cfg.force, owned=lambda d: (d / "iterate_config.json").is_file())
     recorded = settings(cfg)
     # bin/train's settings that the rounds leave as given, and the learner's
-    training = {**{k: v for k, v in asdict(cfg.train).items() if k not in recorded and k not in rounds.train_settings(1)},
+    set_each_round = rounds.train_settings(1)
+    training = {**{k: v for k, v in asdict(cfg.train).items() if k not in recorded and k not in set_each_round},
                 **asdict(learner_cfg)}
     check_rerun_settings(out / "iterate_config.json", {k: v for k, v in recorded.items() if k not in RESUMABLE}, out,
                          cfg.force, defaults=settings(IterateConfig()), renamed={"data": "sample_like"})
@@ -186,9 +200,11 @@ def sample_like(cfg: IterateConfig, given: frozenset[str]) -> IterateConfig:
         collected = json.loads((like / "collect_config.json").read_text())
         manifest = read_manifest(like)
     except (OSError, ValueError):
-        raise UsageError(f"--sample-like {like} is not a dataset made by bin/collect (no collect_config.json)") from None
+        raise UsageError(f"--sample-like {like} is not a dataset made by bin/collect (no collect_config.json)") \
+            from None
     if manifest.get("complete") is not True:
-        raise UsageError(f"--sample-like {like} is unfinished (complete: false); run its bin/collect again to finish it")
+        raise UsageError(f"--sample-like {like} is unfinished (complete: false); run its bin/collect again to "
+                         "finish it")
     found = {name: collected[name] for name in ("source", "format", "template", "n", "temperature", "top_p",
                                                "max_tokens", "stop", "extraction", "skip") if name in collected}
     found["model"] = manifest["model"]
@@ -348,7 +364,8 @@ class Rounds:
                 for step in r["steps"]:
                     f.write(json.dumps({"round": r["round"], **step}) + "\n")
         summary = {
-            "learner": cfg.train.learner, "rounds": cfg.rounds, "steps": sum(r["last_step"] - r["first_step"] for r in records),
+            "learner": cfg.train.learner, "rounds": cfg.rounds,
+            "steps": sum(r["last_step"] - r["first_step"] for r in records),
             "skipped_rounds": [r["round"] for r in records if "skipped" in r],
             "final_model": str(final), "responses": sum(r["responses"] for r in records),
             "sampled_tokens": sum(r["sampled_tokens"] for r in records),
