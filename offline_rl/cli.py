@@ -12,11 +12,26 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 
-from offline_rl.commands import COMMANDS
+from offline_rl import commands
 
 if "--verbose" not in sys.argv:  # read by torch's C++ logging when torch loads: before any command imports it
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # vLLM's "NUMA binding" note, among others
+
+
+def command_main(name: str) -> Callable:
+    """Command ``name``'s ``main(argv)``, given the one context offline-rl builds for every command: the embedded
+    world's splits and the shipped base model."""
+    from offline_rl.embedded import context
+
+    return partial(commands.module(name).main, context=context())
+
+
+# name -> (what it does, the loader of the command's main(argv), its context given)
+COMMANDS: dict[str, tuple[str, Callable]] = {name: (what, partial(command_main, name))
+                                             for name, (what, _) in commands.COMMANDS.items()}
 
 
 def usage() -> str:
@@ -27,13 +42,11 @@ def usage() -> str:
 
 def command(name: str, prog: str | None = None) -> None:
     """Run command ``name`` on this process's flags, as its ``bin/`` script does; exits with its code."""
-    from offline_rl.commands import module
-    from offline_rl.embedded import context
     from rollout.runtime import run
 
-    main = module(name).main
+    main = command_main(name)
     atexit.register(end_process_group)
-    run(lambda _: main(None, context=context()), prog or name)
+    run(lambda _: main(None), prog or name)
 
 
 def end_process_group() -> None:

@@ -11,7 +11,6 @@ import errno
 import json
 import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,9 @@ from tests.conftest import make_rows
 
 def _commands():
     """Each command's main with the context offline-rl gives it (the embedded world and base model)."""
-    from offline_rl import commands, embedded
+    from offline_rl import cli
 
-    return {name: partial(commands.module(name).main, context=embedded.context()) for name in commands.COMMANDS}
+    return {name: load() for name, (_, load) in cli.COMMANDS.items()}
 
 
 def run_command(command: str, args: list[str], capfd) -> tuple[int, str]:
