@@ -165,7 +165,8 @@ def resolve(cfg: IterateConfig, given: frozenset[str]) -> IterateConfig:
                          f"{SET_BY_ROUNDS[ignored[0]]}")
     if cfg.steps is None:
         if cfg.round_batches:
-            raise UsageError("--round-batches needs --steps: each round's batch is its examples / its share of the steps")
+            raise UsageError("--round-batches needs --steps: each round's batch is its examples / its share of the "
+                             "steps")
         cfg = replace(cfg, steps=DEFAULT_STEPS)
     return sample_like(cfg, given) if cfg.sample_like else cfg
 
