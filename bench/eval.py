@@ -61,7 +61,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from offline_rl import evaluate
-    from offline_rl.embedded import world
+    from offline_rl.embedded import context, world
     from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
     from rollout.engines import LiveEngine
     from rollout.models import resolve_model
@@ -89,7 +89,8 @@ def main() -> None:
             start = time.time()
             ms = live.hold(resolve_model(str(model)))
             with contextlib.redirect_stdout(io.StringIO()):
-                res = evaluate.run_eval(eval_config(model, tmp / f"live-{i}", args), engine=live.engine)
+                res = evaluate.run_eval(eval_config(model, tmp / f"live-{i}", args),
+                                        context=context(engine=live.engine))
             ways["live engine"].append({**res, "wall": time.time() - start, "engine": ms / 1000 if ms else 0.0})
         ways["live, per benchmark"] = []  # as bin/eval sampled before: one engine pass per benchmark
         for i, model in enumerate(models):
@@ -97,7 +98,7 @@ def main() -> None:
             for bench in world.TEST_SPLITS:
                 one = eval_config(model, tmp / f"split-{i}" / bench, args, benchmarks=bench)
                 with contextlib.redirect_stdout(io.StringIO()):
-                    parts.append(evaluate.run_eval(one, engine=live.engine))
+                    parts.append(evaluate.run_eval(one, context=context(engine=live.engine)))
             ways["live, per benchmark"].append({
                 "wall": time.time() - start, "engine": ms / 1000 if ms else 0.0,
                 **{key: sum(r[key] for r in parts) for key in ("generation_seconds", "scoring_seconds",

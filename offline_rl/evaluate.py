@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import rewards
+from offline_rl import embedded
 from offline_rl.embedded import world
 from rewards.normalize import normalize_answer
 from rollout.dataset import atomic_write_bytes, write_json
@@ -27,7 +28,7 @@ from rollout.engines import EngineFlags, SamplingConfig, SamplingFlags, context_
 from rollout.files import Finished, TextError, hold_directory
 from rollout.model_cards import forget_evaluation, is_our_checkpoint, record_evaluation
 from rollout.models import load_tokenizer, resolve_model
-from rollout.runtime import UsageError, parse_config, print_config, save_config
+from rollout.runtime import CommandContext, UsageError, parse_config, print_config, save_config
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
@@ -184,8 +185,10 @@ def load_benchmark(name: str, cfg: EvalConfig) -> Benchmark:
 
 # ---------------------------------------------------------------- the command
 
-def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) -> dict:
-    """``bin/eval``. ``engine``: a live engine already holding the model's weights (rounds), used and left open."""
+def run_eval(cfg: EvalConfig, *, context: CommandContext | None = None) -> dict:
+    """``bin/eval``. From the ``context`` (default: the embedded one): the model when none is named, and an engine
+    already holding the model's weights (rounds, comparisons), used and left open."""
+    context = context or embedded.context()
     names = [b.strip() for b in cfg.benchmarks.split(",") if b.strip()]
     cfg.check_engine()
     if not names:
@@ -193,7 +196,7 @@ def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) 
     benchmarks = [load_benchmark(name, cfg) for name in names]  # every one checked before any sampling
     for b in benchmarks:
         b.records = b.records[: cfg.problems]
-    model = resolve_model(cfg.model or default_model)
+    model = resolve_model(cfg.model or context.default_model)
     tokenizer = load_tokenizer(model)
     try:
         templates = {b.name: Template(cfg.template or default_template(b.kind, tokenizer), tokenizer) for b in benchmarks}
@@ -210,7 +213,7 @@ def run_eval(cfg: EvalConfig, *, default_model: str | None = None, engine=None) 
         (out / "results.json").unlink(missing_ok=True)  # a rerun: the old results no longer mark it finished
         save_config(cfg, out / "eval_config.json")
     print_config(cfg, out=out)
-    results, generations = evaluate(model, benchmarks, templates, cfg, engine)
+    results, generations = evaluate(model, benchmarks, templates, cfg, context.engine)
     print(format_table({results["name"]: results}, [b.name for b in benchmarks], cfg.k))
     if out is not None:
         write_generations(out / "generations.parquet", generations)
@@ -239,8 +242,8 @@ def previous_model(out: Path) -> str | None:
         return None
 
 
-def main(argv: list[str] | None = None, **kwargs) -> dict:
-    return run_eval(parse_config(EvalConfig, argv, "eval", __doc__), **kwargs)
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
+    return run_eval(parse_config(EvalConfig, argv, "eval", __doc__), context=context)
 
 
 def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Template], cfg: EvalConfig,

@@ -26,7 +26,7 @@ import yaml
 from offline_rl.views import make_pairs, sampled_examples
 from rollout.dataset import atomic_write_bytes, complete_manifests, load_offline_dataset, write_json
 from rollout.files import Finished, hold_directory
-from rollout.runtime import UsageError, parse_config, print_config
+from rollout.runtime import CommandContext, UsageError, parse_config, print_config
 
 FORMATS = {"trl-sft": ["prompt", "completion"], "trl-dpo": ["prompt", "chosen", "rejected"],
            "trl-grpo": ["prompt", "answer"]}
@@ -65,15 +65,15 @@ def positional(argv: list[str]) -> list[str]:
     return flags + [x for name, value in zip(["--data", "--out"], bare, strict=False) for x in (name, value)]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
     import sys
 
     return run_export(parse_config(ExportConfig, positional(list(sys.argv[1:] if argv is None else argv)), "export",
-                                   __doc__))
+                                   __doc__), context=context)
 
 
-def run_export(cfg: ExportConfig) -> dict:
-    """``bin/export``: a dataset's rows as a TRL trainer takes them."""
+def run_export(cfg: ExportConfig, *, context: CommandContext | None = None) -> dict:
+    """``bin/export``: a dataset's rows as a TRL trainer takes them (it needs nothing of the ``context``)."""
     if cfg.format is None or cfg.data is None or cfg.out is None:
         raise UsageError("usage: export --format trl-sft|trl-dpo|trl-grpo DIR OUT")
     manifests = complete_manifests(cfg.data)

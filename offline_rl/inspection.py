@@ -29,7 +29,7 @@ from offline_rl.projection import LogitHead, _unwrap, logit_transform
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import Finished, hold_directory
 from rollout.models import load_tokenizer, resolve_model
-from rollout.runtime import UsageError, parse_config, print_config
+from rollout.runtime import CommandContext, UsageError, parse_config, print_config
 
 LOW = 0.1  # "unlikely": the share of tokens under this probability is reported
 # The capability continuum (results/README.md#capability-continuum--embedded-continuum): three bases of the world
@@ -51,16 +51,17 @@ class InspectConfig:
                                                  "another model's, view's or dataset's finished inspection"})
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):  # DATA first, as `offline-rl inspect DATA --model M`
         if any(a == "--data" or a.startswith("--data=") for a in argv[1:]):
             raise UsageError(f"DATA {argv[0]} and --data both name the dataset: give one of them")
         argv = ["--data", argv[0], *argv[1:]]
-    return run_inspect(parse_config(InspectConfig, argv, "inspect", __doc__))
+    return run_inspect(parse_config(InspectConfig, argv, "inspect", __doc__), context=context)
 
 
-def run_inspect(cfg: InspectConfig) -> dict:
+def run_inspect(cfg: InspectConfig, *, context: CommandContext | None = None) -> dict:
+    """``offline-rl inspect``: the data's token probabilities under the model (it needs nothing of the ``context``)."""
     if cfg.data is None:
         raise UsageError("DATA (or --data) is required")
     manifests = complete_manifests(cfg.data)

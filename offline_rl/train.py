@@ -32,7 +32,16 @@ from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import Finished, atomic_write, hold_directory, is_disk_full
 from rollout.model_cards import EVALUATIONS, write_model_card
 from rollout.models import load_tokenizer, resolve_model
-from rollout.runtime import CommandFailed, NoExamples, UsageError, parse_config, pause_point, print_config, save_config
+from rollout.runtime import (
+    CommandContext,
+    CommandFailed,
+    NoExamples,
+    UsageError,
+    parse_config,
+    pause_point,
+    print_config,
+    save_config,
+)
 
 
 @dataclass
@@ -77,9 +86,10 @@ class TrainConfig:
     approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) distribution or another model", "advanced": True})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainState:
-    """What the loop works on, made once by :func:`setup`; ``cfg`` has every derived setting resolved."""
+    """What the loop works on, made once by :func:`setup` (by keyword: 21 fields); ``cfg`` has every derived setting
+    resolved."""
 
     cfg: TrainConfig
     learner: Learner
@@ -110,11 +120,11 @@ class TrainState:
         return self.offset + self.cfg.steps
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
     given: set[str] = set()
     cfg, *learner_configs = parse_config((TrainConfig, *LEARNER_CONFIGS), argv, "train", __doc__, given=given, shown=1)
     learner_cfg = learner_config(cfg.learner, learner_configs, given)
-    return run_train(cfg, learner_cfg)
+    return run_train(cfg, learner_cfg, context=context)
 
 
 def learner_config(name: str, learner_configs: list, given: set[str]):
@@ -131,8 +141,9 @@ def learner_config(name: str, learner_configs: list, given: set[str]):
     return learner_cfg
 
 
-def run_train(cfg: TrainConfig, learner_cfg=None) -> dict:
-    """``bin/train``: setup, the loop, finish."""
+def run_train(cfg: TrainConfig, learner_cfg=None, *, context: CommandContext | None = None) -> dict:
+    """``bin/train``: setup, the loop, finish (``learner_cfg``: the learner's own settings, its defaults if None; it
+    needs nothing of the ``context``)."""
     state = setup(cfg, learner_cfg)
     loop(state)
     return finish(state)
@@ -188,10 +199,13 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
     reference = frozen_model(base_model, accelerator.device) if base_model else None
     per_process = cfg.micro_batch_size * accelerator.num_processes
-    return TrainState(cfg, learner, learner_cfg, accelerator, model, optimizer, scheduler, tokenizer, examples,
-                      identity, offset, first_step, cfg.batch_size // per_process, projection,
-                      (1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature), ratio_temperature,
-                      dropped, metrics_file, tracked, fsdp is not None, reference)
+    return TrainState(
+        cfg=cfg, learner=learner, learner_cfg=learner_cfg, accelerator=accelerator, model=model, optimizer=optimizer,
+        scheduler=scheduler, tokenizer=tokenizer, examples=examples, identity=identity, offset=offset,
+        first_step=first_step, accumulation=cfg.batch_size // per_process, projection=projection,
+        temperatures=(1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature),
+        ratio_temperature=ratio_temperature, dropped_truncated=dropped, metrics_file=metrics_file, tracked=tracked,
+        sharded=fsdp is not None, reference=reference)
 
 
 def make_accelerator(cfg: TrainConfig):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +21,15 @@ from rollout.dataset import DatasetWriter, merge, read_manifest, read_rows
 from rollout.engines import EngineFlags, SamplingConfig, SamplingFlags, context_length, prompt_seed, start_engine
 from rollout.files import TextError, hold_directory
 from rollout.models import git_commit, load_tokenizer, resolve_model, toolkit_version
-from rollout.runtime import CONFIG_NAME, UsageError, parse_config, pause_point, print_config, save_config
+from rollout.runtime import (
+    CONFIG_NAME,
+    CommandContext,
+    UsageError,
+    parse_config,
+    pause_point,
+    print_config,
+    save_config,
+)
 from rollout.sources import SourceError, load_source
 from rollout.templates import TEMPLATES, Template, TemplateError, default_template
 
@@ -58,19 +65,19 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def run_collect(cfg: CollectConfig, *, world: Callable[[str], list] | None = None, default_model: str | None = None,
-                engine=None) -> dict:
-    """``bin/collect``. ``world``: the loader of ``world:SPLIT`` sources; ``engine``: a live engine already holding
-    the model's weights (rounds, comparisons), used and left open."""
+def run_collect(cfg: CollectConfig, *, context: CommandContext | None = None) -> dict:
+    """``bin/collect``. From the ``context``: the loader of ``world:SPLIT`` sources, the model when none is named, and
+    an engine already holding the model's weights (rounds, comparisons), used and left open."""
+    context = context or CommandContext()
     if cfg.out is None:
         raise UsageError("--out is required")
     shard_index, shard_count = parse_shard(cfg.shard)
     cfg.check_engine()
-    model = resolve_model(cfg.model or default_model)
+    model = resolve_model(cfg.model or context.default_model)
     if cfg.data_parallel_size > 1 or cfg.ray_address:
-        return data_parallel(cfg, world, default_model)
+        return data_parallel(cfg, context)
     try:
-        loaded = load_source(cfg.source, cfg.format, cfg.question_field, cfg.answer_field, cfg.hub_split, world)
+        loaded = load_source(cfg.source, cfg.format, cfg.question_field, cfg.answer_field, cfg.hub_split, context.world)
     except (SourceError, FileNotFoundError, TextError) as e:
         raise UsageError(str(e)) from None
     if loaded.skipped_without_gold and cfg.strict:
@@ -91,6 +98,7 @@ def run_collect(cfg: CollectConfig, *, world: Callable[[str], list] | None = Non
                 "sampling": {"n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p,
                              "max_tokens": cfg.max_tokens, "stop": cfg.stop},
                 "seed": cfg.seed, "shard": cfg.shard, "dtype": cfg.dtype}
+    engine = context.engine
     if engine is None and cfg.backend == "openai":  # the server asked (it answers, serves the model, answers
         engine = start_engine(cfg, model)  # completions as vLLM does) before anything is written; nothing to close
     hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
@@ -99,8 +107,8 @@ def run_collect(cfg: CollectConfig, *, world: Callable[[str], list] | None = Non
     return collect(cfg, model, template, records, loaded, identity, out, done_ids, engine)
 
 
-def main(argv: list[str] | None = None, **kwargs) -> dict:
-    return run_collect(parse_config(CollectConfig, argv, "collect", __doc__), **kwargs)
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
+    return run_collect(parse_config(CollectConfig, argv, "collect", __doc__), context=context)
 
 
 def resumed_prompts(out: Path, identity: dict, force: bool) -> set[str]:
@@ -127,7 +135,7 @@ def is_collect_directory(out: Path) -> bool:
                or (p.name == "data" and not any(p.iterdir())) for p in out.iterdir() if not p.name.startswith("."))
 
 
-def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
+def data_parallel(cfg: CollectConfig, context: CommandContext) -> dict:
     """Data parallelism: one engine per rank, each on its own GPUs and its own --shard of the prompts (into
     OUT/dp-I, each resumable as a collection of its own), then one merged dataset in OUT. The ranks are processes
     on this machine, or Ray tasks anywhere on a cluster (``--ray-address``)."""
@@ -147,23 +155,24 @@ def data_parallel(cfg: CollectConfig, world, default_model: str | None) -> dict:
     print_config(cfg, out=out)
     ranks = [replace(cfg, out=str(out / f"dp-{rank}"), shard=f"{rank}/{size}", data_parallel_size=1, ray_address=None)
              for rank in range(size)]
+    context = CommandContext(world=context.world, default_model=context.default_model)  # each rank starts its engine
     if cfg.ray_address:
         from rollout.ray_collect import run_ranks
 
-        run_ranks(cfg.ray_address, run_collect, ranks, world, default_model)
+        run_ranks(cfg.ray_address, run_collect, ranks, context)
     else:
-        local_ranks(ranks, world, default_model)
+        local_ranks(ranks, context)
     manifest = merge(out, [Path(rank.out) for rank in ranks])
     print(f"merged {size} data-parallel ranks: {manifest['counts']['responses']} responses -> {out}")
     return manifest
 
 
-def local_ranks(ranks: list[CollectConfig], world, default_model: str | None) -> None:
+def local_ranks(ranks: list[CollectConfig], context: CommandContext) -> None:
     """Each rank's collection in a process of its own on this machine (vLLM's offline data parallelism)."""
     import multiprocessing
     import os
 
-    context, procs, saved = multiprocessing.get_context("spawn"), [], dict(os.environ)
+    spawn, procs, saved = multiprocessing.get_context("spawn"), [], dict(os.environ)
     tp = ranks[0].tensor_parallel_size
     try:
         for rank, rank_cfg in enumerate(ranks):
@@ -171,7 +180,7 @@ def local_ranks(ranks: list[CollectConfig], world, default_model: str | None) ->
             os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(ranks))))
             if "CUDA_VISIBLE_DEVICES" not in saved:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(rank * tp + g) for g in range(tp))
-            procs.append(context.Process(target=_rank, args=(rank_cfg, world, default_model)))
+            procs.append(spawn.Process(target=_rank, args=(rank_cfg, context)))
             procs[-1].start()  # the child takes the environment as it is now
     finally:
         os.environ.clear()
@@ -183,10 +192,10 @@ def local_ranks(ranks: list[CollectConfig], world, default_model: str | None) ->
         raise RuntimeError(f"data-parallel ranks {failed} failed; rerun the same command to resume them")
 
 
-def _rank(cfg: CollectConfig, world, default_model: str | None) -> None:
+def _rank(cfg: CollectConfig, context: CommandContext) -> None:
     from rollout.runtime import run
 
-    run(lambda _: run_collect(cfg, world=world, default_model=default_model), f"collect rank {cfg.shard}")
+    run(lambda _: run_collect(cfg, context=context), f"collect rank {cfg.shard}")
 
 
 def collect(cfg: CollectConfig, model: str, template: Template, records: list[dict], loaded, identity: dict,

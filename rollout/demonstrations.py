@@ -42,7 +42,7 @@ from rollout.dataset import DatasetWriter, complete_manifests, quiet_datasets, r
 from rollout.engines import context_length
 from rollout.files import Finished, TextError, hold_directory, read_text
 from rollout.models import load_tokenizer
-from rollout.runtime import UsageError, parse_config, print_config, save_config
+from rollout.runtime import CommandContext, UsageError, parse_config, print_config, save_config
 from rollout.sources import SourceError, load_saved
 from rollout.templates import TEMPLATES, Template, TemplateError
 
@@ -268,17 +268,18 @@ def _world_rows(split: str, world) -> Iterator[dict]:
         yield {"prompt_id": p.id, "problem": p.question, "solution": p.solution, "answer": p.gold}
 
 
-def run_import(cfg: ImportConfig, *, world=None, default_model: str | None = None) -> dict:
-    """``bin/import``. ``world``: the loader of ``world:SPLIT`` sources."""
+def run_import(cfg: ImportConfig, *, context: CommandContext | None = None) -> dict:
+    """``bin/import``. From the ``context``: the loader of ``world:SPLIT`` sources, the model when none is named."""
+    context = context or CommandContext()
     if not cfg.source or not cfg.out:
         raise UsageError("--source and --out are required")
-    model = cfg.model or default_model
-    rows, total, layout_name, layout, description = open_source(cfg, world)
-    only = prompts_of(cfg, description, world) if cfg.prompts_of else None
+    model = cfg.model or context.default_model
+    rows, total, layout_name, layout, description = open_source(cfg, context.world)
+    only = prompts_of(cfg, description, context.world) if cfg.prompts_of else None
     if only is not None:  # the manifest says which prompts were taken
         description = {**description, "prompts_of": cfg.prompts_of}
     if description["kind"] == "file":  # read through once first: a bad row is one line before anything is written
-        check_rows(cfg, open_source(cfg, world)[0], layout_name, layout, only)
+        check_rows(cfg, open_source(cfg, context.world)[0], layout_name, layout, only)
     out = Path(cfg.out)
     tokenizer = load_tokenizer(model)
     try:
@@ -372,8 +373,8 @@ def is_import_directory(out: Path) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None, **kwargs) -> dict:
-    return run_import(parse_config(ImportConfig, argv, "import", __doc__), **kwargs)
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
+    return run_import(parse_config(ImportConfig, argv, "import", __doc__), context=context)
 
 
 def open_source(cfg: ImportConfig, world) -> tuple[Iterator[dict], int | None, str, Layout, dict]:

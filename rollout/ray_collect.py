@@ -55,8 +55,8 @@ def check_address(address: str) -> None:
                          "ray start --head, or name its address") from None
 
 
-def run_ranks(address: str, collect: Callable, ranks: list, world, default_model: str | None) -> None:
-    """Every rank's ``collect(rank, world=..., default_model=...)`` (bin/collect's own) as a Ray task on the
+def run_ranks(address: str, collect: Callable, ranks: list, context) -> None:
+    """Every rank's ``collect(rank, context=context)`` (bin/collect's own) as a Ray task on the
     cluster at ``address`` (``local``: one started here and stopped at the end); one line for a rank that failed
     on its input, or whose worker died past its retries."""
     import ray
@@ -81,7 +81,7 @@ def run_ranks(address: str, collect: Callable, ranks: list, world, default_model
         else:  # a CPU cluster: its cores shared out between the ranks
             options = {"num_gpus": 0, "num_cpus": max(1, int(resources.get("CPU", 1)) // len(ranks))}
         task = ray.remote(max_retries=RETRIES, max_calls=1, **options)(_collect_rank)
-        pending = {task.remote(collect, rank, world, default_model): rank.shard for rank in ranks}
+        pending = {task.remote(collect, rank, context): rank.shard for rank in ranks}
         for ref, shard in pending.items():
             try:
                 ray.get(ref)
@@ -103,5 +103,5 @@ def passed_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(("OFFLINE_RL_", "VLLM_", "HF_", "TOKENIZERS_"))}
 
 
-def _collect_rank(collect: Callable, cfg, world, default_model) -> None:
-    collect(cfg, world=world, default_model=default_model)
+def _collect_rank(collect: Callable, cfg, context) -> None:
+    collect(cfg, context=context)

@@ -26,8 +26,8 @@ from rewards.batch import DEFAULT_DEADLINE_SECONDS, score_batch_detailed
 from rewards.extract import DEFAULT_FALLBACKS, EXTRACTIONS, FALLBACKS
 from rewards.verify import VERIFIER_VERSION
 from rollout.cards import write_dataset_card
-from rollout.dataset import merge
 from rollout.files import DatasetError, atomic_write, fsync_dir, hold_directory
+from rollout.runtime import CommandContext, parse_config
 
 # Tests set this to N to hold the rescore after its N-th step (a shard written, or the manifest switched),
 # so that they can kill it exactly there.
@@ -192,8 +192,13 @@ class RescoreConfig:
     deadline: float = field(default=DEFAULT_DEADLINE_SECONDS, metadata={"help": "wall-clock seconds per response before its worker is killed and it scores 0", "above": 0, "advanced": True})
 
 
-def run_rescore(cfg: RescoreConfig) -> dict:
-    """``offline-rl rescore``: new pred and reward for every row of ``cfg.data``, with the current verifier."""
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
+    return run_rescore(parse_config(RescoreConfig, argv, "rescore", __doc__), context=context)
+
+
+def run_rescore(cfg: RescoreConfig, *, context: CommandContext | None = None) -> dict:
+    """``offline-rl rescore``: new pred and reward for every row of ``cfg.data``, with the current verifier (it needs
+    nothing of the ``context``)."""
     if cfg.data is None:
         raise DatasetError("--data is required")
     fallbacks = None if cfg.fallbacks is None else tuple(f for f in cfg.fallbacks.split(",") if f)
@@ -217,24 +222,6 @@ def format_rescore(summary: dict, dataset: str) -> str:
             f"  pass rate {100 * summary['pass_rate_before']:.1f} % -> {100 * summary['pass_rate_after']:.1f} %; "
             f"{summary['changed_rewards']} rewards changed ({summary['changed_rows']} rows with a new pred or reward)"
             + (f"; {timed_out} timed out after {summary['deadline_seconds']:g} s (scored 0)" if timed_out else ""))
-
-
-@dataclass(frozen=True)
-class MergeConfig:
-    data: str = field(default=None, metadata={"help": "comma-separated dataset directories to merge, e.g. the outputs of collect --shard I/N (required)"})
-    out: str = field(default=None, metadata={"help": "output dataset directory (new, unless --force) (required)"})
-    force: bool = field(default=False, metadata={"help": "write into an existing directory"})
-
-
-def run_merge(cfg: MergeConfig) -> dict:
-    """``offline-rl merge``: one dataset from several disjoint ones."""
-    if cfg.data is None or cfg.out is None:
-        raise DatasetError("--data and --out are required")
-    inputs = [p.strip() for p in cfg.data.split(",") if p.strip()]
-    manifest = merge(cfg.out, inputs, force=cfg.force)
-    print(f"merged {len(inputs)} datasets: {manifest['counts']['responses']} responses to "
-          f"{manifest['counts']['prompts']} prompts -> {cfg.out}")
-    return manifest
 
 
 def recount(manifest: dict, per_row: list[tuple]) -> None:

@@ -42,6 +42,20 @@ class CommandFailed(Exception):
     one line on stderr, exit code 1."""
 
 
+@dataclasses.dataclass(frozen=True)
+class CommandContext:
+    """What a command is given besides its configuration, the same for every command: ``offline-rl`` builds it once
+    (the embedded world and base model), and a command that runs others as stages (compare, iterate, demo) passes
+    its own on, with the engine it samples with. ``run_<command>(cfg, *, context)`` takes it; each command uses
+    what it needs."""
+
+    world: Callable[[str], list] | None = None  # the loader of world:SPLIT sources (the embedded world's splits)
+    default_model: str | None = None  # the model when none is named (the shipped base model)
+    engine: typing.Any = None  # an engine already holding the model's weights (collect, eval), used and left open
+    live: typing.Any = None  # a LiveEngine that takes each checkpoint in place (iterate's rounds), left open
+    given: frozenset[str] = frozenset()  # the settings the command line or a runs file gave (not defaults)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (a :class:`UsageError`), not usage + message."""
 
@@ -71,30 +85,58 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser(classes: tuple, prog: str, description: str, shown: int | None = None) -> OneLineParser:
+def stage(config) -> dataclasses.Field:
+    """A field holding the configuration of a stage the command drives (``config``: that stage's defaults in this
+    command), not a flag: its own fields are the command's flags too, one flag per name, so a flag both declare
+    (``--seed``) fills both. The command sets what its stages' configs need each time (an output, a model)."""
+    return dataclasses.field(default_factory=lambda: dataclasses.replace(config), metadata={"stage": True})
+
+
+def _template(item):
+    """(the class, the defaults) of a config class or of an instance whose values are the defaults."""
+    return (item, None) if isinstance(item, type) else (type(item), item)
+
+
+def options(item) -> list[tuple[type, dataclasses.Field, object]]:
+    """(class, field, default) of every flag of ``item`` (a config class, or an instance whose values are the
+    defaults): its own fields, then those of the stage configs it holds (:func:`stage`)."""
+    cls, template = _template(item)
+    own, stages = [], []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("stage"):
+            stages += options(getattr(template, f.name) if template is not None else f.default_factory())
+        else:
+            own.append((cls, f, f.default if template is None else getattr(template, f.name)))
+    return own + stages
+
+
+def build_parser(classes: tuple, prog: str, description: str, shown: int | None = None,
+                 common: tuple[str, ...] = ()) -> OneLineParser:
     """One flag per field name; a field that several classes share (two learners' ``beta``) is one flag.
     Defaults stay out of the namespace (``SUPPRESS``), so what was given is known, and each class
     keeps its own default for what was not. Fields marked ``advanced``, and every field of the classes after
-    the first ``shown`` (e.g. each learner's), show under ``--help-all`` only, so that ``--help`` fits a screen."""
+    the first ``shown`` (e.g. each learner's) and of stage configs but those named in ``common``, show under
+    ``--help-all`` only, so that ``--help`` fits a screen."""
     parser = OneLineParser(prog=prog, description=plain(description.strip().split("\n\n")[0]),
                            formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     show_all = "--help-all" in sys.argv[1:]
     advanced = parser.add_argument_group("advanced (shown with --help-all)") if show_all else None
     added: dict[str, type] = {}
-    for position, cls in enumerate(classes):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            kind = _field_type(hints[f.name])
+    for position, item in enumerate(classes):
+        own = {f.name for f in dataclasses.fields(_template(item)[0])}
+        for cls, f, default in options(item):
+            kind = _field_type(typing.get_type_hints(cls)[f.name])
             if f.name in added:
                 if added[f.name] is not kind:
                     raise TypeError(f"{cls.__name__}.{f.name} is a {kind.__name__} elsewhere a {added[f.name].__name__}")
                 continue
             added[f.name] = kind
             help_text = plain(f.metadata.get("help", ""))
-            if f.default is not None and "default" not in help_text:
-                help_text += f" (default: {f.default})"
+            if default is not None and "default" not in help_text:
+                help_text += f" (default: {default})"
             group = parser
-            if f.metadata.get("advanced") or (shown is not None and position >= shown):
+            hidden = (shown is not None and position >= shown) or (f.name not in own and f.name not in common)
+            if (f.metadata.get("advanced") and f.name not in common) or hidden:
                 group, help_text = (advanced, help_text) if show_all else (parser, argparse.SUPPRESS)
             if kind is bool:  # --force / --no-force
                 group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
@@ -154,7 +196,7 @@ def _config_file_flags(path: Path, classes: tuple) -> list[str]:
 
 
 def _mapping_flags(values: dict, classes: tuple, where: str) -> list[str]:
-    kinds = {f.name: _field_type(typing.get_type_hints(cls)[f.name]) for cls in classes for f in dataclasses.fields(cls)}
+    kinds = {f.name: _field_type(typing.get_type_hints(cls)[f.name]) for item in classes for cls, f, _ in options(item)}
     flags = []
     for key, value in values.items():
         name = str(key).replace("-", "_")
@@ -174,15 +216,17 @@ def _mapping_flags(values: dict, classes: tuple, where: str) -> list[str]:
 
 
 def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, given: set[str] | None = None,
-                 shown: int | None = None):
+                 shown: int | None = None, common: tuple[str, ...] = ()):
     """Fill ``config_cls`` from a YAML file (``--config``) and flags; flags override the file.
 
     ``config_cls`` may be a tuple of dataclasses (e.g. a command's and each learner's); then a
-    tuple of filled instances comes back, one per class. ``given``, if passed, receives the names
-    of the fields that the flags or the file set. ``--help`` shows the fields of the first ``shown`` classes.
+    tuple of filled instances comes back, one per class. An instance in place of a class gives the defaults
+    (e.g. bin/iterate's own for a stage). ``given``, if passed, receives the names of the fields that the flags
+    or the file set. ``--help`` shows the fields of the first ``shown`` classes, and of their stage configs those
+    named in ``common``.
     """
     classes = config_cls if isinstance(config_cls, tuple) else (config_cls,)
-    parser = build_parser(classes, prog, description, shown)
+    parser = build_parser(classes, prog, description, shown, common)
     argv = sys.argv[1:] if argv is None else list(argv)
     config_path = _find_config_flag(argv)
     from_file = _config_file_flags(Path(config_path), classes) if config_path is not None else []
@@ -195,13 +239,23 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
 
 
 def fill(classes: tuple, values: dict) -> list:
-    """One instance of each class from ``values`` (by field name; each class's own default for the rest), bounds checked."""
-    configs = []
-    for cls in classes:
-        config = cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
-        check_bounds(config)
-        configs.append(config)
-    return configs
+    """One instance of each class (or copy of each instance) from ``values`` (by field name; each class's own
+    default, or the instance's value, for the rest), the configs of its stages filled alike, bounds checked."""
+    return [_filled(item, values) for item in classes]
+
+
+def _filled(item, values: dict):
+    cls, template = _template(item)
+    settings = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("stage"):
+            settings[f.name] = _filled(getattr(template, f.name) if template is not None else f.default_factory(),
+                                       values)
+        elif f.name in values:
+            settings[f.name] = values[f.name]
+    config = cls(**settings) if template is None else dataclasses.replace(template, **settings)
+    check_bounds(config)
+    return config
 
 
 def parse_mapping(classes: tuple, values: dict, where: str) -> tuple[list, set[str]]:
@@ -218,22 +272,49 @@ def parse_mapping(classes: tuple, values: dict, where: str) -> tuple[list, set[s
     return configs, {k for k in vars(namespace) if k not in ("config", "verbose")}
 
 
+def with_flags(config, values: dict):
+    """``config`` as if ``values`` (option: value) had been given as flags: each lands in every field of that name,
+    the config's own and its stage configs' (:func:`stage`), as one flag fills them all."""
+    settings = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("stage"):
+            settings[f.name] = with_flags(getattr(config, f.name), values)
+        elif f.name in values:
+            settings[f.name] = values[f.name]
+    return dataclasses.replace(config, **settings)
+
+
+def flag_names(item) -> set[str]:
+    """The names of every flag of a config class or instance (its stage configs' included)."""
+    return {f.name for _, f, _ in options(item)}
+
+
 def command_line(command: str, *configs, omit: tuple[str, ...] = ()) -> str:
-    """The command line that runs ``command`` with ``configs``: its flags that differ from their defaults.
-    Printed in logs wherever one command runs another's function, so that a stage can be repeated by hand."""
+    """The command line that runs ``command`` with ``configs``: its flags that differ from their defaults (a stage
+    config's: from the defaults the command gives it). Printed in logs wherever one command runs another's
+    function, so that a stage can be repeated by hand."""
     words = [f"bin/{command}"]
     seen = set()
-    for config in configs:
-        for f in dataclasses.fields(config):
-            value = getattr(config, f.name)
-            if f.name in seen or f.name in omit or value == f.default:
-                continue
-            seen.add(f.name)
-            if isinstance(value, bool):
-                words.append(_flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
-            elif value is not None:
-                words += [_flag(f.name), f"{value:g}" if isinstance(value, float) else str(value)]
+    for name, value, default in (setting for config in configs for setting in _settings(config)):
+        if name in seen or name in omit or value == default:
+            continue
+        seen.add(name)
+        if isinstance(value, bool):
+            words.append(_flag(name) if value else "--no-" + name.replace("_", "-"))
+        elif value is not None:
+            words += [_flag(name), f"{value:g}" if isinstance(value, float) else str(value)]
     return shlex.join(words)
+
+
+def _settings(config, defaults=None) -> list[tuple[str, object, object]]:
+    """(name, value, default) of every flag of ``config``, its own fields first, then its stage configs'."""
+    own, stages = [], []
+    for f in dataclasses.fields(config):
+        if f.metadata.get("stage"):
+            stages += _settings(getattr(config, f.name), f.default_factory())
+        else:
+            own.append((f.name, getattr(config, f.name), f.default if defaults is None else getattr(defaults, f.name)))
+    return own + stages
 
 
 def _find_config_flag(argv: list[str]) -> str | None:
@@ -279,15 +360,22 @@ def save_config(config, path: Path) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def check_rerun_settings(saved: Path, settings: dict, out: Path, force: bool) -> None:
-    """A rerun into ``out`` (to resume it) must have the settings saved in ``saved`` by the first run, or ``force``."""
+def check_rerun_settings(saved: Path, settings: dict, out: Path, force: bool, defaults: dict | None = None,
+                         renamed: dict[str, str] | None = None) -> None:
+    """A rerun into ``out`` (to resume it) must have the settings saved in ``saved`` by the first run, or ``force``.
+    A setting the first run did not record (its command had no such flag yet) had its value in ``defaults`` then;
+    ``renamed``: old name -> new name of a setting recorded under its old name."""
     if not saved.exists():
         return
     try:
         previous = json.loads(saved.read_text())
     except ValueError:
         raise UsageError(f"{saved} is damaged; choose another --out, or --force") from None
-    differs = sorted(k for k, v in settings.items() if previous.get(k) != v)
+    for old, new in (renamed or {}).items():
+        if old in previous and new not in previous:
+            previous[new] = previous.pop(old)
+    defaults = defaults or {}
+    differs = sorted(k for k, v in settings.items() if previous.get(k, defaults.get(k)) != v)
     if differs and not force:
         raise UsageError(f"{out} was run with different {', '.join(differs)}; choose another --out, or --force")
 

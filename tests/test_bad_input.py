@@ -11,7 +11,6 @@ import errno
 import json
 import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,24 +23,10 @@ from tests.conftest import make_rows
 
 
 def _commands():
-    from offline_rl import cli, evaluate, export, train
-    from offline_rl.embedded import base_model
-    from offline_rl.experiments import compare, iterate
-    from rollout import collect, demonstrations
+    """Each command's main with the context offline-rl gives it (the embedded world and base model)."""
+    from offline_rl import cli
 
-    return {
-        "collect": partial(collect.main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL)),
-        "import": partial(demonstrations.main, world=world.load_split, default_model=str(DEFAULT_BASE_MODEL)),
-        "train": train.main,
-        "eval": partial(evaluate.main, default_model=str(DEFAULT_BASE_MODEL)),
-        "compare": compare.main,
-        "iterate": iterate.main,
-        "export": export.main,
-        "inspect": cli.COMMANDS["inspect"][1](),
-        "merge": cli.COMMANDS["merge"][1](),
-        "rescore": cli.COMMANDS["rescore"][1](),
-        "make-base": base_model.main,
-    }
+    return {name: load() for name, (_, load) in cli.COMMANDS.items()}
 
 
 def run_command(command: str, args: list[str], capfd) -> tuple[int, str]:
@@ -413,7 +398,7 @@ CASES = [
     ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds,{ws}/ds-other-model"], "has model"),
     ("merge", ["--out", "{ws}/new", "--data", "{ws}/ds-server-declared,{ws}/ds-server-undeclared"],
      "has logprobs_mode None"),
-    ("iterate", [*ITERATE, "--data", "{ws}/incomplete"], "not a dataset made by bin/collect"),
+    ("iterate", [*ITERATE, "--sample-like", "{ws}/incomplete"], "not a dataset made by bin/collect"),
     # trackers
     ("train", [*TRAIN, "--report-to", "wandb"], "no W&B credentials"),
     ("compare", ["--out", "{ws}/new", "--report-to", "wandb"], "no W&B credentials"),
@@ -449,8 +434,20 @@ CASES = [
     ("iterate", [*ITERATE, "--learner", "ddpg"], "unknown learner"),
     ("iterate", [*ITERATE, "--prompts-per-round", "5000"], "exceeds the 3000 prompts"),
     ("iterate", [*ITERATE, "--benchmarks", "mmlu", "--eval-every", "1"], "unknown benchmark 'mmlu'"),
-    ("iterate", [*ITERATE, "--data", "{ws}/ds"], "not a dataset made by bin/collect"),
+    ("iterate", [*ITERATE, "--sample-like", "{ws}/ds"], "not a dataset made by bin/collect"),
     ("iterate", [*ITERATE, "--config", "{ws}/nan.yaml"], "--lr must be a finite number"),
+    # iterate: a flag each round sets itself, a batch of no known size, a budget that trains nothing
+    ("iterate", [*ITERATE, "--data", "{ws}/ds"], "--data is set by bin/iterate itself each round; --sample-like"),
+    ("iterate", [*ITERATE, "--prompts", "8"], "--prompts is set by bin/iterate itself each round; --prompts-per-round"),
+    ("iterate", [*ITERATE, "--whole-batches", "--steps", "4"], "set by bin/iterate itself each round; --round-batches"),
+    ("iterate", [*ITERATE, "--data-parallel-size", "2"], "--data-parallel-size is set by bin/iterate"),
+    ("iterate", [*ITERATE, "--name", "x", "--eval-every", "1"], "--name is set by bin/iterate itself each round"),
+    ("iterate", [*ITERATE, "--learner", "grpo", "--round-batches"], "--round-batches needs --steps"),
+    ("iterate", [*ITERATE, "--learner", "grpo", "--round-batches", "--steps", "4", "--n", "1"], "the groups view"),
+    ("iterate", [*ITERATE, "--learner", "dpo", "--n", "1"], "two or more samples per prompt; no round would train"),
+    # compare: an evaluation's own settings are each stage's
+    ("compare", ["--out", "{ws}/new", "--seed", "1"], "--seed is set by bin/compare itself for each evaluation"),
+    ("compare", ["--out", "{ws}/new", "--name", "x"], "--name is set by bin/compare itself for each evaluation"),
     # merge
     ("merge", ["--out", "{ws}/ds", "--data", "{ws}/ds"], "one of the inputs"),
     ("merge", ["--out", "{ws}/ds2", "--data", "{ws}/ds"], "not made by merge"),
@@ -562,6 +559,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, server, capfd, mon
     before = snapshot(ws)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(ws / "no-netrc"))
+    _commands()  # every command's module imported before the clock: the time limit is the refusal's
     start = time.time()
     code, stderr = run_command(command, [a.format(ws=ws, wsname=ws.name, server=server) for a in args], capfd)
     assert_one_line(code, stderr, fragment.replace("{ws}", str(ws)))

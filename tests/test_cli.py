@@ -135,7 +135,7 @@ def test_the_gpu_check_dry_run_lists_every_check_and_its_commands_parse(tmp_path
     assert {f"fsdp2-bf16-{name}" for name in learners} | {"fused-1.5b", "bench-train-0.5b", "rounds-sleep"} <= set(lines)
     assert not (tmp_path / "check").exists()  # a dry run writes nothing
     parsers = {"import": ImportConfig, "collect": CollectConfig, "eval": EvalConfig,
-               "train": (TrainConfig, *LEARNER_CONFIGS), "iterate": (IterateConfig, TrainConfig, *LEARNER_CONFIGS)}
+               "train": (TrainConfig, *LEARNER_CONFIGS), "iterate": (IterateConfig, *LEARNER_CONFIGS)}
     parsed = 0
     for command in lines.values():
         if command.startswith("skipped"):

@@ -199,10 +199,10 @@ def test_iterated_learners_get_the_same_budget_of_steps_and_samples_in_rounds(tm
     assert offline.configs[0].steps == 100
     for stage, rounds in ((iterated, 4), (online, 100)):  # the dataset's prompts and sampling, shared out over the rounds
         cfg_rounds = stage.configs[0]
-        assert (cfg_rounds.rounds, cfg_rounds.steps, cfg_rounds.batch_size) == (rounds, 100, 16)
-        assert cfg_rounds.data == str(tmp_path / "data") and not cfg_rounds.round_batches
+        assert (cfg_rounds.rounds, cfg_rounds.steps, cfg_rounds.train.batch_size) == (rounds, 100, 16)
+        assert cfg_rounds.sample_like == str(tmp_path / "data") and not cfg_rounds.round_batches
     recipe = stages["train grpo8 s0"]  # GRPO's recipe: its own group size, every sample of a round in its step
-    assert (recipe.configs[0].n, recipe.configs[0].round_batches, recipe.given) == (8, True, frozenset({"n"}))
+    assert (recipe.configs[0].collect.n, recipe.configs[0].round_batches, recipe.given) == (8, True, frozenset({"n"}))
     assert stages["train sft64 s0"].configs[0].batch_size == 64  # a run's own batch
 
 
@@ -241,6 +241,41 @@ def test_a_bad_runs_file_is_refused_at_once_with_no_engine_started_and_nothing_w
     assert exit_info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
     assert time.time() - start < 5 and started == []
     assert [p.name for p in tmp_path.iterdir()] == ["runs.yaml"]  # no OUT, no collection, no log
+
+
+def test_each_stage_logs_a_command_line_that_parses_back_to_its_configs(tmp_path):
+    """A stage's log starts with its command line: parsed by that command, it gives the stage's configs again,
+    bin/iterate's stage configs (its collection's, training's and evaluation's) included."""
+    import shlex
+
+    from offline_rl.evaluate import EvalConfig
+    from offline_rl.experiments.iterate import IterateConfig
+    from offline_rl.learners import LEARNER_CONFIGS
+    from offline_rl.train import TrainConfig
+    from rollout.collect import CollectConfig
+    from rollout.demonstrations import ImportConfig
+    from rollout.runtime import command_line, parse_config
+
+    runs = [Run("dpo", "dpo", flags=(("beta", 0.2),)), Run("sft", "sft", data="demonstrations"),
+            Run("grpo8", "grpo", rounds=4, n=8, batch_size="round", flags=(("view", "groups"), ("warmup_ratio", 0.1)))]
+    cfg = parse_config(CompareConfig, ["--out", str(tmp_path), "--steps", "8", "--k", "2", "--temperature", "0.7",
+                                       "--backend", "hf", "--seeds", "0"], "compare", "")
+    parsers = {"collect": CollectConfig, "import": ImportConfig, "eval": EvalConfig,
+               "train": (TrainConfig, *LEARNER_CONFIGS), "iterate": (IterateConfig, *LEARNER_CONFIGS)}
+    stages = plan(cfg, tmp_path, tmp_path / "data", runs, [0], tmp_path / "demonstrations")
+    assert {s.command for s in stages} == set(parsers)
+    for stage in stages:
+        words = shlex.split(command_line(stage.command, *stage.configs))
+        parsed = parse_config(parsers[words[0].removeprefix("bin/")], words[1:], "check", "")
+        parsed = parsed if isinstance(parsed, tuple) else (parsed,)
+        assert parsed[0] == stage.configs[0], stage.name
+        if len(stage.configs) > 1:  # the learner's own settings
+            assert stage.configs[1] in parsed[1:], stage.name
+    rounds = next(s.configs[0] for s in stages if s.command == "iterate")
+    assert (rounds.collect.n, rounds.train.warmup_ratio, rounds.train.view) == (8, 0.1, "groups")
+    assert rounds.collect.backend == rounds.evaluation.backend == "hf"
+    evaluation = next(s.configs[0] for s in stages if s.command == "eval")
+    assert (evaluation.k, evaluation.temperature, evaluation.backend) == (2, 0.7, "hf")  # the comparison's flags
 
 
 class FakeEngine:
@@ -309,14 +344,14 @@ def test_rounds_hand_the_accelerator_to_each_training_and_take_the_new_weights_a
     log = []
     monkeypatch.setattr(engines, "start_engine", lambda flags, model: FakeEngine(model, log, device))
 
-    def collect(cfg, world=None, engine=None):
+    def collect(cfg, context=None):
         log.append(("collect", cfg.model))
         Path(cfg.out).mkdir(parents=True)
         (Path(cfg.out) / "manifest.json").write_text(json.dumps({
             "complete": True, "counts": {"prompts": 2, "responses": 4}, "wall_seconds": 0.0,
             "summary": {"mean_response_tokens": 3.0, "pass_rate": 0.5}}))
 
-    def train(cfg, learner_cfg=None):
+    def train(cfg, learner_cfg=None, context=None):
         out = Path(cfg.out)
         log.append(("train", str(out)))
         k = int(out.parent.name.removeprefix("round-"))
@@ -328,7 +363,7 @@ def test_rounds_hand_the_accelerator_to_each_training_and_take_the_new_weights_a
 
     monkeypatch.setattr(iterate, "run_collect", collect)
     monkeypatch.setattr(iterate, "run_train", train)
-    cfg = iterate.IterateConfig(learner="rft", out=str(tmp_path / "rounds"), rounds=2, steps=2, prompts_per_round=4)
+    cfg = iterate.IterateConfig(out=str(tmp_path / "rounds"), rounds=2, steps=2, prompts_per_round=4)
     iterate.run_iterate(cfg)
     # each model by its round ("round-1" for OUT/round-1/train), the shipped one by its folder's name
     named = [(what, *(Path(x).parent.name if "round-" in x else Path(x).name for x in rest)) for what, *rest in log]
@@ -370,8 +405,9 @@ def test_the_committed_comparisons_plan_the_same_runs_under_their_new_spellings(
     assert COMMITTED[name] in readme
     cfg = parse_config(CompareConfig, shlex.split(COMMITTED[name])[1:], "compare", "")
     old = json.loads((root / "results" / name / "compare_config.json").read_text())
-    assert (cfg.steps, cfg.batch_size, cfg.prompts, cfg.problems, cfg.data, cfg.seeds, cfg.benchmarks, cfg.k, cfg.lr,
-            cfg.temperature, cfg.max_tokens) == (
+    evaluation = cfg.evaluation
+    assert (cfg.steps, cfg.batch_size, cfg.prompts, evaluation.problems, cfg.data, cfg.seeds, evaluation.benchmarks,
+            evaluation.k, cfg.lr, evaluation.temperature, evaluation.max_tokens) == (
         old["budget_steps"], old["batch_size"], old["collect_limit"], old["eval_limit"], old["data"], old["seeds"],
         old["benchmarks"], old["k"], old["lr"], old["temperature"], old["max_tokens"])
     runs = parse_runs(cfg)

@@ -11,7 +11,7 @@ from offline_rl.embedded import world
 from rollout import demonstrations
 from rollout.dataset import COLUMNS, read_manifest, shard_files
 from rollout.rescore import rescore
-from rollout.runtime import UsageError, run
+from rollout.runtime import CommandContext, UsageError, run
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks"
 SOLUTION = "We add 2 and 3 to get 5. The answer is \\boxed{5}."
@@ -20,8 +20,8 @@ WRONG = "We add 2 and 3 to get 6. The answer is \\boxed{6}."
 
 def _import(tmp_path, model, source, *args) -> tuple[dict, list[dict]]:
     out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
-    manifest = demonstrations.main(["--source", str(source), "--out", str(out), *args], world=world.load_split,
-                                   default_model=str(model))
+    manifest = demonstrations.main(["--source", str(source), "--out", str(out), *args],
+                                   context=CommandContext(world=world.load_split, default_model=str(model)))
     table = datasets.load_dataset("parquet", data_files=[str(f) for f in shard_files(out)], split="train")
     assert table.column_names == COLUMNS  # the full contract, readable by anyone's parquet loader
     rows = table.to_list()
@@ -134,7 +134,7 @@ def test_bad_layouts_are_one_line_and_exit_2(tmp_path, tiny_model_dir, capfd, ro
     argv = ["--source", str(source), "--out", str(tmp_path / "out"), "--model", str(tiny_model_dir), *args]
     capfd.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        run(lambda _: demonstrations.main(argv, world=world.load_split), "import")
+        run(lambda _: demonstrations.main(argv, context=CommandContext(world=world.load_split)), "import")
     err = capfd.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert message in [line for line in err.splitlines() if line.strip()][-1]
@@ -143,8 +143,8 @@ def test_bad_layouts_are_one_line_and_exit_2(tmp_path, tiny_model_dir, capfd, ro
 @pytest.fixture(scope="module")
 def world_demonstrations(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("demos") / "data"
-    demonstrations.main(["--source", "world:train", "--out", str(out), "--prompts", "16"], world=world.load_split,
-                        default_model=str(tiny_model_dir))
+    demonstrations.main(["--source", "world:train", "--out", str(out), "--prompts", "16"],
+                        context=CommandContext(world=world.load_split, default_model=str(tiny_model_dir)))
     return out
 
 

@@ -90,13 +90,34 @@ def test_no_function_is_over_100_lines():
 
 def test_commands_call_each_other_as_functions_never_through_argv():
     """No command's main, no bin/ script and no COMMANDS table is called from inside the packages (but the
-    ``offline-rl`` dispatcher itself), and no subprocess runs one."""
+    ``offline-rl`` dispatcher itself and the table's own module), and no subprocess runs one."""
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            if path == ROOT / "offline_rl" / "cli.py":
+            if path in (ROOT / "offline_rl" / "cli.py", ROOT / "offline_rl" / "commands.py"):
                 continue
             text = path.read_text()
             assert "COMMANDS[" not in text and '"bin"' not in text, path
             for node in ast.walk(ast.parse(text)):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "main":
                     raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} calls a command's main")
+
+
+def test_every_command_has_its_config_a_run_function_taking_the_one_context_and_a_main():
+    """Commands alike: each command's module has ``XConfig``, ``run_x(cfg: XConfig, ..., *, context)`` and
+    ``main(argv, *, context)``, with one context type (what offline-rl gives every command)."""
+    import dataclasses
+    import inspect
+
+    from offline_rl import commands
+
+    assert len(commands.COMMANDS) == 12
+    for name in commands.COMMANDS:
+        config, run, main = commands.config_class(name), commands.run_function(name), commands.module(name).main
+        assert dataclasses.is_dataclass(config), name
+        for function, first in ((run, config.__name__), (main, "list[str] | None")):
+            parameters = list(inspect.signature(function).parameters.values())
+            assert parameters[0].annotation == first, (name, function.__name__, parameters[0])
+            context = parameters[-1]
+            assert (context.name, context.kind) == ("context", inspect.Parameter.KEYWORD_ONLY), (name, function)
+            assert context.annotation == "CommandContext | None" and context.default is None, (name, function.__name__)
+            assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters[1:-1]), (name, function)

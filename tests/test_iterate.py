@@ -58,6 +58,9 @@ def test_round_two_samples_with_round_one_and_carries_the_optimizer_and_schedule
     summary = json.loads((out / "iterate_summary.json").read_text())
     assert summary["responses"] == 2 * 12 * 4 and summary["steps"] == 6 and summary["sampled_tokens"] > 0
     assert summary["engine_ms_per_round"] < 2000  # weights loaded in place, not a new engine (seconds)
+    assert summary["engine_start_ms"] > summary["engine_ms_per_round"]  # the first start apart
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["engine"] for r in rounds] == ["started", "loaded in place"]
 
 
 @pytest.mark.slow
@@ -117,14 +120,18 @@ def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
 
 def test_like_samples_as_the_dataset_did_and_shares_its_prompts_over_the_rounds(vllm_dataset, tmp_path):
     from offline_rl.experiments.iterate import IterateConfig, sample_like
+    from rollout.runtime import with_flags
 
-    cfg = sample_like(IterateConfig(data=str(vllm_dataset), rounds=4, out=str(tmp_path)), given={"rounds"})
+    cfg = sample_like(IterateConfig(sample_like=str(vllm_dataset), rounds=4, out=str(tmp_path)), given={"rounds"})
     manifest = read_manifest(vllm_dataset)
-    assert (cfg.prompts_per_round, cfg.n, cfg.max_tokens) == (24 // 4, 2, 96)
-    assert cfg.model == manifest["model"] and cfg.source == "world:train" and cfg.temperature == 1.0
-    given = sample_like(IterateConfig(data=str(vllm_dataset), rounds=2, n=4), given={"rounds", "n"})
+    assert (cfg.prompts_per_round, cfg.collect.n, cfg.collect.max_tokens) == (24 // 4, 2, 96)
+    assert cfg.collect.model == manifest["model"] and cfg.collect.source == "world:train"
+    # the evaluations sample as the rounds do
+    assert (cfg.evaluation.max_tokens, cfg.evaluation.temperature) == (96, 1.0)
+    given = sample_like(with_flags(IterateConfig(sample_like=str(vllm_dataset), rounds=2), {"n": 4}),
+                        given={"rounds", "n"})
     # a group size given wins; the prompts per round keep the dataset's responses: 24 x 2 = 2 rounds x 6 x 4
-    assert (given.n, given.prompts_per_round) == (4, 6)
+    assert (given.collect.n, given.prompts_per_round) == (4, 6)
 
 
 def test_a_round_with_nothing_to_train_on_is_recorded_and_the_run_goes_on(tmp_path):
@@ -148,3 +155,45 @@ def test_a_round_with_nothing_to_train_on_is_recorded_and_the_run_goes_on(tmp_pa
     summary = json.loads((out / "iterate_summary.json").read_text())
     assert summary["skipped_rounds"] == [1, 2] and summary["steps"] == 0
     assert (out / "model.safetensors").read_bytes() == (Path(rounds[0]["policy"]) / "model.safetensors").read_bytes()
+
+
+def test_engine_times_keep_the_first_start_apart_from_each_rounds_new_weights():
+    from offline_rl.experiments.iterate import engine_line, engine_times
+
+    start, load, held = ({"engine": "started", "engine_ms": 6500.0}, {"engine": "loaded in place", "engine_ms": 20.0},
+                         {"engine": None, "engine_ms": None})
+    assert engine_times([start, load, held, {**load, "engine_ms": 40.0}], restart=False) == {
+        "engine_start_ms": 6500.0, "engine_ms_per_round": 30.0}
+    # a resumed run's new engine counts in neither; --restart-engine: every later start is a round's cost
+    assert engine_times([start, load, {**start, "engine_ms": 5000.0}, load], restart=False)["engine_ms_per_round"] == 20
+    assert engine_times([start, {**start, "engine_ms": 5000.0}], restart=True)["engine_ms_per_round"] == 5000
+    # bin/compare's engine, running already; rounds recorded before the record said which hold was which
+    assert engine_times([load, load], restart=False) == {"engine_start_ms": None, "engine_ms_per_round": 20.0}
+    assert engine_times([{"engine_ms": 6500.0}, {"engine_ms": 20.0}], restart=False) == {
+        "engine_start_ms": 6500.0, "engine_ms_per_round": 20.0}
+    nothing = engine_line({**engine_times([start, held], restart=False), "engine": "live"})
+    assert nothing == "engine started in 6.5 s, no new weights after it (live)" and "None" not in nothing
+
+
+def test_an_out_recorded_before_sample_like_resumes_and_a_changed_setting_is_refused(tmp_path):
+    """iterate_config.json as bin/iterate wrote it before --data was renamed --sample-like and before it took
+    bin/collect's and bin/eval's other flags: the same run resumes; another group size is refused."""
+    from offline_rl.experiments.iterate import RESUMABLE, IterateConfig, settings
+    from rollout.runtime import UsageError, check_rerun_settings, with_flags
+
+    cfg = with_flags(IterateConfig(out=str(tmp_path), steps=100, sample_like="runs/data"), {"n": 8})
+    old = {("data" if k == "sample_like" else k): v for k, v in settings(cfg).items()
+           if k not in ("question_field", "answer_field", "hub_split", "strict", "scoring_deadline", "shard_size",
+                        "benchmark_dir")}
+    (tmp_path / "iterate_config.json").write_text(json.dumps(old))
+
+    def check(new):
+        check_rerun_settings(tmp_path / "iterate_config.json", {k: v for k, v in settings(new).items()
+                                                                 if k not in RESUMABLE}, tmp_path, False,
+                             defaults=settings(IterateConfig()), renamed={"data": "sample_like"})
+
+    check(cfg)
+    with pytest.raises(UsageError, match="different n"):
+        check(with_flags(cfg, {"n": 4}))
+    with pytest.raises(UsageError, match="different scoring_deadline"):
+        check(with_flags(cfg, {"scoring_deadline": 1.0}))

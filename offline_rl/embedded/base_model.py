@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from offline_rl.embedded import world
+from offline_rl.embedded import DEFAULT_BASE_MODEL, world  # noqa: F401 (the shipped model's path, also read from here)
+from rollout.runtime import CommandContext
 
 EOS = "<|endoftext|>"
-DEFAULT_BASE_MODEL = Path(__file__).resolve().parent / "assets" / "base-model"
 
 
 @dataclass
@@ -137,14 +137,14 @@ def make_base(cfg: MakeBaseConfig) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
     from rollout.runtime import parse_config
 
-    return run_make_base(parse_config(MakeBaseConfig, argv, "make-base", __doc__))
+    return run_make_base(parse_config(MakeBaseConfig, argv, "make-base", __doc__), context=context)
 
 
-def run_make_base(cfg: MakeBaseConfig) -> dict:
-    """``bin/make-base``: the shipped base model's recipe, run again."""
+def run_make_base(cfg: MakeBaseConfig, *, context: CommandContext | None = None) -> dict:
+    """``bin/make-base``: the shipped base model's recipe, run again (it needs nothing of the ``context``)."""
     from dataclasses import replace
 
     from rollout.files import hold_directory

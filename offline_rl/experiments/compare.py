@@ -24,21 +24,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from offline_rl.embedded import world
-from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
-from offline_rl.evaluate import EvalConfig, run_eval
-from offline_rl.experiments.iterate import engine_flags, resolve, run_iterate
-from offline_rl.experiments.plan import DATASET_MODEL, CompareConfig, Stage, plan
+from offline_rl import embedded
+from offline_rl.commands import run_function
+from offline_rl.evaluate import EvalConfig
+from offline_rl.experiments.plan import COMMON, DATASET_MODEL, SET_BY_STAGES, CompareConfig, Stage, plan
 from offline_rl.experiments.report import write_report
 from offline_rl.experiments.validate import check_comparison
-from offline_rl.train import run_train
-from rollout.collect import run_collect
 from rollout.dataset import read_manifest, write_json
-from rollout.demonstrations import run_import
 from rollout.engines import LiveEngine
 from rollout.files import BadInput, held_directories, hold_directory, release, release_unused
 from rollout.models import resolve_model
 from rollout.runtime import (
+    CommandContext,
     CommandFailed,
     UsageError,
     check_rerun_settings,
@@ -46,7 +43,6 @@ from rollout.runtime import (
     output_to,
     parse_config,
     print_config,
-    save_config,
 )
 
 OPTIONAL_RUN_KEYS = ("sweep", "swept", "n", "batch_size")  # recorded only when set: older comparisons rerun as they were
@@ -56,27 +52,36 @@ class StageFailed(RuntimeError):
     """A stage's command failed."""
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run_compare(parse_config(CompareConfig, argv, "compare", __doc__))
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
+    given: set[str] = set()
+    cfg = parse_config(CompareConfig, argv, "compare", __doc__, given=given, common=COMMON)
+    ignored = sorted(given & set(SET_BY_STAGES))  # they would be ignored
+    if ignored:
+        raise UsageError(f"--{ignored[0]} is set by bin/compare itself for each evaluation{SET_BY_STAGES[ignored[0]]}")
+    return run_compare(cfg, context=context)
 
 
-def run_compare(cfg: CompareConfig) -> dict:
-    """``bin/compare``: every stage's input checked, then the stages in order, then the report."""
+def run_compare(cfg: CompareConfig, *, context: CommandContext | None = None) -> dict:
+    """``bin/compare``: every stage's input checked, then the stages in order, then the report. From the ``context``
+    (default: the embedded one): the world and the default model, which every stage is given."""
+    context = context or embedded.context()
     checked = check_comparison(cfg)  # before anything is written or started
     cfg, runs, seeds, out, data, demonstrations = (checked.cfg, checked.runs, checked.seeds, checked.out, checked.data,
                                                    checked.demonstrations)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to")
-                and not (k in ("sweep", "select_on") and cfg.sweep is None and not any(r.sweep for r in runs))}
+    recorded = settings(cfg)
+    unswept = cfg.sweep is None and not any(r.sweep for r in runs)
+    compared = {k: v for k, v in recorded.items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to")
+                and not (k in ("sweep", "select_on") and unswept)}
     planned = {"runs": [{k: v for k, v in asdict(r).items() if v is not None or k not in OPTIONAL_RUN_KEYS}
                         | {"flags": dict(r.flags)} for r in runs]}  # what --learners or --runs said
     hold_directory(out, "compare", force=cfg.force, owned=lambda d: (d / "compare_config.json").is_file())
-    check_rerun_settings(out / "compare_config.json", settings, out, cfg.force)
+    check_rerun_settings(out / "compare_config.json", compared, out, cfg.force, defaults=settings(CompareConfig()))
     check_rerun_settings(out / "compare_runs.json", planned, out, cfg.force)
-    print_config(cfg, out=out)
-    save_config(cfg, out / "compare_config.json")
+    print_config(recorded, out=out)
+    write_json(out / "compare_config.json", recorded)
     write_json(out / "compare_runs.json", planned)
 
-    failures = run_stages(plan(cfg, out, data, runs, seeds, demonstrations), out, data, EvalConfig(**engine_flags(cfg)))
+    failures = run_stages(plan(cfg, out, data, runs, seeds, demonstrations), out, data, cfg.evaluation, context)
     summary = write_report(out, cfg, runs, seeds, data, demonstrations)
     print(summary["table"])
     print(f"\nreport: {out / 'report.md'}, {out / 'results.csv'}, plots in {out / 'plots'}")
@@ -85,9 +90,16 @@ def run_compare(cfg: CompareConfig) -> dict:
     return summary
 
 
-def run_stages(stages: list[Stage], out: Path, data: Path, engine: EvalConfig) -> list[str]:
-    """The unfinished stages in order, with one live engine; a failed training skips its evaluation, a failed
-    collection stops the comparison. Returns the failures."""
+def settings(cfg: CompareConfig) -> dict:
+    """The comparison's settings, one per flag, as ``compare_config.json`` records them: its own, and its
+    evaluations' but those each evaluation sets."""
+    own = {f.name: getattr(cfg, f.name) for f in fields(cfg) if not f.metadata.get("stage")}
+    return {**{k: v for k, v in asdict(cfg.evaluation).items() if k not in SET_BY_STAGES}, **own}
+
+
+def run_stages(stages: list[Stage], out: Path, data: Path, engine: EvalConfig, context: CommandContext) -> list[str]:
+    """The unfinished stages in order, with one live engine (``engine``: its settings); a failed training skips its
+    evaluation, a failed collection stops the comparison. Returns the failures."""
     todo = [s for s in stages if not s.finished()]
     failures: list[str] = []
     live = LiveEngine(engine)  # the engine's own seed draws nothing: every request has its own
@@ -102,7 +114,7 @@ def run_stages(stages: list[Stage], out: Path, data: Path, engine: EvalConfig) -
                 continue
             dataset_model = read_manifest(data)["model"] if (data / "manifest.json").exists() else None
             try:
-                record = run_stage(stage, out / "logs", dataset_model, live)
+                record = run_stage(stage, out / "logs", dataset_model, replace(context, live=live))
             except StageFailed as e:
                 if stage.name == "collect":
                     raise CommandFailed(str(e)) from None
@@ -126,25 +138,12 @@ def with_dataset_model(config, dataset_model: str | None):
     return replace(config, **found) if found else config
 
 
-def call(stage: Stage, configs: tuple, live: LiveEngine) -> None:
-    """The stage's command function on its configs; collections and evaluations sample with the live engine."""
-    if stage.command == "collect":
-        run_collect(configs[0], world=world.load_split, default_model=str(DEFAULT_BASE_MODEL), engine=live.engine)
-    elif stage.command == "import":
-        run_import(configs[0], world=world.load_split, default_model=str(DEFAULT_BASE_MODEL))
-    elif stage.command == "eval":
-        run_eval(configs[0], default_model=str(DEFAULT_BASE_MODEL), engine=live.engine)
-    elif stage.command == "iterate":  # its rounds sample with the live engine too
-        rounds, train, learner = configs
-        run_iterate(resolve(rounds, stage.given), train, learner, engine=live)
-    else:
-        run_train(*configs)
-
-
-def run_stage(stage: Stage, logs: Path, dataset_model: str | None, live: LiveEngine) -> dict:
-    """Run ``stage``'s command function in this process, its output into its log (first line: the equivalent
-    command line, to run it by hand); collections and evaluations sample with ``live``, which loads the stage's
-    model in place. Returns the stage's record (seconds, engine milliseconds); raises :class:`StageFailed`."""
+def run_stage(stage: Stage, logs: Path, dataset_model: str | None, context: CommandContext) -> dict:
+    """Run ``stage``'s command function (``run_function``: the table offline-rl runs commands through) in this
+    process, its output into its log (first line: the equivalent command line, to run it by hand); collections and
+    evaluations sample with the context's live engine, which loads the stage's model in place, and iterate's rounds
+    with it too. Returns the stage's record (seconds, engine milliseconds); raises :class:`StageFailed`."""
+    live = context.live
     configs = tuple(with_dataset_model(c, dataset_model) for c in stage.configs)
     if stage.command == "train" and any((Path(configs[0].out) / "checkpoints").glob("step-*")):
         configs = (replace(configs[0], resume=True), *configs[1:])
@@ -161,7 +160,7 @@ def run_stage(stage: Stage, logs: Path, dataset_model: str | None, live: LiveEng
                 record["engine"] = live.last
             elif stage.command != "iterate":
                 live.make_room()  # training beside the engine: an accelerator's memory goes to the training
-            call(stage, configs, live)
+            run_function(stage.command)(*configs, context=replace(context, engine=live.engine, given=stage.given))
         except (UsageError, BadInput, CommandFailed) as e:
             error = str(e)
         except Exception as e:  # a bug in the stage: its traceback in the log, the rest of the comparison goes on

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from offline_rl.embedded import world
-from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
+from offline_rl import embedded
 from offline_rl.evaluate import EvalConfig, avg_table, run_eval
 from offline_rl.train import TrainConfig, run_train
 from rollout.collect import CollectConfig, run_collect
 from rollout.engines import LiveEngine
 from rollout.files import hold_directory
-from rollout.runtime import command_line, parse_config, print_config
+from rollout.runtime import CommandContext, command_line, parse_config, print_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,15 +34,17 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "seed of collection, training and evaluation"})
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return run_demo(parse_config(DemoConfig, argv, "demo", __doc__))
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
+    return run_demo(parse_config(DemoConfig, argv, "demo", __doc__), context=context)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
+def run_demo(cfg: DemoConfig, *, context: CommandContext | None = None) -> dict:
+    """``make demo``. From the ``context`` (default: the embedded one): the world, and the base model it starts from."""
+    context = context or embedded.context()
     out = Path(cfg.out or ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S"))
     hold_directory(out, "demo")
     print_config(cfg, out=out)
-    base = str(DEFAULT_BASE_MODEL)
+    base = context.default_model
     collect = CollectConfig(out=str(out / "data"), prompts=cfg.prompts, n=cfg.n, seed=cfg.seed)
     train = TrainConfig(learner="dft", data=str(out / "data"), out=str(out / "dft"), epochs=cfg.epochs, seed=cfg.seed)
     evals = {name: EvalConfig(model=model, name=name, k=cfg.k, out=str(out / f"eval-{name}"), seed=cfg.seed)
@@ -51,12 +52,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     live, seconds, results = LiveEngine(EvalConfig()), {}, {}
     try:
         seconds["collect"] = _stage("collect", collect, lambda: run_collect(
-            collect, world=world.load_split, default_model=base, engine=live.engine), live, base)
+            collect, context=replace(context, engine=live.engine)), live, base)
         live.make_room()  # an accelerator's memory goes to the training
-        seconds["train"] = _stage("train", train, lambda: run_train(train), None, None)
+        seconds["train"] = _stage("train", train, lambda: run_train(train, context=context), None, None)
         for name, evaluation in evals.items():
             seconds[f"eval {name}"] = _stage(f"eval {name}", evaluation, lambda e=evaluation, n=name: results.update(
-                {n: run_eval(e, engine=live.engine)}), live, evaluation.model)
+                {n: run_eval(e, context=replace(context, engine=live.engine))}), live, evaluation.model)
     finally:
         live.close()
     print(f"\nDFT on the base model's own accepted samples ({out}); pass@{cfg.k} and maj@{cfg.k} in "

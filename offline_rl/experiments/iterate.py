@@ -15,6 +15,9 @@ when the same command is run again: finished rounds and stages are skipped, an u
 from its last shard, an unfinished training starts over from the previous round's state, which makes the end
 the same as an uninterrupted run's. OUT holds the final model, ``rounds.jsonl`` (one line per round: times,
 samples, pass rate, training metrics) and ``iterate_summary.json`` (written last).
+
+bin/collect's, bin/train's and bin/eval's flags are bin/iterate's too (one flag per name: ``--seed`` is the run's):
+:class:`IterateConfig` holds a config of each stage and declares only what the rounds add.
 """
 
 from __future__ import annotations
@@ -29,164 +32,200 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-import rewards
-from offline_rl import evaluate
-from offline_rl.embedded import world
-from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
+from offline_rl import embedded, evaluate, views
+from offline_rl.evaluate import EvalConfig
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from offline_rl.train import TrainConfig, latest_checkpoint, learner_config, micro_batch, report_targets, run_train
-from offline_rl.views import check_view
 from rollout.collect import CollectConfig, run_collect
 from rollout.dataset import is_complete, read_manifest, write_json
-from rollout.engines import EngineFlags, LiveEngine, SamplingFlags, prompt_seed
-from rollout.files import hold_directory
+from rollout.engines import LiveEngine, prompt_seed
+from rollout.files import TextError, hold_directory
 from rollout.models import resolve_model
 from rollout.runtime import (
+    CommandContext,
     NoExamples,
     UsageError,
     check_rerun_settings,
     command_line,
+    flag_names,
     output_to,
     parse_config,
     pause_point,
     print_config,
-    save_config,
+    stage,
+    with_flags,
 )
 from rollout.sources import SourceError, load_source
 
+DEFAULT_STEPS = 100
+
 
 @dataclass
-class IterateConfig(SamplingFlags, EngineFlags):
-    learner: str = field(default="rft", metadata={"help": f"learner trained each round: {', '.join(LEARNERS)}; its own flags and bin/train's (--view, --beta, ...) are taken too"})
+class IterateConfig:
+    """bin/iterate's own settings; each round's collection, training and evaluation take the rest from the stage
+    configs it holds, whose flags are bin/iterate's too (bin/collect's, bin/train's, bin/eval's, one flag per name)."""
+
     out: str = field(default=None, metadata={"help": "output directory (required); run again to resume"})
-    model: str = field(default=None, metadata={"help": "initial policy (default: the embedded base model)"})
-    data: str = field(default=None, metadata={"help": "sample as this collected dataset was (its model, prompts and sampling) and share its prompts out over the rounds: its iterated twin; flags given override"})
-    source: str = field(default="world:train", metadata={"help": "prompts, as bin/collect takes them; round K takes the K-th window of --prompts-per-round after --skip (cycling)"})
-    skip: int = field(default=0, metadata={"help": "skip the first N prompts of --source", "min": 0, "advanced": True})
-    format: str = field(default="auto", metadata={"help": "field layout of --source, as bin/collect takes it", "advanced": True})
-    template: str = field(default=None, metadata={"help": "prompt template, as bin/collect takes it", "advanced": True})
+    sample_like: str = field(default=None, metadata={
+        "help": "sample as this collected dataset was (its model, prompts and sampling) and share its prompts out over "
+                "the rounds: its iterated twin; flags given override"})
     rounds: int = field(default=4, metadata={"help": "rounds of collect -> train", "min": 1})
-    steps: int = field(default=100, metadata={"help": "optimizer steps over all rounds, split evenly between them (steps = rounds: online)", "min": 1})
-    prompts_per_round: int = field(default=64, metadata={"help": "prompts sampled per round", "min": 1})
-    n: int = field(default=4, metadata={"help": "responses sampled per prompt (the group size)", "min": 1})
-    extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction of the verifier", "choices": list(rewards.EXTRACTIONS), "advanced": True})
-    seed: int = field(default=0, metadata={"help": "run seed: training order, and each round's sampling seed derives from it"})
-    batch_size: int = field(default=16, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
-    round_batches: bool = field(default=False, metadata={"help": "each round's steps go once through all the samples its learner trains on, batch = those examples / the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train --whole-batches) instead of --batch-size", "advanced": True})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate", "above": 0, "max": 1})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "share of the schedule spent warming up", "min": 0, "max": 1, "advanced": True})
-    restart_schedule: bool = field(default=False, metadata={"help": "start the warm-up + cosine schedule over each round (default: one schedule over all rounds); the optimizer's moments carry over either way", "advanced": True})
+    steps: int = field(default=None, metadata={
+        "help": f"optimizer steps over all rounds, split evenly between them (default: {DEFAULT_STEPS}; steps = "
+                "rounds: online)", "min": 1})
+    prompts_per_round: int = field(default=64, metadata={
+        "help": "prompts sampled per round; round K takes the K-th window of them from --source after --skip "
+                "(cycling)", "min": 1})
+    round_batches: bool = field(default=False, metadata={
+        "help": "each round's steps go once through all the samples its learner trains on, batch = those examples / "
+                "the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train "
+                "--whole-batches; needs --steps) instead of --batch-size", "advanced": True})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N rounds and after the last (0: never)", "min": 0})
-    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "what --eval-every evaluates, as bin/eval takes it"})
-    k: int = field(default=4, metadata={"help": "samples per problem in evaluation", "min": 1})
-    problems: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
-    report_to: str = field(default="tensorboard", metadata={"help": "trackers of each round's training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
     restart_engine: bool = field(default=False, metadata={"help": "start a new engine every round instead of loading the new weights into the live one", "advanced": True})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with other settings, or one bin/iterate did not make"})
+    collect: CollectConfig = stage(CollectConfig())  # what and how each round samples (its --model: the initial policy)
+    train: TrainConfig = stage(TrainConfig(learner="rft", batch_size=16))  # each round's training; --seed: the run's
+    evaluation: EvalConfig = stage(EvalConfig())  # what --eval-every evaluates
 
 
+# the stages' flags each round sets itself (they would be ignored): refused, with what to use instead
+SET_BY_ROUNDS = {"data": "; --sample-like DATASET samples as a dataset was", "prompts": "; --prompts-per-round",
+                 "whole_batches": "; --round-batches", "save_every": "", "log_every": "", "init_from": "",
+                 "schedule_steps": "", "resume": "", "shard": "", "data_parallel_size": "", "ray_address": "",
+                 "name": ""}
+# bin/iterate --help: these of its stages' flags too (the rest: --help-all)
+COMMON = ("model", "source", "n", "seed", "temperature", "max_tokens", "backend", "learner", "batch_size", "lr",
+          "benchmarks", "k")
+# bin/train's settings recorded in iterate_config.json (the rest of bin/train's and the learner's: iterate_train_config)
+TRAIN_RECORDED = ("learner", "batch_size", "lr", "warmup_ratio", "restart_schedule", "seed", "report_to")
 # settings a resumed run may change: they alter no round's data or weights
-RESUMABLE = ("out", "force", "restart_engine", "report_to", "eval_every", "benchmarks", "k", "problems")
+RESUMABLE = ("out", "force", "restart_engine", "report_to", "eval_every", "benchmarks", "benchmark_dir", "k",
+             "problems")
 MODEL_FILES_SKIPPED = {"train_config.json", "learner_config.json", "metrics.jsonl", "train_summary.json", "README.md",
                        "evaluations.json"}  # the last round's own; OUT is the weights of the whole run
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
     given: set[str] = set()
-    cfg, train_cfg, *learner_configs = parse_config((IterateConfig, TrainConfig, *LEARNER_CONFIGS), argv, "iterate",
-                                                    __doc__, given=given, shown=1)
-    learner_cfg = learner_config(cfg.learner, learner_configs, given - {f.name for f in fields(IterateConfig)})
-    return run_iterate(resolve(cfg, given), train_cfg, learner_cfg, given=given)
+    cfg, *learner_configs = parse_config((IterateConfig, *LEARNER_CONFIGS), argv, "iterate", __doc__, given=given,
+                                         shown=1, common=COMMON)
+    learner_cfg = learner_config(cfg.train.learner, learner_configs, given - flag_names(IterateConfig))
+    return run_iterate(cfg, learner_cfg, context=replace(context or embedded.context(), given=frozenset(given)))
 
 
-def resolve(cfg: IterateConfig, given: set[str]) -> IterateConfig:
-    """``cfg`` with the sampling of the dataset ``--data`` names, for each setting not given."""
-    return sample_like(cfg, given) if cfg.data else cfg
-
-
-def run_iterate(cfg: IterateConfig, train_cfg: TrainConfig | None = None, learner_cfg=None, *,
-                given: set[str] = frozenset(), engine: LiveEngine | None = None) -> dict:
-    """``bin/iterate``. ``train_cfg``: bin/train's settings for every round (the rounds set their own data, model,
-    steps, schedule, rate and batch); ``engine``: a live engine to sample with (bin/compare's), used and left open."""
-    train_cfg = train_cfg or TrainConfig()
+def run_iterate(cfg: IterateConfig, learner_cfg=None, *, context: CommandContext | None = None) -> dict:
+    """``bin/iterate``. ``learner_cfg``: the learner's own settings (its defaults if None). From the ``context``
+    (default: the embedded one): the world, the initial policy when none is named, the settings given (those
+    ``--sample-like`` leaves as they are), and a live engine to sample with (bin/compare's), used and left open."""
+    context = context or embedded.context()
+    cfg = resolve(cfg, context.given)
+    learner = LEARNERS.get(cfg.train.learner)
     if cfg.out is None:
         raise UsageError("--out is required")
-    if cfg.learner not in LEARNERS:
-        raise UsageError(f"unknown learner {cfg.learner!r}; known: {', '.join(LEARNERS)}")
+    if learner is None:
+        raise UsageError(f"unknown learner {cfg.train.learner!r}; known: {', '.join(LEARNERS)}")
     if cfg.steps % cfg.rounds:
         raise UsageError(f"--steps {cfg.steps} do not split evenly into {cfg.rounds} rounds")
-    cfg.require_own_engine("iterate")
-    learner_cfg = learner_cfg or LEARNERS[cfg.learner].config()
-    train_cfg = replace(train_cfg, learner=cfg.learner)
-    report_targets(cfg.report_to)
-    model = resolve_model(cfg.model or str(DEFAULT_BASE_MODEL))
-    rounds = Rounds(cfg, train_cfg, learner_cfg, model, Path(cfg.out), prompt_windows(cfg), engine)
-    owned = sorted((given & set(rounds.train_settings(1))) - {f.name for f in fields(IterateConfig)})
-    if owned:
-        raise UsageError(f"--{owned[0].replace('_', '-')} is set by bin/iterate itself each round")
-    check_view(LEARNERS[cfg.learner], train_cfg.view or LEARNERS[cfg.learner].views[0], {})
+    cfg.collect.require_own_engine("iterate")
+    learner_cfg = learner_cfg or learner.config()
+    report_targets(cfg.train.report_to)
+    model = resolve_model(cfg.collect.model or context.default_model)
+    rounds = Rounds(cfg, learner_cfg, model, Path(cfg.out), prompt_windows(cfg, context.world), context)
+    view = cfg.train.view or learner.views[0]
+    views.check_view(learner, view, {})
+    if view in ("pairs", "groups") and cfg.collect.n < 2:  # one sample per prompt: no pair, no advantage
+        raise UsageError(f"--n {cfg.collect.n}: {learner.name} trains on the {view} view ({views.VIEWS[view]}), which "
+                         "needs two or more samples per prompt; no round would train")
     if not cfg.round_batches:  # a round's own batch (--round-batches) is whole micro-batches by construction
-        micro_batch(cfg.batch_size, train_cfg.micro_batch_size, 1)
-    for name in cfg.benchmarks.split(",") if cfg.eval_every else []:  # bad benchmarks fail now, not in round 5
+        micro_batch(cfg.train.batch_size, cfg.train.micro_batch_size, 1)
+    for name in cfg.evaluation.benchmarks.split(",") if cfg.eval_every else []:  # bad ones fail now, not in round 5
         if name.strip():
-            evaluate.load_benchmark(name.strip(), evaluate.EvalConfig())
+            evaluate.load_benchmark(name.strip(), cfg.evaluation)
 
     out = Path(cfg.out)
     hold_directory(out, "iterate", force=cfg.force, owned=lambda d: (d / "iterate_config.json").is_file())
-    settings = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}
-    # bin/train's settings that the rounds leave as given, and the learner's: flags of bin/iterate too
-    ours = {f.name for f in fields(IterateConfig)} | set(rounds.train_settings(1))
-    training = {**{k: v for k, v in asdict(train_cfg).items() if k not in ours}, **asdict(learner_cfg)}
-    check_rerun_settings(out / "iterate_config.json", settings, out, cfg.force)
+    recorded = settings(cfg)
+    # bin/train's settings that the rounds leave as given, and the learner's
+    set_each_round = rounds.train_settings(1)
+    training = {**{k: v for k, v in asdict(cfg.train).items() if k not in recorded and k not in set_each_round},
+                **asdict(learner_cfg)}
+    check_rerun_settings(out / "iterate_config.json", {k: v for k, v in recorded.items() if k not in RESUMABLE}, out,
+                         cfg.force, defaults=settings(IterateConfig()), renamed={"data": "sample_like"})
     check_rerun_settings(out / "iterate_train_config.json", training, out, cfg.force)
-    print_config(cfg, training, out=out)
-    save_config(cfg, out / "iterate_config.json")
+    print_config(recorded, training, out=out)
+    write_json(out / "iterate_config.json", recorded)
     write_json(out / "iterate_train_config.json", training)
     return rounds.run()
 
 
-def prompt_windows(cfg: IterateConfig) -> int:
+def resolve(cfg: IterateConfig, given: frozenset[str]) -> IterateConfig:
+    """``cfg`` with its derived settings, once: the total steps, and with ``--sample-like`` the sampling of that
+    dataset for each setting not ``given``. One line for a flag that would be ignored."""
+    ignored = sorted(given & set(SET_BY_ROUNDS))
+    if ignored:
+        raise UsageError(f"--{ignored[0].replace('_', '-')} is set by bin/iterate itself each round"
+                         f"{SET_BY_ROUNDS[ignored[0]]}")
+    if cfg.steps is None:
+        if cfg.round_batches:
+            raise UsageError("--round-batches needs --steps: each round's batch is its examples / its share of the "
+                             "steps")
+        cfg = replace(cfg, steps=DEFAULT_STEPS)
+    return sample_like(cfg, given) if cfg.sample_like else cfg
+
+
+def settings(cfg: IterateConfig) -> dict:
+    """The run's settings, one per flag, as ``iterate_config.json`` records them: its own, its collection's and
+    evaluation's but those each round sets, and bin/train's :data:`TRAIN_RECORDED`."""
+    stages = {**asdict(cfg.evaluation), **{k: getattr(cfg.train, k) for k in TRAIN_RECORDED}, **asdict(cfg.collect)}
+    own = {f.name: getattr(cfg, f.name) for f in fields(cfg) if not f.metadata.get("stage")}
+    return {**{k: v for k, v in stages.items() if k not in SET_BY_ROUNDS}, **own}
+
+
+def prompt_windows(cfg: IterateConfig, world) -> int:
     """How many windows of ``--prompts-per-round`` the source holds after ``--skip`` (one line if none)."""
+    source = cfg.collect
     try:
-        prompts = len(load_source(cfg.source, cfg.format, None, None, "test", world.load_split).records)
-    except (SourceError, FileNotFoundError) as e:
+        prompts = len(load_source(source.source, source.format, source.question_field, source.answer_field,
+                                  source.hub_split, world).records)
+    except (SourceError, FileNotFoundError, TextError) as e:
         raise UsageError(str(e)) from None
-    windows = (prompts - cfg.skip) // cfg.prompts_per_round
+    windows = (prompts - source.skip) // cfg.prompts_per_round
     if windows <= 0:
-        raise UsageError(f"--prompts-per-round {cfg.prompts_per_round} exceeds the {prompts - cfg.skip} prompts of "
-                         f"{cfg.source} (after --skip {cfg.skip})")
+        raise UsageError(f"--prompts-per-round {cfg.prompts_per_round} exceeds the {prompts - source.skip} prompts of "
+                         f"{source.source} (after --skip {source.skip})")
     return windows
 
 
-def sample_like(cfg: IterateConfig, given: set[str]) -> IterateConfig:
-    """``cfg`` with the sampling of the dataset ``--data`` names, and its prompts shared out over the rounds."""
-    like = Path(cfg.data)
+def sample_like(cfg: IterateConfig, given: frozenset[str]) -> IterateConfig:
+    """``cfg`` with the sampling of the dataset ``--sample-like`` names, and its prompts shared out over the rounds."""
+    like = Path(cfg.sample_like)
     try:
         collected = json.loads((like / "collect_config.json").read_text())
         manifest = read_manifest(like)
     except (OSError, ValueError):
-        raise UsageError(f"--data {like} is not a dataset made by bin/collect (no collect_config.json)") from None
+        raise UsageError(f"--sample-like {like} is not a dataset made by bin/collect (no collect_config.json)") \
+            from None
     if manifest.get("complete") is not True:
-        raise UsageError(f"--data {like} is unfinished (complete: false); run its bin/collect again to finish it")
-    settings = {name: collected[name] for name in ("source", "format", "template", "n", "temperature", "top_p",
-                                                  "max_tokens", "stop", "extraction", "skip") if name in collected}
-    settings["model"] = manifest["model"]
+        raise UsageError(f"--sample-like {like} is unfinished (complete: false); run its bin/collect again to "
+                         "finish it")
+    found = {name: collected[name] for name in ("source", "format", "template", "n", "temperature", "top_p",
+                                               "max_tokens", "stop", "extraction", "skip") if name in collected}
+    found["model"] = manifest["model"]
     prompts = manifest["counts"]["prompts"] + manifest.get("prompts_too_long", 0)
     # the dataset's responses shared out: a group size of one's own (--n) samples fewer or more prompts per round
-    n = cfg.n if "n" in given else settings.get("n", cfg.n)
-    settings["prompts_per_round"] = max(1, prompts * settings.get("n", cfg.n) // (n * cfg.rounds))
-    return replace(cfg, **{k: v for k, v in settings.items() if k not in given})
+    n = cfg.collect.n if "n" in given else found.get("n", cfg.collect.n)
+    found["prompts_per_round"] = max(1, prompts * found.get("n", cfg.collect.n) // (n * cfg.rounds))
+    return with_flags(cfg, {k: v for k, v in found.items() if k not in given})
 
 
 class Rounds:
     """The state one run carries from round to round: the live engine and the policy it holds."""
 
-    def __init__(self, cfg: IterateConfig, train_cfg: TrainConfig, learner_cfg, model: str, out: Path, windows: int,
-                 engine: LiveEngine | None = None):
-        self.cfg, self.train_cfg, self.learner_cfg = cfg, train_cfg, learner_cfg
+    def __init__(self, cfg: IterateConfig, learner_cfg, model: str, out: Path, windows: int, context: CommandContext):
+        self.cfg, self.learner_cfg, self.context = cfg, learner_cfg, replace(context, given=frozenset())
         self.initial, self.out, self.windows = model, out, windows
-        self.own_engine = engine is None
-        self.live = engine or LiveEngine(cfg, restart=cfg.restart_engine)
+        self.own_engine = context.live is None
+        self.live = context.live or LiveEngine(cfg.collect, restart=cfg.restart_engine)
 
     def last_trained(self, k: int) -> int | None:
         """The latest round before round k that trained (a round with nothing to train on leaves the policy as it was)."""
@@ -200,7 +239,7 @@ class Rounds:
 
     def run(self) -> dict:
         cfg, out = self.cfg, self.out
-        bar = tqdm(total=cfg.rounds, desc=f"iterate {cfg.learner}", unit="round", file=sys.stderr)
+        bar = tqdm(total=cfg.rounds, desc=f"iterate {cfg.train.learner}", unit="round", file=sys.stderr)
         start = time.time()
         try:
             for k in range(1, cfg.rounds + 1):
@@ -224,43 +263,49 @@ class Rounds:
         cfg, rdir = self.cfg, self.out / f"round-{k}"
         data, trained = rdir / "data", rdir / "train"
         rdir.mkdir(parents=True, exist_ok=True)
-        record = {"round": k, "policy": self.policy(k), "engine_ms": None}
+        record = {"round": k, "policy": self.policy(k), "engine_ms": None, "engine": None}
         stages = tqdm(total=3 if self.evaluates(k) else 2, desc=f"round {k}/{cfg.rounds}", unit="stage", leave=False,
                       position=1, file=sys.stderr)
         with (rdir / "log.txt").open("a") as log, output_to(log):
             if not is_complete(data):
                 stages.set_postfix_str("collect")
-                record["engine_ms"] = self.live.hold(record["policy"])
+                self.hold(record["policy"], record)
                 pause_point(f"iterate:round-{k}:collect")
                 collect_cfg = self.collect_config(k, data)
                 print(command_line("collect", collect_cfg), flush=True)
-                run_collect(collect_cfg, world=world.load_split, engine=self.live.engine)
+                run_collect(collect_cfg, context=replace(self.context, engine=self.live.engine))
             stages.update(1)
             pause_point(f"iterate:round-{k}:collected")
             if not (trained / "train_summary.json").exists():
                 stages.set_postfix_str("train")
                 self.live.make_room()  # an accelerator's memory goes to the training
-                train_cfg = replace(self.train_cfg, **self.train_settings(k))
+                train_cfg = replace(cfg.train, **self.train_settings(k))
                 print(command_line("train", train_cfg, self.learner_cfg), flush=True)
                 try:
-                    run_train(train_cfg, self.learner_cfg)
+                    run_train(train_cfg, self.learner_cfg, context=self.context)
                 except NoExamples as e:  # recorded; the next round samples from the same policy
                     record["skipped"] = str(e)
                     print(f"round {k}: nothing to train on ({e}); the policy stays as it was", flush=True)
             stages.update(1)
             if self.evaluates(k) and "skipped" not in record:
                 stages.set_postfix_str("eval")
-                swap = self.live.hold(str(trained))
-                record["engine_ms"] = swap if record["engine_ms"] is None else record["engine_ms"]
+                self.hold(str(trained), record)
                 eval_cfg = self.eval_config(k, trained, rdir / "eval")
                 print(command_line("eval", eval_cfg), flush=True)
-                results = evaluate.run_eval(eval_cfg, engine=self.live.engine)
-                scores = [m[f"avg@{cfg.k}"] for m in results["benchmarks"].values()]
+                results = evaluate.run_eval(eval_cfg, context=replace(self.context, engine=self.live.engine))
+                scores = [m[f"avg@{eval_cfg.k}"] for m in results["benchmarks"].values()]
                 record["eval_avg"] = 100 * sum(scores) / max(1, len(scores))
                 record["eval_seconds"] = results["wall_seconds"]
                 stages.update(1)
         stages.close()
         return {**record, **round_record(data, trained if "skipped" not in record else None)}
+
+    def hold(self, model: str, record: dict) -> None:
+        """The engine holds ``model``; the round's record keeps its first change of weights: how long it took, and
+        what it was (an engine started, or weights loaded in place)."""
+        ms = self.live.hold(model)
+        if ms is not None and record["engine_ms"] is None:
+            record["engine_ms"], record["engine"] = ms, self.live.last
 
     def evaluates(self, k: int) -> bool:
         return bool(self.cfg.eval_every) and (k % self.cfg.eval_every == 0 or k == self.cfg.rounds)
@@ -268,12 +313,9 @@ class Rounds:
     def collect_config(self, k: int, data: Path) -> CollectConfig:
         """Round k's collection: its window of prompts, from the policy after round k-1, with its own seed."""
         cfg = self.cfg
-        return CollectConfig(
-            out=str(data), model=self.policy(k), source=cfg.source, format=cfg.format,
-            skip=cfg.skip + ((k - 1) % self.windows) * cfg.prompts_per_round, prompts=cfg.prompts_per_round,
-            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=cfg.stop,
-            template=cfg.template, seed=prompt_seed(cfg.seed, f"round-{k}"), extraction=cfg.extraction,
-            **engine_flags(cfg))
+        return replace(cfg.collect, out=str(data), model=self.policy(k), prompts=cfg.prompts_per_round,
+                       skip=cfg.collect.skip + ((k - 1) % self.windows) * cfg.prompts_per_round,
+                       seed=prompt_seed(cfg.train.seed, f"round-{k}"), force=False)
 
     def train_settings(self, k: int) -> dict:
         """What each round sets of bin/train's settings: round k's data and policy, its share of the steps, one
@@ -283,24 +325,22 @@ class Rounds:
         j = self.last_trained(k)  # whose optimizer state and schedule position this round continues
         last = self.out / f"round-{j}" / "train" if j is not None else None
         last_step = json.loads((last / "train_summary.json").read_text())["last_step"] if last is not None else 0
+        restart = cfg.train.restart_schedule
         settings = dict(
             data=str(self.out / f"round-{k}" / "data"), out=str(trained), model=self.policy(k), steps=steps,
-            batch_size=cfg.batch_size, whole_batches=cfg.round_batches, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, save_every=steps,
-            log_every=1, report_to=cfg.report_to, schedule_steps=steps if cfg.restart_schedule else cfg.steps,
+            whole_batches=cfg.round_batches, save_every=steps, log_every=1,
+            schedule_steps=steps if restart else cfg.steps,
             init_from=str(last / "checkpoints" / f"step-{last_step}") if last is not None else None,
-            restart_schedule=cfg.restart_schedule and last is not None, resume=False, force=False)
+            restart_schedule=restart and last is not None, resume=False, force=False)
         if latest_checkpoint(trained / "checkpoints") is not None:  # killed while saving the final model
             settings["resume"] = True
         elif trained.exists():  # killed mid-round: start the round's training over from the last round's state
             settings["force"] = True
         return settings
 
-    def eval_config(self, k: int, model: Path, where: Path) -> evaluate.EvalConfig:
-        cfg = self.cfg
-        return evaluate.EvalConfig(
-            model=str(model), name=f"round-{k}", benchmarks=cfg.benchmarks, k=cfg.k, temperature=cfg.temperature,
-            top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed, extraction=cfg.extraction, out=str(where),
-            force=True, problems=cfg.problems, template=cfg.template, **engine_flags(cfg))  # stop: the template's
+    def eval_config(self, k: int, model: Path, where: Path) -> EvalConfig:
+        return replace(self.cfg.evaluation, model=str(model), name=f"round-{k}", seed=self.cfg.train.seed,
+                       out=str(where), force=True, stop=None)  # stop: the template's
 
     def forget_optimizer(self, k: int) -> None:
         """Once round k is done: every optimizer state older than the latest trained round's, the one that goes on."""
@@ -326,9 +366,9 @@ class Rounds:
             for r in records:
                 for step in r["steps"]:
                     f.write(json.dumps({"round": r["round"], **step}) + "\n")
-        swaps = [r["engine_ms"] for r in records[1:] if r["engine_ms"] is not None]
         summary = {
-            "learner": cfg.learner, "rounds": cfg.rounds, "steps": sum(r["last_step"] - r["first_step"] for r in records),
+            "learner": cfg.train.learner, "rounds": cfg.rounds,
+            "steps": sum(r["last_step"] - r["first_step"] for r in records),
             "skipped_rounds": [r["round"] for r in records if "skipped" in r],
             "final_model": str(final), "responses": sum(r["responses"] for r in records),
             "sampled_tokens": sum(r["sampled_tokens"] for r in records),
@@ -337,20 +377,34 @@ class Rounds:
             "eval_seconds": round(sum(r.get("eval_seconds") or 0 for r in records), 2),
             "seconds": round(sum((r["collect_seconds"] or 0) + r["train_seconds"] for r in records), 2),
             "engine": "restarted each round" if cfg.restart_engine else "live, weights loaded in place",
-            "engine_ms_per_round": round(sum(swaps) / len(swaps), 1) if swaps else None,
-            "wall_seconds_this_run": round(seconds, 2),
+            **engine_times(records, cfg.restart_engine), "wall_seconds_this_run": round(seconds, 2),
         }
         write_json(out / "iterate_summary.json", summary)  # last: its presence marks a finished run
-        print(f"{cfg.rounds} rounds of {cfg.learner}: {summary['responses']} responses sampled "
+        print(f"{cfg.rounds} rounds of {cfg.train.learner}: {summary['responses']} responses sampled "
               f"({summary['sampled_tokens']} tokens), {summary['steps']} steps; collect {summary['collect_seconds']:.0f} s, "
-              f"train {summary['train_seconds']:.0f} s; engine per round {summary['engine_ms_per_round']} ms "
-              f"({summary['engine']}) -> {out}")
+              f"train {summary['train_seconds']:.0f} s; {engine_line(summary)} -> {out}")
         return summary
 
 
-def engine_flags(cfg: EngineFlags) -> dict:
-    """The engine's settings of ``cfg``, for a stage's config."""
-    return {f.name: getattr(cfg, f.name) for f in fields(EngineFlags)}
+def engine_times(records: list[dict], restart: bool) -> dict:
+    """The engine's first start apart from what each later round's new weights took (loaded in place; a new engine
+    with ``restart``), in ms; None where there was none (bin/compare's engine was running already; an engine started
+    again by a resumed run counts in neither). Rounds recorded before rounds said which hold was which: the first
+    round's was the start."""
+    holds = [(r.get("engine") or ("started" if i == 0 else "loaded in place"), r["engine_ms"])
+             for i, r in enumerate(records) if r["engine_ms"] is not None]
+    first = next((i for i, (what, _) in enumerate(holds) if what == "started"), None)
+    steady = "started" if restart else "loaded in place"
+    later = [ms for i, (what, ms) in enumerate(holds) if i != first and what == steady]
+    return {"engine_start_ms": round(holds[first][1], 1) if first is not None else None,
+            "engine_ms_per_round": round(sum(later) / len(later), 1) if later else None}
+
+
+def engine_line(summary: dict) -> str:
+    start, per_round = summary["engine_start_ms"], summary["engine_ms_per_round"]
+    started = "engine running already" if start is None else f"engine started in {start / 1000:.1f} s"
+    then = "no new weights after it" if per_round is None else f"then {per_round:.1f} ms per round's new weights"
+    return f"{started}, {then} ({summary['engine']})"
 
 
 def round_record(data: Path, trained: Path | None) -> dict:

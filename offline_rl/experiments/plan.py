@@ -19,19 +19,17 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from offline_rl.evaluate import EvalConfig
-from offline_rl.experiments.iterate import IterateConfig, engine_flags
+from offline_rl.experiments.iterate import IterateConfig
 from offline_rl.experiments.sweep import SELECT_ON, check_grid, parse_sweep, setting_name
 from offline_rl.learners import LEARNERS
 from offline_rl.train import TrainConfig
 from rollout.collect import CollectConfig
 from rollout.dataset import is_complete, read_manifest
 from rollout.demonstrations import ImportConfig
-from rollout.engines import EngineFlags, SamplingFlags
 from rollout.files import read_text
-from rollout.runtime import UsageError, parse_mapping
+from rollout.runtime import UsageError, parse_mapping, stage, with_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +40,10 @@ DATASET_MODEL = "{dataset model}"  # in a planned config: the dataset's model, k
 
 
 @dataclass
-class CompareConfig(SamplingFlags, EngineFlags):
+class CompareConfig:
+    """bin/compare's own settings: the runs, the seeds, the shared budget; every evaluation takes the rest from the
+    config it holds, whose flags are bin/compare's too (bin/eval's: sampling, engine, benchmarks)."""
+
     out: str = field(default=None, metadata={"help": "comparison directory (required); run again to resume"})
     data: str = field(default=None, metadata={"help": "offline dataset from bin/collect (default: collect one into OUT/data with bin/collect's defaults)"})
     model: str = field(default=None, metadata={"help": "initial model of every learner (default: the dataset's model)"})
@@ -53,20 +54,24 @@ class CompareConfig(SamplingFlags, EngineFlags):
     demonstrations: str = field(default="world", metadata={"help": "demonstrations for --demonstration-learners: world (the world's reference solutions of --data's prompts, when they come from the world), a bin/import dataset directory, or none", "advanced": True})
     demonstration_learners: str = field(default="sft", metadata={"help": "comma-separated run names trained on the demonstrations instead of --data"})
     seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
-    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "benchmarks, as bin/eval takes them (default: every world test split)"})
-    benchmark_dir: str = field(default=None, metadata={"help": "folder of the short-named benchmarks' files (bin/eval --benchmark-dir)", "advanced": True})
     steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)", "min": 1})
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
     lr: float = field(default=2e-4, metadata={
         "help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe", "above": 0, "max": 1})
-    k: int = field(default=4, metadata={"help": "samples per problem in evaluation", "min": 1})
     sweep: str = field(default=None, metadata={"help": "FLAG=V1,V2,...: every run trained at each value (with every seed), the value reported chosen on --select-on (a run's own sweep in --runs wins)"})
     select_on: str = field(default=None, metadata={
         "help": f"with a sweep: the held-out benchmark its values are chosen on (default: {SELECT_ON}); never one of "
                 "--benchmarks (the reported ones), nor the split the data was drawn from", "advanced": True})
-    problems: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
     report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
+    # every evaluation's settings (its model, name, seed and output are each stage's; --backend: the collection's too)
+    evaluation: EvalConfig = stage(EvalConfig())
+
+
+# bin/compare --help: these of bin/eval's flags too (the rest: --help-all)
+COMMON = ("benchmarks", "k", "problems", "temperature", "max_tokens", "backend")
+# bin/eval's flags each evaluation sets itself (they would be ignored): refused, with what to use instead
+SET_BY_STAGES = {"seed": "; --seeds", "name": ""}
 
 
 @dataclass(frozen=True)
@@ -248,7 +253,7 @@ def plan(cfg: CompareConfig, out: Path, data: Path, runs: list[Run], seeds: list
     """Every stage in order: collect (unless given), import the world's demonstrations (when used), then per seed
     the base model's evaluation and each run's training and evaluation."""
     stages = []
-    collect = Stage("collect", "collect", (CollectConfig(out=str(data), backend=cfg.backend, model=cfg.model,
+    collect = Stage("collect", "collect", (CollectConfig(out=str(data), backend=cfg.evaluation.backend, model=cfg.model,
                                                          prompts=cfg.prompts),), data / "manifest.json",
                     samples=cfg.model or str(DEFAULT_BASE_MODEL))
     if not collect.finished():
@@ -260,7 +265,7 @@ def plan(cfg: CompareConfig, out: Path, data: Path, runs: list[Run], seeds: list
         if not imported.finished():
             stages.append(imported)
     if any(r.sweep for r in runs):  # every model also evaluated on the split that chooses the swept settings
-        cfg = replace(cfg, benchmarks=f"{cfg.benchmarks},{cfg.select_on}")
+        cfg = with_flags(cfg, {"benchmarks": f"{cfg.evaluation.benchmarks},{cfg.select_on}"})
     for seed in seeds:
         stages.append(_evaluation(cfg, out, "base", cfg.model or DATASET_MODEL, seed))
         for run in runs:
@@ -271,9 +276,7 @@ def plan(cfg: CompareConfig, out: Path, data: Path, runs: list[Run], seeds: list
 
 def _evaluation(cfg: CompareConfig, out: Path, name: str, model: str, seed: int) -> Stage:
     where = out / "evals" / f"{name}-s{seed}"
-    evaluation = EvalConfig(model=model, name=name, seed=seed, benchmarks=cfg.benchmarks, k=cfg.k,
-                            temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=cfg.stop,
-                            problems=cfg.problems, benchmark_dir=cfg.benchmark_dir, out=str(where), **engine_flags(cfg))
+    evaluation = replace(cfg.evaluation, model=model, name=name, seed=seed, out=str(where), force=False)
     return Stage(f"eval {name} s{seed}", "eval", (evaluation,), where / "results.json", samples=model)
 
 
@@ -286,12 +289,12 @@ def _training(cfg: CompareConfig, out: Path, data: Path, demonstrations: Path | 
                     report_to=cfg.report_to, lr=run.lr(cfg.lr))
     if run.rounds is not None:  # collects its own samples: the dataset's prompts and sampling, split into rounds
         own = {"n": run.n} if run.n is not None else {}
-        rounds = IterateConfig(learner=run.learner, data=str(data), model=cfg.model, out=str(where), rounds=run.rounds,
-                               steps=cfg.steps, batch_size=cfg.batch_size if batch == "round" else batch,
-                               round_batches=batch == "round", seed=seed, lr=run.lr(cfg.lr), backend=cfg.backend,
-                               report_to=cfg.report_to, **own)
-        return Stage(f"train {run.name} s{seed}", "iterate", (rounds, replace(train, learner=run.learner), learner),
-                     where / "iterate_summary.json", given=frozenset({"model"} if cfg.model else set()) | set(own))
+        rounds = with_flags(IterateConfig(train=train), dict(
+            learner=run.learner, sample_like=str(data), model=cfg.model, out=str(where), rounds=run.rounds,
+            steps=cfg.steps, batch_size=cfg.batch_size if batch == "round" else batch, round_batches=batch == "round",
+            seed=seed, lr=run.lr(cfg.lr), backend=cfg.evaluation.backend, report_to=cfg.report_to, **own))
+        return Stage(f"train {run.name} s{seed}", "iterate", (rounds, learner), where / "iterate_summary.json",
+                     given=frozenset({"model"} if cfg.model else set()) | set(own))
     source = {"dataset": data, "demonstrations": demonstrations or data}.get(run.data, Path(run.data))
     train = replace(train, **settings, data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3), log_every=5)
     return Stage(f"train {run.name} s{seed}", "train", (train, learner), where / "train_summary.json")

@@ -168,7 +168,7 @@ def stage_times_table(out: Path) -> str:
 
 def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int], data: Path,
                  demonstrations: Path | None = None) -> dict:
-    k = cfg.k
+    k = cfg.evaluation.k
     all_rows = collect_results(out, ["base", *(r.name for r in runs)], seeds)
     columns = ["model", "seed", "benchmark", "problems", f"avg@{k}", *[f"pass@{j}" for j in pass_ks(k) if j > 1],
                f"maj@{k}", "mean_response_tokens", "truncation_rate", "prompts_too_long", "train_seconds"]
@@ -227,6 +227,7 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
     train_seconds = sum(r["train_seconds"] or 0 for r in rows if r["benchmark"] == benchmarks[0]) if rows else 0
     eval_seconds = sum(json.loads(p.read_text()).get("wall_seconds", 0) for p in (out / "evals").glob("*/results.json"))
     own_rates = " (a run's own where the setting column says)" if any(r.lr(cfg.lr) != cfg.lr for r in runs) else ""
+    evaluation = cfg.evaluation
     lines = [
         "# Offline RL learners compared", "",
         f"Dataset `{data}`: {counts.get('responses', '?')} responses to {counts.get('prompts', '?')} prompts "
@@ -234,8 +235,8 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
         f" (collected in {manifest.get('wall_seconds', 0) / 60:.1f} min).",
         f"Budget per learner: {cfg.steps} optimizer steps of {cfg.batch_size} sequences (DPO: pairs), "
         f"AdamW, peak lr {cfg.lr:g}{own_rates} with 5 % warm-up and cosine decay; seeds {', '.join(map(str, seeds))} "
-        f"(training order and evaluation sampling). Evaluation: k = {cfg.k} samples per problem at temperature "
-        f"{cfg.temperature:g}, top-p {cfg.top_p:g}, at most {cfg.max_tokens} tokens.",
+        f"(training order and evaluation sampling). Evaluation: k = {evaluation.k} samples per problem at temperature "
+        f"{evaluation.temperature:g}, top-p {evaluation.top_p:g}, at most {evaluation.max_tokens} tokens.",
         f"Time: training {train_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min in all "
         "(inside the commands; see the stage times below).",
     ]

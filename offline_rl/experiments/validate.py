@@ -16,7 +16,7 @@ from pathlib import Path
 
 from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
-from offline_rl.evaluate import SHARED_BENCHMARKS, EvalConfig, load_benchmark, shared_file
+from offline_rl.evaluate import SHARED_BENCHMARKS, load_benchmark, shared_file
 from offline_rl.experiments.plan import CompareConfig, Run, demonstrations_for, parse_runs
 from offline_rl.experiments.sweep import SELECT_ON
 from offline_rl.learners import LEARNERS
@@ -47,13 +47,13 @@ def check_comparison(cfg: CompareConfig) -> Comparison:
     """Every stage's input, before any work: one line (UsageError) for the first that is wrong."""
     if cfg.out is None:
         raise UsageError("--out is required")
-    cfg.require_own_engine("compare")
+    cfg.evaluation.require_own_engine("compare")
     runs = parse_runs(cfg)
     seeds = parse_seeds(cfg.seeds)
     report_targets(cfg.report_to)
-    for name in cfg.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
+    for name in cfg.evaluation.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
         if name.strip():
-            load_benchmark(name.strip(), EvalConfig(benchmark_dir=cfg.benchmark_dir))
+            load_benchmark(name.strip(), cfg.evaluation)
     out = Path(cfg.out)
     data = Path(cfg.data) if cfg.data else out / "data"
     if cfg.data and cfg.prompts is not None:
@@ -141,20 +141,20 @@ def check_select_on(cfg: CompareConfig, runs: list[Run], sources: dict[str, dict
         raise UsageError(f"--select-on is empty: name the held-out split that chooses a sweep's setting ({SELECT_ON})")
     if "," in name:
         raise UsageError(f"--select-on {name!r} names several splits; a sweep's setting is chosen on one")
-    split = identity(name, cfg.benchmark_dir)
-    for reported in (b.strip() for b in cfg.benchmarks.split(",") if b.strip()):
-        if identity(reported, cfg.benchmark_dir) == split:
+    split = identity(name, cfg.evaluation.benchmark_dir)
+    for reported in (b.strip() for b in cfg.evaluation.benchmarks.split(",") if b.strip()):
+        if identity(reported, cfg.evaluation.benchmark_dir) == split:
             also = "" if reported == name else f" (as {reported})"
             raise UsageError(f"--select-on {name} is one of the reported --benchmarks{also}: the split that chooses "
                              "a setting must not be one that reports it")
     for path, manifest in sources.items():
         source = manifest.get("source") or {}
         drawn = f"world:{source.get('split')}" if source.get("kind") == "world" else str(source.get("path"))
-        if identity(drawn, cfg.benchmark_dir) == split:
+        if identity(drawn, cfg.evaluation.benchmark_dir) == split:
             raise UsageError(f"--select-on {name} is the split the training data {path} was drawn from: a setting "
                              f"chosen on it is chosen on the training prompts; choose on a held-out one ({SELECT_ON})")
     try:
-        load_benchmark(name, EvalConfig(benchmark_dir=cfg.benchmark_dir))
+        load_benchmark(name, cfg.evaluation)
     except UsageError as e:
         raise UsageError(f"--select-on {name}: {e}") from None
     return replace(cfg, select_on=name)
