@@ -197,3 +197,20 @@ def test_an_out_recorded_before_sample_like_resumes_and_a_changed_setting_is_ref
         check(with_flags(cfg, {"n": 4}))
     with pytest.raises(UsageError, match="different scoring_deadline"):
         check(with_flags(cfg, {"scoring_deadline": 1.0}))
+
+
+def test_asft_is_anchored_to_the_runs_initial_model_in_every_round(tmp_path):
+    """Round 2 starts from round 1's policy, but asft's KL is to the run's initial model: above 0 at round 2's first
+    step (anchored to its own start it would be 0 there, as it is at round 1's)."""
+    out = tmp_path / "asft"
+    result = run_bin("iterate", "--learner", "asft", "--view", "all", "--rounds", "2", "--steps", "2",
+                     "--prompts-per-round", "2", "--n", "1", "--max-tokens", "24", "--lr", "1e-3", "--kl-coef", "0.5",
+                     "--backend", "hf", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    firsts = {}
+    for k in (1, 2):
+        train = out / f"round-{k}" / "train"
+        initial = json.loads((out / "rounds.jsonl").read_text().splitlines()[0])["policy"]
+        assert json.loads((train / "train_config.json").read_text())["base_model"] == initial
+        firsts[k] = json.loads((train / "metrics.jsonl").read_text().splitlines()[0])["kl"]
+    assert firsts[1] == pytest.approx(0.0, abs=1e-6) and firsts[2] > 1e-5, firsts

@@ -328,6 +328,8 @@ class Rounds:
         restart = cfg.train.restart_schedule
         settings = dict(
             data=str(self.out / f"round-{k}" / "data"), out=str(trained), model=self.policy(k), steps=steps,
+            # a learner anchored to its base (asft) is anchored to the run's initial model in every round
+            base_model=self.initial if LEARNERS[cfg.train.learner].base_kl else None,
             whole_batches=cfg.round_batches, save_every=steps, log_every=1,
             schedule_steps=steps if restart else cfg.steps,
             init_from=str(last / "checkpoints" / f"step-{last_step}") if last is not None else None,
