@@ -40,6 +40,9 @@ SHAPES = {  # random-init Qwen2 configurations; "base" is the embedded checkpoin
     "qwen0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                      intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
                      rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "qwen1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                     intermediate_size=8960, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                     rms_norm_eps=1e-6, tie_word_embeddings=True),
 }
 
 
@@ -207,7 +210,7 @@ def main():
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--logit-chunk-size", type=int, default=256, help="ours: response tokens per projection chunk")
     parser.add_argument("--shape", choices=["base", *SHAPES], default="base",
-                        help="base: the embedded 3.25M-parameter model; qwen0.5b: a random-init Qwen2.5-0.5B shape")
+                        help="base: the embedded 3.25M-parameter model; qwen0.5b, qwen1.5b: a random-init Qwen2.5 shape")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternated; the fastest of each counts")
     parser.add_argument("--problems", type=int, default=3000, help="world train problems in the dataset")
     parser.add_argument("--one", help=argparse.SUPPRESS)
