@@ -8,10 +8,10 @@ AdamW on torch >= 2.8) and its per-step metrics (entropy, token accuracy). Both 
 attention (sdpa; flash attention only where it is installed and asked for).
 
 The default pits padding-free against padding-free: ours with --packing (``ours+packing``: each step's sequences
-packed into rows as wide as its longest, a block-diagonal mask under sdpa; one row under flash attention) against
-TRL's ``padding_free=True`` (``trl+padding-free``: its collator flattens the whole batch into one row, whose
-block-diagonal mask under sdpa spans every token of the step). ``ours`` and ``trl`` alone pad each batch to its
-longest sequence.
+packed into rows of the width that costs least, a block-diagonal mask under sdpa; one row under flash attention)
+against TRL's ``padding_free=True`` (``trl+padding-free``: its collator flattens the whole batch into one row,
+whose block-diagonal mask under sdpa spans every token of the step: made for flash attention's varlen kernel,
+which CPUs lack). ``ours`` and ``trl`` alone pad each batch to its longest sequence.
 
 Tokens/s counts trained (completion) tokens over the wall time of steps after --warmup, read from a global
 optimizer-step hook, identically for both sides. Each side runs in a fresh process; peak memory is the peak

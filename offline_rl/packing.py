@@ -16,8 +16,10 @@ mask (transformers >= 5):
   one row only: the micro-batch is packed into one row, no padding at all, attention cost per sequence.
 - ``block-diagonal``: sdpa, eager and flex attention build a causal mask that is also block-diagonal over the
   sequences (``masking_utils.find_packed_sequence_indices``): the micro-batch is packed first-fit, longest first,
-  into rows as wide as its longest sequence, so that attention's cost stays rows x width^2 (one row of every
-  token would cost tokens^2); a row's unused tail comes after its last sequence, so nothing attends to it.
+  into rows of one width, chosen by :func:`row_width` to cost least. A row slot costs the linear layers' work
+  whether a token or padding fills it, and each token's attention grows with its row's width (the mask is applied,
+  not skipped): rows as wide as the longest sequence waste slots, one row of every token costs tokens^2. A row's
+  unused tail comes after its last sequence, so no real token attends to it.
 
 :func:`layout` finds which one a model has by running it (a packed pair of sequences against each alone) and
 refuses a model whose attention does neither, with one line.
@@ -34,8 +36,17 @@ from rollout.runtime import UsageError
 
 LAYOUTS = {
     "varlen": "one row per micro-batch, each sequence's bounds read from its position ids (flash attention)",
-    "block-diagonal": "rows as wide as the micro-batch's longest sequence, a block-diagonal causal mask (sdpa, eager)",
+    "block-diagonal": "rows of the width that costs least, a block-diagonal causal mask (sdpa, eager, flex)",
 }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a model's packed rows are laid out: a key of :data:`LAYOUTS`, and for block-diagonal rows the width at
+    which a token's attention costs as much as its linear layers (from the model's sizes)."""
+
+    name: str
+    balance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,15 +66,14 @@ class Packing:
         return hidden.flatten(0, 1)[self.index[where]]
 
 
-def pack(batch: dict[str, torch.Tensor], layout: str) -> Packing:
-    """``batch``'s sequences (its ``attention_mask``'s real tokens) packed as ``layout`` (a key of
-    :data:`LAYOUTS`) says."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown packing layout {layout!r}; known: {', '.join(LAYOUTS)}")
+def pack(batch: dict[str, torch.Tensor], layout: Layout) -> Packing:
+    """``batch``'s sequences (its ``attention_mask``'s real tokens) packed as ``layout`` says."""
+    if layout.name not in LAYOUTS:
+        raise ValueError(f"unknown packing layout {layout.name!r}; known: {', '.join(LAYOUTS)}")
     lengths = batch["attention_mask"].sum(-1).tolist()  # [B]
-    width = sum(lengths) if layout == "varlen" else max(lengths)
+    width = sum(lengths) if layout.name == "varlen" else row_width(lengths, layout.balance)
     rows = first_fit(lengths, width)
-    input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # [R, W]
+    input_ids = torch.zeros((len(rows), width), dtype=torch.long)  # [R, W]; a tail of token 0 at position 0
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # [R, W]
     index = torch.zeros(batch["attention_mask"].shape, dtype=torch.long)  # [B, T]
     for r, members in enumerate(rows):
@@ -74,9 +84,19 @@ def pack(batch: dict[str, torch.Tensor], layout: str) -> Packing:
             position_ids[r, begin : begin + n] = torch.arange(n)
             index[b, :n] = r * width + begin + torch.arange(n)
             begin += n
-        # the tail continues the row's last sequence: after it, so no real token attends to it
-        position_ids[r, begin:] = torch.arange(n, n + width - begin)
     return Packing(input_ids, position_ids, index)
+
+
+WIDTHS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16)  # row widths tried, in multiples of the longest sequence
+
+
+def row_width(lengths: list[int], balance: float) -> int:
+    """The width of block-diagonal rows for sequences of ``lengths`` that costs least, of the longest times each
+    of :data:`WIDTHS` (at most every token in one row): the rows' slots, padding included, times
+    ``1 + width / balance`` (attention's share grows with the width)."""
+    longest, total = max(lengths), sum(lengths)
+    widths = sorted({min(total, int(longest * factor)) for factor in WIDTHS})
+    return min(widths, key=lambda width: len(first_fit(lengths, width)) * width * (1 + width / balance))
 
 
 def first_fit(lengths: list[int], width: int) -> list[list[int]]:
@@ -101,9 +121,9 @@ ISOLATED_SHARE = 0.1  # packed-vs-alone gap allowed, as a share of the gap a lea
 
 
 @torch.no_grad()
-def layout(model, autocast=None) -> str:
-    """How ``model`` keeps packed sequences apart (a key of :data:`LAYOUTS`), found by running it on a packed pair
-    of sequences (under ``autocast``, the training's); one line (UsageError) where its attention does neither."""
+def layout(model, autocast=None) -> Layout:
+    """How ``model`` keeps packed sequences apart, found by running it on a packed pair of sequences (under
+    ``autocast``, the training's); one line (UsageError) where its attention does neither."""
     config = getattr(model, "module", model).config
     implementation = getattr(config, "_attn_implementation", None) or "eager"
     found = "varlen" if "flash" in implementation else "block-diagonal"
@@ -130,4 +150,20 @@ def layout(model, autocast=None) -> str:
     if not gap <= ISOLATED_SHARE * leak:
         raise UsageError(f"--packing: {name}'s attention {implementation!r} does not keep packed sequences apart "
                          "(neither varlen position ids nor a block-diagonal mask); train without --packing")
-    return found
+    return Layout(found, balance(config))
+
+
+def balance(config) -> float:
+    """The row width at which a token's attention (a multiply-add per key for q.k and for p.v, over every head)
+    costs as much as its linear layers (q, k, v, o and a gated MLP) in a decoder of ``config``'s sizes; 1 (rows
+    as wide as the longest sequence) where the configuration does not give them."""
+    text = config.get_text_config()
+    try:
+        hidden, heads = int(text.hidden_size), int(text.num_attention_heads)
+        head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+        mlp = int(getattr(text, "intermediate_size", None) or 4 * hidden)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+        return 1.0
+    linear = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * mlp
+    return linear / (2 * heads * head_dim)

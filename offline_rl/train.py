@@ -110,7 +110,7 @@ class TrainState:
     tracked: bool  # trackers besides metrics.jsonl
     sharded: bool = False  # FSDP2: the model's parameters, gradients and moments sharded over the ranks
     reference: Any = None  # the frozen initial model, for learners anchored to it (asft)
-    packing: str | None = None  # --packing: how the model keeps packed sequences apart (packing.LAYOUTS); None: padded
+    packing: packing.Layout | None = None  # --packing: how the model's packed rows are laid out; None: padded
     start: float = 0.0
     tokens_seen: int = 0
 
@@ -196,10 +196,10 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
             f"{accelerator.num_processes} process{'es' * (accelerator.num_processes > 1)}"
         print(f"projection: {'fused chunks' if projection is not None else 'checkpointed chunks'} of "
               f"{cfg.logit_chunk_size or 'all'} response tokens; {layout}"
-              + (f"; packed rows, {packed} attention" if packed else ""), file=sys.stderr)
+              + (f"; packed rows, {packed.name} attention" if packed else ""), file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
     reference = frozen_model(base_model, accelerator.device) if base_model else None
-    if packed and reference is not None and packing.layout(reference, accelerator.autocast()) != packed:
+    if packed and reference is not None and packing.layout(reference, accelerator.autocast()).name != packed.name:
         raise UsageError(f"--packing: the base model {base_model} keeps packed sequences apart otherwise than the "
                          "policy (another attention implementation); train without --packing")
     per_process = cfg.micro_batch_size * accelerator.num_processes

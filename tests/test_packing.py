@@ -89,7 +89,9 @@ def test_packed_rows_give_every_learner_its_own_loss_normaliser_and_gradient(mod
     cfg = learner.config(**settings)
     units, loss, grads = _step(*models, learner, cfg, None)
     assert units == _items(learner)[2][learner.normaliser(cfg)]  # its paper's count: tokens, responses or pairs
-    for layout in packing.LAYOUTS:
+    # the tiny model's own layout, rows as wide as the longest sequence, and one row of all
+    layouts = [packing.layout(models[0]), packing.Layout("block-diagonal", balance=1.0), packing.Layout("varlen")]
+    for layout in layouts:
         packed_units, packed_loss, packed_grads = _step(*models, learner, cfg, layout)
         assert packed_units == units, layout
         assert packed_loss == pytest.approx(loss, rel=1e-5, abs=1e-7), layout
@@ -109,23 +111,35 @@ def test_sequences_that_see_each_other_fail_the_check(models, monkeypatch):
         return replace(packed, position_ids=torch.arange(packed.position_ids.shape[1]).expand_as(packed.position_ids))
 
     monkeypatch.setattr(packing, "pack", leaky)
-    _, leaked, _ = _step(*models, learner, learner.config(), "varlen")
+    _, leaked, _ = _step(*models, learner, learner.config(), packing.Layout("varlen"))
     assert leaked != pytest.approx(loss, rel=1e-3)
 
 
 def test_packed_rows_by_hand():
+    from transformers import Qwen2Config
+
     batch = collate([Example("p", [1, 2], [3, 4, 5]), Example("p", [1], [6]), Example("p", [1, 2], [7, 8]),
                      Example("p", [9], [9, 9])], pad_token_id=0)  # sequences of 5, 2, 4 and 3 tokens
-    rows = packing.pack(batch, "block-diagonal")  # as wide as the longest, first fit, longest first: 5 | 4 | 3 + 2
-    assert rows.input_ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 7, 8, 0], [9, 9, 9, 1, 6]]
-    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]  # a tail goes on
-    one = packing.pack(batch, "varlen")  # one row, no padding at all
+    # attention dear (balance 1): rows as wide as the longest, first fit, longest first: 5 | 4 | 3 + 2 (15 slots x 6
+    # against 7 wide: 14 x 8); a tail of token 0 at position 0
+    narrow = packing.pack(batch, packing.Layout("block-diagonal", balance=1.0))
+    assert narrow.input_ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 7, 8, 0], [9, 9, 9, 1, 6]]
+    assert narrow.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    # attention cheap (balance 100): 7 wide, 5 + 2 | 4 + 3, no slot wasted (14 x 1.07 against 15 x 1.05)
+    wide = packing.pack(batch, packing.Layout("block-diagonal", balance=100.0))
+    assert wide.input_ids.tolist() == [[1, 2, 3, 4, 5, 1, 6], [1, 2, 7, 8, 9, 9, 9]]
+    assert wide.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1], [0, 1, 2, 3, 0, 1, 2]]
+    one = packing.pack(batch, packing.Layout("varlen"))  # one row, no padding at all
     assert one.input_ids.tolist() == [[1, 2, 3, 4, 5, 1, 2, 7, 8, 9, 9, 9, 1, 6]]
     assert one.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2, 0, 1]]
     real = batch["attention_mask"].bool()
-    for packed in (rows, one):  # the index leads every real token back to its place
+    for packed in (narrow, wide, one):  # the index leads every real token back to its place
         assert torch.equal(packed.input_ids.flatten()[packed.index[real]], batch["input_ids"][real])
     assert packing.first_fit([3, 3, 3], 6) == [[0, 1], [2]]
+    # the embedded model's sizes: q, k, v, o 256 x 64 x (2 x 4 + 2 x 2) and the MLP 3 x 256 x 768 multiply-adds per
+    # token, against 2 x 4 x 64 per key: attention costs as much at rows 1,536 wide
+    config = Qwen2Config(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, intermediate_size=768)
+    assert packing.balance(config) == 1536
 
 
 def test_micro_batches_by_packed_tokens_and_as_many_on_every_rank():
