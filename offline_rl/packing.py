@@ -18,7 +18,7 @@ mask (transformers >= 5):
   sequences (``masking_utils.find_packed_sequence_indices``): the micro-batch is packed first-fit, longest first,
   into rows of one width, chosen by :func:`row_width` to cost least. A row slot costs the linear layers' work
   whether a token or padding fills it, and each token's attention grows with its row's width (the mask is applied,
-  not skipped): rows as wide as the longest sequence waste slots, one row of every token costs tokens^2. A row's
+  not skipped): rows as wide as the longest sequence waste slots, wider rows cost attention. A row's
   unused tail comes after its last sequence, so no real token attends to it.
 
 :func:`layout` finds which one a model has by running it (a packed pair of sequences against each alone) and
@@ -87,7 +87,9 @@ def pack(batch: dict[str, torch.Tensor], layout: Layout) -> Packing:
     return Packing(input_ids, position_ids, index)
 
 
-WIDTHS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16)  # row widths tried, in multiples of the longest sequence
+# row widths tried, in multiples of the longest sequence; at most twice it, since the mask sdpa and eager are given
+# holds rows x width^2 elements, so no more than twice a padded batch's
+WIDTHS = (1, 1.25, 1.5, 2)
 
 
 def row_width(lengths: list[int], balance: float) -> int:
