@@ -678,7 +678,10 @@ def length_groups(sizes: list[tuple[int, int]], max_tokens: int, packed: bool = 
     rows = tokens = 0  # the last group's
     for i in order:
         n_rows, width = sizes[i]
-        grown = tokens + n_rows * width if packed else (rows + n_rows) * sizes[groups[-1][0]][1] if groups else 0
+        if packed:
+            grown = tokens + n_rows * width
+        else:  # every row padded to the group's first, its longest
+            grown = (rows + n_rows) * sizes[groups[-1][0]][1] if groups else 0
         if groups and grown <= max_tokens:
             groups[-1].append(i)
             rows, tokens = rows + n_rows, grown
