@@ -30,8 +30,32 @@ for learner in $LEARNERS; do
   data="$OUT/samples"; case $learner in sft|dft|prob|asft) data="$OUT/demos";; esac
   check "fsdp2-bf16-$learner" "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
     --num_processes "$NGPU" bin/train --learner "$learner" --data "$data" --out "$OUT/fsdp-$learner" --steps 5 \
-    --batch-size $((8 * NGPU)) --report-to none --force
+    --batch-size $((8 * NGPU)) --log-every 1 --report-to none --force
 done
+# --packing under FSDP2 and bf16 (a per-token, a per-response and a per-pair learner): each step's loss as the padded
+# run's above, within bf16's rounding; its speed and peak memory beside the padded run's
+PACKED="dft grpo dpo"
+for learner in $PACKED; do
+  data="$OUT/samples"; case $learner in dft) data="$OUT/demos";; esac
+  check "fsdp2-bf16-packing-$learner" "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+    --num_processes "$NGPU" bin/train --learner "$learner" --data "$data" --out "$OUT/fsdp-packed-$learner" \
+    --steps 5 --batch-size $((8 * NGPU)) --log-every 1 --packing --report-to none --force
+done
+[ $DRY = 1 ] || "$PY" - "$OUT" $PACKED <<'SAME'
+import json, sys
+from pathlib import Path
+for learner in sys.argv[2:]:
+    runs = [Path(sys.argv[1]) / f"fsdp{kind}-{learner}" for kind in ("", "-packed")]
+    if not all((run / "train_summary.json").exists() for run in runs):
+        print(f"packing-same-loss-{learner}: none")
+        continue
+    (padded, packed) = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in runs)
+    gap = max(abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-6) for a, b in zip(padded, packed))
+    speed = [json.loads((run / "train_summary.json").read_text()) for run in runs]
+    print(f"packing-same-loss-{learner}: {'ok' if gap < 2e-2 else 'FAILED'} (largest relative gap {gap:.1e} over "
+          f"{len(padded)} steps); tokens/s padded {speed[0]['tokens_per_s']}, packed {speed[1]['tokens_per_s']}; "
+          f"peak GiB padded {speed[0].get('peak_gpu_memory_gib')}, packed {speed[1].get('peak_gpu_memory_gib')}")
+SAME
 [ $DRY = 1 ] || "$PY" - "$OUT" $LEARNERS <<'PEAK'
 import json, sys
 from pathlib import Path
@@ -44,6 +68,9 @@ PEAK
 check fused-1.5b "$PY" bench/dft_loss.py --tokens 4096 --vocab 151936 --hidden 1536 --dtype bfloat16
 # training speed and memory at the 0.5B shape against TRL
 check bench-train-0.5b "$PY" bench/train.py --shape qwen0.5b --steps 6 --batch-size 4
+# packed against padded, ours and TRL's padding-free, at the 1.5B shape
+check bench-train-packing-1.5b "$PY" bench/train.py --shape qwen1.5b --steps 8 --warmup 3 --batch-size 16 --repeats 1 \
+  --sides ours+packing,ours,trl+padding-free,trl
 # rounds with sleep mode: the engine hands its memory to each training and wakes for the new weights
 if [ "$HAS_VLLM" = 1 ]; then
   check rounds-sleep bin/iterate --learner grpo --rounds 2 --steps 2 --prompts-per-round 16 --out "$OUT/rounds" --force

@@ -2,15 +2,23 @@
 
 Same model, same accepted samples in the same order (world train problems, their reference solutions as
 responses), same batch size, steps, learning rate and 5% warm-up + cosine (TRL's warm-up starts at 0, ours one
-step later); fp32 on CPU, bf16 autocast over fp32 weights on GPU, for both; step 1 gives both the same loss. No packing, no padding-free batches and no gradient checkpointing on
-either side (TRL turns checkpointing on by default; ours has none). TRL keeps its own default optimizer
-(fused AdamW on torch >= 2.8) and its per-step metrics (entropy, token accuracy).
+step later); fp32 on CPU, bf16 autocast over fp32 weights on GPU, for both; step 1 gives both the same loss. No
+gradient checkpointing on either side (TRL turns it on by default). TRL keeps its own default optimizer (fused
+AdamW on torch >= 2.8) and its per-step metrics (entropy, token accuracy). Both load the model with its default
+attention (sdpa; flash attention only where it is installed and asked for).
+
+The default pits padding-free against padding-free: ours with --packing (``ours+packing``: each step's sequences
+packed into rows of the width that costs least, a block-diagonal mask under sdpa; one row under flash attention)
+against TRL's ``padding_free=True`` (``trl+padding-free``: its collator flattens the whole batch into one row,
+whose block-diagonal mask under sdpa spans every token of the step: made for flash attention's varlen kernel,
+which CPUs lack). ``ours`` and ``trl`` alone pad each batch to its longest sequence.
 
 Tokens/s counts trained (completion) tokens over the wall time of steps after --warmup, read from a global
 optimizer-step hook, identically for both sides. Each side runs in a fresh process; peak memory is the peak
 RSS of that process (CPU; both import the same modules first) or torch.cuda.max_memory_allocated (GPU).
 
     .venv/bin/python bench/train.py [--steps 30] [--warmup 5] [--batch-size 32] [--repeats 2] [--shape base|qwen0.5b | --model DIR]
+    .venv/bin/python bench/train.py --sides ours+packing,ours,trl+padding-free,trl   # each against the last
     .venv/bin/python bench/train.py --sides ours:none,ours:tensorboard     # what a tracker costs our loop
     .venv/bin/python bench/train.py --sides ours@1024,ours --steps 100 --batch-size 16   # --micro-batch-tokens 1024
 """
@@ -31,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHAPES = {  # random-init Qwen2 configurations; "base" is the embedded checkpoint itself
     "qwen0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                      intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                     rms_norm_eps=1e-6, tie_word_embeddings=True),
+    "qwen1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                     intermediate_size=8960, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
                      rms_norm_eps=1e-6, tie_word_embeddings=True),
 }
 
@@ -99,12 +110,26 @@ class StepClock:
         self.times.append(time.perf_counter())
 
 
-def run_ours(work: Path, model_path: str, args) -> list[float]:
+def side_settings(side: str) -> dict | None:
+    """What a --sides entry runs: ours[+packing][@MICRO_BATCH_TOKENS][:TRACKERS] or trl[+padding-free]; None if it
+    is neither."""
+    name, _, trackers = side.partition(":")
+    name, _, tokens = name.partition("@")
+    base, _, option = name.partition("+")
+    if base == "ours" and option in ("", "packing") and (not tokens or tokens.isdigit()):
+        return {"packing": option == "packing", "micro_batch_tokens": int(tokens or 0),
+                "report_to": trackers or "tensorboard"}
+    if base == "trl" and option in ("", "padding-free") and not tokens and not trackers:
+        return {"padding_free": option == "padding-free"}
+    return None
+
+
+def run_ours(work: Path, model_path: str, args, settings: dict) -> list[float]:
     from offline_rl.train import TrainConfig, run_train
 
     cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), steps=args.steps, model=model_path,
                       batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size, seed=0,
-                      report_to=args.report_to, force=True, micro_batch_tokens=args.micro_batch_tokens)
+                      force=True, **settings)
     clock = StepClock()
     run_train(cfg)
     # run_train() logs its own per-step token counts: they must be the plan's
@@ -114,7 +139,7 @@ def run_ours(work: Path, model_path: str, args) -> list[float]:
     return clock.times
 
 
-def run_trl(work: Path, model_path: str, args) -> list[float]:
+def run_trl(work: Path, model_path: str, args, settings: dict) -> list[float]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,7 +162,8 @@ def run_trl(work: Path, model_path: str, args) -> list[float]:
         per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, train_sampling_strategy="sequential",
         learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, adam_beta2=0.95,
         max_grad_norm=1.0, bf16=on_gpu, use_cpu=not on_gpu, gradient_checkpointing=False, packing=False,
-        padding_free=False, max_length=None, report_to="none", save_strategy="no", logging_steps=10, seed=0,
+        padding_free=settings["padding_free"], max_length=None, report_to="none", save_strategy="no", logging_steps=10,
+        seed=0,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
                          processing_class=AutoTokenizer.from_pretrained(model_path))
@@ -165,7 +191,7 @@ def run_one(side: str, work: Path, model_path: str, args) -> dict:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
-    times = (run_ours if side.startswith("ours") else run_trl)(work, model_path, args)
+    times = (run_ours if side.startswith("ours") else run_trl)(work, model_path, args, side_settings(side))
     assert len(times) == args.steps, f"{side}: {len(times)} optimizer steps, expected {args.steps}"
     tokens = json.loads((work / "plan.json").read_text())["tokens"]
     timed = sum(tokens[args.warmup :])
@@ -184,21 +210,20 @@ def main():
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--logit-chunk-size", type=int, default=256, help="ours: response tokens per projection chunk")
     parser.add_argument("--shape", choices=["base", *SHAPES], default="base",
-                        help="base: the embedded 3.25M-parameter model; qwen0.5b: a random-init Qwen2.5-0.5B shape")
+                        help="base: the embedded 3.25M-parameter model; qwen0.5b, qwen1.5b: a random-init Qwen2.5 shape")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternated; the fastest of each counts")
     parser.add_argument("--problems", type=int, default=3000, help="world train problems in the dataset")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--model", help="a checkpoint directory to train instead of --shape (its own tokenizer)")
-    parser.add_argument("--sides", default="ours,trl", help="what runs, compared first to second: ours, trl, ours:TRACKERS "
-                        "(our loop with --report-to TRACKERS; plain ours logs to tensorboard, the default)")
-    parser.add_argument("--report-to", default="tensorboard", help=argparse.SUPPRESS)
-    parser.add_argument("--micro-batch-tokens", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--sides", default="ours+packing,trl+padding-free",
+                        help="what runs, each compared to the last: ours[+packing][@MICRO_BATCH_TOKENS][:TRACKERS] "
+                        "(our loop with --packing, --micro-batch-tokens, --report-to TRACKERS; plain ours logs to "
+                        "tensorboard, the default) or trl[+padding-free]")
     args = parser.parse_args()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if len(sides) != 2 or any(s.partition(":")[0].partition("@")[0] not in ("ours", "trl") or s.startswith(("trl:", "trl@"))
-                              or not s.partition(":")[0].partition("@")[2].isdigit() and "@" in s for s in sides):
-        parser.error("--sides: two of ours, trl, ours:TRACKERS, ours@MICRO_BATCH_TOKENS")
+    if len(sides) < 2 or any(side_settings(s) is None for s in sides):
+        parser.error("--sides: two or more of ours[+packing][@MICRO_BATCH_TOKENS][:TRACKERS], trl[+padding-free]")
     if not 1 <= args.warmup < args.steps:
         parser.error("need 1 <= --warmup < --steps")
     if args.problems < args.batch_size:
@@ -212,19 +237,18 @@ def main():
         model_path, rows = prepare(work, args.shape, args.model, args.problems)
         plan = batch_plan(len(rows), args.batch_size, args.steps, seed=0)
         tokens = [sum(len(rows[i]["response_token_ids"]) for i in step) for step in plan]
-        padded = [len(step) * max(len(rows[i]["prompt_token_ids"]) + len(rows[i]["response_token_ids"]) for i in step)
-                  for step in plan]
+        lengths = [[len(rows[i]["prompt_token_ids"]) + len(rows[i]["response_token_ids"]) for i in step] for step in plan]
+        padded, real = [len(step) * max(step) for step in lengths], [sum(step) for step in lengths]
         (work / "plan.json").write_text(json.dumps({"indices": plan, "tokens": tokens}))
         load = os.getloadavg()[0]
         print(f"{args.model or args.shape} model, {args.steps} steps ({args.warmup} warm-up, untimed) x batch {args.batch_size}: "
-              f"{sum(tokens) / len(tokens):.0f} trained tokens/step of {sum(padded) / len(padded):.0f} padded; "
+              f"{sum(tokens) / len(tokens):.0f} trained tokens/step of {sum(real) / len(real):.0f} "
+              f"({sum(padded) / len(padded):.0f} padded); "
               f"load average {load:.1f} on {os.cpu_count()} cores", flush=True)
         results: dict[str, dict] = {}
         for repeat in range(args.repeats):
             for side in sides:  # alternated, so load from other processes hits both sides alike
                 command = [sys.executable, __file__, "--one", side, "--work", str(work), "--model", model_path,
-                           "--report-to", side.partition(":")[2] or "tensorboard",
-                           "--micro-batch-tokens", side.partition(":")[0].partition("@")[2] or "0",
                            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size",
                            str(args.batch_size), "--lr", str(args.lr), "--logit-chunk-size", str(args.logit_chunk_size)]
                 done = subprocess.run(command, capture_output=True, text=True)
@@ -233,14 +257,16 @@ def main():
                 r = json.loads(done.stdout.strip().splitlines()[-1])
                 memory = (f"peak CUDA memory {r['peak_mib']:7.0f} MiB" if r["device"] == "cuda" else
                           f"peak RSS {r['peak_mib']:6.0f} MiB ({r['peak_above_imports_mib']:.0f} MiB above imports)")
-                print(f"{side:>4} ({r['device']}, run {repeat + 1}): {r['tokens_per_s']:9,.0f} tok/s, "
+                print(f"{side:>16} ({r['device']}, run {repeat + 1}): {r['tokens_per_s']:9,.0f} tok/s, "
                       f"{r['step_ms']:7.1f} ms/step | {memory}", flush=True)
                 if side not in results or r["tokens_per_s"] > results[side]["tokens_per_s"]:
                     results[side] = r
-    (a, ours), (b, trl) = ((side, results[side]) for side in sides)
-    print(f"{a} {ours['tokens_per_s']:,.0f} tok/s  {b} {trl['tokens_per_s']:,.0f} tok/s (best of {args.repeats})  "
-          f"ratio {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x | peak memory {a} {ours['peak_mib']:,.0f} MiB  "
-          f"{b} {trl['peak_mib']:,.0f} MiB  ratio {ours['peak_mib'] / trl['peak_mib']:.2f}x")
+    b, last = sides[-1], results[sides[-1]]
+    for a in sides[:-1]:
+        ours = results[a]
+        print(f"{a} {ours['tokens_per_s']:,.0f} tok/s  {b} {last['tokens_per_s']:,.0f} tok/s (best of {args.repeats})  "
+              f"ratio {ours['tokens_per_s'] / last['tokens_per_s']:.2f}x | peak memory {a} {ours['peak_mib']:,.0f} MiB  "
+              f"{b} {last['peak_mib']:,.0f} MiB  ratio {ours['peak_mib'] / last['peak_mib']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from offline_rl.packing import Packing
 from offline_rl.sharding import gathered_weight
 
 
@@ -17,28 +18,43 @@ def token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int = 0, f
     return token_logprobs_at(model, batch, chunk_size, (1.0,), float32)[0]
 
 
+def response_hidden(model, batch: dict[str, torch.Tensor], packing: Packing | None = None) -> torch.Tensor:
+    """The final hidden state (after the last norm) at every response position, [N, H] in ``batch``'s row order
+    (``hidden[response_mask]``), from one forward through the (possibly wrapped) model: over the padded rows, or
+    over ``packing``'s packed rows (``offline_rl.packing``), read back to the same positions."""
+    where = batch["response_mask"].bool()  # [B, T]
+    if packing is None:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                    logits_to_keep=1)  # logits of one position only
+        return out.hidden_states[-1][where]
+    # no attention mask and no cache: the position ids keep the sequences apart
+    out = model(input_ids=packing.input_ids, position_ids=packing.position_ids, output_hidden_states=True,
+                logits_to_keep=1, use_cache=False)
+    return packing.gather(out.hidden_states[-1], where)
+
+
 def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0,
-                      temperatures: tuple[float, ...] = (1.0,), float32: bool = False) -> torch.Tensor:
+                      temperatures: tuple[float, ...] = (1.0,), float32: bool = False,
+                      packing: Packing | None = None) -> torch.Tensor:
     """log softmax(logits / T)[target] at each temperature T, for every response position: [K, B, T].
 
     With ``chunk_size`` > 0 the vocabulary projection runs over chunks of that many response
     tokens under activation checkpointing, so no [B, T, V] logits (nor their fp32 copy or softmax)
     ever exist: peak extra memory is one [chunk, V] block. 0 projects everything at once.
     ``float32`` runs the projection itself (the lm_head matmul) in float32 even under bf16 autocast:
-    a ratio against float32 behaviour log-probs must not carry bf16's ~0.06 nats of error.
+    a ratio against float32 behaviour log-probs must not carry bf16's ~0.06 nats of error. ``packing``: the model
+    runs on packed rows (``offline_rl.packing``), the same log-probs to float rounding.
     """
-    if chunk_size <= 0 and not float32:
+    if chunk_size <= 0 and not float32 and packing is None:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # [B, T, V]
         return torch.stack([-torch.nn.functional.cross_entropy(
             (logits / t if t != 1.0 else logits).flatten(0, 1), batch["targets"].flatten(), reduction="none"
         ).view_as(batch["targets"]) for t in temperatures])
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                logits_to_keep=1)  # through the (possibly DDP-wrapped) model; logits of one position only
-    hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
+    selected_hidden = response_hidden(model, batch, packing)  # [N, H], through the (possibly DDP-wrapped) model
     lm_head = _unwrap(model).get_output_embeddings()
     head = LogitHead(lm_head, *logit_transform(model))
     where = batch["response_mask"].bool()  # [B, T]
-    selected_hidden, selected_targets = hidden[where], batch["targets"][where]  # [N, H], [N]
+    selected_targets = batch["targets"][where]  # [N]
     step = chunk_size if chunk_size > 0 else max(1, selected_hidden.shape[0])
     pieces = [
         torch.utils.checkpoint.checkpoint(_chunk_logprobs, head, selected_hidden[i : i + step],
@@ -46,24 +62,23 @@ def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0
         if chunk_size > 0 else _chunk_logprobs(head, selected_hidden, selected_targets, temperatures, float32)
         for i in range(0, selected_hidden.shape[0], step)
     ]
-    logprobs = torch.zeros((len(temperatures), *where.shape), dtype=torch.float32, device=hidden.device)  # [K, B, T]
+    logprobs = torch.zeros((len(temperatures), *where.shape), dtype=torch.float32,
+                           device=selected_hidden.device)  # [K, B, T]
     if pieces:
         logprobs[:, where] = torch.cat(pieces, dim=1)
     return logprobs
 
 
-def token_logprobs_and_kl(model, reference, batch: dict[str, torch.Tensor], chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs_and_kl(model, reference, batch: dict[str, torch.Tensor], chunk_size: int = 0,
+                          packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(target_t | prefix) [B, T] and KL(pi_ref(. | prefix) || pi(. | prefix)) over the whole vocabulary [B, T]
     at every response position (0 elsewhere), both in float32. ``reference`` is a frozen model run alongside
     (no gradient); chunks of ``chunk_size`` response tokens are projected under activation checkpointing, so no
-    [B, T, V] logits of either model are held whole (0: all at once)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                logits_to_keep=1)
+    [B, T, V] logits of either model are held whole (0: all at once). ``packing``: both run on packed rows."""
+    hidden = response_hidden(model, batch, packing)  # [N, H]
     with torch.no_grad():
-        ref_out = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            output_hidden_states=True, logits_to_keep=1)
+        ref_hidden = response_hidden(reference, batch, packing)  # [N, H]
     where = batch["response_mask"].bool()  # [B, T]
-    hidden, ref_hidden = out.hidden_states[-1][where], ref_out.hidden_states[-1][where]  # [N, H]
     targets = batch["targets"][where]  # [N]
     head = LogitHead(_unwrap(model).get_output_embeddings(), *logit_transform(model))
     ref_head = LogitHead(_unwrap(reference).get_output_embeddings(), *logit_transform(reference))
@@ -71,7 +86,7 @@ def token_logprobs_and_kl(model, reference, batch: dict[str, torch.Tensor], chun
     pieces = [torch.utils.checkpoint.checkpoint(_chunk_kl, head, ref_head, hidden[i : i + step], ref_hidden[i : i + step],
                                                 targets[i : i + step], use_reentrant=False)
               for i in range(0, hidden.shape[0], step)]
-    both = torch.zeros((2, *where.shape), dtype=torch.float32, device=out.hidden_states[-1].device)  # [2, B, T]
+    both = torch.zeros((2, *where.shape), dtype=torch.float32, device=hidden.device)  # [2, B, T]
     if pieces:
         both[:, where] = torch.cat(pieces, dim=1)
     return both[0], both[1]
@@ -86,19 +101,19 @@ def _chunk_kl(head, ref_head, hidden, ref_hidden, targets) -> torch.Tensor:
     return torch.stack([logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), kl])
 
 
-def fused_token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int, token_grad) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_token_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int, token_grad,
+                         packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For a loss that is a per-token weighted sum (``token_grad(log p) = d loss / d log p``): the log-probs of every
     response position, detached, [1, B, T], and a surrogate scalar whose gradient is the loss's, through the fused
-    projection (offline_rl/fused.py: each chunk projected once, its gradients made in forward)."""
+    projection (offline_rl/fused.py: each chunk projected once, its gradients made in forward). ``packing``: the
+    model runs on packed rows."""
     from offline_rl.fused import fused_weighted_logprobs
 
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                logits_to_keep=1)
-    hidden = out.hidden_states[-1]  # [B, T, H], after the final norm
+    hidden = response_hidden(model, batch, packing)  # [N, H], after the final norm
     where = batch["response_mask"].bool()  # [B, T]
     lm_head = _unwrap(model).get_output_embeddings()
-    surrogate, selected = fused_weighted_logprobs(hidden[where], gathered_weight(lm_head.weight), batch["targets"][where], chunk_size,
-                                                  token_grad)
+    surrogate, selected = fused_weighted_logprobs(hidden, gathered_weight(lm_head.weight), batch["targets"][where],
+                                                  chunk_size, token_grad)
     logprobs = torch.zeros((1, *where.shape), dtype=torch.float32, device=hidden.device)  # [1, B, T]
     logprobs[:, where] = selected
     return logprobs, surrogate

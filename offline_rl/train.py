@@ -22,7 +22,7 @@ from typing import IO, Any
 import torch
 from tqdm.auto import tqdm
 
-from offline_rl import sharding, views
+from offline_rl import packing, sharding, views
 from offline_rl.learner import Learner, Policy, units
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from offline_rl.policies import check_learner, frozen_model
@@ -61,7 +61,15 @@ class TrainConfig:
                 "that the steps go once through all of them (a round of GRPO's recipe); replaces --batch-size",
         "advanced": True})
     micro_batch_size: int = field(default=None, metadata={"help": "sequences per forward pass per process; the step accumulates batch-size / (this x processes) of them (default: the whole step's share)", "min": 1, "advanced": True})
-    micro_batch_tokens: int = field(default=0, metadata={"help": "regroup each step's sequences by length into micro-batches of at most N padded tokens (rows x longest), so that short sequences are not padded to the longest: the same loss and gradient up to float rounding, less compute; 0: as drawn (one process only)", "min": 0, "advanced": True})
+    micro_batch_tokens: int = field(default=0, metadata={
+        "help": "regroup each step's sequences by length into micro-batches of at most N tokens per process (padded: "
+                "rows x longest; with --packing: the sequences' own), which bounds a forward's memory and, unpacked, "
+                "its padding: the same loss and gradient up to float rounding; 0: as drawn", "min": 0,
+        "advanced": True})
+    packing: bool = field(default=False, metadata={
+        "help": "run the model on several sequences per row, no padding, attention kept within each sequence "
+                "(varlen flash attention or a block-diagonal mask, as the model's attention allows; refused where "
+                "neither): the same losses and gradients up to float rounding, less compute"})
     lr: float = field(default=2e-4, metadata={
         "help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)", "above": 0,
         "max": 1})  # AdamW moves each weight by about lr a step (1e308: NaN at step 2)
@@ -112,6 +120,7 @@ class TrainState:
     tracked: bool  # trackers besides metrics.jsonl
     sharded: bool = False  # FSDP2: the model's parameters, gradients and moments sharded over the ranks
     reference: Any = None  # the frozen initial model, for learners anchored to it (asft)
+    packing: packing.Layout | None = None  # --packing: how the model's packed rows are laid out; None: padded
     start: float = 0.0
     tokens_seen: int = 0
 
@@ -191,13 +200,19 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     if (getattr(accelerator.unwrap_model(model).get_output_embeddings(), "bias", None) is not None
             or logit_transform(model) != (1.0, None)):
         projection = None  # the fused projection has no bias term, no logit scaling and no soft-capping
+    # how the model keeps packed sequences apart, found by running it (every rank: FSDP2's forward is collective)
+    packed = packing.layout(accelerator.unwrap_model(model), accelerator.autocast()) if cfg.packing else None
     if accelerator.is_main_process:
         layout = f"FSDP2 over {accelerator.num_processes} processes" if fsdp else \
             f"{accelerator.num_processes} process{'es' * (accelerator.num_processes > 1)}"
         print(f"projection: {'fused chunks' if projection is not None else 'checkpointed chunks'} of "
-              f"{cfg.logit_chunk_size or 'all'} response tokens; {layout}", file=sys.stderr)
+              f"{cfg.logit_chunk_size or 'all'} response tokens; {layout}"
+              + (f"; packed rows, {packed.name} attention" if packed else ""), file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
     reference = frozen_model(base_model, accelerator.device) if base_model else None
+    if packed and reference is not None and packing.layout(reference, accelerator.autocast()).name != packed.name:
+        raise UsageError(f"--packing: the base model {base_model} keeps packed sequences apart otherwise than the "
+                         "policy (another attention implementation); train without --packing")
     per_process = cfg.micro_batch_size * accelerator.num_processes
     return TrainState(
         cfg=cfg, learner=learner, learner_cfg=learner_cfg, accelerator=accelerator, model=model, optimizer=optimizer,
@@ -205,7 +220,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         first_step=first_step, accumulation=cfg.batch_size // per_process, projection=projection,
         temperatures=(1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature),
         ratio_temperature=ratio_temperature, dropped_truncated=dropped, metrics_file=metrics_file, tracked=tracked,
-        sharded=fsdp is not None, reference=reference)
+        sharded=fsdp is not None, reference=reference, packing=packed)
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -270,8 +285,6 @@ def resolve(cfg: TrainConfig, n_examples: int, processes: int, model_path: str) 
         unit = (cfg.micro_batch_size or 1) * processes
         cfg = replace(cfg, batch_size=max(unit, n_examples // cfg.steps // unit * unit))
     micro = micro_batch(cfg.batch_size, cfg.micro_batch_size, processes)
-    if cfg.micro_batch_tokens and processes > 1:
-        raise UsageError("--micro-batch-tokens regroups one process's batches; with several processes leave it 0")
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * n_examples / cfg.batch_size))
     init_from, offset = continued_from(cfg)  # steps before this run's first (another run's, with --init-from)
     schedule_steps = cfg.schedule_steps or (total_steps if cfg.restart_schedule else offset + total_steps)
@@ -414,19 +427,15 @@ def loop(state: TrainState) -> None:
     for _ in range(state.first_step - state.offset):  # the data position: the order is a pure function of the seed
         next(data)
     for step in bar:
-        drawn = next(data)
-        if cfg.micro_batch_tokens:  # the same examples in the step, regrouped by length: less padding
-            step_examples = [i for idx in drawn for i in idx]
-            drawn = [[step_examples[j] for j in group] for group in
-                     length_groups([example_size(state.examples[i]) for i in step_examples], cfg.micro_batch_tokens)]
-        micro = [learner.collate([state.examples[i] for i in idx], pad) for idx in drawn]
-        step_units = count_units(learner, state.learner_cfg, micro, accelerator)
+        micro = micro_batches(state, next(data), pad)
+        step_units = count_units(learner, state.learner_cfg, [batch for batch, _ in micro], accelerator)
         totals: dict[str, float] = {}
-        for i, batch in enumerate(micro):
+        for i, (batch, packed) in enumerate(micro):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            packed = packed.to(accelerator.device) if packed is not None else None
             sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                loss_sum, metrics = backward(state, batch, step_units)
+                loss_sum, metrics = backward(state, batch, step_units, packed)
             for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
                 totals[k] = max(totals.get(k, -math.inf), float(v)) if k.endswith("_max") else totals.get(k, 0.0) + float(v)
         grad_norm = (sharding.clip_grad_norm(model, cfg.max_grad_norm) if state.sharded
@@ -468,6 +477,25 @@ def step_batches(n_examples: int, cfg: TrainConfig, rank: int, ranks: int, accum
             yield [[rng.randrange(n_examples) for _ in range(micro)] for _ in range(accumulation)]
 
 
+def micro_batches(state: TrainState, drawn: list[list[int]], pad: int) -> list[tuple[dict, packing.Packing | None]]:
+    """The step's micro-batches of this rank, collated as the learner's view makes them, each with its packed rows
+    under --packing (the loss sees the collated batch, never the packed rows). As drawn, or, with
+    --micro-batch-tokens, the same examples regrouped by length, as many micro-batches on every rank (a rank's
+    forwards and gradient syncs pair with the others')."""
+    cfg, accelerator = state.cfg, state.accelerator
+    if cfg.micro_batch_tokens:
+        mine = [i for idx in drawn for i in idx]
+        sizes = [(1, example_tokens(state.examples[i])) if state.packing else example_size(state.examples[i])
+                 for i in mine]
+        groups = length_groups(sizes, cfg.micro_batch_tokens, packed=state.packing is not None)
+        if accelerator.num_processes > 1:
+            counts = accelerator.gather(torch.tensor([len(groups)], device=accelerator.device))
+            groups = split_groups(groups, int(counts.max()))
+        drawn = [[mine[j] for j in group] for group in groups]
+    batches = [state.learner.collate([state.examples[i] for i in idx], pad) for idx in drawn]
+    return [(batch, packing.pack(batch, state.packing) if state.packing else None) for batch in batches]
+
+
 def count_units(learner: Learner, learner_cfg, micro: list[dict[str, torch.Tensor]], accelerator) -> torch.Tensor:
     """What the step's loss sum is divided by: the learner's normaliser counted over the step's micro-batches and
     every rank."""
@@ -476,27 +504,31 @@ def count_units(learner: Learner, learner_cfg, micro: list[dict[str, torch.Tenso
     return accelerator.reduce(local_units.to(accelerator.device), reduction="sum")
 
 
-def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torch.Tensor):
-    """One micro-batch's loss sum and metrics, its gradient accumulated as its share of the step's mean."""
+def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torch.Tensor,
+             packed: packing.Packing | None = None):
+    """One micro-batch's loss sum and metrics, its gradient accumulated as its share of the step's mean; ``packed``:
+    the model runs on the batch's packed rows, the loss on the batch as collated."""
     cfg, accelerator, learner = state.cfg, state.accelerator, state.learner
     if state.projection is not None:  # gradients made in forward; the loss's value from the detached log-probs
-        logprobs, surrogate = fused_token_logprobs(state.model, batch, cfg.logit_chunk_size, state.projection)
+        logprobs, surrogate = fused_token_logprobs(state.model, batch, cfg.logit_chunk_size, state.projection, packed)
         loss_sum, metrics = learner.loss(Policy(logprobs[0]), batch, state.learner_cfg)
         accelerator.backward(token_mean(surrogate, step_units, accelerator.num_processes))
         return loss_sum, metrics
-    loss_sum, metrics = learner.loss(policy_inputs(state, batch), batch, state.learner_cfg)
+    loss_sum, metrics = learner.loss(policy_inputs(state, batch, packed), batch, state.learner_cfg)
     accelerator.backward(token_mean(loss_sum, step_units, accelerator.num_processes))
     return loss_sum, metrics
 
 
-def policy_inputs(state: TrainState, batch: dict[str, torch.Tensor]) -> Policy:
+def policy_inputs(state: TrainState, batch: dict[str, torch.Tensor], packed: packing.Packing | None = None) -> Policy:
     """What the learner's record asks of the policy for this micro-batch, by name, through the chunked projection:
-    the log-probs at temperature 1, at the behaviour's temperature, or with the initial model's KL."""
+    the log-probs at temperature 1, at the behaviour's temperature, or with the initial model's KL; each [B, T] as
+    the batch was collated, whether the model ran on ``packed`` rows or not."""
     chunk, learner = state.cfg.logit_chunk_size, state.learner
     if learner.base_kl:  # anchored to the initial model: its KL over the vocabulary at every token
-        logprobs, base_kl = token_logprobs_and_kl(state.model, state.reference, batch, chunk)
+        logprobs, base_kl = token_logprobs_and_kl(state.model, state.reference, batch, chunk, packed)
         return Policy(logprobs, base_kl=base_kl)
-    logprobs = token_logprobs_at(state.model, batch, chunk, state.temperatures, learner.float32_projection)  # [K, B, T]
+    logprobs = token_logprobs_at(state.model, batch, chunk, state.temperatures, learner.float32_projection,
+                                 packed)  # [K, B, T]
     if learner.behavior_ratio:  # the behaviour's temperature last: the same tensor as logprobs[0] at T = 1
         return Policy(logprobs[0], tempered_logprobs=logprobs[-1])
     return Policy(logprobs[0])
@@ -626,8 +658,9 @@ def wandb_can_log() -> bool:
 def run_identity(cfg: TrainConfig, learner_cfg, model_path: str, manifests: dict[str, dict]) -> dict:
     """What a checkpoint's weights depend on: the settings, the learner's, the model and the data's shards."""
     identity = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
-    if not cfg.micro_batch_tokens:
-        del identity["micro_batch_tokens"]  # off: as runs saved before the setting existed
+    for setting in ("micro_batch_tokens", "packing"):
+        if not identity[setting]:
+            del identity[setting]  # off: as runs saved before the setting existed
     identity["model"] = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
     identity["data"] = [str(Path(p).resolve()) for p in manifests]
     identity["data_shards"] = [m.get("shards", []) for m in manifests.values()]
@@ -643,20 +676,43 @@ def example_size(example) -> tuple[int, int]:
     return 1, len(example.prompt_token_ids) + len(example.response_token_ids)
 
 
-def length_groups(sizes: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
-    """Positions into ``sizes`` grouped into micro-batches: longest first, each group cut before its padded size
-    (rows x its longest) would exceed ``max_tokens`` (a single example may exceed it alone). Equal lengths keep
-    their order."""
+def example_tokens(example) -> int:
+    """The tokens an example's sequences hold, padding left out (a DPO pair: both responses')."""
+    if isinstance(example, Pair):
+        return example_tokens(example.chosen) + example_tokens(example.rejected)
+    return len(example.prompt_token_ids) + len(example.response_token_ids)
+
+
+def length_groups(sizes: list[tuple[int, int]], max_tokens: int, packed: bool = False) -> list[list[int]]:
+    """Positions into ``sizes`` grouped into micro-batches: longest first, each group cut before its size would
+    exceed ``max_tokens`` (a single example may exceed it alone): padded, rows x its longest; ``packed``, the sum of
+    rows x tokens. Equal lengths keep their order."""
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i][1])
     groups: list[list[int]] = []
-    rows = 0
+    rows = tokens = 0  # the last group's
     for i in order:
-        if groups and (rows + sizes[i][0]) * sizes[groups[-1][0]][1] <= max_tokens:
+        n_rows, width = sizes[i]
+        if packed:
+            grown = tokens + n_rows * width
+        else:  # every row padded to the group's first, its longest
+            grown = (rows + n_rows) * sizes[groups[-1][0]][1] if groups else 0
+        if groups and grown <= max_tokens:
             groups[-1].append(i)
-            rows += sizes[i][0]
+            rows, tokens = rows + n_rows, grown
         else:
             groups.append([i])
-            rows = sizes[i][0]
+            rows, tokens = n_rows, n_rows * width
+    return groups
+
+
+def split_groups(groups: list[list[int]], count: int) -> list[list[int]]:
+    """``groups`` split in halves, the one of most examples first, until there are ``count``: every rank runs as
+    many micro-batches as the busiest (each holds as many examples as the others, so it can)."""
+    groups = [list(group) for group in groups]
+    while len(groups) < count:
+        largest = max(range(len(groups)), key=lambda g: len(groups[g]))
+        half = len(groups[largest]) // 2
+        groups[largest : largest + 1] = [groups[largest][:half], groups[largest][half:]]
     return groups
 
 

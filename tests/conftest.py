@@ -84,17 +84,18 @@ def tempered_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fsdp_runs(vllm_dataset, tmp_path_factory):
-    """Every learner's run under FSDP2 (one launch of 2 processes) and in one process."""
+    """Every learner's run under FSDP2 (one launch of 2 processes) and in one process (some packed on either side:
+    tests/test_fsdp.py's PACKED)."""
     from offline_rl import train
-    from tests.test_fsdp import accelerate_launch, runs
+    from tests.test_fsdp import PACKED, accelerate_launch, runs
 
     root = tmp_path_factory.mktemp("fsdp")
-    sharded = runs(vllm_dataset, root / "fsdp")
+    sharded = runs(vllm_dataset, root / "fsdp", PACKED["fsdp"])
     (root / "runs.json").write_text(json.dumps(list(sharded.values())))
     launched = subprocess.run(accelerate_launch(str(ROOT / "tests" / "fsdp_runs.py"), str(root / "runs.json")),
                               capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert launched.returncode == 0, launched.stderr[-4000:]
-    for argv in runs(vllm_dataset, root / "single").values():
+    for argv in runs(vllm_dataset, root / "single", PACKED["single"]).values():
         train.main(argv)
     return root, launched.stderr
 

@@ -133,6 +133,7 @@ def test_the_gpu_check_dry_run_lists_every_check_and_its_commands_parse(tmp_path
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     learners = ("sft", "rft", "dft", "prob", "dpo", "ppo", "iwsft", "adft", "asft", "nft", "grpo")
     assert {f"fsdp2-bf16-{name}" for name in learners} | {"fused-1.5b", "bench-train-0.5b", "rounds-sleep"} <= set(lines)
+    assert {f"fsdp2-bf16-packing-{name}" for name in ("dft", "grpo", "dpo")} | {"bench-train-packing-1.5b"} <= set(lines)
     assert not (tmp_path / "check").exists()  # a dry run writes nothing
     parsers = {"import": ImportConfig, "collect": CollectConfig, "eval": EvalConfig,
                "train": (TrainConfig, *LEARNER_CONFIGS), "iterate": (IterateConfig, *LEARNER_CONFIGS)}

@@ -25,6 +25,12 @@ CONFIG = ROOT / "configs" / "accelerate" / "fsdp-cpu.yaml"
 LEARNERS = {"sft": [], "rft": [], "dft": ["--save-every", "2"], "dft-sequence": ["--weighting", "sequence"],
             "dft-geometric": ["--weighting", "geometric"], "prob": [], "dpo": [], "ppo": [], "iwsft": [],
             "adft": [], "asft": [], "grpo": [], "nft": []}
+# runs with packed rows, each compared with the other side's padded run: the sharded side packs a per-pair, a
+# per-response and a base-anchored learner, and sft in micro-batches of at most 250 packed tokens (as many on each
+# rank); the one process packs dft's per-response weighting and nft
+PACKED = {"fsdp": {"dpo": ["--packing"], "grpo": ["--packing"], "asft": ["--packing"],
+                   "sft": ["--packing", "--micro-batch-tokens", "250"]},
+          "single": {"dft-sequence": ["--packing"], "nft": ["--packing"]}}
 
 
 def accelerate_launch(*args: str) -> list[str]:
@@ -32,11 +38,12 @@ def accelerate_launch(*args: str) -> list[str]:
     return [accelerate, "launch", "--config_file", str(CONFIG), "--main_process_port", str(free_port()), *args]
 
 
-def runs(data: Path, out: Path) -> dict[str, list[str]]:
+def runs(data: Path, out: Path, packed: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Every learner's bin/train arguments, with ``packed``'s flags added to the runs it names."""
     common = ["--data", str(data), "--steps", "3", "--batch-size", "8", "--lr", "1e-3", "--log-every", "1",
               "--seed", "0", "--report-to", "none"]
-    argvs = {name: ["--learner", name.split("-")[0], *extra, *common, "--out", str(out / name)]
-             for name, extra in LEARNERS.items()}
+    argvs = {name: ["--learner", name.split("-")[0], *extra, *(packed or {}).get(name, []), *common, "--out",
+                    str(out / name)] for name, extra in LEARNERS.items()}
     # one more step from dft's sharded (or single-process) checkpoint of step 2
     argvs["continued"] = ["--learner", "dft", *common[:2], "--steps", "1", "--batch-size", "8", "--lr", "1e-3",
                           "--log-every", "1", "--report-to", "none", "--out", str(out / "continued"),
@@ -60,6 +67,7 @@ def test_every_learner_under_fsdp2_equals_one_process(fsdp_runs):
     root, log = fsdp_runs
     assert log.count("FSDP2 over 2 processes") == len(LEARNERS) + 1  # the log names the path that ran
     assert "projection: fused chunks of 256 response tokens; FSDP2" in log  # the fused projection, sharded
+    assert log.count("; packed rows, block-diagonal attention") == len(PACKED["fsdp"])
     for name in [*LEARNERS, "continued"]:
         single, sharded = records(root / "single" / name), records(root / "fsdp" / name)
         assert len(single) == len(sharded) == (1 if name == "continued" else 3)
