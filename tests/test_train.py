@@ -140,21 +140,24 @@ def test_resume_without_checkpoint_is_bad_input(tmp_path, tiny_model_dir, tiny_m
                     "--resume"])
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, tiny_model):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir, tiny_model,
+                                                                          monkeypatch):
     from safetensors.torch import load_file
 
-    from tests.conftest import run_bin
+    from offline_rl import train
+    from rollout.runtime import CommandFailed
 
     _, tokenizer = tiny_model
     world_dataset(tmp_path / "data", tokenizer)
-    # a learning rate of 1e30 blows the weights up on the first update: step 2's loss is NaN
-    result = run_bin("train", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out",
-                     str(tmp_path / "o"), "--steps", "6", "--batch-size", "4", "--lr", "1e30",
-                     "--warmup-ratio", "0", "--save-every", "1", "--log-every", "1")
-    assert result.returncode == 1  # an internal failure, not bad input
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last == f"train: error: loss became nan at step 2; stopped, last good checkpoint: {tmp_path / 'o' / 'checkpoints' / 'step-1'}"
+    # a schedule that multiplies the rate by 1e30 (--lr itself is bounded by 1) blows the weights up on the first
+    # update: step 2's loss is NaN
+    monkeypatch.setattr(train, "lr_lambda", lambda total, warmup: lambda step: 1e30)
+    with pytest.raises(CommandFailed) as failed:  # an internal failure (exit 1), not bad input
+        train.main(["--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
+                    "--steps", "6", "--batch-size", "4", "--lr", "1", "--warmup-ratio", "0", "--save-every", "1",
+                    "--log-every", "1"])
+    assert str(failed.value) == ("loss became nan at step 2; stopped, last good checkpoint: "
+                                 f"{tmp_path / 'o' / 'checkpoints' / 'step-1'}")
     assert [p.name for p in (tmp_path / "o" / "checkpoints").iterdir()] == ["step-1"]
     assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "o" / "checkpoints" / "step-1" / "model.safetensors").values())
     assert not (tmp_path / "o" / "model.safetensors").exists()  # no final model from a failed run
