@@ -10,6 +10,7 @@ by :func:`rewards.score_batch`. Writes a table to stdout and, with ``--out``,
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -51,6 +52,7 @@ class EvalConfig(SamplingFlags, EngineFlags):
     name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
     force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make, or replace "
                                                  "another model's or setting's finished evaluation"})
+    heldout_text: str = field(default=None, metadata={"help": "also measure the model's mean NLL per token on held-out text (what it forgot): world:pretrain (text of the kind the embedded base model was trained on), a .jsonl file with a text field or a text file of blank-line-separated documents; none: not measured"})
     extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
 
 
@@ -72,6 +74,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def pass_ks(k: int) -> list[int]:
     """The k's reported for pass@k: powers of two up to k, and k itself."""
     return sorted({2**i for i in range(k.bit_length()) if 2**i <= k} | {k})
+
+
+def problem_ids_digest(prompt_ids: list[str]) -> str:
+    """What names a benchmark's problems in order, short enough to store with every evaluation (the paired
+    intervals of a comparison check that two evaluations answered the same problems)."""
+    return hashlib.sha256("\n".join(prompt_ids).encode()).hexdigest()[:16]
+
+
+def mean_token_entropy(samples: list[list[float]]) -> float | None:
+    """The mean entropy per sampled token of the distribution the samples were drawn from, estimated from their own
+    log-probs: at each position E[-log q(x_t) | prefix] is the entropy of q there, so the mean of -log q(x_t) over
+    every sampled token estimates the mean per-position entropy along the model's own samples, with no extra pass."""
+    tokens = sum(map(len, samples))
+    return -sum(map(sum, samples)) / tokens if tokens else None
 
 
 def _answer_key(pred: str) -> str:
@@ -196,6 +212,9 @@ def run_eval(cfg: EvalConfig, *, context: CommandContext | None = None) -> dict:
     benchmarks = [load_benchmark(name, cfg) for name in names]  # every one checked before any sampling
     for b in benchmarks:
         b.records = b.records[: cfg.problems]
+    from offline_rl.heldout import load_heldout, measure_checkpoint  # torch, only here
+
+    heldout = load_heldout(cfg.heldout_text)
     model = resolve_model(cfg.model or context.default_model)
     tokenizer = load_tokenizer(model)
     try:
@@ -215,6 +234,10 @@ def run_eval(cfg: EvalConfig, *, context: CommandContext | None = None) -> dict:
     print_config(cfg, out=out)
     results, generations = evaluate(model, benchmarks, templates, cfg, context.engine)
     print(format_table({results["name"]: results}, [b.name for b in benchmarks], cfg.k))
+    if heldout is not None:  # a pass of its own over the held-out text, after the sampling
+        results["heldout"] = measure_checkpoint(model, heldout, context_length(model, cfg.max_model_len))
+        print(f"held-out NLL {results['heldout']['nll']:.4f} nats/token on {heldout.spec} "
+              f"({results['heldout']['tokens']} tokens)")
     if out is not None:
         write_generations(out / "generations.parquet", generations)
         write_json(out / "results.json", results)  # last: its presence marks a finished evaluation
@@ -267,6 +290,10 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
             if max_len is None or len(ids) < max_len:
                 passes.setdefault(tuple(stops[bench.name] or ()), []).append((bench.name, i, ids))
     records = {b.name: b.records for b in benchmarks}
+    # the samples' log-probs give the policy's entropy when they are those of the distribution sampled from
+    mode = cfg.logprobs_mode()
+    entropy = cfg.temperature > 0 and (mode == "processed_logprobs" or (mode == "raw_logprobs" and cfg.temperature == 1
+                                                                          and cfg.top_p == 1))
     own_engine = engine is None
     engine = engine or start_engine(cfg, model)
     scorer = rewards.StreamScorer(extraction=cfg.extraction)
@@ -282,7 +309,7 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
                 scorer.add([((name, i, k), s.text, records[name][i]["gold"]) for k, s in enumerate(samples)])
 
             began = time.perf_counter()
-            engine.generate([ids for _, _, ids in todo], sampling, on_result=finished, logprobs=False,
+            engine.generate([ids for _, _, ids in todo], sampling, on_result=finished, logprobs=entropy,
                             seeds=[prompt_seed(cfg.seed, records[name][i]["prompt_id"]) for name, i, _ in todo])
             generation_seconds += time.perf_counter() - began
     finally:
@@ -294,6 +321,8 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
     for bench in benchmarks:
         metrics, rows = benchmark_results(bench, prompts[bench.name], outputs[bench.name], scored, cfg)
         metrics["prompts_too_long"] = sum(not samples for samples in outputs[bench.name])
+        if entropy:
+            metrics["entropy"] = mean_token_entropy([s.logprobs for samples in outputs[bench.name] for s in samples])
         metrics["scoring_timeouts"] = sum(name == bench.name for name, _, _ in timed_out)
         metrics["template"] = templates[bench.name].name
         metrics["stop"] = stops[bench.name]
@@ -327,7 +356,11 @@ def benchmark_results(bench: Benchmark, prompts: list[str], outputs: list[list],
                                 "gold": record["gold"], "prompt": prompt, "sample_idx": j, "response": s.text,
                                 "pred": pred, "reward": reward,
                                 "response_tokens": len(s.token_ids), "finish_reason": s.finish_reason})
-    return benchmark_metrics(correct, preds, lengths, truncated, cfg.k), generations
+    metrics = benchmark_metrics(correct, preds, lengths, truncated, cfg.k)
+    # what a comparison's paired intervals resample: each problem's correct samples, and which problems these were
+    metrics["correct_per_problem"] = [int(sum(c)) for c in correct]
+    metrics["problem_ids"] = problem_ids_digest([r["prompt_id"] for r in bench.records])
+    return metrics, generations
 
 
 def write_generations(path: Path, generations: list[dict]) -> None:

@@ -23,6 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from offline_rl import packing, sharding, views
+from offline_rl.experiments.plots import draw_heldout
+from offline_rl.heldout import encode, load_heldout, measure
 from offline_rl.learner import Learner, Policy, units
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
 from offline_rl.policies import check_learner, frozen_model
@@ -91,6 +93,8 @@ class TrainConfig:
                                                  "checkpoints"})
     include_truncated: bool = field(default=False, metadata={"help": "keep responses cut at --max-tokens in the loss: the accepted view's, DPO's chosen ones, the groups view's (whose statistics count them either way)", "advanced": True})
     report_to: str = field(default="tensorboard", metadata={"help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
+    heldout_every: int = field(default=0, metadata={"help": "every N steps (and at the first), log the policy's mean NLL per token on --heldout-text and its mean entropy there (heldout_nll, heldout_entropy: metrics.jsonl, the trackers, OUT/heldout.png); 0: never", "min": 0})
+    heldout_text: str = field(default="world:pretrain", metadata={"help": "held-out text of --heldout-every: world:pretrain (text of the kind the embedded base model was trained on), a .jsonl file with a text field, or a text file of blank-line-separated documents", "advanced": True})
     approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) distribution or another model", "advanced": True})
 
 
@@ -121,6 +125,7 @@ class TrainState:
     sharded: bool = False  # FSDP2: the model's parameters, gradients and moments sharded over the ranks
     reference: Any = None  # the frozen initial model, for learners anchored to it (asft)
     packing: packing.Layout | None = None  # --packing: how the model's packed rows are laid out; None: padded
+    heldout: list | None = None  # --heldout-every's examples of --heldout-text
     start: float = 0.0
     tokens_seen: int = 0
 
@@ -183,6 +188,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     # a ratio learner reads the policy at the behaviour's temperature: exact, or refused
     ratio_temperature = check_learner(learner, manifests, dataset, model_path, cfg.approximate_ratios)
     base_model = anchor(cfg, learner, model_path)
+    heldout = load_heldout(cfg.heldout_text) if cfg.heldout_every else None  # one line if it is not text
     examples, dropped = learner_examples(cfg, learner, learner_cfg, dataset, manifests, model_path, tokenizer,
                                          accelerator)
     cfg, offset, init_from = resolve(cfg, len(examples), accelerator.num_processes, model_path)
@@ -214,13 +220,15 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         raise UsageError(f"--packing: the base model {base_model} keeps packed sequences apart otherwise than the "
                          "policy (another attention implementation); train without --packing")
     per_process = cfg.micro_batch_size * accelerator.num_processes
+    if heldout is not None:
+        heldout = encode(heldout, tokenizer, getattr(accelerator.unwrap_model(model).config, "max_position_embeddings", None))
     return TrainState(
         cfg=cfg, learner=learner, learner_cfg=learner_cfg, accelerator=accelerator, model=model, optimizer=optimizer,
         scheduler=scheduler, tokenizer=tokenizer, examples=examples, identity=identity, offset=offset,
         first_step=first_step, accumulation=cfg.batch_size // per_process, projection=projection,
         temperatures=(1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature),
         ratio_temperature=ratio_temperature, dropped_truncated=dropped, metrics_file=metrics_file, tracked=tracked,
-        sharded=fsdp is not None, reference=reference, packing=packed)
+        sharded=fsdp is not None, reference=reference, packing=packed, heldout=heldout)
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -443,8 +451,11 @@ def loop(state: TrainState) -> None:
         record = step_record(state, step, totals, step_units, grad_norm)
         bar.set_postfix(loss=f"{record['loss']:.4f}", nll=f"{record.get('nll', float('nan')):.3f}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
+        measured = cfg.heldout_every and (step - state.offset) % cfg.heldout_every == 0
+        if measured:  # the weights this step's loss was computed with, as the loss: every process (collective)
+            record.update(heldout_record(state))
         if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == state.last_step
-                                            or not math.isfinite(record["loss"])):
+                                            or measured or not math.isfinite(record["loss"])):
             state.metrics_file.write(json.dumps(record) + "\n")
             state.metrics_file.flush()
             if state.tracked:
@@ -461,6 +472,13 @@ def loop(state: TrainState) -> None:
             save_checkpoint(accelerator, Path(cfg.out) / "checkpoints", step + 1, state.identity,
                             (model, state.optimizer) if state.sharded else None)
         pause_point(f"train:step-{step + 1}")
+
+
+def heldout_record(state: TrainState) -> dict:
+    """The policy's mean NLL per token on the held-out text and its mean entropy there, now."""
+    pad = state.tokenizer.pad_token_id if state.tokenizer.pad_token_id is not None else state.tokenizer.eos_token_id
+    measured = measure(state.model, state.heldout, pad, state.accelerator.device, state.cfg.logit_chunk_size or 256)
+    return {"heldout_nll": measured["nll"], "heldout_entropy": measured["entropy"]}
 
 
 def step_batches(n_examples: int, cfg: TrainConfig, rank: int, ranks: int, accumulation: int):
@@ -564,6 +582,8 @@ def finish(state: TrainState) -> dict:
                "examples": len(state.examples), "dropped_truncated": state.dropped_truncated,
                "ratio_temperature": state.ratio_temperature, "seconds": round(seconds, 2),
                "tokens_per_s": round(state.tokens_seen / seconds, 1)}
+    if state.heldout is not None:  # the final weights' (every process: collective)
+        summary.update(heldout_record(state))
     if torch.cuda.is_available():  # this process's peak accelerator memory (bench/gpu_check.sh reads it per learner)
         summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     out = Path(cfg.out)
@@ -572,6 +592,10 @@ def finish(state: TrainState) -> dict:
         unwrapped.config.use_cache = True
         state.metrics_file.close()
         save_final(unwrapped, state.tokenizer, state_dict, out)
+        if state.heldout is not None:  # held-out NLL and entropy over the steps, the final weights' last
+            records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            final = {"step": state.last_step + 1, **{k: summary[k] for k in ("heldout_nll", "heldout_entropy")}}
+            draw_heldout({cfg.learner: [[r for r in records if "heldout_nll" in r] + [final]]}, out / "heldout.png")
         write_json(out / "train_summary.json", summary)  # its presence marks a finished training
         write_model_card(out)
         print(f"trained {cfg.learner} for {cfg.steps} steps on {len(state.examples)} examples "
@@ -619,7 +643,7 @@ def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict, s
 
 
 # settings a resumed run may change: they alter neither the updates nor their order
-RESUMABLE_CHANGES = ("resume", "force", "log_every", "save_every", "out", "report_to")
+RESUMABLE_CHANGES = ("resume", "force", "log_every", "save_every", "out", "report_to", "heldout_every", "heldout_text")
 TRACKERS = ("tensorboard", "wandb", "trackio")
 
 

@@ -169,8 +169,23 @@ def load_split(split: str, seed: int = WORLD_SEED) -> list[Problem]:
     raise AssertionError("unreachable")
 
 
-def _generate(split: str, seed: int, taken: set[str]) -> list[Problem]:
-    count, lo, hi, slip_rate, offset, *style = SPLITS[split]
+# text of the base model's kind held out from every split: the pretrain split's recipe at an offset no split uses
+HELDOUT_PRETRAIN = ("pretrain-heldout", 1, 3, SPLITS["pretrain"][3], 10)
+
+
+def heldout_pretrain(count: int, seed: int = WORLD_SEED) -> list[Problem]:
+    """``count`` problems drawn as the ``pretrain`` split's are (1-3 steps, the same share of careless slips), none of
+    whose questions is in any split: text of the kind ``bin/make-base`` trains the base model on that no model here
+    was trained on, for measuring what a learner forgot."""
+    taken: set[str] = set()
+    for name in SPLITS:
+        taken.update(p.question for p in _generate(name, seed, taken))
+    name, lo, hi, slip_rate, offset = HELDOUT_PRETRAIN
+    return _generate(name, seed, taken, (count, lo, hi, slip_rate, offset))
+
+
+def _generate(split: str, seed: int, taken: set[str], spec: tuple | None = None) -> list[Problem]:
+    count, lo, hi, slip_rate, offset, *style = spec or SPLITS[split]
     style = style[0] if style else TRAIN_STYLE
     rng = random.Random(seed * 1000 + offset)
     problems: list[Problem] = []

@@ -28,7 +28,7 @@ from offline_rl import embedded
 from offline_rl.commands import run_function
 from offline_rl.evaluate import EvalConfig
 from offline_rl.experiments.plan import COMMON, DATASET_MODEL, SET_BY_STAGES, CompareConfig, Stage, plan
-from offline_rl.experiments.report import write_report
+from offline_rl.experiments.report import rereport, write_report
 from offline_rl.experiments.validate import check_comparison
 from rollout.dataset import read_manifest, write_json
 from rollout.engines import LiveEngine
@@ -65,12 +65,15 @@ def run_compare(cfg: CompareConfig, *, context: CommandContext | None = None) ->
     """``bin/compare``: every stage's input checked, then the stages in order, then the report. From the ``context``
     (default: the embedded one): the world and the default model, which every stage is given."""
     context = context or embedded.context()
+    if cfg.report_only:
+        return report_only(cfg)
     checked = check_comparison(cfg)  # before anything is written or started
     cfg, runs, seeds, out, data, demonstrations = (checked.cfg, checked.runs, checked.seeds, checked.out, checked.data,
                                                    checked.demonstrations)
     recorded = settings(cfg)
     unswept = cfg.sweep is None and not any(r.sweep for r in runs)
-    compared = {k: v for k, v in recorded.items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to")
+    compared = {k: v for k, v in recorded.items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to", "reference",
+                                                                    "report_only")
                 and not (k in ("sweep", "select_on") and unswept)}
     planned = {"runs": [{k: v for k, v in asdict(r).items() if v is not None or k not in OPTIONAL_RUN_KEYS}
                         | {"flags": dict(r.flags)} for r in runs]}  # what --learners or --runs said
@@ -95,6 +98,20 @@ def settings(cfg: CompareConfig) -> dict:
     evaluations' but those each evaluation sets."""
     own = {f.name: getattr(cfg, f.name) for f in fields(cfg) if not f.metadata.get("stage")}
     return {**{k: v for k, v in asdict(cfg.evaluation).items() if k not in SET_BY_STAGES}, **own}
+
+
+def report_only(cfg: CompareConfig) -> dict:
+    """``--report-only``: the report's differences, forgetting and entropy written again from OUT's evaluations."""
+    if cfg.out is None:
+        raise UsageError("--out is required")
+    out = Path(cfg.out)
+    if not (out / "compare_config.json").is_file() or not (out / "report.md").is_file():
+        raise UsageError(f"--report-only: {out} holds no comparison's report (compare_config.json, report.md)")
+    hold_directory(out, "compare", owned=lambda d: (d / "compare_config.json").is_file())
+    written = rereport(out, cfg.reference)
+    print("\n".join(written["sections"]))
+    print(f"report: {out / 'report.md'}, {out / 'differences.csv'} (differences against {written['reference']})")
+    return written
 
 
 def run_stages(stages: list[Stage], out: Path, data: Path, engine: EvalConfig, context: CommandContext) -> list[str]:

@@ -63,9 +63,13 @@ class CompareConfig:
         "help": f"with a sweep: the held-out benchmark its values are chosen on (default: {SELECT_ON}); never one of "
                 "--benchmarks (the reported ones), nor the split the data was drawn from", "advanced": True})
     report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
+    reference: str = field(default=None, metadata={"help": "the run every other is compared with, in differences with paired 95-percent intervals (default: sft where there is one, else the base model)"})
+    heldout_every: int = field(default=0, metadata={"help": "every training logs the held-out NLL and its policy's entropy there every N steps (bin/train --heldout-every; 0: never)", "min": 0, "advanced": True})
+    report_only: bool = field(default=False, metadata={"help": "only write the differences, forgetting and entropy of OUT's report again from its evaluations (a comparison kept without its runs); --reference may change"})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
     # every evaluation's settings (its model, name, seed and output are each stage's; --backend: the collection's too)
-    evaluation: EvalConfig = stage(EvalConfig())
+    # the forgetting panel in every comparison unless --heldout-text none
+    evaluation: EvalConfig = stage(EvalConfig(heldout_text="world:pretrain"))
 
 
 # bin/compare --help: these of bin/eval's flags too (the rest: --help-all)
@@ -286,7 +290,8 @@ def _training(cfg: CompareConfig, out: Path, data: Path, demonstrations: Path | 
     (train, learner), _ = parse_mapping((TrainConfig, LEARNERS[run.learner].config), flags, f"run {run.name}")
     batch = run.batch(cfg.batch_size)
     settings = dict(learner=run.learner, out=str(where), model=cfg.model, batch_size=batch, seed=seed,
-                    report_to=cfg.report_to, lr=run.lr(cfg.lr))
+                    report_to=cfg.report_to, lr=run.lr(cfg.lr), heldout_every=cfg.heldout_every,
+                    heldout_text=cfg.evaluation.heldout_text)
     if run.rounds is not None:  # collects its own samples: the dataset's prompts and sampling, split into rounds
         own = {"n": run.n} if run.n is not None else {}
         rounds = with_flags(IterateConfig(train=train), dict(

@@ -1,4 +1,5 @@
-"""The comparison's plots: accuracy per benchmark (with each learner's gain over the base) and training curves."""
+"""The comparison's plots: accuracy per benchmark (with each learner's gain over the base), training curves, held-out
+NLL and entropy over training, and forgetting and entropy against accuracy."""
 
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], metric: str, path: Path) -> None:
+def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], metric: str, path: Path,
+                  gains: dict | None = None) -> None:
     """One panel per benchmark. Top: bars of mean accuracy with std error bars, each seed a dot. Bottom (with a
-    base model): each learner's gain over the base, the gray band two of the base's seed stds either way,
-    so that transfer along an out-of-distribution split shows at a glance."""
+    base model): each learner's gain over the base with its paired 95 % interval (``gains``: (model, benchmark) ->
+    :class:`~offline_rl.experiments.intervals.Difference`; without, the gray band is two of the base's seed stds
+    either way), so that transfer along an out-of-distribution split shows at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,13 +62,108 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
         ax = axes[1][column]
         learners = [m for m in present if m != "base"]
         if "base" in means:
-            ax.axhspan(-2 * stds["base"], 2 * stds["base"], color="0.85")
-            ax.bar(range(len(learners)), [means[m] - means["base"] for m in learners],
-                   yerr=[stds[m] for m in learners], capsize=3, color=[_color(m, models) for m in learners])
+            found = [(gains or {}).get((m, bench)) for m in learners]
+            if gains is not None and all(found):  # the paired intervals
+                heights = [100 * d.difference for d in found]
+                errors = [[100 * (d.difference - d.low) for d in found], [100 * (d.high - d.difference) for d in found]]
+            else:
+                ax.axhspan(-2 * stds["base"], 2 * stds["base"], color="0.85")
+                heights, errors = [means[m] - means["base"] for m in learners], [stds[m] for m in learners]
+            ax.bar(range(len(learners)), heights, yerr=errors, capsize=3, color=[_color(m, models) for m in learners])
         ax.axhline(0, color="0.4", linewidth=0.8)
         ax.set_xticks(range(len(learners)), learners, rotation=45, ha="right")
-        ax.set_ylabel("gain over base (points)" if column == 0 else "")
+        ax.set_ylabel("gain over base (points, 95 % interval)" if column == 0 else "")
         ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_forgetting(out: Path, runs: dict[str, str], seeds: list[int], benchmark: str, metric: str, path: Path) -> None:
+    """Two panels, one point per model (mean over seeds, each seed a small dot): its held-out NLL and its samples'
+    entropy (x) against its ``metric`` on ``benchmark`` (y); the base's as dashed lines. A learner right of the base's
+    line forgot; one left of it on entropy narrowed its policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points: dict[str, list[dict]] = {}
+    for name, run in runs.items():
+        for seed in seeds:
+            results = out / "evals" / f"{run}-s{seed}" / "results.json"
+            if results.exists():
+                res = json.loads(results.read_text())
+                measured = res["benchmarks"].get(benchmark, {})
+                points.setdefault(name, []).append({"nll": (res.get("heldout") or {}).get("nll"),
+                                                    "entropy": measured.get("entropy"), "y": 100 * measured.get(metric, 0)})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, label in ((axes[0], "nll", "held-out NLL (nats/token)"), (axes[1], "entropy", "entropy (nats/token)")):
+        for name, found in points.items():
+            found = [p for p in found if p[key] is not None]
+            if not found:
+                continue
+            x, y = [p[key] for p in found], [p["y"] for p in found]
+            color = _color(name, list(runs))
+            ax.plot(x, y, ".", color=color, markersize=3)
+            ax.plot(statistics.fmean(x), statistics.fmean(y), "o", color=color, label=name)
+            if name == "base":
+                ax.axvline(statistics.fmean(x), color="0.6", linestyle="--", linewidth=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{benchmark} {metric} (%)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def heldout_curves(metrics: Path) -> list[dict]:
+    """A training's held-out records (``metrics.jsonl``'s lines with ``heldout_nll``)."""
+    if not metrics.exists():
+        return []
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [r for r in records if "heldout_nll" in r]
+
+
+def plot_heldout(out: Path, learners: list[str], seeds: list[int], path: Path) -> bool:
+    """One panel per learner: the held-out NLL (solid, left axis) and the policy's held-out entropy (dashed, right)
+    over training, one line per seed; whether any training logged them (else nothing is drawn)."""
+    curves = {name: [heldout_curves(out / "runs" / f"{name}-s{seed}" / "metrics.jsonl") for seed in seeds]
+              for name in learners}
+    curves = {name: [c for c in found if c] for name, found in curves.items()}
+    curves = {name: found for name, found in curves.items() if found}
+    if not curves:
+        return False
+    draw_heldout(curves, path)
+    return True
+
+
+def draw_heldout(curves: dict[str, list[list[dict]]], path: Path) -> None:
+    """``curves``: name -> one list of held-out records per seed (bin/train's own plot is one name, one seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(curves))
+    rows = -(-len(curves) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    for ax, (name, found) in zip(axes.flat, curves.items(), strict=False):
+        color = _color(name, ["base", *curves])
+        twin = ax.twinx()
+        for records in found:
+            steps = [r["step"] for r in records]
+            ax.plot(steps, [r["heldout_nll"] for r in records], color=color, linewidth=1)
+            twin.plot(steps, [r["heldout_entropy"] for r in records], color="k", linestyle="--", linewidth=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out NLL", fontsize=8)
+        twin.set_ylabel("entropy", fontsize=8)
+        ax.tick_params(labelsize=7)
+        twin.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle("held-out NLL per token (solid, left) and the policy's entropy there (dashed, right)", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -1,5 +1,7 @@
 """The comparison's report: ``results.csv`` (one row per model, seed and benchmark), ``report.md`` (mean ± std over
-seeds, gains over the base, budget and stage times) and its plots, all read from the stages' own files."""
+seeds, differences against a reference run and the base with paired intervals, what each model forgot and its
+entropy, budget and stage times), ``differences.csv`` and the plots, all read from the stages' own files.
+:func:`rereport` writes the parts that need only the evaluations again, for a comparison kept without its runs."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import statistics
 from pathlib import Path
 
 from offline_rl.evaluate import pass_ks
+from offline_rl.experiments import intervals
 from offline_rl.experiments.plan import ROOT, CompareConfig, Run
-from offline_rl.experiments.plots import plot_accuracy, plot_training
-from offline_rl.experiments.sweep import groups_of, plot_sensitivity, select, selection_table, value_text
+from offline_rl.experiments.plots import plot_accuracy, plot_forgetting, plot_heldout, plot_training
+from offline_rl.experiments.sweep import SELECT_ON, groups_of, plot_sensitivity, select, selection_table, value_text
 from rollout.dataset import atomic_write_bytes, read_manifest
+from rollout.runtime import UsageError
 
 
 def collect_results(out: Path, models: list[str], seeds: list[int]) -> list[dict]:
@@ -92,24 +96,6 @@ def run_setting(out: Path, run: Run, cfg: CompareConfig, seed: int) -> str:
     return text + f", {run.rounds} rounds of {steps} step{'s' if steps > 1 else ''} ({batch})"
 
 
-def transfer_table(rows: list[dict], models: list[str], benchmarks: list[str], metric: str) -> str:
-    """Each learner's gain over the base model (points of ``metric``, mean over seeds) per benchmark, marked *
-    where it exceeds two pooled seed stds (sqrt of the mean of the two variances): a gain beyond seed noise."""
-    stats = {key: (mean, std) for key, (mean, std, _) in cell_stats(rows, models, benchmarks, metric).items()}
-    lines = ["| model | " + " | ".join(benchmarks) + " |", "|---|" + "---:|" * len(benchmarks)]
-    for model in [m for m in models if m != "base"]:
-        cells = []
-        for bench in benchmarks:
-            if (model, bench) not in stats or ("base", bench) not in stats:
-                cells.append("–")
-                continue
-            (mean, std), (base_mean, base_std) = stats[model, bench], stats["base", bench]
-            gain, pooled = mean - base_mean, ((std ** 2 + base_std ** 2) / 2) ** 0.5
-            cells.append(f"{gain:+.1f}" + (" *" if abs(gain) > 2 * pooled and pooled > 0 else ""))
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def budget_table(out: Path, models: list[str], seeds: list[int], manifest: dict, on_demonstrations: set[str],
                  rounds: dict[str, int]) -> str:
     """What each learner sampled and spent: responses and tokens sampled (the offline learners share the one
@@ -171,13 +157,10 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
     k = cfg.evaluation.k
     all_rows = collect_results(out, ["base", *(r.name for r in runs)], seeds)
     columns = ["model", "seed", "benchmark", "problems", f"avg@{k}", *[f"pass@{j}" for j in pass_ks(k) if j > 1],
-               f"maj@{k}", "mean_response_tokens", "truncation_rate", "prompts_too_long", "train_seconds"]
+               f"maj@{k}", "mean_response_tokens", "truncation_rate", "prompts_too_long", "entropy", "train_seconds"]
     atomic_write_bytes(out / "results.csv", _csv_text(all_rows, columns).encode())  # every setting, every split
     groups, swept = groups_of(runs)
-    chosen = select(all_rows, groups, cfg.select_on, f"avg@{k}") if groups else {}
-    # reported: the base, the runs not swept, and each sweep's chosen setting under its run's name
-    shown = {name: name for name in ["base", *(r.name for r in runs if not r.sweep)]}
-    shown.update({c["run"]: group for group, c in chosen.items()})
+    shown, chosen = reported_runs(all_rows, runs, cfg.select_on, k)
     rows = [{**r, "model": shown[r["model"]]} for r in all_rows
             if r["model"] in shown and not (groups and r["benchmark"] == cfg.select_on)]
     models = list(dict.fromkeys(shown.values()))
@@ -188,17 +171,18 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
     manifest = read_manifest(data) if (data / "manifest.json").exists() else {}
     lines = _report_header(out, cfg, runs, seeds, data, demonstrations, manifest, rows, benchmarks)
     if groups:
-        reported = "test-id" if "test-id" in benchmarks else benchmarks[0]
+        first = "test-id" if "test-id" in benchmarks else benchmarks[0]
         lines += ["", f"## Chosen settings (on {cfg.select_on} avg@{k} alone; every value trained with every seed, "
                   "the same grid size and budget per run)", "",
                   selection_table(chosen, groups, swept, cfg.select_on, f"avg@{k}"), "",
                   "![sensitivity](plots/sensitivity.png)", ""]
-        plot_sensitivity(all_rows, groups, swept, chosen, reported, f"avg@{k}", out / "plots" / "sensitivity.png")
+        plot_sensitivity(all_rows, groups, swept, chosen, first, f"avg@{k}", out / "plots" / "sensitivity.png")
     spread = "mean ± std over seeds" if len(seeds) > 1 else f"one seed, {seeds[0]}"
     lines += ["", f"## avg@{k} (%; {spread}; best per column in bold)", "", table, ""]
-    if "base" in models and len(seeds) > 1:
-        lines += [f"## Transfer: gain over the base model (avg@{k} points; * beyond two pooled seed stds)", "",
-                  transfer_table(rows, models, benchmarks, f"avg@{k}"), ""]
+    runs_of = {name: run for run, name in shown.items()}
+    reference = check_reference(cfg.reference, models)
+    sections, gains = honest_sections(out, runs_of, seeds, benchmarks, k, reference)
+    lines += sections
     on_demonstrations = {r.name for r in runs if r.data == "demonstrations"} if demonstrations is not None else set()
     trained = list(shown)  # the run directories of what is reported (a sweep's chosen setting by its own name)
     lines += ["## Budget: samples and time per learner (mean over seeds)", "",
@@ -211,10 +195,157 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
             lines += [f"## {metric} (%)", "", format_report_table(rows, models, benchmarks, metric), ""]
     lines += ["## Plots", "", "![accuracy per benchmark](plots/accuracy.png)", "",
               "![training curves](plots/training.png)", ""]
+    trained_names = [m for m in shown if m != "base"]
+    if plot_heldout(out, trained_names, seeds, out / "plots" / "heldout.png"):
+        lines += ["![held-out NLL and entropy over training](plots/heldout.png)", ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
-    plot_accuracy(rows, models, benchmarks, f"avg@{k}", out / "plots" / "accuracy.png")
-    plot_training(out, [m for m in shown if m != "base"], seeds, out / "plots" / "training.png")
+    plot_accuracy(rows, models, benchmarks, f"avg@{k}", out / "plots" / "accuracy.png", gains)
+    plot_training(out, trained_names, seeds, out / "plots" / "training.png")
     return {"table": table, "rows": rows}
+
+
+def reported_runs(all_rows: list[dict], runs: list[Run], select_on: str, k: int) -> tuple[dict[str, str], dict]:
+    """What the report shows: the base, the runs not swept, and each sweep's setting chosen on ``select_on`` under
+    its run's name (run directory name -> name shown); and the sweeps' choices."""
+    groups, _ = groups_of(runs)
+    chosen = select(all_rows, groups, select_on, f"avg@{k}") if groups else {}
+    shown = {name: name for name in ["base", *(r.name for r in runs if not r.sweep)]}
+    shown.update({c["run"]: group for group, c in chosen.items()})
+    return shown, chosen
+
+
+def check_reference(reference: str | None, names: list[str]) -> str:
+    """The run the differences are taken against: the one named, else sft where there is one, else the base model;
+    one line if the name is no reported run's."""
+    if reference is None:
+        return "sft" if "sft" in names else "base"
+    if reference not in names:
+        raise UsageError(f"--reference {reference}: no run of that name in this comparison (runs: {', '.join(names)})")
+    return reference
+
+
+def honest_sections(out: Path, runs: dict[str, str], seeds: list[int], benchmarks: list[str], k: int,
+                    reference: str) -> tuple[list[str], dict]:
+    """The report's differences against ``reference`` (avg@k and pass@k) and against the base (avg@k), with paired
+    intervals, written to ``differences.csv`` too; then what each model forgot and its entropy (with their plot).
+    ``runs``: name shown -> its evaluations' directory name. Returns the lines and the gains over the base."""
+    metrics = [f"avg@{k}"] + ([f"pass@{k}"] if k > 1 else [])
+    lines, csv_rows, gains = [], [], {}
+    for against in [reference] + (["base"] if reference != "base" and "base" in runs else []):
+        found = intervals.differences(out, runs, seeds, benchmarks, metrics if against == reference else metrics[:1],
+                                      against)
+        csv_rows += intervals.difference_rows(found, against)
+        if against == "base":
+            gains = {(m, b): d for (m, b, _), d in found.items()}
+        shown = [m for m in runs if m != against]
+        lines += [f"## Differences against {against} (points, model minus {against})", "",
+                  intervals.method_text(found) + ".", ""]
+        for metric in metrics if against == reference else metrics[:1]:
+            lines += [f"{metric}:", "", intervals.differences_table(found, shown, benchmarks, metric), ""]
+    atomic_write_bytes(out / "differences.csv", _csv_text(csv_rows, intervals.DIFFERENCE_COLUMNS).encode())
+    forgetting = forgetting_table(out, runs, seeds, benchmarks, k)
+    if forgetting:
+        lines += forgetting + ["![forgetting and entropy against accuracy](plots/forgetting.png)", ""]
+        plot_forgetting(out, runs, seeds, benchmarks[0], f"avg@{k}", out / "plots" / "forgetting.png")
+    return lines, gains
+
+
+def model_measures(out: Path, run: str, seeds: list[int], benchmarks: list[str], k: int) -> dict[int, dict]:
+    """Per seed, an evaluation's held-out NLL (its ``heldout`` record) and the entropy of its samples over the
+    reported benchmarks (each benchmark's weighted by the tokens it sampled)."""
+    found = {}
+    for seed in seeds:
+        path = out / "evals" / f"{run}-s{seed}" / "results.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        measures = {}
+        if res.get("heldout"):
+            measures["nll"] = res["heldout"]["nll"]
+        parts = [(m["entropy"], m["mean_response_tokens"] * (m["problems"] - m.get("prompts_too_long", 0)) * k)
+                 for b, m in res["benchmarks"].items() if b in benchmarks and m.get("entropy") is not None]
+        if parts and sum(t for _, t in parts) > 0:
+            measures["entropy"] = sum(e * t for e, t in parts) / sum(t for _, t in parts)
+        found[seed] = measures
+    return found
+
+
+def forgetting_table(out: Path, runs: dict[str, str], seeds: list[int], benchmarks: list[str], k: int) -> list[str]:
+    """What each model forgot (its mean NLL per token on the held-out text the evaluations name) and its policy's
+    entropy, each beside the base's, with the change from the base and its t interval over the seeds' paired
+    differences; no lines when no evaluation measured either."""
+    measures = {name: model_measures(out, run, seeds, benchmarks, k) for name, run in runs.items()}
+    keys = [key for key in ("nll", "entropy") if any(key in m for ms in measures.values() for m in ms.values())]
+    if not keys:
+        return []
+    heldout = next((json.loads(p.read_text()).get("heldout") for p in sorted((out / "evals").glob("*/results.json"))
+                    if json.loads(p.read_text()).get("heldout")), None)
+    titles = {"nll": "held-out NLL", "entropy": "entropy"}
+    lines = ["## Forgetting and entropy", ""]
+    if heldout:
+        lines.append(f"Held-out NLL: each model's mean negative log-likelihood per token (nats) of `{heldout['text']}` "
+                     f"({heldout['documents']} documents, {heldout['tokens']} tokens scored).")
+    if "entropy" in keys:
+        lines.append("Entropy: the mean token entropy (nats) of each model's own evaluation samples over "
+                     f"{', '.join(benchmarks)}, estimated from their log-probs.")
+    lines += ["Mean ± std over seeds; change from the base: mean of the seeds' paired differences, 95 % Student t "
+              "interval over the seeds, * where it excludes 0.", "",
+              "| model | " + " | ".join(f"{titles[key]} | change" for key in keys) + " |",
+              "|---|" + "---:|---:|" * len(keys)]
+    base = measures.get("base", {})
+    for name in runs:
+        cells = []
+        for key in keys:
+            values = [m[key] for m in measures[name].values() if key in m]
+            mean, std = mean_std(values) if values else (None, None)
+            cells.append("–" if mean is None else f"{mean:.3f}" + (f" ± {std:.3f}" if len(values) > 1 else ""))
+            paired = [s for s in measures[name] if key in measures[name][s] and key in base.get(s, {})]
+            change = intervals.seeds_t([measures[name][s][key] for s in paired], [base[s][key] for s in paired])
+            cells.append("–" if name == "base" else intervals.interval_text(change, scale=1, digits=3))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+REPLACED_SECTIONS = ("## Differences against", "## Transfer: gain over the base", "## Forgetting and entropy")
+
+
+def rereport(out: Path, reference: str | None = None) -> dict:
+    """A comparison's differences, forgetting and entropy written again from its evaluations alone (a committed
+    comparison keeps no runs or data): ``differences.csv``, and in ``report.md`` those sections replaced (the old
+    transfer table among them) right after the avg@k table; the rest of ``report.md`` stays as it was written."""
+    saved = json.loads((out / "compare_config.json").read_text())
+    seeds = [int(s) for s in str(saved["seeds"]).split(",")]
+    k, select_on = int(saved.get("k", 4)), saved.get("select_on") or SELECT_ON
+    runs = saved_runs(out, saved)
+    all_rows = collect_results(out, ["base", *(r.name for r in runs)], seeds)
+    shown, _ = reported_runs(all_rows, runs, select_on, k)
+    benchmarks = [b for b in dict.fromkeys(r["benchmark"] for r in all_rows) if not (
+        any(r.sweep for r in runs) and b == select_on)]
+    runs_of = {name: run for run, name in shown.items()}
+    reference = check_reference(reference, list(runs_of))
+    sections, _ = honest_sections(out, runs_of, seeds, benchmarks, k, reference)
+    kept, skipping, at = [], False, None
+    for line in (out / "report.md").read_text().splitlines():
+        if line.startswith("## "):
+            skipping = line.startswith(REPLACED_SECTIONS)
+            if at is None and not skipping and kept and any(h.startswith("## avg@") for h in kept if h.startswith("## ")):
+                at = len(kept)  # the first section after the avg@k table
+        if not skipping:
+            kept.append(line)
+    at = len(kept) if at is None else at
+    atomic_write_bytes(out / "report.md", "\n".join(kept[:at] + sections + kept[at:]).encode())
+    return {"reference": reference, "sections": sections}
+
+
+def saved_runs(out: Path, saved: dict) -> list[Run]:
+    """The runs a comparison recorded: ``compare_runs.json``, or the ``learners`` of an older ``compare_config.json``
+    (``name=learner`` pairs)."""
+    if (out / "compare_runs.json").is_file():
+        return [Run(r["name"], r["learner"], r.get("data", "dataset"), tuple((r.get("flags") or {}).items()),
+                    r.get("rounds"), r.get("n"), r.get("batch_size"), r.get("sweep"), r.get("swept"))
+                for r in json.loads((out / "compare_runs.json").read_text())["runs"]]
+    return [Run(name, learner or name) for name, _, learner in
+            (part.strip().partition("=") for part in saved["learners"].split(",") if part.strip())]
 
 
 def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int], data: Path,

@@ -18,7 +18,9 @@ from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from offline_rl.evaluate import SHARED_BENCHMARKS, load_benchmark, shared_file
 from offline_rl.experiments.plan import CompareConfig, Run, demonstrations_for, parse_runs
+from offline_rl.experiments.report import check_reference
 from offline_rl.experiments.sweep import SELECT_ON
+from offline_rl.heldout import check_heldout
 from offline_rl.learners import LEARNERS
 from offline_rl.policies import ratio_temperature
 from offline_rl.train import TrainConfig, micro_batch, report_targets
@@ -51,9 +53,11 @@ def check_comparison(cfg: CompareConfig) -> Comparison:
     runs = parse_runs(cfg)
     seeds = parse_seeds(cfg.seeds)
     report_targets(cfg.report_to)
+    check_reference(cfg.reference, ["base", *dict.fromkeys(r.sweep or r.name for r in runs)])
     for name in cfg.evaluation.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
         if name.strip():
             load_benchmark(name.strip(), cfg.evaluation)
+    check_heldout(cfg.evaluation.heldout_text)  # and held-out text that is not text
     out = Path(cfg.out)
     data = Path(cfg.data) if cfg.data else out / "data"
     if cfg.data and cfg.prompts is not None:
