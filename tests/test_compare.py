@@ -8,7 +8,7 @@ import pytest
 
 from offline_rl.experiments.plan import CompareConfig, Run, parse_runs, plan
 from offline_rl.experiments.plots import plot_accuracy
-from offline_rl.experiments.report import format_report_table, transfer_table
+from offline_rl.experiments.report import format_report_table
 from tests.conftest import run_bin
 
 EVAL = ["--k", "2", "--max-tokens", "48"]
@@ -21,7 +21,9 @@ def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(t
     import pyarrow.parquet as pq
 
     out = tmp_path / "cmp"
-    result = run_bin("compare", "--data", str(vllm_dataset), "--out", str(out), *ARGS)
+    heldout = tmp_path / "heldout.txt"  # the forgetting panel on two documents, to stay fast
+    heldout.write_text("Tom has 5 cards. He finds 2 more cards.\n\nMia starts with 8 apples.\n8 - 3 = 5.\n")
+    result = run_bin("compare", "--data", str(vllm_dataset), "--out", str(out), *ARGS, "--heldout-text", str(heldout))
     assert result.returncode == 0, result.stderr[-3000:]
 
     # one engine for every evaluation: started once, then each checkpoint's weights loaded in place (base, dft s0,
@@ -61,13 +63,28 @@ def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(t
     assert table[0].startswith("| model | setting | test-id avg@2 | test-names avg@2")
     assert [line.split(" | ")[:2] for line in table[1:3]] == [["| base", "–"], ["| dft", "lr 0.0002, batch 4"]]
     assert report.count("**") >= 2 and " ± " in report and "| 2 |" in table[1]
-    for png in ("accuracy.png", "training.png"):
+    for png in ("accuracy.png", "training.png", "forgetting.png"):
         assert (out / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| base |" in result.stdout
+    # differences against the base (no sft here) with paired bootstrap intervals, the same figures in differences.csv
+    assert "## Differences against base (points, model minus base)" in report
+    assert "paired bootstrap (2000 resamples of the problems and the seeds together" in report
+    differences = list(csv.DictReader((out / "differences.csv").open()))
+    assert {(d["model"], d["benchmark"], d["metric"], d["method"], d["seeds"], d["problems"]) for d in differences} == {
+        ("dft", b, m, "paired bootstrap", "2", "6") for b in ("test-id", "test-names") for m in ("avg@2", "pass@2")}
+    for d in differences:
+        mean = {m: sum(float(r[d["metric"]]) for r in rows if r["model"] == m and r["benchmark"] == d["benchmark"]) / 2
+                for m in ("base", "dft")}
+        assert float(d["difference"]) == pytest.approx(mean["dft"] - mean["base"], abs=1e-6)
+        assert float(d["low"]) <= float(d["difference"]) <= float(d["high"])
+    # the forgetting panel and the entropy column: every model's held-out NLL and its samples' entropy
+    panel = report[report.index("## Forgetting and entropy"):]
+    assert f"`{heldout}` (2 documents" in panel and "| base | " in panel and "| dft | " in panel
+    assert all(0 < float(r["entropy"]) for r in rows)
 
     # resumable: a second run finds everything done and starts nothing
     before = {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("results.json")}
-    again = run_bin("compare", "--data", str(vllm_dataset), "--out", str(out), *ARGS)
+    again = run_bin("compare", "--data", str(vllm_dataset), "--out", str(out), *ARGS, "--heldout-text", str(heldout))
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("results.json")} == before
     assert not any("train " in line and " s" in line for line in again.stderr.splitlines() if line.endswith(" s"))
@@ -83,16 +100,17 @@ def test_report_table_marks_the_best_mean_per_column():
     assert table[3] == "| dft | **60.0 ± 14.1** | 10.0 | 2 |"
 
 
-def test_transfer_table_marks_gains_beyond_seed_noise_and_the_plot_shows_them(tmp_path):
+def test_the_accuracy_plot_shows_gains_with_their_paired_intervals(tmp_path):
+    from offline_rl.experiments.intervals import seeds_t
+
     acc = {("base", "test-id"): [0.30, 0.31, 0.29], ("dft", "test-id"): [0.40, 0.41, 0.39],
            ("base", "test-items"): [0.10, 0.12, 0.08], ("dft", "test-items"): [0.11, 0.13, 0.09],
            ("rft", "test-id"): [0.20, 0.21, 0.19]}
     rows = [{"model": m, "seed": i, "benchmark": b, "avg@4": v} for (m, b), vs in acc.items() for i, v in enumerate(vs)]
-    table = transfer_table(rows, ["base", "dft", "rft"], ["test-id", "test-items"], "avg@4")
-    assert table.splitlines()[2] == "| dft | +10.0 * | +1.0 |"  # one point on test-items is within 2 stds (2.0)
-    assert table.splitlines()[3] == "| rft | -10.0 * | – |"
-    plot_accuracy(rows, ["base", "dft", "rft"], ["test-id", "test-items"], "avg@4", tmp_path / "accuracy.png")
-    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    gains = {(m, b): seeds_t(acc[m, b], acc["base", b]) for m, b in acc if m != "base"}
+    for path, given in ((tmp_path / "intervals.png", gains), (tmp_path / "band.png", None)):
+        plot_accuracy(rows, ["base", "dft", "rft"], ["test-id", "test-items"], "avg@4", path, given)
+        assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_runs_file_recipes_and_overrides(tmp_path):
@@ -132,7 +150,7 @@ def test_a_failed_stage_is_reported_and_the_rest_still_run(tmp_path, tiny_model_
     out = tmp_path / "cmp"
     result = run_bin("compare", "--data", str(tmp_path / "data"), "--out", str(out), "--learners", "dpo,rft",
                      "--seeds", "0", "--benchmarks", "test-id", "--problems", "2", "--k", "1", "--max-tokens", "8",
-                     "--steps", "1", "--batch-size", "2", "--backend", "hf")
+                     "--steps", "1", "--batch-size", "2", "--backend", "hf", "--heldout-text", "none")
     assert result.returncode == 1  # stages failed: not bad input
     assert result.stderr.strip().splitlines()[-1].startswith("compare: error: 1 stage(s) failed, the report holds the rest: train dpo s0 failed")
     assert "no preference pairs" in result.stderr
@@ -163,7 +181,7 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
     runs = tmp_path / "runs.yaml"
     runs.write_text("- {name: rft, learner: rft}\n- {name: rft_x2, learner: rft, rounds: 2}\n")
     args = ["--prompts", "4", "--runs", str(runs), "--seeds", "0", "--benchmarks", "test-id", "--problems", "2",
-            "--k", "1", "--max-tokens", "16", "--steps", "2", "--batch-size", "2", "--backend", "hf"]
+            "--k", "1", "--max-tokens", "16", "--steps", "2", "--batch-size", "2", "--backend", "hf", "--heldout-text", "none"]
     whole = run_bin("compare", "--out", str(tmp_path / "whole"), *args)
     assert whole.returncode == 0, whole.stderr[-2000:]
     # one engine for the collection, the evaluations and the rounds' own sampling (bin/iterate in this process)

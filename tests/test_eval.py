@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -65,10 +66,14 @@ def test_eval_of_a_tiny_model_on_a_tiny_file_benchmark(tmp_path, tiny_model_dir)
     problems = world.load_split("test-id")[:6]
     bench = tmp_path / "mini.jsonl"
     bench.write_text("".join(json.dumps({"question": p.question, "answer": p.gold}) + "\n" for p in problems))
+    heldout = tmp_path / "heldout.txt"  # two documents of held-out text
+    heldout.write_text(f"{problems[0].prompt} {problems[0].solution}\n\n{problems[1].prompt} {problems[1].solution}\n")
     result = run_bin("eval", "--model", str(tiny_model_dir), "--benchmarks", str(bench), "--template", "world",
-                     "--k", "3", "--max-tokens", "24", "--backend", "hf", "--out", str(tmp_path / "ev"), "--name", "tiny")
+                     "--k", "3", "--max-tokens", "24", "--backend", "hf", "--out", str(tmp_path / "ev"), "--name", "tiny",
+                     "--heldout-text", str(heldout))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| tiny | mini |" in result.stdout and "| avg@3 |" in result.stdout
+    assert "held-out NLL " in result.stdout
 
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     metrics = res["benchmarks"]["mini"]
@@ -85,6 +90,15 @@ def test_eval_of_a_tiny_model_on_a_tiny_file_benchmark(tmp_path, tiny_model_dir)
     assert metrics["mean_response_tokens"] == pytest.approx(sum(g["response_tokens"] for g in gens) / 18)
     assert metrics["truncation_rate"] == pytest.approx(sum(g["finish_reason"] == "length" for g in gens) / 18)
     assert all(g["response_tokens"] <= 24 for g in gens)
+    # what a comparison's paired intervals, forgetting panel and entropy column read
+    from offline_rl.evaluate import problem_ids_digest
+    from offline_rl.heldout import load_heldout, measure_checkpoint
+
+    assert metrics["correct_per_problem"] == [int(sum(r)) for r in per_problem]
+    assert metrics["problem_ids"] == problem_ids_digest([g["prompt_id"] for g in gens[::3]])
+    assert 0.5 * math.log(300) < metrics["entropy"] < 1.2 * math.log(300)  # an untrained model: near uniform
+    alone = measure_checkpoint(str(tiny_model_dir), load_heldout(str(heldout)))
+    assert res["heldout"] == {"text": str(heldout), "documents": 2, **alone}
 
 
 def test_an_evaluation_is_replaced_only_by_the_same_run_or_with_force(tmp_path, tiny_model_dir, capfd):

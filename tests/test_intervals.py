@@ -135,3 +135,40 @@ def test_a_committed_comparison_is_reported_again_from_its_evaluations(tmp_path)
     assert "| dft | -5.8 [-9.4, -2.2] * |" in text
     assert rereport(tmp_path, "base")["reference"] == "base"  # again, against another run: the sections replaced
     assert (tmp_path / "report.md").read_text().count("## Differences against") == 1
+
+
+def test_held_out_nll_and_entropy_are_the_full_logits_ones(tiny_model):
+    # measure() projects in chunks; the same figures from the model's whole logits, by hand
+    import torch
+
+    from offline_rl.heldout import HeldoutText, encode, measure
+
+    model, tokenizer = tiny_model
+    text = HeldoutText("t", (("Question: Mia has 3 apples.\nAnswer:", " 3 + 1 = 4."), ("", "Tom has 5 cards. Then")), True)
+    examples = encode(text, tokenizer)
+    assert examples[0].response_token_ids[-1] == tokenizer.eos_token_id and len(examples) == 2
+    measured = measure(model, examples, tokenizer.eos_token_id, "cpu", chunk_size=3)
+    nll = entropy = tokens = 0
+    with torch.no_grad():
+        for e in examples:
+            ids = torch.tensor([e.prompt_token_ids + e.response_token_ids])
+            logprobs = model(input_ids=ids).logits[0, len(e.prompt_token_ids) - 1 : -1].log_softmax(-1)  # [n, V]
+            nll -= logprobs.gather(-1, torch.tensor(e.response_token_ids)[:, None]).sum().item()
+            entropy -= (logprobs.exp() * logprobs).sum().item()
+            tokens += len(e.response_token_ids)
+    assert measured == pytest.approx({"nll": nll / tokens, "entropy": entropy / tokens, "tokens": tokens}, rel=1e-5)
+
+
+def test_world_pretrain_held_out_text_is_in_no_split():
+    import re
+
+    from offline_rl.embedded import world
+    from offline_rl.heldout import DOCUMENTS, load_heldout
+
+    heldout = load_heldout("world:pretrain")
+    assert len(heldout.documents) == DOCUMENTS and heldout.end_of_text
+    trained_on = {p.prompt for s in ("pretrain", "train") for p in world.load_split(s)}
+    assert not trained_on & {context for context, _ in heldout.documents}
+    steps = [re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", text) for _, text in heldout.documents]
+    slipped = sum(any(int(a) + (1 if op == "+" else -1) * int(k) != int(r) for a, op, k, r in s) for s in steps)
+    assert 0.2 < slipped / DOCUMENTS < 0.5  # the pretrain split's careless slips (35 %) are in it too

@@ -67,7 +67,8 @@ def test_a_swept_comparison_chooses_on_valid_and_reports_the_choice(tmp_path, ti
     out = tmp_path / "cmp"
     compare_main(["--data", str(tmp_path / "data"), "--out", str(out), "--learners", "rft", "--sweep", "lr=1e-3,3e-2",
                   "--seeds", "0,1", "--benchmarks", "test-id", "--problems", "3", "--k", "2", "--max-tokens", "8",
-                  "--steps", "2", "--batch-size", "2", "--backend", "hf", "--report-to", "none"])
+                  "--steps", "2", "--batch-size", "2", "--backend", "hf", "--report-to", "none",
+                  "--heldout-text", "none"])
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {(r["model"], r["benchmark"]) for r in rows} >= {
         (m, b) for m in ("rft@lr=0.001", "rft@lr=0.03") for b in ("test-id", "valid")}

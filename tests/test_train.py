@@ -46,10 +46,16 @@ def test_views_pick_the_rows_each_learner_trains_on(tmp_path, tiny_model):
 def test_training_changes_the_model_and_lowers_nll(tmp_path, tiny_model_dir, tiny_model):
     from transformers import AutoModelForCausalLM
 
+    from offline_rl.heldout import load_heldout, measure_checkpoint
+
     _, tokenizer = tiny_model
     dataset, manifest = world_dataset(tmp_path / "data", tokenizer)
+    heldout = tmp_path / "heldout.jsonl"  # held-out text: what the model forgets, every 4 steps
+    heldout.write_text("".join(json.dumps({"text": p.prompt + " " + p.solution}) + "\n"
+                               for p in world.load_split("test-id")[:3]))
     cfg = TrainConfig(learner="dft", data=str(tmp_path / "data"), out=str(tmp_path / "out"), steps=8,
-                      batch_size=4, lr=3e-3, warmup_ratio=0.0, log_every=1, model=str(tiny_model_dir))
+                      batch_size=4, lr=3e-3, warmup_ratio=0.0, log_every=1, model=str(tiny_model_dir),
+                      heldout_every=4, heldout_text=str(heldout))
     summary = run_train(cfg)
     assert summary["steps"] == 8
 
@@ -61,6 +67,15 @@ def test_training_changes_the_model_and_lowers_nll(tmp_path, tiny_model_dir, tin
     assert metrics[-1]["nll"] < metrics[0]["nll"]
     assert all(0 < m["p"] <= 1 and m["loss"] <= m["nll"] for m in metrics)
     assert 0 < metrics[-1]["lr"] < metrics[0]["lr"]  # cosine decay
+    # held out: at steps 1 and 5 the weights their loss was computed with (the initial ones first), the final in the
+    # summary; each what the checkpoint alone measures
+    assert [m["step"] for m in metrics if "heldout_nll" in m] == [1, 5]
+    for measured, model in ((metrics[0], tiny_model_dir), (summary, tmp_path / "out")):
+        alone = measure_checkpoint(str(model), load_heldout(str(heldout)))
+        assert (measured["heldout_nll"], measured["heldout_entropy"]) == pytest.approx((alone["nll"], alone["entropy"]),
+                                                                                      rel=1e-4)
+    assert summary["heldout_nll"] < metrics[0]["heldout_nll"]  # trained on the world's text, it fits this text better
+    assert (tmp_path / "out" / "heldout.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_model_dir):

@@ -29,6 +29,7 @@ values 60-99 0.0 %, 31-50 0.5 %; new names, items, verbs and connectives at once
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -173,7 +174,8 @@ def load_split(split: str, seed: int = WORLD_SEED) -> list[Problem]:
 HELDOUT_PRETRAIN = ("pretrain-heldout", 1, 3, SPLITS["pretrain"][3], 10)
 
 
-def heldout_pretrain(count: int, seed: int = WORLD_SEED) -> list[Problem]:
+@functools.lru_cache(maxsize=2)  # every evaluation of a comparison reads it: generated once per process
+def heldout_pretrain(count: int, seed: int = WORLD_SEED) -> tuple[Problem, ...]:
     """``count`` problems drawn as the ``pretrain`` split's are (1-3 steps, the same share of careless slips), none of
     whose questions is in any split: text of the kind ``bin/make-base`` trains the base model on that no model here
     was trained on, for measuring what a learner forgot."""
@@ -181,7 +183,7 @@ def heldout_pretrain(count: int, seed: int = WORLD_SEED) -> list[Problem]:
     for name in SPLITS:
         taken.update(p.question for p in _generate(name, seed, taken))
     name, lo, hi, slip_rate, offset = HELDOUT_PRETRAIN
-    return _generate(name, seed, taken, (count, lo, hi, slip_rate, offset))
+    return tuple(_generate(name, seed, taken, (count, lo, hi, slip_rate, offset)))
 
 
 def _generate(split: str, seed: int, taken: set[str], spec: tuple | None = None) -> list[Problem]:
