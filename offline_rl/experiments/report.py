@@ -325,7 +325,8 @@ def rereport(out: Path, reference: str | None = None) -> dict:
     reference = check_reference(reference, list(runs_of))
     sections, _ = honest_sections(out, runs_of, seeds, benchmarks, k, reference)
     kept, skipping, at = [], False, None
-    for line in (out / "report.md").read_text().splitlines():
+    text = (out / "report.md").read_text()
+    for line in text.splitlines():
         if line.startswith("## "):
             skipping = line.startswith(REPLACED_SECTIONS)
             if at is None and not skipping and kept and any(h.startswith("## avg@") for h in kept if h.startswith("## ")):
@@ -333,7 +334,8 @@ def rereport(out: Path, reference: str | None = None) -> dict:
         if not skipping:
             kept.append(line)
     at = len(kept) if at is None else at
-    atomic_write_bytes(out / "report.md", "\n".join(kept[:at] + sections + kept[at:]).encode())
+    ending = "\n" if text.endswith("\n") else ""
+    atomic_write_bytes(out / "report.md", ("\n".join(kept[:at] + sections + kept[at:]) + ending).encode())
     return {"reference": reference, "sections": sections}
 
 
