@@ -440,3 +440,39 @@ def test_the_committed_comparisons_plan_the_same_runs_under_their_new_spellings(
     assert {r.name for r in runs if r.data == "demonstrations"} == on_demonstrations & set(learners)
     stages = plan(cfg, Path(cfg.out), Path(cfg.data or f"{cfg.out}/data"), runs, [0, 1, 2])
     assert sum(s.command in ("train", "iterate") for s in stages) == 3 * len(runs)
+
+
+def test_every_model_is_judged_again_after_the_same_rl(tmp_path, tiny_model_dir):
+    """--after-rl on a tiny budget: the base and each run followed by the same GRPO rounds (the dataset's prompts,
+    the seed, one rate), evaluated as NAME+rl; the report sets each before and after RL."""
+    from offline_rl import embedded
+    from offline_rl.experiments.compare import main as compare_main
+    from rollout.collect import main as collect_main
+    from rollout.dataset import load_offline_dataset
+
+    context = embedded.context()
+    collect_main(["--out", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--prompts", "4", "--n", "2",
+                  "--max-tokens", "12", "--backend", "hf"], context=context)
+    out = tmp_path / "cmp"
+    compare_main(["--data", str(tmp_path / "data"), "--out", str(out), "--learners", "sft", "--seeds", "0",
+                  "--benchmarks", "test-id", "--problems", "2", "--k", "2", "--max-tokens", "12", "--steps", "2",
+                  "--batch-size", "2", "--backend", "hf", "--report-to", "none", "--heldout-text", "none",
+                  "--after-rl", "2"], context=context)
+    stages = [json.loads(line)["stage"] for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert stages == ["import", "eval base s0", "train sft s0", "eval sft s0", "train base+rl s0", "eval base+rl s0",
+                      "train sft+rl s0", "eval sft+rl s0"]
+    rl = {name: json.loads((out / "runs" / f"{name}+rl-s0" / "iterate_config.json").read_text()) for name in ("base", "sft")}
+    assert rl["sft"]["model"] == str(out / "runs" / "sft-s0") and rl["base"]["model"] == str(tiny_model_dir)
+    same = ("learner", "rounds", "steps", "lr", "n", "seed", "round_batches", "source", "prompts_per_round", "temperature")
+    assert [rl["base"][k] for k in same] == [rl["sft"][k] for k in same] == [
+        "grpo", 2, 2, 5e-5, 8, 0, True, "world:train", 1, 1.0]
+    prompts = {name: [load_offline_dataset(out / "runs" / f"{name}+rl-s0" / f"round-{k}" / "data")["prompt_id"][0]
+                      for k in (1, 2)] for name in ("base", "sft")}
+    assert prompts["base"] == prompts["sft"] and prompts["base"][0] != prompts["base"][1]  # the same prompts, shared out
+    report = (out / "report.md").read_text()
+    section = report[report.index("## Judged again after the same RL (test-id avg@2, %)"):]
+    assert "| base | " in section and "| sft | " in section and "Kendall's tau" in section
+    assert "| sft+rl | then 2 rounds of GRPO, 1 steps each, lr 5e-05, groups of 8 |" in report
+    differences = list(csv.DictReader((out / "differences.csv").open()))
+    assert {(d["reference"], d["model"], d["metric"]) for d in differences} >= {
+        ("sft", "sft+rl", "avg@2"), ("base", "base+rl", "pass@2"), ("sft", "base+rl", "avg@2")}

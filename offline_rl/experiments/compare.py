@@ -119,15 +119,17 @@ def run_stages(stages: list[Stage], out: Path, data: Path, engine: EvalConfig, c
     evaluation, a failed collection stops the comparison. Returns the failures."""
     todo = [s for s in stages if not s.finished()]
     failures: list[str] = []
+    skipped: set[str] = set()  # stages whose input a failed stage did not make
     live = LiveEngine(engine)  # the engine's own seed draws nothing: every request has its own
     bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="compare", unit="stage")
     start = time.time()
     try:
         for stage in todo:
             bar.set_postfix_str(stage.name)
-            trained = stage.name.replace("eval ", "train ", 1)
-            if stage.name.startswith("eval ") and any(f.startswith(trained + " ") for f in failures):
-                bar.update(1)  # nothing to evaluate
+            if stage.needs is not None and (stage.needs in skipped or any(f.startswith(stage.needs + " ")
+                                                                          for f in failures)):
+                skipped.add(stage.name)  # nothing to evaluate, or to follow with RL
+                bar.update(1)
                 continue
             dataset_model = read_manifest(data)["model"] if (data / "manifest.json").exists() else None
             try:

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPARE_OWNS = ("learner", "data", "out", "model", "steps", "batch_size", "seed", "save_every", "log_every",
                 "report_to", "resume", "init_from", "schedule_steps", "force")
 DATASET_MODEL = "{dataset model}"  # in a planned config: the dataset's model, known once it is collected
+AFTER_RL = "+rl"  # NAME+rl: NAME followed by the after-RL stage (no run's own name holds a +)
+AFTER_RL_LR, AFTER_RL_N = 5e-5, 8  # GRPO's rate chosen in results/embedded-sweep, and its recipe's group size
 
 
 @dataclass
@@ -65,6 +67,18 @@ class CompareConfig:
     report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
     reference: str = field(default=None, metadata={"help": "the run every other is compared with, in differences with paired 95-percent intervals (default: sft where there is one, else the base model)"})
     heldout_every: int = field(default=0, metadata={"help": "every training logs the held-out NLL and its policy's entropy there every N steps (bin/train --heldout-every; 0: never)", "min": 0, "advanced": True})
+    after_rl: int = field(default=0, metadata={
+        "help": "judge every model again after the same online RL: the base and each run, each seed, followed by this "
+                "many rounds of GRPO from its final weights (bin/iterate --learner grpo --sample-like DATA: the "
+                "dataset's prompts shared over the rounds, the same seeds, groups of --after-rl-n, each round's "
+                "samples once in its steps, --steps in all, at --after-rl-lr), reported as NAME+rl beside NAME; "
+                "0: none", "min": 0})
+    after_rl_lr: float = field(default=None, metadata={
+        "help": f"the after-RL stage's peak rate (default: {AFTER_RL_LR:g}, GRPO's rate chosen on valid in "
+                "results/embedded-sweep)", "above": 0, "max": 1, "advanced": True})
+    after_rl_n: int = field(default=None, metadata={
+        "help": f"the after-RL stage's group size, responses per prompt (default: {AFTER_RL_N}, GRPO's recipe)",
+        "min": 2, "advanced": True})
     report_only: bool = field(default=False, metadata={"help": "only write the differences, forgetting and entropy of OUT's report again from its evaluations (a comparison kept without its runs); --reference may change"})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
     # every evaluation's settings (its model, name, seed and output are each stage's; --backend: the collection's too)
@@ -110,6 +124,7 @@ class Stage:
     done: Path  # the stage's completion mark, written last by its command
     samples: str | None = None  # the model a collection or evaluation samples from (the live engine loads it)
     given: frozenset = frozenset()  # iterate: the settings the run gives, which the dataset's do not replace
+    needs: str | None = None  # the stage whose output it starts from: skipped when that one failed
 
     def finished(self) -> bool:
         """A dataset is finished when its manifest says so (collect writes the manifest first); the
@@ -275,13 +290,35 @@ def plan(cfg: CompareConfig, out: Path, data: Path, runs: list[Run], seeds: list
         for run in runs:
             stages.append(_training(cfg, out, data, demonstrations, run, seed))
             stages.append(_evaluation(cfg, out, run.name, str(out / "runs" / f"{run.name}-s{seed}"), seed))
+        for name in ["base", *(r.name for r in runs)] if cfg.after_rl else []:  # then every one judged after RL
+            stages += _after_rl(cfg, out, data, name, seed)
     return stages
+
+
+def _after_rl(cfg: CompareConfig, out: Path, data: Path, name: str, seed: int) -> list[Stage]:
+    """``name``'s final weights followed by the same online GRPO as every other model's (its seed, the dataset's
+    prompts and sampling, one rate), and that model's evaluation as ``name+rl``."""
+    where = out / "runs" / f"{name}{AFTER_RL}-s{seed}"
+    (train, learner), _ = parse_mapping((TrainConfig, LEARNERS["grpo"].config), {}, "--after-rl")
+    own = {"n": cfg.after_rl_n or AFTER_RL_N}  # the base's model: the dataset's own, which --sample-like gives
+    if name != "base" or cfg.model:
+        own["model"] = str(out / "runs" / f"{name}-s{seed}") if name != "base" else cfg.model
+    rounds = with_flags(IterateConfig(train=train), dict(
+        learner="grpo", sample_like=str(data), out=str(where), rounds=cfg.after_rl, steps=cfg.steps,
+        batch_size=cfg.batch_size, round_batches=True, seed=seed, lr=cfg.after_rl_lr or AFTER_RL_LR,
+        backend=cfg.evaluation.backend, report_to=cfg.report_to, **own))
+    trained = f"train {name} s{seed}" if name != "base" else None
+    training = Stage(f"train {name}{AFTER_RL} s{seed}", "iterate", (rounds, learner), where / "iterate_summary.json",
+                     given=frozenset(own), needs=trained)
+    evaluation = _evaluation(cfg, out, f"{name}{AFTER_RL}", str(where), seed)
+    return [training, replace(evaluation, needs=training.name)]
 
 
 def _evaluation(cfg: CompareConfig, out: Path, name: str, model: str, seed: int) -> Stage:
     where = out / "evals" / f"{name}-s{seed}"
     evaluation = replace(cfg.evaluation, model=model, name=name, seed=seed, out=str(where), force=False)
-    return Stage(f"eval {name} s{seed}", "eval", (evaluation,), where / "results.json", samples=model)
+    return Stage(f"eval {name} s{seed}", "eval", (evaluation,), where / "results.json", samples=model,
+                 needs=f"train {name} s{seed}" if name != "base" else None)
 
 
 def _training(cfg: CompareConfig, out: Path, data: Path, demonstrations: Path | None, run: Run, seed: int) -> Stage:

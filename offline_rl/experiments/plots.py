@@ -191,8 +191,10 @@ def plot_training(out: Path, learners: list[str], seeds: list[int], path: Path) 
         curves = []
         for seed in seeds:
             metrics = out / "runs" / f"{learner}-s{seed}" / "metrics.jsonl"
-            if metrics.exists():
-                curves.append([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()])
+            records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
+                if metrics.exists() else []
+            if records:  # rounds that had nothing to train on log no step
+                curves.append(records)
         ax.set_title(learner)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

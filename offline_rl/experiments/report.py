@@ -12,7 +12,7 @@ from pathlib import Path
 
 from offline_rl.evaluate import pass_ks
 from offline_rl.experiments import intervals
-from offline_rl.experiments.plan import ROOT, CompareConfig, Run
+from offline_rl.experiments.plan import AFTER_RL, AFTER_RL_LR, AFTER_RL_N, ROOT, CompareConfig, Run
 from offline_rl.experiments.plots import plot_accuracy, plot_forgetting, plot_heldout, plot_training
 from offline_rl.experiments.sweep import SELECT_ON, groups_of, plot_sensitivity, select, selection_table, value_text
 from rollout.dataset import atomic_write_bytes, read_manifest
@@ -155,18 +155,20 @@ def stage_times_table(out: Path) -> str:
 def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int], data: Path,
                  demonstrations: Path | None = None) -> dict:
     k = cfg.evaluation.k
-    all_rows = collect_results(out, ["base", *(r.name for r in runs)], seeds)
+    names = ["base", *(r.name for r in runs)]
+    all_rows = collect_results(out, names + [f"{n}{AFTER_RL}" for n in names if cfg.after_rl], seeds)
     columns = ["model", "seed", "benchmark", "problems", f"avg@{k}", *[f"pass@{j}" for j in pass_ks(k) if j > 1],
                f"maj@{k}", "mean_response_tokens", "truncation_rate", "prompts_too_long", "entropy", "train_seconds"]
     atomic_write_bytes(out / "results.csv", _csv_text(all_rows, columns).encode())  # every setting, every split
     groups, swept = groups_of(runs)
-    shown, chosen = reported_runs(all_rows, runs, cfg.select_on, k)
+    shown, chosen = reported_runs(all_rows, runs, cfg.select_on, k, cfg.after_rl)
     rows = [{**r, "model": shown[r["model"]]} for r in all_rows
             if r["model"] in shown and not (groups and r["benchmark"] == cfg.select_on)]
     models = list(dict.fromkeys(shown.values()))
     benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
     reported = {shown[r.name]: r for r in runs if r.name in shown}  # each name's reported run (a chosen setting)
-    settings = {"base": "–", **{name: run_setting(out, run, cfg, seeds[0]) for name, run in reported.items()}}
+    settings = {"base": "–", **{name: run_setting(out, run, cfg, seeds[0]) for name, run in reported.items()},
+                **{name: after_rl_setting(cfg) for name in models if name.endswith(AFTER_RL)}}
     table = format_report_table(rows, models, benchmarks, f"avg@{k}", settings)
     manifest = read_manifest(data) if (data / "manifest.json").exists() else {}
     lines = _report_header(out, cfg, runs, seeds, data, demonstrations, manifest, rows, benchmarks)
@@ -182,11 +184,12 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
     runs_of = {name: run for run, name in shown.items()}
     reference = check_reference(cfg.reference, models)
     sections, gains = honest_sections(out, runs_of, seeds, benchmarks, k, reference)
-    lines += sections
+    lines += sections + after_rl_section(out, runs_of, seeds, benchmarks, k)
     on_demonstrations = {r.name for r in runs if r.data == "demonstrations"} if demonstrations is not None else set()
     trained = list(shown)  # the run directories of what is reported (a sweep's chosen setting by its own name)
     lines += ["## Budget: samples and time per learner (mean over seeds)", "",
-              budget_table(out, trained, seeds, manifest, on_demonstrations, {r.name: r.rounds for r in runs if r.rounds}), ""]
+              budget_table(out, trained, seeds, manifest, on_demonstrations, {r.name: r.rounds for r in runs if r.rounds}
+                           | {name: cfg.after_rl for name in trained if name.endswith(AFTER_RL)}), ""]
     stage_table = stage_times_table(out)
     if stage_table:
         lines += ["## Stage times (wall seconds of each stage's command, this process)", "", stage_table, ""]
@@ -204,14 +207,54 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
     return {"table": table, "rows": rows}
 
 
-def reported_runs(all_rows: list[dict], runs: list[Run], select_on: str, k: int) -> tuple[dict[str, str], dict]:
+def reported_runs(all_rows: list[dict], runs: list[Run], select_on: str, k: int,
+                  after_rl: int = 0) -> tuple[dict[str, str], dict]:
     """What the report shows: the base, the runs not swept, and each sweep's setting chosen on ``select_on`` under
-    its run's name (run directory name -> name shown); and the sweeps' choices."""
+    its run's name (run directory name -> name shown), then each of them after RL (``after_rl``: its rounds); and
+    the sweeps' choices."""
     groups, _ = groups_of(runs)
     chosen = select(all_rows, groups, select_on, f"avg@{k}") if groups else {}
     shown = {name: name for name in ["base", *(r.name for r in runs if not r.sweep)]}
     shown.update({c["run"]: group for group, c in chosen.items()})
+    if after_rl:
+        shown.update({f"{run}{AFTER_RL}": f"{name}{AFTER_RL}" for run, name in list(shown.items())})
     return shown, chosen
+
+
+def after_rl_setting(cfg: CompareConfig) -> str:
+    """What the after-RL stage did, the same for every model."""
+    return (f"then {cfg.after_rl} rounds of GRPO, {cfg.steps // cfg.after_rl} steps each, lr "
+            f"{cfg.after_rl_lr or AFTER_RL_LR:g}, groups of {cfg.after_rl_n or AFTER_RL_N}")
+
+
+def after_rl_section(out: Path, runs: dict[str, str], seeds: list[int], benchmarks: list[str], k: int) -> list[str]:
+    """Each model before and after the same RL on the first reported benchmark (test-id where reported): avg@k, the
+    change with its paired interval, and the ranks, with Kendall's tau between the two orders (1: the ranking
+    survives RL). ``runs``: name shown -> its evaluations' directory name. No lines without after-RL models."""
+    metric, bench = f"avg@{k}", "test-id" if "test-id" in benchmarks else benchmarks[0]
+    pairs = [(name, f"{name}{AFTER_RL}") for name in runs if f"{name}{AFTER_RL}" in runs]
+    found = {name: intervals.evaluations(out, runs[name], seeds) for pair in pairs for name in pair}
+    means = {name: statistics.fmean(e["rows"][bench][metric] for e in found[name].values()
+                                    if metric in e["rows"].get(bench, {})) for name in found
+             if any(metric in e["rows"].get(bench, {}) for e in found[name].values())}
+    pairs = [(before, after) for before, after in pairs if before in means and after in means]
+    if not pairs:
+        return []
+    rank = {name: 1 + sorted((means[b] for b, _ in pairs), reverse=True).index(means[name]) for name, _ in pairs}
+    rank |= {name: 1 + sorted((means[a] for _, a in pairs), reverse=True).index(means[name]) for _, name in pairs}
+    agree = [(rank[b1] - rank[b2]) * (rank[a1] - rank[a2]) for i, (b1, a1) in enumerate(pairs) for b2, a2 in pairs[i + 1:]]
+    tau = (sum(x > 0 for x in agree) - sum(x < 0 for x in agree)) / max(1, len(agree))
+    changes = {before: intervals.difference(found[after], found[before], bench, metric) for before, after in pairs}
+    lines = [f"## Judged again after the same RL ({bench} {metric}, %)", "",
+             f"Each model before and after the same online GRPO stage (NAME+rl); the change with its 95 % interval "
+             f"({next((d.method for d in changes.values() if d), '–')}), * where it excludes 0; ranks among these "
+             f"{len(pairs)} models. Kendall's tau between the orders before and after RL: {tau:+.2f} (1: the "
+             "ranking survives RL).", "",
+             "| model | before | after RL | change | rank before → after |", "|---|---:|---:|---:|---:|"]
+    for before, after in pairs:
+        lines.append(f"| {before} | {100 * means[before]:.1f} | {100 * means[after]:.1f} | "
+                     f"{intervals.interval_text(changes[before])} | {rank[before]} → {rank[after]} |")
+    return lines + [""]
 
 
 def check_reference(reference: str | None, names: list[str]) -> str:
@@ -242,6 +285,9 @@ def honest_sections(out: Path, runs: dict[str, str], seeds: list[int], benchmark
                   intervals.method_text(found) + ".", ""]
         for metric in metrics if against == reference else metrics[:1]:
             lines += [f"{metric}:", "", intervals.differences_table(found, shown, benchmarks, metric), ""]
+    for name in [n for n in runs if f"{n}{AFTER_RL}" in runs]:  # each model after RL against itself before
+        pair = {name: runs[name], f"{name}{AFTER_RL}": runs[f"{name}{AFTER_RL}"]}
+        csv_rows += intervals.difference_rows(intervals.differences(out, pair, seeds, benchmarks, metrics, name), name)
     atomic_write_bytes(out / "differences.csv", _csv_text(csv_rows, intervals.DIFFERENCE_COLUMNS).encode())
     forgetting = forgetting_table(out, runs, seeds, benchmarks, k)
     if forgetting:
@@ -306,7 +352,8 @@ def forgetting_table(out: Path, runs: dict[str, str], seeds: list[int], benchmar
     return lines + [""]
 
 
-REPLACED_SECTIONS = ("## Differences against", "## Transfer: gain over the base", "## Forgetting and entropy")
+REPLACED_SECTIONS = ("## Differences against", "## Transfer: gain over the base", "## Forgetting and entropy",
+                     "## Judged again after the same RL")
 
 
 def rereport(out: Path, reference: str | None = None) -> dict:
@@ -316,14 +363,16 @@ def rereport(out: Path, reference: str | None = None) -> dict:
     saved = json.loads((out / "compare_config.json").read_text())
     seeds = [int(s) for s in str(saved["seeds"]).split(",")]
     k, select_on = int(saved.get("k", 4)), saved.get("select_on") or SELECT_ON
-    runs = saved_runs(out, saved)
-    all_rows = collect_results(out, ["base", *(r.name for r in runs)], seeds)
-    shown, _ = reported_runs(all_rows, runs, select_on, k)
+    runs, after_rl = saved_runs(out, saved), int(saved.get("after_rl") or 0)
+    names = ["base", *(r.name for r in runs)]
+    all_rows = collect_results(out, names + [f"{n}{AFTER_RL}" for n in names if after_rl], seeds)
+    shown, _ = reported_runs(all_rows, runs, select_on, k, after_rl)
     benchmarks = [b for b in dict.fromkeys(r["benchmark"] for r in all_rows) if not (
         any(r.sweep for r in runs) and b == select_on)]
     runs_of = {name: run for run, name in shown.items()}
     reference = check_reference(reference, list(runs_of))
     sections, _ = honest_sections(out, runs_of, seeds, benchmarks, k, reference)
+    sections += after_rl_section(out, runs_of, seeds, benchmarks, k)
     kept, skipping, at = [], False, None
     text = (out / "report.md").read_text()
     for line in text.splitlines():
@@ -389,6 +438,10 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
         lines.append("Sweeps (each value trained with every seed, chosen on the selection split): " + "; ".join(
             f"{name} over {swept[name]} in {{{', '.join(value_text(v) for _, v in settings)}}}: {len(settings)} x "
             f"{len(seeds)} trainings of {cfg.steps} steps" for name, settings in sweeps.items()) + ".")
+    if cfg.after_rl:
+        lines.append(f"After RL: the base and every run, each seed, followed from its final weights by the same online "
+                     f"GRPO ({after_rl_setting(cfg).removeprefix('then ')}; bin/iterate sampling as the dataset was, "
+                     "its prompts shared over the rounds, the run's seed), reported as NAME+rl.")
     rounds = [r for r in runs if r.rounds]
     if rounds:
         lines.append("Trained in rounds with bin/iterate, each collecting from its own current policy with the "

@@ -17,7 +17,7 @@ from pathlib import Path
 from offline_rl.embedded import world
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from offline_rl.evaluate import SHARED_BENCHMARKS, load_benchmark, shared_file
-from offline_rl.experiments.plan import CompareConfig, Run, demonstrations_for, parse_runs
+from offline_rl.experiments.plan import AFTER_RL, CompareConfig, Run, demonstrations_for, parse_runs
 from offline_rl.experiments.report import check_reference
 from offline_rl.experiments.sweep import SELECT_ON
 from offline_rl.heldout import check_heldout
@@ -53,7 +53,9 @@ def check_comparison(cfg: CompareConfig) -> Comparison:
     runs = parse_runs(cfg)
     seeds = parse_seeds(cfg.seeds)
     report_targets(cfg.report_to)
-    check_reference(cfg.reference, ["base", *dict.fromkeys(r.sweep or r.name for r in runs)])
+    check_after_rl(cfg, runs)
+    names = ["base", *dict.fromkeys(r.sweep or r.name for r in runs)]
+    check_reference(cfg.reference, names + [f"{n}{AFTER_RL}" for n in names if cfg.after_rl])
     for name in cfg.evaluation.benchmarks.split(","):  # bad benchmarks fail now, not after an hour of training
         if name.strip():
             load_benchmark(name.strip(), cfg.evaluation)
@@ -71,11 +73,31 @@ def check_comparison(cfg: CompareConfig) -> Comparison:
                          "finish it")
     if cfg.model:
         resolve_model(cfg.model)
+    if cfg.after_rl and cfg.data and not (data / "collect_config.json").is_file():
+        raise UsageError(f"--after-rl samples as --data was sampled (bin/iterate --sample-like), and {data} was not "
+                         "made by bin/collect: give a collected dataset, or omit --data to collect one")
     sources = {}  # every dataset a run trains on: its manifest (planned, for what compare makes itself)
     for run in runs:
         sources.update(check_run(cfg, run, out, data, demonstrations))
     cfg = check_select_on(cfg, runs, sources)
     return Comparison(cfg, runs, seeds, out, data, demonstrations)
+
+
+def check_after_rl(cfg: CompareConfig, runs: list[Run]) -> None:
+    """The after-RL stage: its rounds given when any of its settings is, the budget's steps split into them, and no
+    sweep (every setting would be followed by RL, and only the chosen one reported)."""
+    if not cfg.after_rl:
+        given = [flag for flag, value in (("--after-rl-lr", cfg.after_rl_lr), ("--after-rl-n", cfg.after_rl_n))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} sets the after-RL stage, which has no rounds: add --after-rl ROUNDS")
+        return
+    if cfg.steps % cfg.after_rl:
+        raise UsageError(f"--after-rl {cfg.after_rl}: the {cfg.steps} steps of --steps do not split into "
+                         f"{cfg.after_rl} rounds")
+    if any(r.sweep for r in runs):
+        raise UsageError("--after-rl with a sweep would follow every swept setting with RL and report one: "
+                         "sweep first, then compare the chosen settings after RL")
 
 
 def parse_seeds(spec: str) -> list[int]:
