@@ -52,7 +52,10 @@ class EvalConfig(SamplingFlags, EngineFlags):
     name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
     force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make, or replace "
                                                  "another model's or setting's finished evaluation"})
-    heldout_text: str = field(default=None, metadata={"help": "also measure the model's mean NLL per token on held-out text (what it forgot): world:pretrain (text of the kind the embedded base model was trained on), a .jsonl file with a text field or a text file of blank-line-separated documents; none: not measured"})
+    heldout_text: str = field(default=None, metadata={
+        "help": "also measure the model's mean NLL per token on held-out text (what it forgot): world:pretrain (text "
+                "of the kind the embedded base model was trained on), a .jsonl file with a text field or a text file "
+                "of blank-line-separated documents; none: not measured"})
     extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
 
 

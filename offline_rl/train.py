@@ -93,8 +93,14 @@ class TrainConfig:
                                                  "checkpoints"})
     include_truncated: bool = field(default=False, metadata={"help": "keep responses cut at --max-tokens in the loss: the accepted view's, DPO's chosen ones, the groups view's (whose statistics count them either way)", "advanced": True})
     report_to: str = field(default="tensorboard", metadata={"help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
-    heldout_every: int = field(default=0, metadata={"help": "every N steps (and at the first), log the policy's mean NLL per token on --heldout-text and its mean entropy there (heldout_nll, heldout_entropy: metrics.jsonl, the trackers, OUT/heldout.png); 0: never", "min": 0})
-    heldout_text: str = field(default="world:pretrain", metadata={"help": "held-out text of --heldout-every: world:pretrain (text of the kind the embedded base model was trained on), a .jsonl file with a text field, or a text file of blank-line-separated documents", "advanced": True})
+    heldout_every: int = field(default=0, metadata={
+        "help": "every N steps (and at the first), log the policy's mean NLL per token on --heldout-text and its mean "
+                "entropy there (heldout_nll, heldout_entropy: metrics.jsonl, the trackers, OUT/heldout.png); 0: never",
+        "min": 0})
+    heldout_text: str = field(default="world:pretrain", metadata={
+        "help": "held-out text of --heldout-every: world:pretrain (text of the kind the embedded base model was "
+                "trained on), a .jsonl file with a text field, or a text file of blank-line-separated documents",
+        "advanced": True})
     approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) distribution or another model", "advanced": True})
 
 
@@ -221,7 +227,8 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
                          "policy (another attention implementation); train without --packing")
     per_process = cfg.micro_batch_size * accelerator.num_processes
     if heldout is not None:
-        heldout = encode(heldout, tokenizer, getattr(accelerator.unwrap_model(model).config, "max_position_embeddings", None))
+        context = getattr(accelerator.unwrap_model(model).config, "max_position_embeddings", None)
+        heldout = encode(heldout, tokenizer, context)
     return TrainState(
         cfg=cfg, learner=learner, learner_cfg=learner_cfg, accelerator=accelerator, model=model, optimizer=optimizer,
         scheduler=scheduler, tokenizer=tokenizer, examples=examples, identity=identity, offset=offset,

@@ -181,7 +181,8 @@ def test_compare_killed_during_its_collect_reruns_to_the_uninterrupted_report(tm
     runs = tmp_path / "runs.yaml"
     runs.write_text("- {name: rft, learner: rft}\n- {name: rft_x2, learner: rft, rounds: 2}\n")
     args = ["--prompts", "4", "--runs", str(runs), "--seeds", "0", "--benchmarks", "test-id", "--problems", "2",
-            "--k", "1", "--max-tokens", "16", "--steps", "2", "--batch-size", "2", "--backend", "hf", "--heldout-text", "none"]
+            "--k", "1", "--max-tokens", "16", "--steps", "2", "--batch-size", "2", "--backend", "hf",
+            "--heldout-text", "none"]
     whole = run_bin("compare", "--out", str(tmp_path / "whole"), *args)
     assert whole.returncode == 0, whole.stderr[-2000:]
     # one engine for the collection, the evaluations and the rounds' own sampling (bin/iterate in this process)
@@ -461,14 +462,16 @@ def test_every_model_is_judged_again_after_the_same_rl(tmp_path, tiny_model_dir)
     stages = [json.loads(line)["stage"] for line in (out / "stages.jsonl").read_text().splitlines()]
     assert stages == ["import", "eval base s0", "train sft s0", "eval sft s0", "train base+rl s0", "eval base+rl s0",
                       "train sft+rl s0", "eval sft+rl s0"]
-    rl = {name: json.loads((out / "runs" / f"{name}+rl-s0" / "iterate_config.json").read_text()) for name in ("base", "sft")}
+    rl = {name: json.loads((out / "runs" / f"{name}+rl-s0" / "iterate_config.json").read_text())
+          for name in ("base", "sft")}
     assert rl["sft"]["model"] == str(out / "runs" / "sft-s0") and rl["base"]["model"] == str(tiny_model_dir)
-    same = ("learner", "rounds", "steps", "lr", "n", "seed", "round_batches", "source", "prompts_per_round", "temperature")
+    same = ("learner", "rounds", "steps", "lr", "n", "seed", "round_batches", "source", "prompts_per_round",
+            "temperature")
     assert [rl["base"][k] for k in same] == [rl["sft"][k] for k in same] == [
         "grpo", 2, 2, 5e-5, 8, 0, True, "world:train", 1, 1.0]
     prompts = {name: [load_offline_dataset(out / "runs" / f"{name}+rl-s0" / f"round-{k}" / "data")["prompt_id"][0]
                       for k in (1, 2)] for name in ("base", "sft")}
-    assert prompts["base"] == prompts["sft"] and prompts["base"][0] != prompts["base"][1]  # the same prompts, shared out
+    assert prompts["base"] == prompts["sft"] and prompts["base"][0] != prompts["base"][1]  # the same, shared out
     report = (out / "report.md").read_text()
     section = report[report.index("## Judged again after the same RL (test-id avg@2, %)"):]
     assert "| base | " in section and "| sft | " in section and "Kendall's tau" in section

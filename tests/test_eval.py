@@ -69,8 +69,8 @@ def test_eval_of_a_tiny_model_on_a_tiny_file_benchmark(tmp_path, tiny_model_dir)
     heldout = tmp_path / "heldout.txt"  # two documents of held-out text
     heldout.write_text(f"{problems[0].prompt} {problems[0].solution}\n\n{problems[1].prompt} {problems[1].solution}\n")
     result = run_bin("eval", "--model", str(tiny_model_dir), "--benchmarks", str(bench), "--template", "world",
-                     "--k", "3", "--max-tokens", "24", "--backend", "hf", "--out", str(tmp_path / "ev"), "--name", "tiny",
-                     "--heldout-text", str(heldout))
+                     "--k", "3", "--max-tokens", "24", "--backend", "hf", "--out", str(tmp_path / "ev"), "--name",
+                     "tiny", "--heldout-text", str(heldout))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| tiny | mini |" in result.stdout and "| avg@3 |" in result.stdout
     assert "held-out NLL " in result.stdout

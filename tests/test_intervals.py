@@ -144,7 +144,8 @@ def test_held_out_nll_and_entropy_are_the_full_logits_ones(tiny_model):
     from offline_rl.heldout import HeldoutText, encode, measure
 
     model, tokenizer = tiny_model
-    text = HeldoutText("t", (("Question: Mia has 3 apples.\nAnswer:", " 3 + 1 = 4."), ("", "Tom has 5 cards. Then")), True)
+    documents = (("Question: Mia has 3 apples.\nAnswer:", " 3 + 1 = 4."), ("", "Tom has 5 cards. Then"))
+    text = HeldoutText("t", documents, True)
     examples = encode(text, tokenizer)
     assert examples[0].response_token_ids[-1] == tokenizer.eos_token_id and len(examples) == 2
     measured = measure(model, examples, tokenizer.eos_token_id, "cpu", chunk_size=3)

@@ -72,8 +72,8 @@ def run_compare(cfg: CompareConfig, *, context: CommandContext | None = None) ->
                                                    checked.demonstrations)
     recorded = settings(cfg)
     unswept = cfg.sweep is None and not any(r.sweep for r in runs)
-    compared = {k: v for k, v in recorded.items() if k not in ("out", "learners", "runs", "seeds", "force", "report_to", "reference",
-                                                                    "report_only")
+    compared = {k: v for k, v in recorded.items() if k not in (
+                    "out", "learners", "runs", "seeds", "force", "report_to", "reference", "report_only")
                 and not (k in ("sweep", "select_on") and unswept)}
     planned = {"runs": [{k: v for k, v in asdict(r).items() if v is not None or k not in OPTIONAL_RUN_KEYS}
                         | {"flags": dict(r.flags)} for r in runs]}  # what --learners or --runs said

@@ -69,7 +69,8 @@ def seeds_t(model: list[float], reference: list[float]) -> Difference | None:
     if len(diffs) < 2:
         return None
     mean = statistics.fmean(diffs)
-    half = (T975[len(diffs) - 2] if len(diffs) - 1 <= len(T975) else 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    t = T975[len(diffs) - 2] if len(diffs) - 1 <= len(T975) else 1.96
+    half = t * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return Difference(mean, mean - half, mean + half, SEEDS_T, len(diffs), None)
 
 
@@ -120,12 +121,13 @@ def difference(model: dict[int, dict], reference: dict[int, dict], benchmark: st
     bootstrap where every evaluation kept its problems (the same ones), else t over the seeds; None without a
     shared seed (or from one seed without problems)."""
     seeds = sorted(s for s in set(model) & set(reference)
-                   if metric in model[s]["rows"].get(benchmark, {}) and metric in reference[s]["rows"].get(benchmark, {}))
+                   if all(metric in side[s]["rows"].get(benchmark, {}) for side in (model, reference)))
     if not seeds:
         return None
     kept = [side[s]["problems"].get(benchmark) for side in (model, reference) for s in seeds]
     if all(kept) and len({p.problems for p in kept}) == 1:
-        matrix = [np.stack([side[s]["problems"][benchmark].scores(metric) for s in seeds]) for side in (model, reference)]
+        matrix = [np.stack([side[s]["problems"][benchmark].scores(metric) for s in seeds])
+                  for side in (model, reference)]
         return paired_bootstrap(*matrix)
     return seeds_t([model[s]["rows"][benchmark][metric] for s in seeds],
                    [reference[s]["rows"][benchmark][metric] for s in seeds])
@@ -171,7 +173,8 @@ def differences_table(found: dict[tuple[str, str, str], Difference | None], mode
         cells = []
         for bench in benchmarks:
             d = found.get((model, bench, metric))
-            cells.append(interval_text(d) + (" †" if d is not None and d.method == SEEDS_T and len(methods) > 1 else ""))
+            mixed = d is not None and d.method == SEEDS_T and len(methods) > 1
+            cells.append(interval_text(d) + (" †" if mixed else ""))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -199,5 +202,5 @@ def difference_rows(found: dict[tuple[str, str, str], Difference | None], refere
             for (model, bench, metric), d in found.items() if d is not None]
 
 
-DIFFERENCE_COLUMNS = ["reference", "model", "benchmark", "metric", "difference", "low", "high", "excludes_zero", "method",
-                      "resamples", "seeds", "problems"]
+DIFFERENCE_COLUMNS = ["reference", "model", "benchmark", "metric", "difference", "low", "high", "excludes_zero",
+                      "method", "resamples", "seeds", "problems"]

@@ -65,8 +65,12 @@ class CompareConfig:
         "help": f"with a sweep: the held-out benchmark its values are chosen on (default: {SELECT_ON}); never one of "
                 "--benchmarks (the reported ones), nor the split the data was drawn from", "advanced": True})
     report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
-    reference: str = field(default=None, metadata={"help": "the run every other is compared with, in differences with paired 95-percent intervals (default: sft where there is one, else the base model)"})
-    heldout_every: int = field(default=0, metadata={"help": "every training logs the held-out NLL and its policy's entropy there every N steps (bin/train --heldout-every; 0: never)", "min": 0, "advanced": True})
+    reference: str = field(default=None, metadata={
+        "help": "the run every other is compared with, in differences with paired 95-percent intervals (default: sft "
+                "where there is one, else the base model)"})
+    heldout_every: int = field(default=0, metadata={
+        "help": "every training logs the held-out NLL and its policy's entropy there every N steps (bin/train "
+                "--heldout-every; 0: never)", "min": 0, "advanced": True})
     after_rl: int = field(default=0, metadata={
         "help": "judge every model again after the same online RL: the base and each run, each seed, followed by this "
                 "many rounds of GRPO from its final weights (bin/iterate --learner grpo --sample-like DATA: the "
@@ -79,7 +83,9 @@ class CompareConfig:
     after_rl_n: int = field(default=None, metadata={
         "help": f"the after-RL stage's group size, responses per prompt (default: {AFTER_RL_N}, GRPO's recipe)",
         "min": 2, "advanced": True})
-    report_only: bool = field(default=False, metadata={"help": "only write the differences, forgetting and entropy of OUT's report again from its evaluations (a comparison kept without its runs); --reference may change"})
+    report_only: bool = field(default=False, metadata={
+        "help": "only write the differences, forgetting and entropy of OUT's report again from its evaluations (a "
+                "comparison kept without its runs); --reference may change"})
     force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
     # every evaluation's settings (its model, name, seed and output are each stage's; --backend: the collection's too)
     # the forgetting panel in every comparison unless --heldout-text none

@@ -95,7 +95,8 @@ def plot_forgetting(out: Path, runs: dict[str, str], seeds: list[int], benchmark
                 res = json.loads(results.read_text())
                 measured = res["benchmarks"].get(benchmark, {})
                 points.setdefault(name, []).append({"nll": (res.get("heldout") or {}).get("nll"),
-                                                    "entropy": measured.get("entropy"), "y": 100 * measured.get(metric, 0)})
+                                                    "entropy": measured.get("entropy"),
+                                                    "y": 100 * measured.get(metric, 0)})
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, label in ((axes[0], "nll", "held-out NLL (nats/token)"), (axes[1], "entropy", "entropy (nats/token)")):
         for name, found in points.items():

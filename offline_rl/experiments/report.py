@@ -188,7 +188,8 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
     on_demonstrations = {r.name for r in runs if r.data == "demonstrations"} if demonstrations is not None else set()
     trained = list(shown)  # the run directories of what is reported (a sweep's chosen setting by its own name)
     lines += ["## Budget: samples and time per learner (mean over seeds)", "",
-              budget_table(out, trained, seeds, manifest, on_demonstrations, {r.name: r.rounds for r in runs if r.rounds}
+              budget_table(out, trained, seeds, manifest, on_demonstrations,
+                           {r.name: r.rounds for r in runs if r.rounds}
                            | {name: cfg.after_rl for name in trained if name.endswith(AFTER_RL)}), ""]
     stage_table = stage_times_table(out)
     if stage_table:
@@ -242,7 +243,8 @@ def after_rl_section(out: Path, runs: dict[str, str], seeds: list[int], benchmar
         return []
     rank = {name: 1 + sorted((means[b] for b, _ in pairs), reverse=True).index(means[name]) for name, _ in pairs}
     rank |= {name: 1 + sorted((means[a] for _, a in pairs), reverse=True).index(means[name]) for _, name in pairs}
-    agree = [(rank[b1] - rank[b2]) * (rank[a1] - rank[a2]) for i, (b1, a1) in enumerate(pairs) for b2, a2 in pairs[i + 1:]]
+    agree = [(rank[b1] - rank[b2]) * (rank[a1] - rank[a2])
+             for i, (b1, a1) in enumerate(pairs) for b2, a2 in pairs[i + 1:]]
     tau = (sum(x > 0 for x in agree) - sum(x < 0 for x in agree)) / max(1, len(agree))
     changes = {before: intervals.difference(found[after], found[before], bench, metric) for before, after in pairs}
     lines = [f"## Judged again after the same RL ({bench} {metric}, %)", "",
@@ -378,7 +380,7 @@ def rereport(out: Path, reference: str | None = None) -> dict:
     for line in text.splitlines():
         if line.startswith("## "):
             skipping = line.startswith(REPLACED_SECTIONS)
-            if at is None and not skipping and kept and any(h.startswith("## avg@") for h in kept if h.startswith("## ")):
+            if at is None and not skipping and any(h.startswith("## avg@") for h in kept):
                 at = len(kept)  # the first section after the avg@k table
         if not skipping:
             kept.append(line)
