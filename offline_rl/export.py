@@ -34,12 +34,18 @@ FORMATS = {"trl-sft": ["prompt", "completion"], "trl-dpo": ["prompt", "chosen", 
 
 @dataclass
 class ExportConfig:
-    format: str = field(default=None, metadata={"help": "trl-sft (prompt/completion), trl-dpo (prompt/chosen/rejected), trl-grpo (prompt/answer) (required)", "choices": list(FORMATS)})
-    data: str = field(default=None, metadata={"help": "offline dataset directory (or several, comma-separated); also the first positional argument"})
+    format: str = field(default=None, metadata={
+        "help": "trl-sft (prompt/completion), trl-dpo (prompt/chosen/rejected), trl-grpo (prompt/answer) (required)",
+        "choices": list(FORMATS)})
+    data: str = field(default=None, metadata={
+        "help": "offline dataset directory (or several, comma-separated); also the first positional argument"})
     out: str = field(default=None, metadata={"help": "output directory; also the second positional argument"})
-    pairing: str = field(default="one", metadata={"help": "trl-dpo: pairs per prompt, as the dpo learner makes them: all, one, hardest", "choices": ["all", "one", "hardest"]})
+    pairing: str = field(default="one", metadata={
+        "help": "trl-dpo: pairs per prompt, as the dpo learner makes them: all, one, hardest",
+        "choices": ["all", "one", "hardest"]})
     seed: int = field(default=0, metadata={"help": "trl-dpo: seed of --pairing one"})
-    include_truncated: bool = field(default=False, metadata={"help": "keep accepted responses cut at the token limit (trl-sft's completions, trl-dpo's chosen)"})
+    include_truncated: bool = field(default=False, metadata={
+        "help": "keep accepted responses cut at the token limit (trl-sft's completions, trl-dpo's chosen)"})
     force: bool = field(default=False, metadata={"help": "write into an OUT that bin/export did not make, or replace "
                                                  "a finished export of other settings"})
 

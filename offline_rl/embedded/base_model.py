@@ -27,7 +27,9 @@ EOS = "<|endoftext|>"
 
 @dataclass
 class MakeBaseConfig:
-    out: str = field(default=None, metadata={"help": "where to write the checkpoint (default: a new runs/base-model-<time>; the shipped one is offline_rl/embedded/assets/base-model, which needs --force)"})
+    out: str = field(default=None, metadata={
+        "help": "where to write the checkpoint (default: a new runs/base-model-<time>; the shipped one is "
+                "offline_rl/embedded/assets/base-model, which needs --force)"})
     seed: int = field(default=0, metadata={"help": "seed for tokenizer order, init and data order"})
     steps: int = field(default=1000, metadata={"help": "optimizer steps of pretraining", "min": 1})
     batch_size: int = field(default=32, metadata={"help": "sequences per step", "min": 1})

@@ -80,9 +80,13 @@ class IterateConfig:
         "help": "each round's steps go once through all the samples its learner trains on, batch = those examples / "
                 "the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train "
                 "--whole-batches; needs --steps) instead of --batch-size", "advanced": True})
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N rounds and after the last (0: never)", "min": 0})
-    restart_engine: bool = field(default=False, metadata={"help": "start a new engine every round instead of loading the new weights into the live one", "advanced": True})
-    force: bool = field(default=False, metadata={"help": "reuse an OUT made with other settings, or one bin/iterate did not make"})
+    eval_every: int = field(default=0, metadata={
+        "help": "evaluate every N rounds and after the last (0: never)", "min": 0})
+    restart_engine: bool = field(default=False, metadata={
+        "help": "start a new engine every round instead of loading the new weights into the live one",
+        "advanced": True})
+    force: bool = field(default=False, metadata={
+        "help": "reuse an OUT made with other settings, or one bin/iterate did not make"})
     collect: CollectConfig = stage(CollectConfig())  # what and how each round samples (its --model: the initial policy)
     train: TrainConfig = stage(TrainConfig(learner="rft", batch_size=16))  # each round's training; --seed: the run's
     evaluation: EvalConfig = stage(EvalConfig())  # what --eval-every evaluates

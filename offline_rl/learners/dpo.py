@@ -41,8 +41,11 @@ from rollout.runtime import NoExamples, UsageError
 class DPOConfig:
     beta: float = field(default=0.1, metadata={"help": "dpo: strength of the implicit KL to the reference", "above": 0,
                                                "max": 1000})  # 1e308: a NaN loss at step 1
-    pairing: str = field(default="one", metadata={"help": "dpo: pairs per prompt: all, one (random), hardest", "choices": ["all", "one", "hardest"]})
-    reference: str = field(default="model", metadata={"help": "dpo: reference log-probs from the initial 'model' or the stored 'behavior' log-probs", "choices": ["model", "behavior"]})
+    pairing: str = field(default="one", metadata={
+        "help": "dpo: pairs per prompt: all, one (random), hardest", "choices": ["all", "one", "hardest"]})
+    reference: str = field(default="model", metadata={
+        "help": "dpo: reference log-probs from the initial 'model' or the stored 'behavior' log-probs",
+        "choices": ["model", "behavior"]})
 
 
 Config = DPOConfig

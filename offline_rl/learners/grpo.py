@@ -22,9 +22,13 @@ from offline_rl.learners import ppo
 
 @dataclass
 class GRPOConfig:
-    clip_eps: float = field(default=0.2, metadata={"help": "grpo: clip range epsilon of the ratio", "above": 0, "max": 1})
-    scale_advantages: bool = field(default=True, metadata={"help": "grpo: divide group advantages by the group's std (off: Dr. GRPO)"})
-    aggregation: str = field(default="sequence", metadata={"help": "grpo: average each response's tokens first (sequence, as the GRPO paper) or all tokens at once (token)", "choices": ["sequence", "token"]})
+    clip_eps: float = field(default=0.2, metadata={
+        "help": "grpo: clip range epsilon of the ratio", "above": 0, "max": 1})
+    scale_advantages: bool = field(default=True, metadata={
+        "help": "grpo: divide group advantages by the group's std (off: Dr. GRPO)"})
+    aggregation: str = field(default="sequence", metadata={
+        "help": "grpo: average each response's tokens first (sequence, as the GRPO paper) or all tokens at once (token)",
+        "choices": ["sequence", "token"]})
 
 
 Config = GRPOConfig

@@ -23,7 +23,8 @@ from offline_rl.views import Example, group_advantages
 
 @dataclass
 class PPOConfig:
-    clip_eps: float = field(default=0.2, metadata={"help": "ppo: clip range epsilon of the ratio", "above": 0, "max": 1})
+    clip_eps: float = field(default=0.2, metadata={
+        "help": "ppo: clip range epsilon of the ratio", "above": 0, "max": 1})
     scale_advantages: bool = field(default=True, metadata={"help": "ppo: divide group advantages by the group's std"})
 
 
