@@ -134,7 +134,8 @@ def export_rows(cfg: ExportConfig, dataset) -> list[dict]:
 
 def export_card(record: dict, schema: pa.Schema) -> str:
     header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train.parquet"}]}],
-              "dataset_info": {"features": [{"name": f.name, "dtype": "string" if pa.types.is_string(f.type) else str(f.type)}
+              "dataset_info": {"features": [{"name": f.name,
+                                             "dtype": "string" if pa.types.is_string(f.type) else str(f.type)}
                                             for f in schema]},
               "tags": ["offline-rl", "trl", record["format"]]}
     trainer = {"trl-sft": "SFTTrainer", "trl-dpo": "DPOTrainer", "trl-grpo": "GRPOTrainer"}[record["format"]]
@@ -145,4 +146,5 @@ def export_card(record: dict, schema: pa.Schema) -> str:
                       f"# {record['format']}: {record['rows']} rows for TRL's `{trainer}`", "",
                       "Exported by offline-rl's `bin/export` from:", "", sources, "",
                       f"Columns: {', '.join(f'`{c}`' for c in record['columns'])}. "
-                      f"Settings: `{json.dumps({k: record[k] for k in ('pairing', 'seed', 'include_truncated')})}`.", ""])
+                      f"Settings: `{json.dumps({k: record[k] for k in ('pairing', 'seed', 'include_truncated')})}`.",
+                      ""])

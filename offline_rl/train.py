@@ -367,7 +367,8 @@ def build_model(cfg: TrainConfig, model_path: str, accelerator, fsdp=None):
     except Exception as e:  # a damaged or truncated checkpoint: transformers and safetensors raise many types
         if is_disk_full(e):
             raise
-        raise UsageError(f"cannot load model {model_path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+        raise UsageError(f"cannot load model {model_path}: "
+                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     model.config.use_cache = False
     if fsdp is not None:
         model = sharding.shard(model, fsdp, accelerator.device)
@@ -436,7 +437,8 @@ def start_files(cfg: TrainConfig, learner_cfg, accelerator, resume_from: Path | 
         board.init_kwargs["purge_step"] = first_step + 1
     if tracked:
         accelerator.init_trackers("offline-rl", config=resolved,
-                                  init_kwargs={"wandb": {"name": out.name, "dir": str(out)}, "trackio": {"name": out.name}})
+                                  init_kwargs={"wandb": {"name": out.name, "dir": str(out)},
+                                               "trackio": {"name": out.name}})
     return metrics_file
 
 
@@ -466,7 +468,8 @@ def loop(state: TrainState) -> None:
             with sync, accelerator.autocast():
                 loss_sum, metrics = backward(state, batch, step_units, packed)
             for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
-                totals[k] = max(totals.get(k, -math.inf), float(v)) if k.endswith("_max") else totals.get(k, 0.0) + float(v)
+                totals[k] = (max(totals.get(k, -math.inf), float(v)) if k.endswith("_max")
+                             else totals.get(k, 0.0) + float(v))
         grad_norm = (sharding.clip_grad_norm(model, cfg.max_grad_norm) if state.sharded
                      else accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
         record = step_record(state, step, totals, step_units, grad_norm)
@@ -481,7 +484,8 @@ def loop(state: TrainState) -> None:
         if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
             # checked before the update: no checkpoint ever holds weights a non-finite step produced
             last = latest_checkpoint(Path(cfg.out) / "checkpoints")
-            what = f"loss became {record['loss']}" if not math.isfinite(record["loss"]) else "gradient norm became non-finite"
+            what = (f"loss became {record['loss']}" if not math.isfinite(record["loss"])
+                    else "gradient norm became non-finite")
             raise CommandFailed(f"{what} at step {step + 1}; stopped, last good checkpoint: {last or 'none'}")
         state.optimizer.step()
         state.scheduler.step()
@@ -572,7 +576,8 @@ def step_record(state: TrainState, step: int, totals: dict[str, float], step_uni
               "tokens": int(step_units), "tokens_per_s": state.tokens_seen / (time.time() - state.start)}
     names = sorted(k for k in totals if not k.endswith("_max"))
     summed = accelerator.reduce(torch.tensor([totals[k] for k in names], device=accelerator.device), "sum")
-    record.update({k.removesuffix("_sum"): float(v) / max(1.0, float(step_units)) for k, v in zip(names, summed, strict=True)})
+    record.update({k.removesuffix("_sum"): float(v) / max(1.0, float(step_units))
+                   for k, v in zip(names, summed, strict=True)})
     maxima = sorted(k for k in totals if k.endswith("_max"))
     if maxima:
         gathered = accelerator.gather(torch.tensor([totals[k] for k in maxima], device=accelerator.device))

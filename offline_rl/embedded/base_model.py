@@ -155,7 +155,8 @@ def run_make_base(cfg: MakeBaseConfig, *, context: CommandContext | None = None)
     if cfg.hidden_size % 128:
         raise UsageError(f"--hidden-size must be a multiple of 128 (got {cfg.hidden_size})")
     if cfg.out is None:
-        cfg = replace(cfg, out=str(Path(__file__).resolve().parents[2] / "runs" / time.strftime("base-model-%Y%m%d-%H%M%S")))
+        cfg = replace(cfg, out=str(Path(__file__).resolve().parents[2] / "runs"
+                                   / time.strftime("base-model-%Y%m%d-%H%M%S")))
     hold_directory(Path(cfg.out), "make-base", force=cfg.force)  # writable, and never the shipped model by accident
     print_config(cfg, out=cfg.out)
     torch.set_num_threads(max(1, torch.get_num_threads()))

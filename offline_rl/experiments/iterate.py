@@ -232,9 +232,10 @@ class Rounds:
         self.live = context.live or LiveEngine(cfg.collect, restart=cfg.restart_engine)
 
     def last_trained(self, k: int) -> int | None:
-        """The latest round before round k that trained (a round with nothing to train on leaves the policy as it was)."""
-        return next((j for j in range(k - 1, 0, -1) if (self.out / f"round-{j}" / "train" / "train_summary.json").exists()),
-                    None)
+        """The latest round before round k that trained (a round with nothing to train on leaves the policy as it
+        was)."""
+        return next((j for j in range(k - 1, 0, -1)
+                     if (self.out / f"round-{j}" / "train" / "train_summary.json").exists()), None)
 
     def policy(self, k: int) -> str:
         """The policy that samples round k: the initial model, then the latest trained round's checkpoint."""
@@ -387,7 +388,8 @@ class Rounds:
         }
         write_json(out / "iterate_summary.json", summary)  # last: its presence marks a finished run
         print(f"{cfg.rounds} rounds of {cfg.train.learner}: {summary['responses']} responses sampled "
-              f"({summary['sampled_tokens']} tokens), {summary['steps']} steps; collect {summary['collect_seconds']:.0f} s, "
+              f"({summary['sampled_tokens']} tokens), {summary['steps']} steps; "
+              f"collect {summary['collect_seconds']:.0f} s, "
               f"train {summary['train_seconds']:.0f} s; {engine_line(summary)} -> {out}")
         return summary
 

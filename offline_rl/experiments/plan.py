@@ -223,7 +223,8 @@ def _run(entry: dict, where: str, on_demonstrations: set[str]) -> Run:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < float("inf"):
             raise UsageError(f"{where}: lr_scale must be a positive number (got {scale!r})")
         flags["lr_scale"] = float(scale)
-    rounds, n, batch = _whole(entry, "rounds", where), _whole(entry, "n", where), _whole(entry, "batch_size", where, "round")
+    rounds, n, batch = (_whole(entry, "rounds", where), _whole(entry, "n", where),
+                        _whole(entry, "batch_size", where, "round"))
     if n is not None and rounds is None:
         raise UsageError(f"{where}: n (the group size it samples) needs rounds; offline runs train on the dataset's")
     if batch == "round" and rounds is None:
@@ -308,5 +309,6 @@ def _training(cfg: CompareConfig, out: Path, data: Path, demonstrations: Path | 
         return Stage(f"train {run.name} s{seed}", "iterate", (rounds, learner), where / "iterate_summary.json",
                      given=frozenset({"model"} if cfg.model else set()) | set(own))
     source = {"dataset": data, "demonstrations": demonstrations or data}.get(run.data, Path(run.data))
-    train = replace(train, **settings, data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3), log_every=5)
+    train = replace(train, **settings, data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3),
+                    log_every=5)
     return Stage(f"train {run.name} s{seed}", "train", (train, learner), where / "train_summary.json")

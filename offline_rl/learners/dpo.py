@@ -54,7 +54,8 @@ Config = DPOConfig
 def examples(rows: list[Example], cfg: Config, context: ViewContext) -> list[Pair]:
     """The pairs view, each response with its reference log-prob (the initial model's, or the stored behaviour's)."""
     if cfg.reference == "behavior":  # checked first: the settings of every dataset, before any pairing
-        if ratio_temperature(context.manifests, context.model_path, "dpo --reference behavior", approximate=False) != 1.0:
+        if ratio_temperature(context.manifests, context.model_path, "dpo --reference behavior",
+                             approximate=False) != 1.0:
             raise UsageError("dpo --reference behavior is exact only for data sampled from this model at temperature "
                              "1 and top-p 1; use --reference model")
     pairs = make_pairs(rows, cfg.pairing, seed=context.seed, include_truncated=context.include_truncated)

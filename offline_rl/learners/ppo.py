@@ -49,7 +49,8 @@ def clipped_surrogate(tempered_logprobs: torch.Tensor, batch: dict[str, torch.Te
     surrogate = torch.minimum(ratio * advantages, clipped * advantages) * mask  # [B, T]
     with torch.no_grad():
         was_clipped = ((surrogate != ratio * advantages * mask) & (mask > 0)).float()
-    return surrogate, {"ratio": ratio.detach() * mask, "clipped": was_clipped, "abs_log_ratio": log_ratio.detach().abs()}
+    return surrogate, {"ratio": ratio.detach() * mask, "clipped": was_clipped,
+                       "abs_log_ratio": log_ratio.detach().abs()}
 
 
 def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
