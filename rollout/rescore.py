@@ -162,7 +162,8 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
         "rows": totals["rows"],
         "deadline_seconds": deadline,
         "fallbacks": list(fallbacks),
-        "extraction": extraction or ("boxed" if tuple(fallbacks) == DEFAULT_FALLBACKS else "boxed+" + ",".join(fallbacks)),
+        "extraction": extraction or ("boxed" if tuple(fallbacks) == DEFAULT_FALLBACKS
+                                     else "boxed+" + ",".join(fallbacks)),
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_seconds": round(time.time() - start, 3),
     }
