@@ -1,4 +1,4 @@
-"""DFT loss memory and time: chunked and fused (ours) vs a reference that materialises the full softmax.
+r"""DFT loss memory and time: chunked and fused (ours) vs a reference that materialises the full softmax.
 
 Qwen2.5 vocabulary (151,936), 4 x 1,024 response tokens, hidden size 896 (Qwen2.5-0.5B).
 Methods: ``reference`` (one [N, V] softmax), ``chunked`` (the checkpointed chunks: each chunk projected in
@@ -7,7 +7,8 @@ computed in forward). Each method runs in a fresh process; reported: peak memory
 RSS; GPU: torch.cuda.max_memory_allocated) and forward+backward seconds. ``--dtype bfloat16`` runs all three
 under bf16 autocast (fp32 weights), as training on a GPU does.
 
-    .venv/bin/python bench/dft_loss.py [--tokens 4096] [--vocab 151936] [--hidden 896] [--chunk 256] [--dtype float32|bfloat16]
+    .venv/bin/python bench/dft_loss.py [--tokens 4096] [--vocab 151936] [--hidden 896] [--chunk 256] \
+        [--dtype float32|bfloat16]
 """
 
 import argparse
@@ -99,7 +100,8 @@ def main():
     for method in ("chunked", "fused"):
         ours = results[method]
         print(f"{method} / reference ({args.dtype}): memory {ours['peak_extra_mib'] / ref['peak_extra_mib']:.3f}x, "
-              f"time {ours['seconds'] / ref['seconds']:.2f}x  ({args.tokens} tokens, vocab {args.vocab}, chunk {args.chunk})")
+              f"time {ours['seconds'] / ref['seconds']:.2f}x  "
+              f"({args.tokens} tokens, vocab {args.vocab}, chunk {args.chunk})")
 
 
 if __name__ == "__main__":

@@ -134,10 +134,12 @@ def main():
                                    str(args.vocab), "--hidden", str(args.hidden), "--model-dir", model_dir],
                                   capture_output=True, text=True, check=True)
             results[method] = r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{method:>6} ({r['device']}): peak memory {r['peak_mib']:8.0f} MiB, {r['seconds']:6.2f} s", flush=True)
+            print(f"{method:>6} ({r['device']}): peak memory {r['peak_mib']:8.0f} MiB, {r['seconds']:6.2f} s",
+                  flush=True)
     old, new = results["before"], results["now"]
     gap = max(abs(a - b) for a, b in zip(old["sums"], new["sums"], strict=True))
-    print(f"now / before: memory {new['peak_mib'] / old['peak_mib']:.3f}x, time {new['seconds'] / old['seconds']:.2f}x; "
+    print(f"now / before: memory {new['peak_mib'] / old['peak_mib']:.3f}x, "
+          f"time {new['seconds'] / old['seconds']:.2f}x; "
           f"largest difference of a sequence log-prob {gap:.2e} nats (4 x {args.tokens} tokens, vocab {args.vocab})")
 
 

@@ -106,7 +106,8 @@ def main() -> None:
             split = [r for bench in world.TEST_SPLITS
                      for r in pq.read_table(tmp / f"split-{i}" / bench / "generations.parquet").to_pylist()]
             whole = pq.read_table(tmp / f"live-{i}" / "generations.parquet").to_pylist()
-            same_split = [(r["benchmark"], r["response"]) for r in split] == [(r["benchmark"], r["response"]) for r in whole]
+            same_split = ([(r["benchmark"], r["response"]) for r in split]
+                          == [(r["benchmark"], r["response"]) for r in whole])
         live.close()
         same = all((tmp / f"{way}-{i}" / "generations.parquet").read_bytes()
                    == (tmp / f"proc-{i}" / "generations.parquet").read_bytes()

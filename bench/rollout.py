@@ -26,7 +26,8 @@ def measure(name, make_engine, prompt_ids, warmup_ids, sampling):
     tokens = sum(len(s.token_ids) for samples in outputs for s in samples)
     engine.close()
     lengths = [len(s.token_ids) for samples in outputs for s in samples]
-    print(f"{name:>5}: warm-up {warmup:6.1f} s | {tokens:7d} tokens in {seconds:6.1f} s = {tokens / seconds:8.0f} tokens/s"
+    print(f"{name:>5}: warm-up {warmup:6.1f} s | {tokens:7d} tokens in {seconds:6.1f} s = "
+          f"{tokens / seconds:8.0f} tokens/s"
           f" | response length {min(lengths)}-{max(lengths)}", flush=True)
     return {"warmup_s": warmup, "tokens_per_s": tokens / seconds}
 

@@ -44,10 +44,12 @@ def main() -> None:
     print(f"{args.rounds} rounds of online GRPO (1 step, {args.prompts} prompts x 4 samples each), vLLM on CPU")
     print(f"{'':28}{'live engine':>14}{'new engine':>14}{'ratio':>8}")
     median_live, median_fresh = statistics.median(live_ms), statistics.median(fresh_ms)
-    print(f"{'engine ms per round (median)':28}{median_live:>14.1f}{median_fresh:>14.1f}{median_fresh / median_live:>8.1f}")
+    print(f"{'engine ms per round (median)':28}{median_live:>14.1f}{median_fresh:>14.1f}"
+          f"{median_fresh / median_live:>8.1f}")
     print(f"{'whole command (s)':28}{live_wall:>14.1f}{fresh_wall:>14.1f}{fresh_wall / live_wall:>8.2f}")
     per_round = lambda wall, ms: (wall - ms[0] / 1000) / args.rounds  # noqa: E731
-    print(f"same samples both ways: {same}; first engine start {live[0]['engine_ms']:.0f} / {fresh[0]['engine_ms']:.0f} ms; "
+    print(f"same samples both ways: {same}; "
+          f"first engine start {live[0]['engine_ms']:.0f} / {fresh[0]['engine_ms']:.0f} ms; "
           f"per round after it (s): {per_round(live_wall, [live[0]['engine_ms']]):.2f} / "
           f"{per_round(fresh_wall, [fresh[0]['engine_ms']]):.2f}")
 

@@ -1,4 +1,4 @@
-"""DFT training throughput: our loop (offline_rl.train, learner dft) vs TRL's SFTTrainer(loss_type="dft").
+r"""DFT training throughput: our loop (offline_rl.train, learner dft) vs TRL's SFTTrainer(loss_type="dft").
 
 Same model, same accepted samples in the same order (world train problems, their reference solutions as
 responses), same batch size, steps, learning rate and 5% warm-up + cosine (TRL's warm-up starts at 0, ours one
@@ -17,7 +17,8 @@ Tokens/s counts trained (completion) tokens over the wall time of steps after --
 optimizer-step hook, identically for both sides. Each side runs in a fresh process; peak memory is the peak
 RSS of that process (CPU; both import the same modules first) or torch.cuda.max_memory_allocated (GPU).
 
-    .venv/bin/python bench/train.py [--steps 30] [--warmup 5] [--batch-size 32] [--repeats 2] [--shape base|qwen0.5b | --model DIR]
+    .venv/bin/python bench/train.py [--steps 30] [--warmup 5] [--batch-size 32] [--repeats 2] \
+        [--shape base|qwen0.5b | --model DIR]
     .venv/bin/python bench/train.py --sides ours+packing,ours,trl+padding-free,trl   # each against the last
     .venv/bin/python bench/train.py --sides ours:none,ours:tensorboard     # what a tracker costs our loop
     .venv/bin/python bench/train.py --sides ours@1024,ours --steps 100 --batch-size 16   # --micro-batch-tokens 1024
@@ -127,9 +128,9 @@ def side_settings(side: str) -> dict | None:
 def run_ours(work: Path, model_path: str, args, settings: dict) -> list[float]:
     from offline_rl.train import TrainConfig, run_train
 
-    cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), steps=args.steps, model=model_path,
-                      batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size, seed=0,
-                      force=True, **settings)
+    cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), steps=args.steps,
+                      model=model_path, batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size,
+                      seed=0, force=True, **settings)
     clock = StepClock()
     run_train(cfg)
     # run_train() logs its own per-step token counts: they must be the plan's
@@ -159,7 +160,8 @@ def run_trl(work: Path, model_path: str, args, settings: dict) -> list[float]:
     model.config.use_cache = False
     config = SFTConfig(
         output_dir=str(work / "trl"), loss_type="dft", max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, train_sampling_strategy="sequential",
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+        train_sampling_strategy="sequential",
         learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, adam_beta2=0.95,
         max_grad_norm=1.0, bf16=on_gpu, use_cpu=not on_gpu, gradient_checkpointing=False, packing=False,
         padding_free=settings["padding_free"], max_length=None, report_to="none", save_strategy="no", logging_steps=10,
@@ -196,7 +198,8 @@ def run_one(side: str, work: Path, model_path: str, args) -> dict:
     tokens = json.loads((work / "plan.json").read_text())["tokens"]
     timed = sum(tokens[args.warmup :])
     seconds = times[-1] - times[args.warmup - 1]
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if on_gpu
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"side": side, "device": "cuda" if on_gpu else "cpu", "tokens_per_s": timed / seconds, "seconds": seconds,
             "step_ms": 1000 * seconds / (args.steps - args.warmup), "peak_mib": peak,
             "peak_above_imports_mib": None if on_gpu else peak - base_rss / 1024}
@@ -210,7 +213,8 @@ def main():
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--logit-chunk-size", type=int, default=256, help="ours: response tokens per projection chunk")
     parser.add_argument("--shape", choices=["base", *SHAPES], default="base",
-                        help="base: the embedded 3.25M-parameter model; qwen0.5b, qwen1.5b: a random-init Qwen2.5 shape")
+                        help="base: the embedded 3.25M-parameter model; "
+                             "qwen0.5b, qwen1.5b: a random-init Qwen2.5 shape")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternated; the fastest of each counts")
     parser.add_argument("--problems", type=int, default=3000, help="world train problems in the dataset")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -237,11 +241,13 @@ def main():
         model_path, rows = prepare(work, args.shape, args.model, args.problems)
         plan = batch_plan(len(rows), args.batch_size, args.steps, seed=0)
         tokens = [sum(len(rows[i]["response_token_ids"]) for i in step) for step in plan]
-        lengths = [[len(rows[i]["prompt_token_ids"]) + len(rows[i]["response_token_ids"]) for i in step] for step in plan]
+        lengths = [[len(rows[i]["prompt_token_ids"]) + len(rows[i]["response_token_ids"]) for i in step]
+                   for step in plan]
         padded, real = [len(step) * max(step) for step in lengths], [sum(step) for step in lengths]
         (work / "plan.json").write_text(json.dumps({"indices": plan, "tokens": tokens}))
         load = os.getloadavg()[0]
-        print(f"{args.model or args.shape} model, {args.steps} steps ({args.warmup} warm-up, untimed) x batch {args.batch_size}: "
+        print(f"{args.model or args.shape} model, {args.steps} steps ({args.warmup} warm-up, untimed) "
+              f"x batch {args.batch_size}: "
               f"{sum(tokens) / len(tokens):.0f} trained tokens/step of {sum(real) / len(real):.0f} "
               f"({sum(padded) / len(padded):.0f} padded); "
               f"load average {load:.1f} on {os.cpu_count()} cores", flush=True)
@@ -265,7 +271,8 @@ def main():
     for a in sides[:-1]:
         ours = results[a]
         print(f"{a} {ours['tokens_per_s']:,.0f} tok/s  {b} {last['tokens_per_s']:,.0f} tok/s (best of {args.repeats})  "
-              f"ratio {ours['tokens_per_s'] / last['tokens_per_s']:.2f}x | peak memory {a} {ours['peak_mib']:,.0f} MiB  "
+              f"ratio {ours['tokens_per_s'] / last['tokens_per_s']:.2f}x | "
+              f"peak memory {a} {ours['peak_mib']:,.0f} MiB  "
               f"{b} {last['peak_mib']:,.0f} MiB  ratio {ours['peak_mib'] / last['peak_mib']:.2f}x")
 
 

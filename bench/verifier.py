@@ -106,7 +106,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=2.0, help="score_batch per-item deadline, seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--collect-only", action="store_true",
-                        help="only the pathological batch as bin/collect scores it: before (serial, main thread) and now")
+                        help="only the pathological batch as bin/collect scores it: "
+                             "before (serial, main thread) and now")
     args = parser.parse_args()
     if not BENCHMARKS.is_dir():
         sys.exit(f"bench/verifier.py: benchmark data absent: {BENCHMARKS}")
@@ -164,7 +165,8 @@ def main() -> None:
                                                 deadline=args.deadline)
     mixed_batch_wall = time.perf_counter() - start
     report(f"rewards.score_batch ({workers} workers)", len(mixed), mixed_batch_wall, mixed_result.seconds)
-    print(f"  score_batch: {len(mixed_result.timed_out)} timed out (killed), max item {max(mixed_result.seconds):.2f} s")
+    print(f"  score_batch: {len(mixed_result.timed_out)} timed out (killed), "
+          f"max item {max(mixed_result.seconds):.2f} s")
 
     print("\nratios (score_batch vs single-process math-verify)")
     print(f"  clean throughput:             {baseline_wall / batch_wall:5.2f}x   (target >= 1.7x)")

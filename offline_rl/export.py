@@ -34,12 +34,18 @@ FORMATS = {"trl-sft": ["prompt", "completion"], "trl-dpo": ["prompt", "chosen", 
 
 @dataclass
 class ExportConfig:
-    format: str = field(default=None, metadata={"help": "trl-sft (prompt/completion), trl-dpo (prompt/chosen/rejected), trl-grpo (prompt/answer) (required)", "choices": list(FORMATS)})
-    data: str = field(default=None, metadata={"help": "offline dataset directory (or several, comma-separated); also the first positional argument"})
+    format: str = field(default=None, metadata={
+        "help": "trl-sft (prompt/completion), trl-dpo (prompt/chosen/rejected), trl-grpo (prompt/answer) (required)",
+        "choices": list(FORMATS)})
+    data: str = field(default=None, metadata={
+        "help": "offline dataset directory (or several, comma-separated); also the first positional argument"})
     out: str = field(default=None, metadata={"help": "output directory; also the second positional argument"})
-    pairing: str = field(default="one", metadata={"help": "trl-dpo: pairs per prompt, as the dpo learner makes them: all, one, hardest", "choices": ["all", "one", "hardest"]})
+    pairing: str = field(default="one", metadata={
+        "help": "trl-dpo: pairs per prompt, as the dpo learner makes them: all, one, hardest",
+        "choices": ["all", "one", "hardest"]})
     seed: int = field(default=0, metadata={"help": "trl-dpo: seed of --pairing one"})
-    include_truncated: bool = field(default=False, metadata={"help": "keep accepted responses cut at the token limit (trl-sft's completions, trl-dpo's chosen)"})
+    include_truncated: bool = field(default=False, metadata={
+        "help": "keep accepted responses cut at the token limit (trl-sft's completions, trl-dpo's chosen)"})
     force: bool = field(default=False, metadata={"help": "write into an OUT that bin/export did not make, or replace "
                                                  "a finished export of other settings"})
 
@@ -128,7 +134,8 @@ def export_rows(cfg: ExportConfig, dataset) -> list[dict]:
 
 def export_card(record: dict, schema: pa.Schema) -> str:
     header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train.parquet"}]}],
-              "dataset_info": {"features": [{"name": f.name, "dtype": "string" if pa.types.is_string(f.type) else str(f.type)}
+              "dataset_info": {"features": [{"name": f.name,
+                                             "dtype": "string" if pa.types.is_string(f.type) else str(f.type)}
                                             for f in schema]},
               "tags": ["offline-rl", "trl", record["format"]]}
     trainer = {"trl-sft": "SFTTrainer", "trl-dpo": "DPOTrainer", "trl-grpo": "GRPOTrainer"}[record["format"]]
@@ -139,4 +146,5 @@ def export_card(record: dict, schema: pa.Schema) -> str:
                       f"# {record['format']}: {record['rows']} rows for TRL's `{trainer}`", "",
                       "Exported by offline-rl's `bin/export` from:", "", sources, "",
                       f"Columns: {', '.join(f'`{c}`' for c in record['columns'])}. "
-                      f"Settings: `{json.dumps({k: record[k] for k in ('pairing', 'seed', 'include_truncated')})}`.", ""])
+                      f"Settings: `{json.dumps({k: record[k] for k in ('pairing', 'seed', 'include_truncated')})}`.",
+                      ""])

@@ -40,12 +40,17 @@ CONTINUUM = ((0.012, 2.6), (0.002, 3.1), (0.001, 5.5))
 
 @dataclass
 class InspectConfig:
-    data: str = field(default=None, metadata={"help": "offline dataset directory (or several, comma-separated); also the first positional argument"})
-    model: str = field(default=None, metadata={"help": "the model to read the data with (default: the model that collected it)"})
-    out: str = field(default=None, metadata={"help": "output directory for inspect.json and inspect.png (default: runs/inspect-<data>-<model>-<view>)"})
-    view: str = field(default="accepted", metadata={"help": "which responses: accepted (what dft trains on) or all", "choices": ["accepted", "all"]})
+    data: str = field(default=None, metadata={
+        "help": "offline dataset directory (or several, comma-separated); also the first positional argument"})
+    model: str = field(default=None, metadata={
+        "help": "the model to read the data with (default: the model that collected it)"})
+    out: str = field(default=None, metadata={
+        "help": "output directory for inspect.json and inspect.png (default: runs/inspect-<data>-<model>-<view>)"})
+    view: str = field(default="accepted", metadata={
+        "help": "which responses: accepted (what dft trains on) or all", "choices": ["accepted", "all"]})
     batch_size: int = field(default=16, metadata={"help": "responses per forward pass", "min": 1, "advanced": True})
-    logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk", "min": 1, "advanced": True})
+    logit_chunk_size: int = field(default=256, metadata={
+        "help": "response tokens per vocabulary-projection chunk", "min": 1, "advanced": True})
     bins: int = field(default=20, metadata={"help": "histogram bins over [0, 1]", "min": 2, "advanced": True})
     force: bool = field(default=False, metadata={"help": "write into an OUT that inspect did not make, or replace "
                                                  "another model's, view's or dataset's finished inspection"})

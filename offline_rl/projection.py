@@ -83,8 +83,8 @@ def token_logprobs_and_kl(model, reference, batch: dict[str, torch.Tensor], chun
     head = LogitHead(_unwrap(model).get_output_embeddings(), *logit_transform(model))
     ref_head = LogitHead(_unwrap(reference).get_output_embeddings(), *logit_transform(reference))
     step = chunk_size if chunk_size > 0 else max(1, hidden.shape[0])
-    pieces = [torch.utils.checkpoint.checkpoint(_chunk_kl, head, ref_head, hidden[i : i + step], ref_hidden[i : i + step],
-                                                targets[i : i + step], use_reentrant=False)
+    pieces = [torch.utils.checkpoint.checkpoint(_chunk_kl, head, ref_head, hidden[i : i + step],
+                                                ref_hidden[i : i + step], targets[i : i + step], use_reentrant=False)
               for i in range(0, hidden.shape[0], step)]
     both = torch.zeros((2, *where.shape), dtype=torch.float32, device=hidden.device)  # [2, B, T]
     if pieces:
@@ -146,7 +146,8 @@ def logit_transform(model) -> tuple[float, float | None]:
     """(multiplier, soft-cap) of the model's logits after ``lm_head``, read off its configuration: (1, None) for
     the families that apply neither (Qwen2, Llama, ...)."""
     config = _unwrap(model).config
-    multiplier = float(getattr(config, "logit_scale", None) or 1.0) if config.model_type in ("cohere", "cohere2") else 1.0
+    multiplier = (float(getattr(config, "logit_scale", None) or 1.0) if config.model_type in ("cohere", "cohere2")
+                  else 1.0)
     if config.model_type in ("granite", "granitemoe", "granitemoeshared", "granitemoehybrid"):
         multiplier /= float(getattr(config, "logits_scaling", None) or 1.0)
     softcap = getattr(config, "final_logit_softcapping", None) or None

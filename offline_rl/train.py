@@ -49,20 +49,31 @@ from rollout.runtime import (
 @dataclass
 class TrainConfig:
     learner: str = field(default="dft", metadata={"help": f"learner: {', '.join(LEARNERS)}"})
-    data: str = field(default=None, metadata={"help": "offline dataset directory made by bin/collect or bin/import, or several comma-separated (samples and demonstrations mix) (required)"})
-    view: str = field(default=None, metadata={"help": f"what the learner trains on: {', '.join(views.VIEWS)} (default: the learner's own)", "choices": list(views.VIEWS)})
-    out: str = field(default=None, metadata={"help": "output directory: final model here, metrics and config beside it (required)"})
-    model: str = field(default=None, metadata={"help": "initial checkpoint (default: the model that collected the data)"})
-    base_model: str = field(default=None, metadata={"help": "the frozen model a learner anchored to its base reads (asft's pi_base; default: --model); bin/iterate sets it to the run's initial model in every round", "advanced": True})
+    data: str = field(default=None, metadata={
+        "help": "offline dataset directory made by bin/collect or bin/import, or several comma-separated (samples and "
+                "demonstrations mix) (required)"})
+    view: str = field(default=None, metadata={
+        "help": f"what the learner trains on: {', '.join(views.VIEWS)} (default: the learner's own)",
+        "choices": list(views.VIEWS)})
+    out: str = field(default=None, metadata={
+        "help": "output directory: final model here, metrics and config beside it (required)"})
+    model: str = field(default=None, metadata={
+        "help": "initial checkpoint (default: the model that collected the data)"})
+    base_model: str = field(default=None, metadata={
+        "help": "the frozen model a learner anchored to its base reads (asft's pi_base; default: --model); bin/iterate "
+                "sets it to the run's initial model in every round", "advanced": True})
     steps: int = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)", "min": 1})
     epochs: float = field(default=1.0, metadata={"help": "passes over the learner's examples when --steps is unset",
                                                  "above": 0, "max": 1000})
-    batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step, over all processes", "min": 1})
+    batch_size: int = field(default=32, metadata={
+        "help": "sequences (DPO: pairs) per optimizer step, over all processes", "min": 1})
     whole_batches: bool = field(default=False, metadata={
         "help": "with --steps: each step's batch is the examples / --steps (rounded down to whole micro-batches), so "
                 "that the steps go once through all of them (a round of GRPO's recipe); replaces --batch-size",
         "advanced": True})
-    micro_batch_size: int = field(default=None, metadata={"help": "sequences per forward pass per process; the step accumulates batch-size / (this x processes) of them (default: the whole step's share)", "min": 1, "advanced": True})
+    micro_batch_size: int = field(default=None, metadata={
+        "help": "sequences per forward pass per process; the step accumulates batch-size / (this x processes) of them "
+                "(default: the whole step's share)", "min": 1, "advanced": True})
     micro_batch_tokens: int = field(default=0, metadata={
         "help": "regroup each step's sequences by length into micro-batches of at most N tokens per process (padded: "
                 "rows x longest; with --packing: the sequences' own), which bounds a forward's memory and, unpacked, "
@@ -75,24 +86,40 @@ class TrainConfig:
     lr: float = field(default=2e-4, metadata={
         "help": "peak learning rate (the DFT paper used 5e-5 for Qwen2.5-Math-1.5B)", "above": 0,
         "max": 1})  # AdamW moves each weight by about lr a step (1e308: NaN at step 2)
-    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming the learning rate up", "min": 0, "max": 1})
-    warmup_steps: int = field(default=None, metadata={"help": "steps spent warming the learning rate up (default: --warmup-ratio of the steps)", "min": 1, "advanced": True})
+    warmup_ratio: float = field(default=0.05, metadata={
+        "help": "share of steps spent warming the learning rate up", "min": 0, "max": 1})
+    warmup_steps: int = field(default=None, metadata={
+        "help": "steps spent warming the learning rate up (default: --warmup-ratio of the steps)",
+        "min": 1, "advanced": True})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0, "max": 1,
                                                        "advanced": True})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm", "above": 0, "advanced": True})
-    logit_chunk_size: int = field(default=256, metadata={"help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once", "min": 0, "advanced": True})
+    logit_chunk_size: int = field(default=256, metadata={
+        "help": "response tokens per vocabulary-projection chunk (no full [B, T, V] logits); 0 = all at once",
+        "min": 0, "advanced": True})
     seed: int = field(default=0, metadata={"help": "seed for data order and any sampling"})
     log_every: int = field(default=10, metadata={"help": "steps between metric records", "min": 1, "advanced": True})
-    save_every: int = field(default=0, metadata={"help": "steps between checkpoints in OUT/checkpoints/step-N (0: none)", "min": 0})
-    resume: bool = field(default=False, metadata={"help": "continue exactly from the last checkpoint in OUT/checkpoints (same settings only)"})
-    init_from: str = field(default=None, metadata={"help": "start from another run's checkpoint (its OUT/checkpoints/step-N): its weights, optimizer moments, schedule and RNG; steps count on from N (rounds: bin/iterate)", "advanced": True})
-    schedule_steps: int = field(default=None, metadata={"help": "length of the warm-up + cosine schedule (default: up to this run's last step, counted from the first run's start with --init-from)", "min": 1, "advanced": True})
-    restart_schedule: bool = field(default=False, metadata={"help": "with --init-from: keep the optimizer's moments but start the schedule over", "advanced": True})
+    save_every: int = field(default=0, metadata={
+        "help": "steps between checkpoints in OUT/checkpoints/step-N (0: none)", "min": 0})
+    resume: bool = field(default=False, metadata={
+        "help": "continue exactly from the last checkpoint in OUT/checkpoints (same settings only)"})
+    init_from: str = field(default=None, metadata={
+        "help": "start from another run's checkpoint (its OUT/checkpoints/step-N): its weights, optimizer moments, "
+                "schedule and RNG; steps count on from N (rounds: bin/iterate)", "advanced": True})
+    schedule_steps: int = field(default=None, metadata={
+        "help": "length of the warm-up + cosine schedule (default: up to this run's last step, counted from the first "
+                "run's start with --init-from)", "min": 1, "advanced": True})
+    restart_schedule: bool = field(default=False, metadata={
+        "help": "with --init-from: keep the optimizer's moments but start the schedule over", "advanced": True})
     force: bool = field(default=False, metadata={"help": "write into an OUT that bin/train did not make, replace "
                                                  "another run's finished model, or start over in one holding "
                                                  "checkpoints"})
-    include_truncated: bool = field(default=False, metadata={"help": "keep responses cut at --max-tokens in the loss: the accepted view's, DPO's chosen ones, the groups view's (whose statistics count them either way)", "advanced": True})
-    report_to: str = field(default="tensorboard", metadata={"help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
+    include_truncated: bool = field(default=False, metadata={
+        "help": "keep responses cut at --max-tokens in the loss: the accepted view's, DPO's chosen ones, the groups "
+                "view's (whose statistics count them either way)", "advanced": True})
+    report_to: str = field(default="tensorboard", metadata={
+        "help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, "
+                "wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
     heldout_every: int = field(default=0, metadata={
         "help": "every N steps (and at the first), log the policy's mean NLL per token on --heldout-text and its mean "
                 "entropy there (heldout_nll, heldout_entropy: metrics.jsonl, the trackers, OUT/heldout.png); 0: never",
@@ -101,7 +128,9 @@ class TrainConfig:
         "help": "held-out text of --heldout-every: world:pretrain (text of the kind the embedded base model was "
                 "trained on), a .jsonl file with a text field, or a text file of blank-line-separated documents",
         "advanced": True})
-    approximate_ratios: bool = field(default=False, metadata={"help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) distribution or another model", "advanced": True})
+    approximate_ratios: bool = field(default=False, metadata={
+        "help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) "
+                "distribution or another model", "advanced": True})
 
 
 @dataclass(kw_only=True)
@@ -353,7 +382,8 @@ def build_model(cfg: TrainConfig, model_path: str, accelerator, fsdp=None):
     except Exception as e:  # a damaged or truncated checkpoint: transformers and safetensors raise many types
         if is_disk_full(e):
             raise
-        raise UsageError(f"cannot load model {model_path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+        raise UsageError(f"cannot load model {model_path}: "
+                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     model.config.use_cache = False
     if fsdp is not None:
         model = sharding.shard(model, fsdp, accelerator.device)
@@ -422,7 +452,8 @@ def start_files(cfg: TrainConfig, learner_cfg, accelerator, resume_from: Path | 
         board.init_kwargs["purge_step"] = first_step + 1
     if tracked:
         accelerator.init_trackers("offline-rl", config=resolved,
-                                  init_kwargs={"wandb": {"name": out.name, "dir": str(out)}, "trackio": {"name": out.name}})
+                                  init_kwargs={"wandb": {"name": out.name, "dir": str(out)},
+                                               "trackio": {"name": out.name}})
     return metrics_file
 
 
@@ -452,7 +483,8 @@ def loop(state: TrainState) -> None:
             with sync, accelerator.autocast():
                 loss_sum, metrics = backward(state, batch, step_units, packed)
             for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
-                totals[k] = max(totals.get(k, -math.inf), float(v)) if k.endswith("_max") else totals.get(k, 0.0) + float(v)
+                totals[k] = (max(totals.get(k, -math.inf), float(v)) if k.endswith("_max")
+                             else totals.get(k, 0.0) + float(v))
         grad_norm = (sharding.clip_grad_norm(model, cfg.max_grad_norm) if state.sharded
                      else accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
         record = step_record(state, step, totals, step_units, grad_norm)
@@ -470,7 +502,8 @@ def loop(state: TrainState) -> None:
         if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
             # checked before the update: no checkpoint ever holds weights a non-finite step produced
             last = latest_checkpoint(Path(cfg.out) / "checkpoints")
-            what = f"loss became {record['loss']}" if not math.isfinite(record["loss"]) else "gradient norm became non-finite"
+            what = (f"loss became {record['loss']}" if not math.isfinite(record["loss"])
+                    else "gradient norm became non-finite")
             raise CommandFailed(f"{what} at step {step + 1}; stopped, last good checkpoint: {last or 'none'}")
         state.optimizer.step()
         state.scheduler.step()
@@ -568,7 +601,8 @@ def step_record(state: TrainState, step: int, totals: dict[str, float], step_uni
               "tokens": int(step_units), "tokens_per_s": state.tokens_seen / (time.time() - state.start)}
     names = sorted(k for k in totals if not k.endswith("_max"))
     summed = accelerator.reduce(torch.tensor([totals[k] for k in names], device=accelerator.device), "sum")
-    record.update({k.removesuffix("_sum"): float(v) / max(1.0, float(step_units)) for k, v in zip(names, summed, strict=True)})
+    record.update({k.removesuffix("_sum"): float(v) / max(1.0, float(step_units))
+                   for k, v in zip(names, summed, strict=True)})
     maxima = sorted(k for k in totals if k.endswith("_max"))
     if maxima:
         gathered = accelerator.gather(torch.tensor([totals[k] for k in maxima], device=accelerator.device))

@@ -210,7 +210,8 @@ def make_pairs(examples: list[Example], pairing: str, seed: int = 0, include_tru
         elif pairing == "one":
             pairs.append(rng.choice(candidates))
         elif pairing == "hardest":  # the accepted answer the sampler found least likely vs the likeliest rejection
-            pairs.append(min(candidates, key=lambda p: sum(p.chosen.behavior_logprobs) - sum(p.rejected.behavior_logprobs)))
+            pairs.append(min(candidates,
+                             key=lambda p: sum(p.chosen.behavior_logprobs) - sum(p.rejected.behavior_logprobs)))
         else:
             raise UsageError(f"unknown --pairing {pairing!r}; known: all, one, hardest")
     return pairs
@@ -230,7 +231,8 @@ def reference_from_model(pairs: list[Pair], context: ViewContext, batch_size: in
     rank, ranks = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     chunk = context.logit_chunk_size
-    pad = context.tokenizer.pad_token_id if context.tokenizer.pad_token_id is not None else context.tokenizer.eos_token_id
+    pad = (context.tokenizer.pad_token_id if context.tokenizer.pad_token_id is not None
+           else context.tokenizer.eos_token_id)
     model = frozen_model(context.model_path, device)
     flat = [e for p in pairs for e in (p.chosen, p.rejected)]
     mine = list(range(rank, len(flat), ranks))
@@ -245,7 +247,8 @@ def reference_from_model(pairs: list[Pair], context: ViewContext, batch_size: in
         sums = accelerator.reduce(sums, reduction="sum")  # each response was scored by exactly one rank
     del model
     values = sums.tolist()
-    return [Pair(replace(p.chosen, reference_logprob=values[2 * i]), replace(p.rejected, reference_logprob=values[2 * i + 1]))
+    return [Pair(replace(p.chosen, reference_logprob=values[2 * i]),
+                 replace(p.rejected, reference_logprob=values[2 * i + 1]))
             for i, p in enumerate(pairs)]
 
 

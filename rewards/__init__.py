@@ -17,5 +17,6 @@ from rewards.extract import DEFAULT_EXTRACTION, DEFAULT_FALLBACKS, EXTRACTIONS, 
 from rewards.normalize import gold_answer, normalize_answer
 from rewards.verify import VERIFIER_VERSION
 
-__all__ = ["DEFAULT_DEADLINE_SECONDS", "DEFAULT_EXTRACTION", "DEFAULT_FALLBACKS", "EXTRACTIONS", "FALLBACKS", "VERIFIER_VERSION", "BatchResult", "StreamScorer", "equivalent", "extract_answer",
-           "extract_boxed", "gold_answer", "normalize_answer", "score", "score_batch", "score_batch_detailed"]
+__all__ = ["DEFAULT_DEADLINE_SECONDS", "DEFAULT_EXTRACTION", "DEFAULT_FALLBACKS", "EXTRACTIONS", "FALLBACKS",
+           "VERIFIER_VERSION", "BatchResult", "StreamScorer", "equivalent", "extract_answer", "extract_boxed",
+           "gold_answer", "normalize_answer", "score", "score_batch", "score_batch_detailed"]

@@ -348,7 +348,8 @@ def equivalent(pred: str, gold: str, *, timeout_seconds: int = STAGE_TIMEOUT_SEC
     return equivalent_batch([normalize_answer(pred)], [normalize_answer(gold)]).rewards[0] == 1.0
 
 
-def score(response: str, gold: str, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS, extraction: str | None = None) -> float:
+def score(response: str, gold: str, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS,
+          extraction: str | None = None) -> float:
     """1.0 if the response's final answer equals ``gold`` mathematically, else 0.0, from any thread (TRL calls reward
     functions from its own). ``extraction`` names a mode of ``EXTRACTIONS`` (boxed, qwen, math-verify); without
     it, the last box, else ``fallbacks``."""

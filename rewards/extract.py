@@ -24,7 +24,8 @@ _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 _SYMBOLS = {"\u2212": "-", "\u2013": "-", "\u2044": "/", "\u00d7": "\\times ", "\u00f7": "\\div ", "\u221a": "\\sqrt",
             "\u03c0": "\\pi ", "\u00b0": "^{\\circ}", "\u2264": "\\le ", "\u2265": "\\ge ", "\u221e": "\\infty "}
 # Cyrillic and Greek letters that look like Latin ones (a model's tokenizer can swap them)
-_LOOKALIKES = dict(zip("\u0430\u0435\u043e\u0440\u0441\u0445\u0443\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0391\u0392\u0395\u039a\u039c\u039f\u03a1\u03a4\u03a7",
+_LOOKALIKES = dict(zip("\u0430\u0435\u043e\u0440\u0441\u0445\u0443\u0410\u0412\u0415\u041a\u041c\u041d\u041e"
+                       "\u0420\u0421\u0422\u0425\u0391\u0392\u0395\u039a\u039c\u039f\u03a1\u03a4\u03a7",
                        "aeopcxyABEKMHOPCTXABEKMOPTX", strict=True))
 _SYMBOL_RE = re.compile("|".join(map(re.escape, _SYMBOLS)))
 _LOOKALIKE_TABLE = str.maketrans(_LOOKALIKES)

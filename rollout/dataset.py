@@ -179,7 +179,8 @@ def load_offline_dataset(path: str | Path | list):
             with quiet_datasets():
                 part = datasets.load_dataset("parquet", data_files=files, split="train")
         except Exception as e:  # datasets wraps a damaged file (or shards of mixed schemas) in several types
-            raise DatasetError(f"{directory}: a shard is damaged: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+            raise DatasetError(f"{directory}: a shard is damaged: "
+                               f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
         if "origin" not in part.column_names:
             part = part.add_column("origin", ["sample"] * len(part))
         part = part.select_columns(COLUMNS)
@@ -206,7 +207,8 @@ def quiet_datasets():
             datasets.enable_progress_bars()
 
 
-# what merged inputs must share: one behaviour policy (model, sampling, and what its stored log-probs are) and one grader
+# what merged inputs must share: one behaviour policy (model, sampling, and what its stored log-probs are) and one
+# grader
 MERGED_ALIKE = ("kind", "model", "sampling", "logprobs_mode", "template", "extraction", "verifier_version")
 
 

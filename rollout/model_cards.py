@@ -42,7 +42,8 @@ def dataset_identity(path: str) -> dict:
 def model_card(model: Path) -> str:
     config = json.loads((model / "train_config.json").read_text())
     summary = json.loads((model / "train_summary.json").read_text())
-    learner = json.loads((model / "learner_config.json").read_text()) if (model / "learner_config.json").exists() else {}
+    learner = (json.loads((model / "learner_config.json").read_text())
+               if (model / "learner_config.json").exists() else {})
     evaluations = _read_evaluations(model)
     datasets = [dataset_identity(p) for p in str(config.get("data", "")).split(",") if p]
     header = {"base_model": config.get("model"), "library_name": "transformers",
@@ -68,10 +69,12 @@ def model_card(model: Path) -> str:
                      "`evaluations.json`).")
     for name, e in evaluations.items():
         k = e.get("k")
-        cells = ", ".join(f"{bench} {100 * m.get(f'avg@{k}', float('nan')):.1f}" for bench, m in e.get("benchmarks", {}).items())
+        cells = ", ".join(f"{bench} {100 * m.get(f'avg@{k}', float('nan')):.1f}"
+                          for bench, m in e.get("benchmarks", {}).items())
         lines.append(f"- `{name}` (k = {k}, temperature {e.get('temperature')}, seed {e.get('seed')}, "
                      f"extraction {e.get('extraction')}): avg@{k} {cells}")
-    lines += ["", "`train_config.json` repeats the run (`bin/train --config`); `metrics.jsonl` holds every logged step.", ""]
+    lines += ["", "`train_config.json` repeats the run (`bin/train --config`); "
+                  "`metrics.jsonl` holds every logged step.", ""]
     return "\n".join(lines)
 
 

@@ -72,7 +72,8 @@ def run_ranks(address: str, collect: Callable, ranks: list, context) -> None:
             ray.init(address=address, log_to_driver=True, logging_level=log_level,
                      runtime_env={"env_vars": passed_environment()})
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UsageError(f"--ray-address {address}: cannot connect ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise UsageError(f"--ray-address {address}: "
+                         f"cannot connect ({str(e).splitlines()[0] if str(e) else e})") from None
     try:
         resources = ray.cluster_resources()
         tp = ranks[0].tensor_parallel_size

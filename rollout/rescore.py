@@ -162,7 +162,8 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
         "rows": totals["rows"],
         "deadline_seconds": deadline,
         "fallbacks": list(fallbacks),
-        "extraction": extraction or ("boxed" if tuple(fallbacks) == DEFAULT_FALLBACKS else "boxed+" + ",".join(fallbacks)),
+        "extraction": extraction or ("boxed" if tuple(fallbacks) == DEFAULT_FALLBACKS
+                                     else "boxed+" + ",".join(fallbacks)),
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_seconds": round(time.time() - start, 3),
     }
@@ -186,10 +187,17 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
 @dataclass(frozen=True)
 class RescoreConfig:
     data: str = field(default=None, metadata={"help": "offline dataset directory to rescore in place (required)"})
-    extraction: str = field(default=None, metadata={"help": "answer extraction: boxed, qwen, math-verify (default: the one the dataset was scored with)", "choices": list(EXTRACTIONS)})
-    fallbacks: str = field(default=None, metadata={"help": f"comma-separated answer fallbacks after the last box, in order; known: {', '.join(FALLBACKS)} (default: as the dataset was scored)", "advanced": True})
-    workers: int = field(default=None, metadata={"help": "scoring processes (default: one per CPU)", "min": 1, "advanced": True})
-    deadline: float = field(default=DEFAULT_DEADLINE_SECONDS, metadata={"help": "wall-clock seconds per response before its worker is killed and it scores 0", "above": 0, "advanced": True})
+    extraction: str = field(default=None, metadata={
+        "help": "answer extraction: boxed, qwen, math-verify (default: the one the dataset was scored with)",
+        "choices": list(EXTRACTIONS)})
+    fallbacks: str = field(default=None, metadata={
+        "help": f"comma-separated answer fallbacks after the last box, in order; known: {', '.join(FALLBACKS)} "
+                "(default: as the dataset was scored)", "advanced": True})
+    workers: int = field(default=None, metadata={
+        "help": "scoring processes (default: one per CPU)", "min": 1, "advanced": True})
+    deadline: float = field(default=DEFAULT_DEADLINE_SECONDS, metadata={
+        "help": "wall-clock seconds per response before its worker is killed and it scores 0",
+        "above": 0, "advanced": True})
 
 
 def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:

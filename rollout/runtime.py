@@ -128,7 +128,8 @@ def build_parser(classes: tuple, prog: str, description: str, shown: int | None 
             kind = _field_type(typing.get_type_hints(cls)[f.name])
             if f.name in added:
                 if added[f.name] is not kind:
-                    raise TypeError(f"{cls.__name__}.{f.name} is a {kind.__name__} elsewhere a {added[f.name].__name__}")
+                    raise TypeError(f"{cls.__name__}.{f.name} is a {kind.__name__} "
+                                    f"elsewhere a {added[f.name].__name__}")
                 continue
             added[f.name] = kind
             help_text = plain(f.metadata.get("help", ""))

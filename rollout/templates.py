@@ -52,7 +52,8 @@ class Template:
         else:
             path = Path(name)
             if not path.exists():
-                raise TemplateError(f"unknown template {name!r}; known: {', '.join(TEMPLATES)}, or a file holding {{question}}")
+                raise TemplateError(f"unknown template {name!r}; known: {', '.join(TEMPLATES)}, "
+                                    "or a file holding {question}")
             self.text = read_text(path)  # TextError names the file and line
             self.literal = True  # a file's text is taken as it is; only {question} is replaced
             if "{question}" not in self.text:

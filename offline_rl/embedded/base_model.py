@@ -27,7 +27,9 @@ EOS = "<|endoftext|>"
 
 @dataclass
 class MakeBaseConfig:
-    out: str = field(default=None, metadata={"help": "where to write the checkpoint (default: a new runs/base-model-<time>; the shipped one is offline_rl/embedded/assets/base-model, which needs --force)"})
+    out: str = field(default=None, metadata={
+        "help": "where to write the checkpoint (default: a new runs/base-model-<time>; the shipped one is "
+                "offline_rl/embedded/assets/base-model, which needs --force)"})
     seed: int = field(default=0, metadata={"help": "seed for tokenizer order, init and data order"})
     steps: int = field(default=1000, metadata={"help": "optimizer steps of pretraining", "min": 1})
     batch_size: int = field(default=32, metadata={"help": "sequences per step", "min": 1})
@@ -153,7 +155,8 @@ def run_make_base(cfg: MakeBaseConfig, *, context: CommandContext | None = None)
     if cfg.hidden_size % 128:
         raise UsageError(f"--hidden-size must be a multiple of 128 (got {cfg.hidden_size})")
     if cfg.out is None:
-        cfg = replace(cfg, out=str(Path(__file__).resolve().parents[2] / "runs" / time.strftime("base-model-%Y%m%d-%H%M%S")))
+        cfg = replace(cfg, out=str(Path(__file__).resolve().parents[2] / "runs"
+                                   / time.strftime("base-model-%Y%m%d-%H%M%S")))
     hold_directory(Path(cfg.out), "make-base", force=cfg.force)  # writable, and never the shipped model by accident
     print_config(cfg, out=cfg.out)
     torch.set_num_threads(max(1, torch.get_num_threads()))

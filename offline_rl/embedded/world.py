@@ -41,7 +41,8 @@ NAMES = [
     "Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Lily", "Ben",
     "Emma", "Noah", "Ella", "Liam", "Ruby", "Jack", "Nora", "Owen", "Lucy", "Finn",
 ]
-PRONOUN = {n: ("She" if n in {"Mia", "Ava", "Zoe", "Ivy", "Lily", "Emma", "Ella", "Ruby", "Nora", "Lucy"} else "He") for n in NAMES}
+PRONOUN = {n: ("She" if n in {"Mia", "Ava", "Zoe", "Ivy", "Lily", "Emma", "Ella", "Ruby", "Nora", "Lucy"} else "He")
+           for n in NAMES}
 ITEMS = [
     "apples", "marbles", "stickers", "coins", "books", "shells", "pencils", "cards",
     "cookies", "stamps", "balloons", "candies", "beads", "rocks", "toys", "flowers",

@@ -1,13 +1,14 @@
 """``bin/compare``: several learners × seeds on one offline dataset under one budget, one report.
 
 Every learner trains from the same initial model on the same dataset for the same number of optimizer steps,
-batch size and learning-rate schedule (a learner's recipe may scale its rate: ``lr_scale`` in its learner's record; a run's own
-flags come from ``--runs``), then each model — the base model included — is evaluated with the same sampling
-on the same benchmarks, with the run's seed (``--temperature``, ``--top-p``, ``--max-tokens``: the evaluation's
-sampling; the dataset is collected with bin/collect's defaults, or given with ``--data``). Each stage calls a command's function in this process (its
-equivalent command line first in its log, ``OUT/logs/``; its files where the command writes them); one engine
-samples every collection and evaluation, taking each checkpoint's weights in place. Finished stages are skipped
-when the command is run again, an interrupted training resumes from its last checkpoint.
+batch size and learning-rate schedule (a learner's recipe may scale its rate: ``lr_scale`` in its learner's record;
+a run's own flags come from ``--runs``), then each model — the base model included — is evaluated with the same
+sampling on the same benchmarks, with the run's seed (``--temperature``, ``--top-p``, ``--max-tokens``: the
+evaluation's sampling; the dataset is collected with bin/collect's defaults, or given with ``--data``). Each stage
+calls a command's function in this process (its equivalent command line first in its log, ``OUT/logs/``; its
+files where the command writes them); one engine samples every collection and evaluation, taking each checkpoint's
+weights in place. Finished stages are skipped when the command is run again, an interrupted training resumes
+from its last checkpoint.
 
 Writes ``OUT/report.md`` (mean ± std over seeds, best per column in bold), ``OUT/results.csv`` (one row per
 model, seed and benchmark) and ``OUT/plots/``.
@@ -45,7 +46,8 @@ from rollout.runtime import (
     print_config,
 )
 
-OPTIONAL_RUN_KEYS = ("sweep", "swept", "n", "batch_size")  # recorded only when set: older comparisons rerun as they were
+# recorded only when set: older comparisons rerun as they were
+OPTIONAL_RUN_KEYS = ("sweep", "swept", "n", "batch_size")
 
 
 class StageFailed(RuntimeError):

@@ -125,7 +125,8 @@ def write_continuum(out: Path, benchmark: str = "test-id", metric: str = "avg@4"
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        print("usage: python -m offline_rl.experiments.continuum DIR (a folder of bin/compare outputs)", file=sys.stderr)
+        print("usage: python -m offline_rl.experiments.continuum DIR (a folder of bin/compare outputs)",
+              file=sys.stderr)
         sys.exit(2)
     try:
         print(write_continuum(Path(sys.argv[1])))

@@ -80,9 +80,13 @@ class IterateConfig:
         "help": "each round's steps go once through all the samples its learner trains on, batch = those examples / "
                 "the round's steps (GRPO's recipe: every sample of a round's groups in its update; bin/train "
                 "--whole-batches; needs --steps) instead of --batch-size", "advanced": True})
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N rounds and after the last (0: never)", "min": 0})
-    restart_engine: bool = field(default=False, metadata={"help": "start a new engine every round instead of loading the new weights into the live one", "advanced": True})
-    force: bool = field(default=False, metadata={"help": "reuse an OUT made with other settings, or one bin/iterate did not make"})
+    eval_every: int = field(default=0, metadata={
+        "help": "evaluate every N rounds and after the last (0: never)", "min": 0})
+    restart_engine: bool = field(default=False, metadata={
+        "help": "start a new engine every round instead of loading the new weights into the live one",
+        "advanced": True})
+    force: bool = field(default=False, metadata={
+        "help": "reuse an OUT made with other settings, or one bin/iterate did not make"})
     collect: CollectConfig = stage(CollectConfig())  # what and how each round samples (its --model: the initial policy)
     train: TrainConfig = stage(TrainConfig(learner="rft", batch_size=16))  # each round's training; --seed: the run's
     evaluation: EvalConfig = stage(EvalConfig())  # what --eval-every evaluates
@@ -228,9 +232,10 @@ class Rounds:
         self.live = context.live or LiveEngine(cfg.collect, restart=cfg.restart_engine)
 
     def last_trained(self, k: int) -> int | None:
-        """The latest round before round k that trained (a round with nothing to train on leaves the policy as it was)."""
-        return next((j for j in range(k - 1, 0, -1) if (self.out / f"round-{j}" / "train" / "train_summary.json").exists()),
-                    None)
+        """The latest round before round k that trained (a round with nothing to train on leaves the policy as it
+        was)."""
+        return next((j for j in range(k - 1, 0, -1)
+                     if (self.out / f"round-{j}" / "train" / "train_summary.json").exists()), None)
 
     def policy(self, k: int) -> str:
         """The policy that samples round k: the initial model, then the latest trained round's checkpoint."""
@@ -383,7 +388,8 @@ class Rounds:
         }
         write_json(out / "iterate_summary.json", summary)  # last: its presence marks a finished run
         print(f"{cfg.rounds} rounds of {cfg.train.learner}: {summary['responses']} responses sampled "
-              f"({summary['sampled_tokens']} tokens), {summary['steps']} steps; collect {summary['collect_seconds']:.0f} s, "
+              f"({summary['sampled_tokens']} tokens), {summary['steps']} steps; "
+              f"collect {summary['collect_seconds']:.0f} s, "
               f"train {summary['train_seconds']:.0f} s; {engine_line(summary)} -> {out}")
         return summary
 

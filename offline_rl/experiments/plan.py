@@ -47,24 +47,35 @@ class CompareConfig:
     config it holds, whose flags are bin/compare's too (bin/eval's: sampling, engine, benchmarks)."""
 
     out: str = field(default=None, metadata={"help": "comparison directory (required); run again to resume"})
-    data: str = field(default=None, metadata={"help": "offline dataset from bin/collect (default: collect one into OUT/data with bin/collect's defaults)"})
+    data: str = field(default=None, metadata={
+        "help": "offline dataset from bin/collect (default: collect one into OUT/data with bin/collect's defaults)"})
     model: str = field(default=None, metadata={"help": "initial model of every learner (default: the dataset's model)"})
     prompts: int = field(default=None, metadata={
         "help": "when collecting (no --data): use at most N prompts of the source", "min": 1})
-    learners: str = field(default="sft,rft,dft,dpo,ppo,iwsft,adft", metadata={"help": f"comma-separated learners, one run each ({', '.join(LEARNERS)}); ignored with --runs"})
-    runs: str = field(default=None, metadata={"help": "YAML file listing the runs: name, learner, data (dataset, demonstrations or a path), flags (bin/train's and the learner's), rounds"})
-    demonstrations: str = field(default="world", metadata={"help": "demonstrations for --demonstration-learners: world (the world's reference solutions of --data's prompts, when they come from the world), a bin/import dataset directory, or none", "advanced": True})
-    demonstration_learners: str = field(default="sft", metadata={"help": "comma-separated run names trained on the demonstrations instead of --data"})
+    learners: str = field(default="sft,rft,dft,dpo,ppo,iwsft,adft", metadata={
+        "help": f"comma-separated learners, one run each ({', '.join(LEARNERS)}); ignored with --runs"})
+    runs: str = field(default=None, metadata={
+        "help": "YAML file listing the runs: name, learner, data (dataset, demonstrations or a path), flags "
+                "(bin/train's and the learner's), rounds"})
+    demonstrations: str = field(default="world", metadata={
+        "help": "demonstrations for --demonstration-learners: world (the world's reference solutions of --data's "
+                "prompts, when they come from the world), a bin/import dataset directory, or none", "advanced": True})
+    demonstration_learners: str = field(default="sft", metadata={
+        "help": "comma-separated run names trained on the demonstrations instead of --data"})
     seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
     steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)", "min": 1})
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
     lr: float = field(default=2e-4, metadata={
         "help": "peak learning rate (warm-up + cosine), scaled by a learner's recipe", "above": 0, "max": 1})
-    sweep: str = field(default=None, metadata={"help": "FLAG=V1,V2,...: every run trained at each value (with every seed), the value reported chosen on --select-on (a run's own sweep in --runs wins)"})
+    sweep: str = field(default=None, metadata={
+        "help": "FLAG=V1,V2,...: every run trained at each value (with every seed), the value reported chosen on "
+                "--select-on (a run's own sweep in --runs wins)"})
     select_on: str = field(default=None, metadata={
         "help": f"with a sweep: the held-out benchmark its values are chosen on (default: {SELECT_ON}); never one of "
                 "--benchmarks (the reported ones), nor the split the data was drawn from", "advanced": True})
-    report_to: str = field(default="tensorboard", metadata={"help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none", "advanced": True})
+    report_to: str = field(default="tensorboard", metadata={
+        "help": "trackers of every training, as bin/train takes them: tensorboard, wandb, trackio, none",
+        "advanced": True})
     reference: str = field(default=None, metadata={
         "help": "the run every other is compared with, in differences with paired 95-percent intervals (default: sft "
                 "where there is one, else the base model)"})
@@ -86,7 +97,8 @@ class CompareConfig:
     report_only: bool = field(default=False, metadata={
         "help": "only write the differences, forgetting and entropy of OUT's report again from its evaluations (a "
                 "comparison kept without its runs); --reference may change"})
-    force: bool = field(default=False, metadata={"help": "reuse an OUT made with different settings, or one bin/compare did not make"})
+    force: bool = field(default=False, metadata={
+        "help": "reuse an OUT made with different settings, or one bin/compare did not make"})
     # every evaluation's settings (its model, name, seed and output are each stage's; --backend: the collection's too)
     # the forgetting panel in every comparison unless --heldout-text none
     evaluation: EvalConfig = stage(EvalConfig(heldout_text="world:pretrain"))
@@ -236,7 +248,8 @@ def _run(entry: dict, where: str, on_demonstrations: set[str]) -> Run:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < float("inf"):
             raise UsageError(f"{where}: lr_scale must be a positive number (got {scale!r})")
         flags["lr_scale"] = float(scale)
-    rounds, n, batch = _whole(entry, "rounds", where), _whole(entry, "n", where), _whole(entry, "batch_size", where, "round")
+    rounds, n, batch = (_whole(entry, "rounds", where), _whole(entry, "n", where),
+                        _whole(entry, "batch_size", where, "round"))
     if n is not None and rounds is None:
         raise UsageError(f"{where}: n (the group size it samples) needs rounds; offline runs train on the dataset's")
     if batch == "round" and rounds is None:
@@ -344,5 +357,6 @@ def _training(cfg: CompareConfig, out: Path, data: Path, demonstrations: Path | 
         return Stage(f"train {run.name} s{seed}", "iterate", (rounds, learner), where / "iterate_summary.json",
                      given=frozenset({"model"} if cfg.model else set()) | set(own))
     source = {"dataset": data, "demonstrations": demonstrations or data}.get(run.data, Path(run.data))
-    train = replace(train, **settings, data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3), log_every=5)
+    train = replace(train, **settings, data=str(source), steps=cfg.steps, save_every=max(1, cfg.steps // 3),
+                    log_every=5)
     return Stage(f"train {run.name} s{seed}", "train", (train, learner), where / "train_summary.json")

@@ -210,8 +210,8 @@ def plot_training(out: Path, learners: list[str], seeds: list[int], path: Path) 
             ax.fill_between(steps, [min(v) for v in nll], [max(v) for v in nll], color=color, alpha=0.2)
             ax.set_ylabel("NLL", fontsize=8)
         twin = ax.twinx()
-        twin.plot(steps, [statistics.fmean(v) for v in _series(curves, "loss", length)], color="k", linestyle="--", linewidth=0.8,
-                  label="loss")
+        twin.plot(steps, [statistics.fmean(v) for v in _series(curves, "loss", length)], color="k", linestyle="--",
+                  linewidth=0.8, label="loss")
         twin.tick_params(labelsize=7)
         ax.tick_params(labelsize=7)
     fig.suptitle("training: NLL of trained tokens (solid, left) and the learner's loss (dashed, right)", fontsize=9)

@@ -107,13 +107,15 @@ def budget_table(out: Path, models: list[str], seeds: list[int], manifest: dict,
     for model in [m for m in models if m != "base"]:
         runs = [out / "runs" / f"{model}-s{seed}" for seed in seeds]
         if model in rounds:
-            done = [json.loads((r / "iterate_summary.json").read_text()) for r in runs if (r / "iterate_summary.json").exists()]
+            done = [json.loads((r / "iterate_summary.json").read_text())
+                    for r in runs if (r / "iterate_summary.json").exists()]
             if not done:
                 continue
             mean = {key: statistics.fmean(d[key] for d in done)
                     for key in ("responses", "sampled_tokens", "collect_seconds", "train_seconds")}
             lines.append(f"| {model} | {rounds[model]} rounds of its own samples | {mean['responses']:.0f} | "
-                         f"{mean['sampled_tokens']:.0f} | {mean['collect_seconds']:.0f} | {mean['train_seconds']:.0f} |")
+                         f"{mean['sampled_tokens']:.0f} | {mean['collect_seconds']:.0f} | "
+                         f"{mean['train_seconds']:.0f} |")
             continue
         done = [json.loads((r / "train_summary.json").read_text()) for r in runs if (r / "train_summary.json").exists()]
         if not done:
@@ -128,7 +130,8 @@ def budget_table(out: Path, models: list[str], seeds: list[int], manifest: dict,
 
 def stage_times_table(out: Path) -> str:
     """Per kind of stage (collect, train, eval, ...): how many ran, their wall time in all and on average, and the
-    part the live engine took to start or to load a checkpoint's weights (``OUT/stages.jsonl``, each stage's last run)."""
+    part the live engine took to start or to load a checkpoint's weights (``OUT/stages.jsonl``, each stage's last
+    run)."""
     path = out / "stages.jsonl"
     if not path.exists():
         return ""
@@ -428,11 +431,13 @@ def _report_header(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[i
     if demonstrations is not None and shown:
         demo = read_manifest(demonstrations) if (demonstrations / "manifest.json").exists() else {}
         lines.append(f"Trained on demonstrations (`{demonstrations}`, {demo.get('counts', {}).get('responses', '?')} "
-                     f"rows from {demo.get('source', {}).get('kind', '?')}): {', '.join(shown)}; the others on the dataset above.")
+                     f"rows from {demo.get('source', {}).get('kind', '?')}): {', '.join(shown)}; "
+                     "the others on the dataset above.")
     own = [f"{r.name}: {r.learner}" + (f", lr {r.lr(cfg.lr):g}" if r.lr(cfg.lr) != cfg.lr else "")
            + "".join(f", {k} {v}" for k, v in r.flags if k not in ("lr", "lr_scale"))
            + (f", batch {r.batch_size}" if r.batch_size not in (None, "round") else "")
-           for r in runs if r.learner != r.name or r.flags or r.lr(cfg.lr) != cfg.lr or r.batch_size not in (None, "round")]
+           for r in runs
+           if r.learner != r.name or r.flags or r.lr(cfg.lr) != cfg.lr or r.batch_size not in (None, "round")]
     if own:
         lines.append("Run settings: " + "; ".join(own) + ".")
     sweeps, swept = groups_of(runs)

@@ -1,7 +1,8 @@
 """Every input of a comparison checked before any stage runs, in one place: bin/compare calls
 :func:`check_comparison` before it writes or starts anything. The checks are the stages' own (bin/train's
-:func:`~offline_rl.train.micro_batch`, :func:`~offline_rl.views.check_view` and :func:`~offline_rl.policies.ratio_temperature`, the
-flags' bounds), asked of every run and every setting of a sweep at once.
+:func:`~offline_rl.train.micro_batch`, :func:`~offline_rl.views.check_view` and
+:func:`~offline_rl.policies.ratio_temperature`, the flags' bounds), asked of every run and every setting of a sweep
+at once.
 
 What a stage would otherwise find out an hour in: each run's training data (it exists, is a finished offline
 dataset and not a model, holds what the learner's view needs: samples with log-probs for a ratio learner, pairs of

@@ -4,6 +4,7 @@ what it needs from the data. ``--learner NAME`` picks one here."""
 
 from offline_rl.learners import adft, asft, dft, dpo, grpo, iwsft, nft, ppo, prob, rft, sft
 
-LEARNERS = {module.LEARNER.name: module.LEARNER for module in (sft, rft, dft, dpo, ppo, iwsft, adft, asft, prob, nft, grpo)}
+LEARNERS = {module.LEARNER.name: module.LEARNER
+            for module in (sft, rft, dft, dpo, ppo, iwsft, adft, asft, prob, nft, grpo)}
 # each learner's hyper-parameters become flags of bin/train (--clip-eps, ...)
 LEARNER_CONFIGS = tuple(learner.config for learner in LEARNERS.values())

@@ -27,8 +27,11 @@ from offline_rl.learners.terms import dft_sum, likelihood_metrics
 
 @dataclass
 class DFTConfig:
-    weighting: str = field(default="token", metadata={"help": "dft: the detached weight: token sg(p_t), sequence sg(prod p_t), geometric sg(exp(mean log p_t))", "choices": ["token", "sequence", "geometric"]})
-    min_weight: float = field(default=0.0, metadata={"help": "dft: floor of the detached weight (0: none)", "min": 0, "max": 1})
+    weighting: str = field(default="token", metadata={
+        "help": "dft: the detached weight: token sg(p_t), sequence sg(prod p_t), geometric sg(exp(mean log p_t))",
+        "choices": ["token", "sequence", "geometric"]})
+    min_weight: float = field(default=0.0, metadata={
+        "help": "dft: floor of the detached weight (0: none)", "min": 0, "max": 1})
 
 
 Config = DFTConfig

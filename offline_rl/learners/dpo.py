@@ -41,8 +41,11 @@ from rollout.runtime import NoExamples, UsageError
 class DPOConfig:
     beta: float = field(default=0.1, metadata={"help": "dpo: strength of the implicit KL to the reference", "above": 0,
                                                "max": 1000})  # 1e308: a NaN loss at step 1
-    pairing: str = field(default="one", metadata={"help": "dpo: pairs per prompt: all, one (random), hardest", "choices": ["all", "one", "hardest"]})
-    reference: str = field(default="model", metadata={"help": "dpo: reference log-probs from the initial 'model' or the stored 'behavior' log-probs", "choices": ["model", "behavior"]})
+    pairing: str = field(default="one", metadata={
+        "help": "dpo: pairs per prompt: all, one (random), hardest", "choices": ["all", "one", "hardest"]})
+    reference: str = field(default="model", metadata={
+        "help": "dpo: reference log-probs from the initial 'model' or the stored 'behavior' log-probs",
+        "choices": ["model", "behavior"]})
 
 
 Config = DPOConfig
@@ -51,7 +54,8 @@ Config = DPOConfig
 def examples(rows: list[Example], cfg: Config, context: ViewContext) -> list[Pair]:
     """The pairs view, each response with its reference log-prob (the initial model's, or the stored behaviour's)."""
     if cfg.reference == "behavior":  # checked first: the settings of every dataset, before any pairing
-        if ratio_temperature(context.manifests, context.model_path, "dpo --reference behavior", approximate=False) != 1.0:
+        if ratio_temperature(context.manifests, context.model_path, "dpo --reference behavior",
+                             approximate=False) != 1.0:
             raise UsageError("dpo --reference behavior is exact only for data sampled from this model at temperature "
                              "1 and top-p 1; use --reference model")
     pairs = make_pairs(rows, cfg.pairing, seed=context.seed, include_truncated=context.include_truncated)

@@ -22,9 +22,13 @@ from offline_rl.learners import ppo
 
 @dataclass
 class GRPOConfig:
-    clip_eps: float = field(default=0.2, metadata={"help": "grpo: clip range epsilon of the ratio", "above": 0, "max": 1})
-    scale_advantages: bool = field(default=True, metadata={"help": "grpo: divide group advantages by the group's std (off: Dr. GRPO)"})
-    aggregation: str = field(default="sequence", metadata={"help": "grpo: average each response's tokens first (sequence, as the GRPO paper) or all tokens at once (token)", "choices": ["sequence", "token"]})
+    clip_eps: float = field(default=0.2, metadata={
+        "help": "grpo: clip range epsilon of the ratio", "above": 0, "max": 1})
+    scale_advantages: bool = field(default=True, metadata={
+        "help": "grpo: divide group advantages by the group's std (off: Dr. GRPO)"})
+    aggregation: str = field(default="sequence", metadata={
+        "help": "grpo: average each response's tokens first (sequence, as the GRPO paper) or all tokens at once "
+                "(token)", "choices": ["sequence", "token"]})
 
 
 Config = GRPOConfig
@@ -39,7 +43,8 @@ def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
     surrogate, diag = ppo.clipped_surrogate(policy.tempered_logprobs, batch, cfg)
     # each response's share: 1 / its length (sequence) or 1 (token); the loop divides by the step's units
-    share = 1 / mask.sum(-1, keepdim=True).clamp(min=1) if cfg.aggregation == "sequence" else torch.ones_like(mask[:, :1])
+    share = (1 / mask.sum(-1, keepdim=True).clamp(min=1) if cfg.aggregation == "sequence"
+             else torch.ones_like(mask[:, :1]))
     loss_sum = -(surrogate * share).sum()
     metrics = {"nll_sum": -(policy.logprobs.detach() * mask * share).sum(), "ratio_sum": (diag["ratio"] * share).sum(),
                "clip_fraction_sum": (diag["clipped"] * share).sum(),

@@ -41,8 +41,12 @@ MAX_LOG_RATIO = 10.0  # R_t = exp(min(log R_t, 10)), as the official code clamps
 
 @dataclass
 class NFTConfig:
-    negative_clamp: float = field(default=1.0, metadata={"help": "nft: floor of the rejected samples' implicit-negative ratio, clamped straight-through (value floored, gradient kept; the published recipe's 1.0)", "above": 0, "max": 1})
-    prompt_weight: str = field(default="1-r", metadata={"help": "nft: each prompt's weight omega: 1-r (the published default, 1 minus its bounded accuracy) or none", "choices": ["1-r", "none"]})
+    negative_clamp: float = field(default=1.0, metadata={
+        "help": "nft: floor of the rejected samples' implicit-negative ratio, clamped straight-through (value floored, "
+                "gradient kept; the published recipe's 1.0)", "above": 0, "max": 1})
+    prompt_weight: str = field(default="1-r", metadata={
+        "help": "nft: each prompt's weight omega: 1-r (the published default, 1 minus its bounded accuracy) or none",
+        "choices": ["1-r", "none"]})
 
 
 Config = NFTConfig

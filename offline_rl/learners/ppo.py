@@ -23,7 +23,8 @@ from offline_rl.views import Example, group_advantages
 
 @dataclass
 class PPOConfig:
-    clip_eps: float = field(default=0.2, metadata={"help": "ppo: clip range epsilon of the ratio", "above": 0, "max": 1})
+    clip_eps: float = field(default=0.2, metadata={
+        "help": "ppo: clip range epsilon of the ratio", "above": 0, "max": 1})
     scale_advantages: bool = field(default=True, metadata={"help": "ppo: divide group advantages by the group's std"})
 
 
@@ -48,7 +49,8 @@ def clipped_surrogate(tempered_logprobs: torch.Tensor, batch: dict[str, torch.Te
     surrogate = torch.minimum(ratio * advantages, clipped * advantages) * mask  # [B, T]
     with torch.no_grad():
         was_clipped = ((surrogate != ratio * advantages * mask) & (mask > 0)).float()
-    return surrogate, {"ratio": ratio.detach() * mask, "clipped": was_clipped, "abs_log_ratio": log_ratio.detach().abs()}
+    return surrogate, {"ratio": ratio.detach() * mask, "clipped": was_clipped,
+                       "abs_log_ratio": log_ratio.detach().abs()}
 
 
 def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
