@@ -15,7 +15,7 @@ import pytest
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import read_manifest, read_rows
 from rollout.runtime import PAUSE_ENV
-from tests.conftest import COLLECT_ARGS, ROOT, run_bin
+from tests.conftest import COLLECT_ARGS, REAL_SHAPED_ARGS, ROOT, check_real_shaped, run_bin
 from tests.test_cli import assert_one_line_usage_error
 from tests.test_pipeline import mean_abs_diff, transformers_logprobs
 
@@ -298,3 +298,14 @@ def test_two_prompts_with_one_question_draw_different_samples(tmp_path, tiny_mod
         responses.append([r["response_token_ids"] for r in rows])
     first, second = responses[0][:2], responses[0][2:]
     assert first != second and responses[0] == responses[1]
+
+
+def test_the_hf_engine_samples_the_recorded_policy_of_a_real_shaped_model(tmp_path, real_shaped_model):
+    """transformers fills what a request leaves unset from the model's generation_config.json: on a model that sets
+    Qwen2.5-instruct's sampling there (and min-p, penalties, no-repeat n-grams, bad words), the hf engine samples
+    with what the command asked and neutral values for the rest, and the manifest records that set."""
+    from offline_rl.cli import COMMANDS
+
+    COMMANDS["collect"][1]()(["--out", str(tmp_path / "data"), "--backend", "hf", "--model", str(real_shaped_model),
+                              *REAL_SHAPED_ARGS])  # bin/collect's main, in this process
+    check_real_shaped(tmp_path / "data", real_shaped_model)
