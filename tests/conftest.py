@@ -160,6 +160,15 @@ def hf_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_shaped_dataset(tmp_path_factory, real_shaped_model) -> Path:
+    """bin/collect with vLLM from the real-shaped model, in its chat template (REAL_SHAPED_ARGS)."""
+    out = tmp_path_factory.mktemp("collect-real-shaped") / "data"
+    result = run_bin("collect", "--out", str(out), "--model", str(real_shaped_model), *REAL_SHAPED_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
 def tempered_dataset(tmp_path_factory) -> Path:
     """bin/collect with vLLM at temperature 0.7 (24 prompts, 2 samples each)."""
     return collect_world(tmp_path_factory, "vllm", "--temperature", "0.7")
