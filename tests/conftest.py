@@ -101,8 +101,9 @@ REAL_SHAPED_SAMPLING = {"n": 2, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "m
 
 def check_real_shaped(data: Path, model: Path) -> list[dict]:
     """A collection of REAL_SHAPED_ARGS from the real-shaped model sampled the policy its manifest records: the stored
-    log-probs are the model's own at the recorded temperature, within 1e-4, whatever its generation_config.json says
-    (its max_new_tokens 8 did not cut responses either); responses end in the chat template's end of turn. Its rows."""
+    log-probs are the model's own at the recorded temperature, within 1e-4, whatever its generation_config.json says;
+    responses are cut at the recorded max_tokens (not its max_new_tokens, 8), or end in one of its end-of-sequence
+    tokens, the chat template's end of turn among them. Its rows."""
     from rollout.dataset import read_manifest, read_rows
 
     manifest = read_manifest(data)
@@ -112,7 +113,8 @@ def check_real_shaped(data: Path, model: Path) -> list[dict]:
                                model_logprobs(model, rows, manifest["sampling"]["temperature"]))
     print(f"{manifest['backend']}: stored vs the model's log-probs at the recorded temperature: at most {worst:.1e}")
     assert worst <= 1e-4, f"{manifest['backend']}: stored log-probs differ from the model's by up to {worst}"
-    assert max(len(r["response_token_ids"]) for r in rows) > 8
+    truncated = [len(r["response_token_ids"]) for r in rows if r["finish_reason"] == "length"]
+    assert truncated and set(truncated) == {manifest["sampling"]["max_tokens"]}  # not the model's max_new_tokens
     ends = json.loads((model / "generation_config.json").read_text())["eos_token_id"]  # <|im_end|>, <|endoftext|>
     assert all(r["response_token_ids"][-1] in ends for r in rows if r["finish_reason"] == "stop")
     assert not any(set(r["response_token_ids"][:-1]) & set(ends) for r in rows)
