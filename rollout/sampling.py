@@ -12,10 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
-
-if TYPE_CHECKING:
-    from rollout.engines import EngineFlags
+from typing import ClassVar, Protocol
 
 
 @dataclass
@@ -58,8 +55,9 @@ def non_neutral(record: dict, parameters: dict) -> dict:
 class Engine(Protocol):
     """The contract of a sampling engine (``rollout.engines.ENGINES`` lists them; ``--backend`` picks one).
 
-    An engine builds itself from the engine flags (:meth:`from_flags`), checks them first (:meth:`check_flags`),
-    and declares, with no default to inherit:
+    An engine builds itself from the engine flags (:meth:`from_flags`; ``flags``: a command's
+    :class:`rollout.engines.EngineFlags`), checks them first (:meth:`check_flags`), and declares, with no default to
+    inherit:
 
     - ``logprobs_mode``: how the log-probs it returns relate to the policy. ``processed_logprobs``: those of the
       distribution sampled from (temperature, truncation, penalties applied), which ratio learners divide by;
@@ -76,14 +74,14 @@ class Engine(Protocol):
     start_before_writing: ClassVar[bool]
 
     @classmethod
-    def from_flags(cls, flags: EngineFlags, model: str, seed: int) -> Engine: ...
+    def from_flags(cls, flags, model: str, seed: int) -> Engine: ...
 
     @classmethod
-    def check_flags(cls, flags: EngineFlags) -> None:
+    def check_flags(cls, flags) -> None:
         """What the engine needs of the flags, known before anything is printed or started (UsageError)."""
 
     @classmethod
-    def logprobs_mode(cls, flags: EngineFlags | None) -> str | None:
+    def logprobs_mode(cls, flags) -> str | None:
         """How its log-probs were computed, for these flags (None: the flags of a dataset that recorded none)."""
 
     @classmethod

@@ -35,13 +35,9 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 from rollout.runtime import UsageError
 from rollout.sampling import Sample, SamplingConfig, stop_token_ids
-
-if TYPE_CHECKING:
-    from rollout.engines import EngineFlags
 
 RETRIES = 6  # while sampling: retries after the first attempt, BACKOFF_S doubling up to 30 s between them
 CHECK_RETRIES = 2  # at start-up: a server that is down is said within seconds
@@ -95,18 +91,18 @@ class OpenAIEngine:
             raise UsageError(str(e)) from None
 
     @classmethod
-    def from_flags(cls, flags: EngineFlags, model: str, seed: int) -> OpenAIEngine:
+    def from_flags(cls, flags, model: str, seed: int) -> OpenAIEngine:
         return cls(model, flags.endpoint, flags.api_key_env, flags.concurrency)
 
     @classmethod
-    def check_flags(cls, flags: EngineFlags) -> None:
+    def check_flags(cls, flags) -> None:
         """An --endpoint that is a URL; whether it answers, when the engine starts (before any write)."""
         if not flags.endpoint:
             raise UsageError("--backend openai needs --endpoint URL (a running vllm serve)")
         endpoint_url(flags.endpoint)
 
     @classmethod
-    def logprobs_mode(cls, flags: EngineFlags | None) -> str | None:
+    def logprobs_mode(cls, flags) -> str | None:
         """The server's --logprobs-mode is not in its answers: what --server-logprobs-mode declares, else unknown."""
         return flags.server_logprobs_mode if flags is not None else None
 
