@@ -41,8 +41,9 @@ def main() -> None:
     outputs = engine.generate(prompt_ids, SamplingConfig(n=args.n, temperature=1.0, max_tokens=160),
                               seeds=[prompt_seed(0, str(i)) for i in range(len(prompt_ids))], use_tqdm=False)
     engine.close()
-    examples = [Example(str(i), ids, s.token_ids)
-                for i, (ids, samples) in enumerate(zip(prompt_ids, outputs, strict=True)) for s in samples if s.token_ids]
+    examples = [Example(str(i), ids, s.token_ids) for i, (ids, samples) in enumerate(zip(prompt_ids, outputs,
+                                                                                         strict=True))
+                for s in samples if s.token_ids]
     batch = collate(examples, pad_token_id=engine.tokenizer.pad_token_id or 0)
     where = batch["response_mask"].bool()  # [B, T]
 

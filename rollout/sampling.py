@@ -48,8 +48,8 @@ PENALTIES = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_pena
 
 def non_neutral(record: dict, parameters: dict) -> dict:
     """The ``parameters`` a recorded sampling set away from their neutral value (a missing one reads as neutral)."""
-    return {name: record[name] for name, neutral in parameters.items()
-            if record.get(name) is not None and record[name] != neutral and not (name == "top_k" and record[name] == -1)}
+    return {name: record[name] for name, neutral in parameters.items() if record.get(name) is not None
+            and record[name] != neutral and not (name == "top_k" and record[name] == -1)}  # -1: vLLM's old "off"
 
 
 class Engine(Protocol):
