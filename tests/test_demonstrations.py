@@ -301,7 +301,7 @@ def test_chat_template_demonstrations_end_in_the_token_closing_a_turn_and_the_lo
     for template, last in (("chat", end), ("world", eos)):
         out = tmp_path / template
         demonstrations.main(["--source", "world:train", "--prompts", "3", "--template", template, "--out", str(out)],
-                            world=world.load_split, default_model=str(real_shaped_model))
+                            context=CommandContext(world=world.load_split, default_model=str(real_shaped_model)))
         examples = view_examples(load_offline_dataset(str(out)), "accepted")
         assert len(examples) == 3 and all(e.response_token_ids[-1] == last for e in examples)
         assert all(last not in e.response_token_ids[:-1] for e in examples)
