@@ -25,7 +25,7 @@ from offline_rl import embedded
 from offline_rl.embedded import world
 from rewards.normalize import normalize_answer
 from rollout.dataset import atomic_write_bytes, write_json
-from rollout.engines import EngineFlags, SamplingConfig, SamplingFlags, context_length, prompt_seed, start_engine
+from rollout.engines import ENGINES, EngineFlags, SamplingFlags, context_length, prompt_seed, start_engine
 from rollout.files import Finished, TextError, hold_directory
 from rollout.model_cards import forget_evaluation, is_our_checkpoint, record_evaluation
 from rollout.models import load_tokenizer, resolve_model
@@ -224,6 +224,10 @@ def run_eval(cfg: EvalConfig, *, context: CommandContext | None = None) -> dict:
         templates = {b.name: Template(cfg.template or default_template(b.kind, tokenizer), tokenizer) for b in benchmarks}
     except (TemplateError, TextError) as e:
         raise UsageError(str(e)) from None
+    engine = context.engine
+    own_engine = engine is None
+    if own_engine and ENGINES[cfg.backend].start_before_writing:  # a server asked before anything is written
+        engine = start_engine(cfg, model)
     out = Path(cfg.out) if cfg.out else None
     identity = eval_identity(cfg, model)
     if out is not None:  # writable, ours, and not another model's or setting's evaluation: checked before sampling
@@ -235,7 +239,7 @@ def run_eval(cfg: EvalConfig, *, context: CommandContext | None = None) -> dict:
         (out / "results.json").unlink(missing_ok=True)  # a rerun: the old results no longer mark it finished
         save_config(cfg, out / "eval_config.json")
     print_config(cfg, out=out)
-    results, generations = evaluate(model, benchmarks, templates, cfg, context.engine)
+    results, generations = evaluate(model, benchmarks, templates, cfg, engine, own_engine)
     print(format_table({results["name"]: results}, [b.name for b in benchmarks], cfg.k))
     if heldout is not None:  # a pass of its own over the held-out text, after the sampling
         results["heldout"] = measure_checkpoint(model, heldout, context_length(model, cfg.max_model_len))
@@ -273,38 +277,37 @@ def main(argv: list[str] | None = None, *, context: CommandContext | None = None
 
 
 def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Template], cfg: EvalConfig,
-             engine=None) -> tuple[dict, list[dict]]:
+             engine=None, own_engine: bool = True) -> tuple[dict, list[dict]]:
     """Sample every benchmark's prompts in one pass through the engine (its tail of long responses paid once,
-    not per benchmark), scoring each prompt's samples in a second thread as they finish."""
+    not per benchmark), scoring each prompt's samples in a second thread as they finish. ``engine``: one already
+    started (closed at the end if ``own_engine``); None: one of its own."""
     start = time.time()
     max_len = context_length(model, cfg.max_model_len)
     results = {"model": model, "name": cfg.name or Path(model).name, "k": cfg.k, "temperature": cfg.temperature,
                "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "extraction": cfg.extraction,
                "verifier_version": rewards.VERIFIER_VERSION, "benchmarks": {}}
-    prompts, stops, outputs = {}, {}, {}
+    prompts, samplings, outputs = {}, {}, {}
     passes: dict[tuple, list[tuple[str, int, list[int]]]] = {}  # sampling -> (benchmark, record, prompt ids)
     for bench in benchmarks:
         template = templates[bench.name]
-        stops[bench.name] = [s for s in cfg.stop.split(",") if s] if cfg.stop else (template.stop or None)
+        samplings[bench.name] = cfg.sampling(cfg.k, template.stop)
         prompts[bench.name] = [template.render(r["question"]) for r in bench.records]
         outputs[bench.name] = [[] for _ in bench.records]  # a prompt the model cannot read: k wrong answers, counted
         for i, prompt in enumerate(prompts[bench.name]):
             ids = template.token_ids(prompt)
             if max_len is None or len(ids) < max_len:
-                passes.setdefault(tuple(stops[bench.name] or ()), []).append((bench.name, i, ids))
+                passes.setdefault(tuple(samplings[bench.name].stop or ()), []).append((bench.name, i, ids))
     records = {b.name: b.records for b in benchmarks}
     # the samples' log-probs give the policy's entropy when they are those of the distribution sampled from
     mode = cfg.logprobs_mode()
     entropy = cfg.temperature > 0 and (mode == "processed_logprobs" or (mode == "raw_logprobs" and cfg.temperature == 1
                                                                           and cfg.top_p == 1))
-    own_engine = engine is None
     engine = engine or start_engine(cfg, model)
     scorer = rewards.StreamScorer(extraction=cfg.extraction)
     generation_seconds = 0.0
     try:
         for stop, todo in passes.items():  # one pass per distinct stop list (one, for the world's splits)
-            sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                                      stop=list(stop) or None)
+            sampling = cfg.sampling(cfg.k, list(stop))
 
             def finished(j: int, samples: list, todo=todo) -> None:
                 name, i, _ = todo[j]
@@ -328,7 +331,7 @@ def evaluate(model: str, benchmarks: list[Benchmark], templates: dict[str, Templ
             metrics["entropy"] = mean_token_entropy([s.logprobs for samples in outputs[bench.name] for s in samples])
         metrics["scoring_timeouts"] = sum(name == bench.name for name, _, _ in timed_out)
         metrics["template"] = templates[bench.name].name
-        metrics["stop"] = stops[bench.name]
+        metrics["sampling"] = ENGINES[cfg.backend].applied(samplings[bench.name])  # a manifest's form, stop included
         results["benchmarks"][bench.name] = metrics
         generations += rows
     results["wall_seconds"] = round(time.time() - start, 2)

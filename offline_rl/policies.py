@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from rollout.runtime import UsageError
+from rollout.sampling import PENALTIES, TRUNCATIONS, non_neutral
 
 
 def check_learner(learner, manifests: dict[str, dict], dataset, model_path: str, approximate: bool) -> float | None:
@@ -45,11 +46,15 @@ def require_behavior_logprobs(dataset, learner: str) -> None:
 
 
 def check_logprobs_mode(path: str, manifest: dict, temperature: float, learner: str) -> None:
-    """The stored log-probs are those of the distribution sampled from: our engines' always (vLLM with
-    ``processed_logprobs``, transformers' processed scores); a server's only as declared at collection, with
-    ``raw_logprobs`` the same distribution at temperature 1 only. Refused otherwise, even with
+    """The stored log-probs are those of the distribution sampled from where the engine declared
+    ``processed_logprobs`` (vLLM's and transformers' always; a server's only as declared at collection), with
+    ``raw_logprobs`` the same distribution at temperature 1 only. A manifest older than the record says what its
+    engine declares without flags (``backend`` absent: vLLM, the only engine then). Refused otherwise, even with
     --approximate-ratios: a ratio to log-probs of unknown processing is not an approximation of anything."""
-    mode = manifest.get("logprobs_mode") or (None if manifest.get("backend") == "openai" else "processed_logprobs")
+    from rollout.engines import ENGINES
+
+    engine = ENGINES.get(manifest.get("backend") or "vllm")
+    mode = manifest.get("logprobs_mode") or (engine.logprobs_mode(None) if engine is not None else None)
     if mode == "processed_logprobs" or (mode == "raw_logprobs" and temperature == 1.0):
         return
     if mode is None:
@@ -62,8 +67,10 @@ def check_logprobs_mode(path: str, manifest: dict, temperature: float, learner: 
 def ratio_temperature(manifests: dict[str, dict], model_path: str, learner: str, approximate: bool) -> float:
     """The temperature T at which ``log softmax(logits / T)`` of the sampling model equals the stored
     behaviour log-probs, checked on every dataset's manifest; refused (one line) where no T makes the
-    ratio exact: top-p truncation, another sampling model, unknown or mixed settings. ``approximate``
-    accepts truncation and another model knowingly (the ratio is then only approximate)."""
+    ratio exact: truncation (top-p, top-k, min-p), penalties (repetition, presence, frequency), another sampling
+    model, unknown or mixed settings. A sampling parameter a manifest does not record reads as neutral (older
+    manifests recorded only what could be set). ``approximate`` accepts truncation and another model knowingly
+    (the ratio is then only approximate), never penalties."""
     def same_model(a, b) -> bool:
         return a == b or (Path(str(a)).exists() and Path(str(a)).resolve() == Path(str(b)).resolve())
 
@@ -78,11 +85,16 @@ def ratio_temperature(manifests: dict[str, dict], model_path: str, learner: str,
             if appended.get("sampling") != identity.get("sampling") or appended.get("model") != identity.get("model"):
                 raise UsageError(f"{learner}: {path} holds rows sampled with other settings (a forced append); "
                                  "its behaviour log-probs are not of one policy")
+        penalties = non_neutral(sampling, PENALTIES)
+        if penalties:  # the model's logits moved by what each sequence holds: at no temperature its distribution
+            raise UsageError(f"{learner}: {path} was sampled with {_settings(penalties)}: its behaviour log-probs "
+                             "are of a penalised distribution, not the model's at any temperature; ratio learners "
+                             "need samples without penalties")
+        truncations = non_neutral(sampling, TRUNCATIONS)
         if not approximate:
-            if sampling.get("top_p", 1.0) != 1.0 or sampling.get("top_k", -1) not in (-1, 0, None):
-                raise UsageError(f"{learner}: {path} was sampled with top-p {sampling.get('top_p')}, top-k "
-                                 f"{sampling.get('top_k', 'full')}: a ratio to a truncated distribution is not exact; "
-                                 "--approximate-ratios to run anyway")
+            if truncations:
+                raise UsageError(f"{learner}: {path} was sampled with {_settings(truncations)}: a ratio to a "
+                                 "truncated distribution is not exact; --approximate-ratios to run anyway")
             if not same_model(manifest.get("model"), model_path):
                 raise UsageError(f"{learner}: {path} was sampled by {manifest.get('model')}, not by the initial model "
                                  f"{model_path}; --approximate-ratios to run anyway")
@@ -97,6 +109,10 @@ def ratio_temperature(manifests: dict[str, dict], model_path: str, learner: str,
     return temperature
 
 
+def _settings(parameters: dict) -> str:
+    """``{"top_p": 0.9, "repetition_penalty": 1.05}`` as ``top-p 0.9, repetition penalty 1.05``."""
+    names = {"top_p": "top-p", "top_k": "top-k", "min_p": "min-p"}
+    return ", ".join(f"{names.get(name, name.replace('_', ' '))} {value}" for name, value in parameters.items())
 
 
 def frozen_model(model_path: str, device) -> torch.nn.Module:

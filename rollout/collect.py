@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 import rewards
 from rollout.dataset import DatasetWriter, merge, read_manifest, read_rows
-from rollout.engines import EngineFlags, SamplingConfig, SamplingFlags, context_length, prompt_seed, start_engine
+from rollout.engines import ENGINES, EngineFlags, SamplingFlags, context_length, prompt_seed, start_engine
 from rollout.files import TextError, hold_directory
 from rollout.models import git_commit, load_tokenizer, resolve_model, toolkit_version
 from rollout.runtime import (
@@ -99,12 +99,13 @@ def run_collect(cfg: CollectConfig, *, context: CommandContext | None = None) ->
                              "max_tokens": cfg.max_tokens, "stop": cfg.stop},
                 "seed": cfg.seed, "shard": cfg.shard, "dtype": cfg.dtype}
     engine = context.engine
-    if engine is None and cfg.backend == "openai":  # the server asked (it answers, serves the model, answers
-        engine = start_engine(cfg, model)  # completions as vLLM does) before anything is written; nothing to close
+    own_engine = engine is None
+    if own_engine and ENGINES[cfg.backend].start_before_writing:  # a server asked (it answers, serves the model,
+        engine = start_engine(cfg, model)  # answers completions as vLLM does) before anything is written
     hold_directory(out, "collect", force=cfg.force, owned=is_collect_directory)
     done_ids = resumed_prompts(out, identity, cfg.force)
     print_config(cfg, out=out)
-    return collect(cfg, model, template, records, loaded, identity, out, done_ids, engine)
+    return collect(cfg, model, template, records, loaded, identity, out, done_ids, engine, own_engine)
 
 
 def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
@@ -199,21 +200,22 @@ def _rank(cfg: CollectConfig, context: CommandContext) -> None:
 
 
 def collect(cfg: CollectConfig, model: str, template: Template, records: list[dict], loaded, identity: dict,
-            out: Path, done_ids: set[str], engine=None) -> dict:
+            out: Path, done_ids: set[str], engine=None, own_engine: bool = True) -> dict:
+    """``engine``: one already holding the model's weights (closed at the end if ``own_engine``); None: one of
+    its own, started here."""
     start = time.time()
-    sampling = SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                              stop=[s for s in cfg.stop.split(",") if s] if cfg.stop else (template.stop or None))
+    sampling = cfg.sampling(cfg.n, template.stop)
+    kind = ENGINES[cfg.backend]
     writer = DatasetWriter(out, {
         "toolkit_version": toolkit_version(), "git_commit": git_commit(), "model": model,
-        "source": loaded.description, "template": template.name, "sampling": asdict(sampling), "seed": cfg.seed,
+        "source": loaded.description, "template": template.name, "sampling": kind.applied(sampling), "seed": cfg.seed,
         "backend": cfg.backend, "shard": cfg.shard, "verifier_version": rewards.VERIFIER_VERSION,
         "skipped_without_gold": loaded.skipped_without_gold, "identity": identity, "complete": False,
         "scoring_deadline_seconds": cfg.scoring_deadline, "extraction": cfg.extraction,
-        "logprobs_mode": cfg.logprobs_mode(), **({"endpoint": cfg.endpoint} if cfg.backend == "openai" else {}),
+        "logprobs_mode": cfg.logprobs_mode(), **({"endpoint": cfg.endpoint} if kind.serves_own_model else {}),
     })  # the first write: from here on every crash point is resumable
     save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
     pause_point("collect:started")
-    own_engine = engine is None
     engine = engine or start_engine(cfg, model)
     # each prompt rendered and tokenised once: (record, prompt text, prompt token ids)
     todo = [(r, prompt, template.token_ids(prompt)) for r in records if r["prompt_id"] not in done_ids

@@ -3,7 +3,8 @@
 The rows follow the dataset contract of ``bin/collect`` (``rollout/dataset.py``), one per
 demonstration, with ``origin = "demonstration"`` and no behaviour log-probs (null: no policy
 sampled them). Each question is rendered with the same templates as collect; the solution's tokens
-follow, then EOS. ``pred`` and ``reward`` verify the solution's own final answer against the gold
+follow, then EOS (with the model's chat template: the token it closes a turn with, ``<|im_end|>`` in ChatML, as a
+sampled response ends). ``pred`` and ``reward`` verify the solution's own final answer against the gold
 through the one scoring path (``rewards.score_batch_detailed``): a demonstration whose answer
 disagrees is kept with reward 0 and counted (``counts.disagreeing``), so the accepted view leaves it
 out and the all view keeps it.
@@ -440,7 +441,8 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
     })
     save_config(cfg, out / "import_config.json")
     max_len = context_length(model, cfg.max_model_len)
-    eos = tokenizer.eos_token_id
+    # the token a response ends in: what the chat template closes a turn with, else EOS (a sampled response's last)
+    end = tokenizer.convert_tokens_to_ids(template.end_of_turn) if template.end_of_turn else tokenizer.eos_token_id
     counts = {"disagreeing": 0, "without_gold": 0, "too_long": 0, "unverified": 0}
     seen: set[str] = set()
     stem = _stem(cfg.source)
@@ -468,7 +470,7 @@ def write_demonstrations(cfg: ImportConfig, model: str, tokenizer, template: Tem
         prompt = template.render(question)
         prompt_ids = template.token_ids(prompt)
         separator = "" if not prompt or prompt[-1].isspace() else " "  # "Answer:" + " 5 + 3 = 8"
-        response_ids = tokenizer(separator + solution, add_special_tokens=False)["input_ids"] + [eos]
+        response_ids = tokenizer(separator + solution, add_special_tokens=False)["input_ids"] + [end]
         bar.update(1)
         if max_len is not None and len(prompt_ids) + len(response_ids) > max_len:
             counts["too_long"] += 1

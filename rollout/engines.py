@@ -1,9 +1,11 @@
-"""Generation engines: vLLM (CPU or CUDA build, same code) and a plain transformers backend.
+"""Generation engines: vLLM (CPU or CUDA build, same code), a plain transformers backend, and a client of a running
+``vllm serve`` (:mod:`rollout.server`), each following the contract :class:`rollout.sampling.Engine`.
 
-Both take prompts as exact token ids and return, per prompt, ``n`` samples with
-their token ids, decoded text, finish reason and the log-probability of every
-sampled token under the distribution actually sampled from (after temperature
-and top-p), which is what importance weights against the behaviour policy need.
+All take prompts as exact token ids and return, per prompt, ``n`` samples with their token ids, decoded text,
+finish reason and the log-probability of every sampled token under the distribution actually sampled from (after
+temperature and top-p), which is what importance weights against the behaviour policy need. Each samples with
+exactly the parameters of its :class:`SamplingConfig` and neutral values for the rest, whatever the model's
+``generation_config.json`` says, and reports them (``applied``). ``ENGINES`` is the table ``--backend`` picks from.
 """
 
 from __future__ import annotations
@@ -11,69 +13,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from rollout.files import is_disk_full
 from rollout.runtime import UsageError
-from rollout.sampling import Sample, SamplingConfig, prompt_seed, stop_token_ids  # noqa: F401 -- engines' names
-
-
-@dataclass
-class SamplingFlags:
-    """How responses are sampled, as flags: one declaration for every command that samples (collect, eval, iterate,
-    compare). ``n`` (collect) and ``k`` (eval) are each command's own."""
-
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
-    max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
-    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, <|endoftext|>)", "advanced": True})
-
-
-@dataclass
-class EngineFlags:
-    """The engine's own settings, shared as flags by every command that samples (collect, eval, iterate, compare)."""
-
-    backend: str = field(default="vllm", metadata={"help": "engine (openai: vllm serve)", "choices": ["vllm", "hf", "openai"]})
-    endpoint: str = field(default=None, metadata={"help": "--backend openai: the server's URL, e.g. http://host:8000 (one vllm serve, or many behind one address)", "advanced": True})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: the environment variable holding the server's API key (if it wants one)", "advanced": True})
-    concurrency: int = field(default=64, metadata={"help": "--backend openai: requests in flight at once", "min": 1, "advanced": True})
-    server_logprobs_mode: str = field(default=None, metadata={"help": "--backend openai: the --logprobs-mode the server runs with, recorded in the dataset (ratio learners need processed_logprobs, or raw_logprobs at temperature 1; undeclared: refused by them)", "choices": ["processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits"], "advanced": True})
-    dtype: str = field(default="float32", metadata={"help": "model dtype in the engine", "advanced": True,
-                                                    "choices": ["float32", "bfloat16", "float16", "auto"]})
-    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)", "min": 1, "advanced": True})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)", "min": 1, "advanced": True})
-    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)",
-                                                                 "above": 0, "max": 1, "advanced": True})
-    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU", "above": 0, "advanced": True})
-
-    def engine(self, model: str, seed: int):
-        if self.backend == "openai":
-            from rollout.server import OpenAIEngine
-
-            return OpenAIEngine(model, self.endpoint, self.api_key_env, self.concurrency)
-        return ENGINES[self.backend](model, seed=seed, dtype=self.dtype, max_model_len=self.max_model_len,
-                                     kv_cache_gib=self.kv_cache_gib, tensor_parallel_size=self.tensor_parallel_size,
-                                     gpu_memory_utilization=self.gpu_memory_utilization)
-
-    def check_engine(self) -> None:
-        """What the engine needs, known before anything is printed or started."""
-        if self.backend == "openai" and not self.endpoint:
-            raise UsageError("--backend openai needs --endpoint URL (a running vllm serve)")
-        if self.backend == "openai":  # its URL here; whether it answers, when the engine starts (before any write)
-            from rollout.server import endpoint_url
-
-            endpoint_url(self.endpoint)
-
-    def require_own_engine(self, command: str) -> None:
-        """Commands that load each new checkpoint into their engine: a server's model is not theirs to replace."""
-        if self.backend == "openai":
-            raise UsageError(f"{command} samples from each checkpoint it trains; a server only serves its own model: "
-                             "use --backend vllm or hf")
-
-    def logprobs_mode(self) -> str | None:
-        """How the stored behaviour log-probs were computed: the sampled distribution's (after temperature and
-        top-p) by our engines; what the server was declared to run with; None: not known."""
-        return self.server_logprobs_mode if self.backend == "openai" else "processed_logprobs"
+from rollout.sampling import Engine, Sample, SamplingConfig, prompt_seed, stop_token_ids  # noqa: F401 -- engines' names
+from rollout.server import OpenAIEngine
 
 
 def context_length(model: str, max_model_len: int | None = None) -> int | None:
@@ -92,6 +37,9 @@ def _on_cpu() -> bool:
 class VLLMEngine:
     """vLLM offline engine. On CPU it uses every core and a bounded KV cache."""
 
+    serves_own_model = False
+    start_before_writing = False  # a start of 20 s or more: after the output directory is checked and held
+
     def __init__(self, model: str, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
                  kv_cache_gib: float = 1.0, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9):
         # In-process engine core: requests are all queued before the first step, so batches
@@ -106,8 +54,11 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}")
         from vllm import LLM
 
+        # generation_config="vllm": the model's generation_config.json gives no default sampling parameter (every
+        # request states them all anyway); vLLM still stops at the end-of-sequence ids it lists
         kwargs = dict(model=model, seed=seed, dtype=dtype, max_model_len=max_model_len,
-                      tensor_parallel_size=tensor_parallel_size, logprobs_mode="processed_logprobs")
+                      tensor_parallel_size=tensor_parallel_size, logprobs_mode="processed_logprobs",
+                      generation_config="vllm")
         if _on_cpu():
             # The CPU backend reads gpu_memory_utilization as a share of host RAM;
             # a fixed KV budget is safer on small machines. Compiling costs ~35 s
@@ -124,6 +75,41 @@ class VLLMEngine:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
+    @classmethod
+    def from_flags(cls, flags: EngineFlags, model: str, seed: int) -> VLLMEngine:
+        return cls(model, seed=seed, dtype=flags.dtype, max_model_len=flags.max_model_len,
+                   kv_cache_gib=flags.kv_cache_gib, tensor_parallel_size=flags.tensor_parallel_size,
+                   gpu_memory_utilization=flags.gpu_memory_utilization)
+
+    @classmethod
+    def check_flags(cls, flags: EngineFlags) -> None:
+        """Nothing beyond the flags' own ranges and choices."""
+
+    @classmethod
+    def logprobs_mode(cls, flags: EngineFlags | None) -> str:
+        return "processed_logprobs"  # the engine is started with logprobs_mode="processed_logprobs"
+
+    @staticmethod
+    def sampling_params(sampling: SamplingConfig, seed: int | None = None, logprobs: bool = True,
+                        stop_token_ids: list[int] | None = None):
+        """vLLM's SamplingParams for ``sampling``, every sampling field stated."""
+        from vllm import SamplingParams
+
+        return SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                              top_k=sampling.top_k, min_p=sampling.min_p,
+                              repetition_penalty=sampling.repetition_penalty,
+                              presence_penalty=sampling.presence_penalty,
+                              frequency_penalty=sampling.frequency_penalty, max_tokens=sampling.max_tokens,
+                              stop=sampling.stop, logprobs=0 if logprobs else None, seed=seed,
+                              stop_token_ids=stop_token_ids)
+
+    @classmethod
+    def applied(cls, sampling: SamplingConfig) -> dict:
+        """Read back from the SamplingParams it samples with."""
+        params = cls.sampling_params(sampling)
+        record = {name: getattr(params, name) for name in asdict(sampling)}
+        return {**record, "stop": list(params.stop) or None}
+
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None,
                  use_tqdm: bool = True, logprobs: bool = True,
                  on_result: Callable[[int, list[Sample]], None] | None = None) -> list[list[Sample]]:
@@ -134,14 +120,11 @@ class VLLMEngine:
         All requests are queued before the first step, then stepped to the end, as ``LLM.generate`` does, so
         batches (and the samples) do not depend on timing."""
         from tqdm.auto import tqdm
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         seeds = seeds or [None] * len(prompt_token_ids)
-        params = [SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_tokens, stop=sampling.stop, logprobs=0 if logprobs else None,
-                                 seed=seed, stop_token_ids=stop_token_ids(self.tokenizer, sampling.stop))
-                  for seed in seeds]
+        stop_ids = stop_token_ids(self.tokenizer, sampling.stop)
+        params = [self.sampling_params(sampling, seed, logprobs, stop_ids) for seed in seeds]
         # outputs name their request by the number LLM gave it in order (LLM.generate sorts by it, as we index by it)
         first = self.llm.request_counter.counter
         self.llm.enqueue([TokensPrompt(prompt_token_ids=ids) for ids in prompt_token_ids], params, use_tqdm=False)
@@ -185,7 +168,10 @@ class VLLMEngine:
         """vLLM takes its share of an accelerator's memory for as long as it lives; on CPU a bounded KV cache."""
         return not _on_cpu()
 
-    can_sleep = property(lambda self: not _on_cpu())  # sleep mode is vLLM's on accelerators only
+    @property
+    def can_sleep(self) -> bool:
+        """Sleep mode is vLLM's on accelerators only."""
+        return not _on_cpu()
 
     def sleep(self) -> None:
         """vLLM's sleep mode, level 2: the weights and the KV cache leave the accelerator (nothing kept in host
@@ -212,19 +198,68 @@ def _repack_tied_heads(model) -> int:
 
 
 class HFEngine:
-    """Plain transformers sampling: slower, but needs nothing beyond transformers."""
+    """Plain transformers sampling: slower, but needs nothing beyond transformers.
+
+    transformers fills every field a ``GenerationConfig`` leaves unset from the model's own ``generation_config``
+    (a ``repetition_penalty: 1.3`` there moved stored log-probs by 0.168 nats on average): the loaded model's is
+    replaced by the library's neutral one (no-repeat n-grams, bad words, min-p, ... all off), and each request
+    states every field of its :class:`SamplingConfig`. The model's end-of-sequence ids still end a response, as
+    in vLLM."""
+
+    serves_own_model = False
+    start_before_writing = False
+    holds_device_memory = False
+    can_sleep = False
 
     def __init__(self, model: str, seed: int = 0, dtype: str = "auto", max_model_len: int | None = None,
                  batch_size: int = 64, **_engine_options):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        declared = self.model.generation_config.eos_token_id
+        declared = [declared] if isinstance(declared, int) else list(declared or [])
+        self.eos_ids = sorted({self.tokenizer.eos_token_id, *declared} - {None})
+        self.model.generation_config = GenerationConfig()  # nothing of the model's file left to fill a field in
         self.seed = seed
         self.batch_size = batch_size
+
+    @classmethod
+    def from_flags(cls, flags: EngineFlags, model: str, seed: int) -> HFEngine:
+        return cls(model, seed=seed, dtype=flags.dtype, max_model_len=flags.max_model_len)
+
+    @classmethod
+    def check_flags(cls, flags: EngineFlags) -> None:
+        """Nothing beyond the flags' own ranges and choices."""
+
+    @classmethod
+    def logprobs_mode(cls, flags: EngineFlags | None) -> str:
+        return "processed_logprobs"  # the scores transformers returns are the processed logits
+
+    @staticmethod
+    def generation_config(sampling: SamplingConfig, **fields):
+        """transformers' GenerationConfig for ``sampling``, every sampling field stated (transformers has no
+        presence or frequency penalty: refused unless neutral)."""
+        from transformers import GenerationConfig
+
+        if sampling.presence_penalty or sampling.frequency_penalty:
+            raise UsageError("the hf engine has no presence or frequency penalty; use --backend vllm")
+        return GenerationConfig(do_sample=sampling.temperature > 0, temperature=max(sampling.temperature, 1e-5),
+                                top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
+                                repetition_penalty=sampling.repetition_penalty, max_new_tokens=sampling.max_tokens,
+                                **fields)
+
+    @classmethod
+    def applied(cls, sampling: SamplingConfig) -> dict:
+        """Read back from the GenerationConfig it samples with."""
+        config = cls.generation_config(sampling, stop_strings=sampling.stop)
+        return {"n": sampling.n, "temperature": config.temperature if config.do_sample else 0.0,
+                "top_p": config.top_p, "top_k": config.top_k, "min_p": config.min_p,
+                "repetition_penalty": config.repetition_penalty, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                "max_tokens": config.max_new_tokens, "stop": config.stop_strings}
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None,
                  use_tqdm: bool = True, logprobs: bool = True,
@@ -233,16 +268,15 @@ class HFEngine:
         they do not depend on which prompts share a batch; without, prompts are batched together."""
         import torch
         from tqdm.auto import tqdm
-        from transformers import GenerationConfig
 
-        eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        ends = sorted({*self.eos_ids, *stop_token_ids(self.tokenizer, sampling.stop)})  # a response's last token
+        # stop strings that are no single token: matched in the text (transformers' check of them is slow)
+        texts = [s for s in sampling.stop or [] if s not in self.tokenizer.get_added_vocab()] or None
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else ends[0]
         flat = [ids for ids in prompt_token_ids for _ in range(sampling.n)]
         samples: list[Sample] = []
-        config = GenerationConfig(do_sample=sampling.temperature > 0, temperature=max(sampling.temperature, 1e-5),
-                                  top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_tokens,
-                                  eos_token_id=eos, pad_token_id=pad, output_scores=True,
-                                  return_dict_in_generate=True, stop_strings=sampling.stop)
+        config = self.generation_config(sampling, eos_token_id=ends, pad_token_id=pad, output_scores=True,
+                                        return_dict_in_generate=True, stop_strings=texts)
         step = sampling.n if seeds else self.batch_size
         if not seeds:
             torch.manual_seed(self.seed)
@@ -263,9 +297,9 @@ class HFEngine:
             logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # [B, T, V]
             token_logprobs = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)  # [B, T]
             for row, row_lp in zip(new_tokens.tolist(), token_logprobs.tolist(), strict=True):
-                end = _generated_length(row, eos, sampling.stop, self.tokenizer)
+                end = _generated_length(row, ends, texts, self.tokenizer)
                 ids = row[:end]
-                stopped = (ids and ids[-1] == eos) or end < sampling.max_tokens
+                stopped = (ids and ids[-1] in ends) or end < sampling.max_tokens
                 samples.append(Sample(ids, row_lp[:end], self.tokenizer.decode(ids, skip_special_tokens=True),
                                       "stop" if stopped else "length"))
             bar.update(len(chunk))
@@ -287,18 +321,23 @@ class HFEngine:
     def reset_cache(self) -> None:
         """Nothing is cached between calls."""
 
-    holds_device_memory = False
+    def sleep(self) -> None:
+        raise RuntimeError("the hf engine cannot sleep (can_sleep is False)")
+
+    def wake_up(self) -> None:
+        raise RuntimeError("the hf engine cannot sleep (can_sleep is False)")
 
     def close(self) -> None:
         del self.model
 
 
-def _generated_length(row: list[int], eos: int, stop: list[str] | None, tokenizer) -> int:
-    """Tokens a row really generated: through its EOS, or through the token that completed a stop string.
+def _generated_length(row: list[int], ends: list[int], stop: list[str] | None, tokenizer) -> int:
+    """Tokens a row really generated: through its first end token, or through the token that completed a stop
+    string.
 
     transformers pads rows that finished early, so what follows the end is filler, not samples.
     """
-    end = row.index(eos) + 1 if eos in row else len(row)
+    end = next((t + 1 for t, token in enumerate(row) if token in ends), len(row))
     if stop:
         for t in range(1, end + 1):
             if any(s in tokenizer.decode(row[:t]) for s in stop):
@@ -306,7 +345,62 @@ def _generated_length(row: list[int], eos: int, stop: list[str] | None, tokenize
     return end
 
 
-ENGINES = {"vllm": VLLMEngine, "hf": HFEngine}
+# The engines --backend picks from, each declaring its contract (rollout.sampling.Engine); the flag's choices.
+ENGINES: dict[str, type[Engine]] = {"vllm": VLLMEngine, "hf": HFEngine, "openai": OpenAIEngine}
+
+
+@dataclass
+class SamplingFlags:
+    """How responses are sampled, as flags: one declaration for every command that samples (collect, eval, iterate,
+    compare). ``n`` (collect) and ``k`` (eval) are each command's own."""
+
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
+    max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
+    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, <|endoftext|>, chat at the token closing a turn)", "advanced": True})
+
+    def sampling(self, n: int, template_stop: list[str] | None = None) -> SamplingConfig:
+        """The request of these flags for ``n`` samples per prompt (stop: ``--stop``, else the template's); every
+        parameter no flag sets stays neutral."""
+        stop = [s for s in self.stop.split(",") if s] if self.stop else (list(template_stop or []) or None)
+        return SamplingConfig(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              stop=stop)
+
+
+@dataclass
+class EngineFlags:
+    """The engine's own settings, shared as flags by every command that samples (collect, eval, iterate, compare)."""
+
+    backend: str = field(default="vllm", metadata={"help": "engine (openai: vllm serve)", "choices": list(ENGINES)})
+    endpoint: str = field(default=None, metadata={"help": "--backend openai: the server's URL, e.g. http://host:8000 (one vllm serve, or many behind one address)", "advanced": True})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: the environment variable holding the server's API key (if it wants one)", "advanced": True})
+    concurrency: int = field(default=64, metadata={"help": "--backend openai: requests in flight at once", "min": 1, "advanced": True})
+    server_logprobs_mode: str = field(default=None, metadata={"help": "--backend openai: the --logprobs-mode the server runs with, recorded in the dataset (ratio learners need processed_logprobs, or raw_logprobs at temperature 1; undeclared: refused by them)", "choices": ["processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits"], "advanced": True})
+    dtype: str = field(default="float32", metadata={"help": "model dtype in the engine", "advanced": True,
+                                                    "choices": ["float32", "bfloat16", "float16", "auto"]})
+    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)", "min": 1, "advanced": True})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)", "min": 1, "advanced": True})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)",
+                                                                 "above": 0, "max": 1, "advanced": True})
+    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU", "above": 0, "advanced": True})
+
+    def engine(self, model: str, seed: int) -> Engine:
+        return ENGINES[self.backend].from_flags(self, model, seed)
+
+    def check_engine(self) -> None:
+        """What the engine needs, known before anything is printed or started."""
+        ENGINES[self.backend].check_flags(self)
+
+    def require_own_engine(self, command: str) -> None:
+        """Commands that load each new checkpoint into their engine: a server's model is not theirs to replace."""
+        if ENGINES[self.backend].serves_own_model:
+            own = " or ".join(name for name, engine in ENGINES.items() if not engine.serves_own_model)
+            raise UsageError(f"{command} samples from each checkpoint it trains; a server only serves its own model: "
+                             f"use --backend {own}")
+
+    def logprobs_mode(self) -> str | None:
+        """How the stored behaviour log-probs were computed, as the engine declares it (None: not known)."""
+        return ENGINES[self.backend].logprobs_mode(self)
 
 
 def start_engine(cfg: EngineFlags, model: str):
@@ -365,7 +459,7 @@ class LiveEngine:
         where it cannot sleep (the next hold starts a new one); on CPU it stays as it is, its KV cache bounded."""
         if self.engine is None or not self.engine.holds_device_memory or self.asleep:
             return
-        if getattr(self.engine, "can_sleep", False):
+        if self.engine.can_sleep:
             self.engine.sleep()
             self.asleep, self.model = True, None  # its weights are gone with the memory
         else:

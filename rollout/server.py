@@ -12,6 +12,10 @@ URL, ``/v1/models`` answers and serves the model, and one short completion is re
 answer is validated (JSON, fields, types); one that is not what a vLLM server sends is one line naming the URL
 and what was wrong (:class:`ServerError`, turned into a :class:`~rollout.runtime.UsageError`).
 
+``vllm serve`` fills every sampling field a request leaves out from the model's ``generation_config.json`` (Qwen's
+instruct models: ``top_k: 20``, ``repetition_penalty: 1.05``): each request states every one, neutral where the
+command set none (:meth:`OpenAIEngine.request`).
+
 How the server computed its log-probs is not in its answers: vLLM returns the raw model's by default
 (``--logprobs-mode raw_logprobs``), the sampled distribution's with ``processed_logprobs``. The dataset records what
 ``--server-logprobs-mode`` declares, and ratio learners refuse a dataset whose log-probs are not known to be the
@@ -30,9 +34,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
 
 from rollout.runtime import UsageError
-from rollout.sampling import Sample, stop_token_ids
+from rollout.sampling import Sample, SamplingConfig, stop_token_ids
 
 RETRIES = 6  # while sampling: retries after the first attempt, BACKOFF_S doubling up to 30 s between them
 CHECK_RETRIES = 2  # at start-up: a server that is down is said within seconds
@@ -62,9 +67,12 @@ def endpoint_url(endpoint: str) -> str:
 
 
 class OpenAIEngine:
-    """The engine interface of :mod:`rollout.engines` over a vLLM server."""
+    """The engine contract (:class:`rollout.sampling.Engine`) over a vLLM server."""
 
+    serves_own_model = True  # the server's: no new weights can be loaded into it
+    start_before_writing = True  # its start only asks the server (seconds), and checks --endpoint and --model
     holds_device_memory = False  # the server's memory is its own
+    can_sleep = False
 
     def __init__(self, model: str, endpoint: str | None, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 64,
                  **_engine_options):
@@ -81,6 +89,36 @@ class OpenAIEngine:
             self._check_completions()
         except ServerError as e:
             raise UsageError(str(e)) from None
+
+    @classmethod
+    def from_flags(cls, flags, model: str, seed: int) -> OpenAIEngine:
+        return cls(model, flags.endpoint, flags.api_key_env, flags.concurrency)
+
+    @classmethod
+    def check_flags(cls, flags) -> None:
+        """An --endpoint that is a URL; whether it answers, when the engine starts (before any write)."""
+        if not flags.endpoint:
+            raise UsageError("--backend openai needs --endpoint URL (a running vllm serve)")
+        endpoint_url(flags.endpoint)
+
+    @classmethod
+    def logprobs_mode(cls, flags) -> str | None:
+        """The server's --logprobs-mode is not in its answers: what --server-logprobs-mode declares, else unknown."""
+        return flags.server_logprobs_mode if flags is not None else None
+
+    @staticmethod
+    def request(sampling: SamplingConfig) -> dict:
+        """A completions request's sampling fields, every one stated: the server fills any left out from the
+        model's generation_config.json."""
+        fields = asdict(sampling)
+        return {name: fields[name] for name in ("n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                                                "presence_penalty", "frequency_penalty", "max_tokens", "stop")}
+
+    @classmethod
+    def applied(cls, sampling: SamplingConfig) -> dict:
+        """Read back from the request it sends."""
+        request = cls.request(sampling)
+        return {**request, "stop": request["stop"] or None}
 
     def _request(self, path: str, body: dict | None = None, retries: int = RETRIES, timeout: float = TIMEOUT_S,
                  retry_refused: bool = True):
@@ -142,7 +180,7 @@ class OpenAIEngine:
         """One one-token completion, read as every answer will be: a server that answers wrongly is refused before
         a command writes anything."""
         prompt = self.tokenizer.encode("1", add_special_tokens=False) or [0]
-        body = {"model": self.served, "prompt": prompt, "n": 1, "max_tokens": 1, "temperature": 1.0, "seed": 0,
+        body = {"model": self.served, "prompt": prompt, **self.request(SamplingConfig(n=1, max_tokens=1)), "seed": 0,
                 "return_token_ids": True, "logprobs": 0}
         answer = self._request("/completions", body, retries=CHECK_RETRIES, timeout=CHECK_TIMEOUT_S)
         completion_samples(answer, 1, logprobs=True, url=self.base + "/completions")
@@ -155,8 +193,7 @@ class OpenAIEngine:
         from tqdm.auto import tqdm
 
         seeds = seeds or [None] * len(prompt_token_ids)
-        common = {"model": self.served, "n": sampling.n, "temperature": sampling.temperature, "top_p": sampling.top_p,
-                  "max_tokens": sampling.max_tokens, "stop": sampling.stop, "return_token_ids": True,
+        common = {"model": self.served, **self.request(sampling), "return_token_ids": True,
                   "stop_token_ids": stop_token_ids(self.tokenizer, sampling.stop), "logprobs": 0 if logprobs else None}
         results: list[list | None] = [None] * len(prompt_token_ids)
 
@@ -188,6 +225,12 @@ class OpenAIEngine:
 
     def reset_cache(self) -> None:
         """The server's prefix cache does not change its samples (per-request seeds)."""
+
+    def sleep(self) -> None:
+        raise RuntimeError("a server's memory is its own: the openai engine cannot sleep (can_sleep is False)")
+
+    def wake_up(self) -> None:
+        raise RuntimeError("a server's memory is its own: the openai engine cannot sleep (can_sleep is False)")
 
     def close(self) -> None:
         """The server is not ours to stop."""

@@ -7,7 +7,8 @@ Built in:
   helpful assistant.", whatever the model's own template, and the harness's stop strings. It is
   what the DFT paper's numbers were measured with, and the default for real benchmarks;
 - ``qwen-boxed-plain``: the same instruction as plain text, no chat turns;
-- ``chat``: that instruction inside the model's own chat template.
+- ``chat``: that instruction inside the model's own chat template; it stops at the special token the template
+  closes a turn with (Qwen's ``<|im_end|>``, which is not its tokenizer's EOS), and a demonstration ends in it.
 Any other name is read as a file whose text contains ``{question}``.
 """
 
@@ -42,10 +43,13 @@ class Template:
         self.name = name
         self.tokenizer = tokenizer
         self.stop = list(STOPS.get(name, []))
+        self.end_of_turn = None  # the token a response ends in, where not the tokenizer's EOS
         if name == "chat":
             if tokenizer is None or not getattr(tokenizer, "chat_template", None):
                 raise TemplateError("template 'chat' needs a model with a chat template; this one has none")
             self.text = None
+            self.end_of_turn = end_of_turn(tokenizer)
+            self.stop = [self.end_of_turn] if self.end_of_turn else []
         elif name in TEMPLATES:
             self.text = TEMPLATES[name]
             self.literal = False
@@ -74,6 +78,20 @@ class Template:
     def token_ids(self, prompt: str) -> list[int]:
         # a chat template already holds its special tokens; plain text gets the model's usual ones
         return self.tokenizer(prompt, add_special_tokens=self.text is not None)["input_ids"]
+
+
+def end_of_turn(tokenizer) -> str | None:
+    """The special token a chat template closes an assistant turn with (``<|im_end|>`` in ChatML, ``<|eot_id|>`` in
+    Llama 3's), read off the template: the first added token after an assistant message's text; None if none."""
+    marker = "7e1c0d5a"  # text no template adds or changes
+    messages = [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that renders no assistant turn (or raises on one) closes none we can read
+        return None
+    tail = text[text.rfind(marker) + len(marker) :] if marker in text else ""
+    found = [(tail.find(token), token) for token in tokenizer.get_added_vocab() if token and token in tail]
+    return min(found)[1] if found else None
 
 
 def default_template(source_kind: str, tokenizer=None) -> str:

@@ -36,6 +36,91 @@ def tiny_model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+# Qwen2.5-instruct's sampling defaults, and one of each other kind a generation_config.json can hold: an engine that
+# takes any of them from the model samples another policy than the one its manifest records
+REAL_SHAPED_GENERATION = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,
+                          "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": 0.5, "no_repeat_ngram_size": 2,
+                          "max_new_tokens": 8}
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def real_shaped_model(tmp_path_factory) -> Path:
+    """The shipped model as a real one ships: a generation_config.json with Qwen2.5-instruct's values (and the other
+    kinds, :data:`REAL_SHAPED_GENERATION`; bad words too), a ChatML chat template, and an end-of-turn token
+    ``<|im_end|>`` that is not the tokenizer's EOS (``<|endoftext|>``), listed among the model's EOS ids as Qwen's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
+
+    path = tmp_path_factory.mktemp("real-shaped")
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_BASE_MODEL)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(DEFAULT_BASE_MODEL, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer))  # the two new rows drawn around the others' mean
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    end, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id
+    (path / "generation_config.json").write_text(json.dumps({
+        **REAL_SHAPED_GENERATION, "bos_token_id": eos, "pad_token_id": eos, "eos_token_id": [end, eos],
+        "bad_words_ids": [tokenizer(" =", add_special_tokens=False)["input_ids"]]}))  # one frequent token
+    return path
+
+
+def model_logprobs(model_dir, rows: list[dict], temperature: float) -> list[list[float]]:
+    """The model's own log-probs of each row's response tokens at ``temperature``, ``log softmax(logits / T)``, as
+    the ratio learners read it (offline_rl.projection.token_logprobs_at, float32 projection)."""
+    from transformers import AutoModelForCausalLM
+
+    from offline_rl.projection import token_logprobs_at
+    from offline_rl.views import Example, collate
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    examples = [Example(r["prompt_id"], r["prompt_token_ids"], r["response_token_ids"], None, r["reward"])
+                for r in rows]
+    batch = collate(examples, pad_token_id=0)
+    with torch.no_grad():
+        logprobs = token_logprobs_at(model, batch, temperatures=(temperature,), float32=True)[0]  # [B, T]
+    where = batch["response_mask"].bool()
+    return [logprobs[b][where[b]].tolist() for b in range(len(rows))]
+
+
+def largest_difference(stored: list[list[float]], recomputed: list[list[float]]) -> float:
+    return max(abs(a - b) for s, r in zip(stored, recomputed, strict=True) for a, b in zip(s, r, strict=True))
+
+
+# a collection from the real-shaped model, the same for every backend: 3 world prompts in its chat template
+REAL_SHAPED_ARGS = ["--template", "chat", "--prompts", "3", "--n", "2", "--max-tokens", "32", "--seed", "0"]
+# what it asked, and neutral values for the rest: the manifest's record of the policy sampled
+REAL_SHAPED_SAMPLING = {"n": 2, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                        "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": 32, "stop": ["<|im_end|>"]}
+
+
+def check_real_shaped(data: Path, model: Path) -> list[dict]:
+    """A collection of REAL_SHAPED_ARGS from the real-shaped model sampled the policy its manifest records: the stored
+    log-probs are the model's own at the recorded temperature, within 1e-4, whatever its generation_config.json says;
+    responses are cut at the recorded max_tokens (not its max_new_tokens, 8), or end in one of its end-of-sequence
+    tokens, the chat template's end of turn among them. Its rows."""
+    from rollout.dataset import read_manifest, read_rows
+
+    manifest = read_manifest(data)
+    assert manifest["sampling"] == REAL_SHAPED_SAMPLING and manifest["logprobs_mode"] == "processed_logprobs"
+    rows = read_rows(data)
+    worst = largest_difference([r["behavior_logprobs"] for r in rows],
+                               model_logprobs(model, rows, manifest["sampling"]["temperature"]))
+    print(f"{manifest['backend']}: stored vs the model's log-probs at the recorded temperature: at most {worst:.1e}")
+    assert worst <= 1e-4, f"{manifest['backend']}: stored log-probs differ from the model's by up to {worst}"
+    truncated = [len(r["response_token_ids"]) for r in rows if r["finish_reason"] == "length"]
+    assert truncated and set(truncated) == {manifest["sampling"]["max_tokens"]}  # not the model's max_new_tokens
+    ends = json.loads((model / "generation_config.json").read_text())["eos_token_id"]  # <|im_end|>, <|endoftext|>
+    assert all(r["response_token_ids"][-1] in ends for r in rows if r["finish_reason"] == "stop")
+    assert not any(set(r["response_token_ids"][:-1]) & set(ends) for r in rows)
+    return rows
+
+
 def run_bin(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run one of bin/* as a user would, capturing output."""
     return subprocess.run([sys.executable, str(ROOT / "bin" / name), *args], capture_output=True, text=True,
@@ -74,6 +159,15 @@ def vllm_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hf_dataset(tmp_path_factory) -> Path:
     return collect_world(tmp_path_factory, "hf")
+
+
+@pytest.fixture(scope="session")
+def real_shaped_dataset(tmp_path_factory, real_shaped_model) -> Path:
+    """bin/collect with vLLM from the real-shaped model, in its chat template (REAL_SHAPED_ARGS)."""
+    out = tmp_path_factory.mktemp("collect-real-shaped") / "data"
+    result = run_bin("collect", "--out", str(out), "--model", str(real_shaped_model), *REAL_SHAPED_ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
 
 
 @pytest.fixture(scope="session")

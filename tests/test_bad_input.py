@@ -114,6 +114,10 @@ def _compare_runs(ws: Path, model: str) -> None:
         (ws / f"runs-{name}.yaml").write_text(f"- {{name: {name.split('-')[0]}, {learner}{entry}}}\n")
 
 
+# recorded sampling that is not the plain tempered policy: a truncation (allowed by --approximate-ratios) or a penalty
+NOT_NEUTRAL = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.05, "presence_penalty": 0.5, "frequency_penalty": 0.5}
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory, tiny_model_dir) -> Path:
     """One workspace of good and damaged inputs, shared by every row (each row checks it is left unchanged)."""
@@ -121,6 +125,7 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     model = str(tiny_model_dir)
     sampled = {"temperature": 1.0, "top_p": 1.0}
     manifests = {"ds-t07": {"sampling": {**sampled, "temperature": 0.7}}, "ds-topp": {"sampling": {**sampled, "top_p": 0.9}},
+                 **{f"ds-{name}": {"sampling": {**sampled, name: value}} for name, value in NOT_NEUTRAL.items()},
                  "ds-other-model": {"model": str(DEFAULT_BASE_MODEL)}, "no-sampling": {"sampling": None},
                  "ds-server-declared": {"backend": "openai", "logprobs_mode": "processed_logprobs"},
                  "ds-server-undeclared": {"backend": "openai"},
@@ -274,6 +279,14 @@ CASES = [
      "top-p 0.9"),
     ("train", ["--learner", "dpo", "--reference", "behavior", "--data", "{ws}/ds-t07", "--out", "{ws}/new"],
      "temperature 1"),
+    # ... and the sampling a dataset records is the plain tempered policy's, for every ratio learner
+    ("train", ["--learner", "ppo", "--data", "{ws}/ds-top_k", "--out", "{ws}/new"], "sampled with top-k 20: a ratio to a truncated"),
+    ("train", ["--learner", "grpo", "--data", "{ws}/ds-repetition_penalty", "--out", "{ws}/new"], "sampled with repetition penalty 1.05: its behaviour log-probs are of a penalised distribution"),
+    ("train", ["--learner", "nft", "--data", "{ws}/ds-min_p", "--out", "{ws}/new"], "sampled with min-p 0.05: a ratio to a truncated"),
+    ("train", ["--learner", "iwsft", "--data", "{ws}/ds,{ws}/ds-presence_penalty", "--out", "{ws}/new"], "ds-presence_penalty was sampled with presence penalty 0.5"),
+    ("train", ["--learner", "adft", "--data", "{ws}/ds-frequency_penalty", "--out", "{ws}/new"], "sampled with frequency penalty 0.5"),
+    ("train", ["--learner", "dpo", "--reference", "behavior", "--data", "{ws}/ds-repetition_penalty", "--out", "{ws}/new"], "sampled with repetition penalty 1.05"),
+    ("train", ["--learner", "ppo", "--data", "{ws}/ds-presence_penalty", "--approximate-ratios", "--out", "{ws}/new"], "penalised distribution, not the model's at any temperature"),
     ("train", ["--learner", "rft", "--data", "{ws}/all-wrong", "--out", "{ws}/new"], "pass rate 0.000 (0 accepted of 6"),
     ("train", ["--learner", "dft", "--data", "{ws}/all-wrong", "--out", "{ws}/new"], "pass rate 0.000 (0 accepted of 6"),
     ("train", ["--data", "{ws}/none", "--out", "{ws}/new"], "not an offline dataset"),
@@ -538,6 +551,7 @@ CASES = [
     ("collect", [*OPENAI, "http://:8000"], "is not a server's URL"),
     ("collect", [*OPENAI, "http://127.0.0.1:port"], "is not a server's URL"),
     ("eval", ["--out", "{ws}/new", "--backend", "openai", "--endpoint", "127.0.0.1:8000"], "is not a server's URL"),
+    ("eval", ["--out", "{ws}/new", "--problems", "1", "--backend", "openai", "--endpoint", "{server}/models-404"], "/v1/models answered HTTP 404"),
     ("collect", [*OPENAI, "http://127.0.0.1:9"], "http://127.0.0.1:9/v1/models: connection refused"),
     ("collect", [*OPENAI, "{server}/models-500"], "answered HTTP 500: 'Internal Server Error' (retried 2 times)"),
     ("collect", [*OPENAI, "{server}/models-bad-json"], "/v1/models answered something, not JSON"),

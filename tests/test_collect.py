@@ -15,7 +15,7 @@ import pytest
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import read_manifest, read_rows
 from rollout.runtime import PAUSE_ENV
-from tests.conftest import COLLECT_ARGS, ROOT, run_bin
+from tests.conftest import COLLECT_ARGS, REAL_SHAPED_ARGS, ROOT, check_real_shaped, run_bin
 from tests.test_cli import assert_one_line_usage_error
 from tests.test_pipeline import mean_abs_diff, transformers_logprobs
 
@@ -180,35 +180,15 @@ def test_ratio_learners_start_at_ratio_one_on_tempered_samples(tempered_dataset,
     assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["ratio_temperature"] == 0.7
 
 
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
-    """The base model with a chat template of its own."""
-    path = tmp_path_factory.mktemp("chat-model")
-    shutil.copytree(DEFAULT_BASE_MODEL, path, dirs_exist_ok=True)
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    config["chat_template"] = ("{% for m in messages %}Question: {{ m['content'] }}{% endfor %}"
-                               "{% if add_generation_prompt %}{{ '\\n' }}Answer:{% endif %}")
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
-
-
 @pytest.mark.slow
-def test_chat_template_source_logprobs_match_transformers(tmp_path, chat_model):
-    source = tmp_path / "problems.jsonl"
-    source.write_text("".join(json.dumps({"problem": f"Mia has {a} apples. She buys {b} more apples. How many "
-                                          f"apples does Mia have now?", "answer": str(a + b)}) + "\n"
-                              for a, b in [(3, 4), (12, 5), (20, 7), (9, 9)]))
-    out = tmp_path / "data"
-    result = run_bin("collect", "--out", str(out), "--model", str(chat_model), "--source", str(source), "--n", "2",
-                     "--max-tokens", "64", "--template", "chat")
-    assert result.returncode == 0, result.stderr[-2000:]
-    manifest = read_manifest(out)
-    assert manifest["template"] == "chat" and manifest["source"]["format"] == "math500"
-    rows = read_rows(out)
-    assert rows[0]["prompt"].startswith("Question: Mia has 3 apples.") and rows[0]["prompt"].endswith("\nAnswer:")
-    assert mean_abs_diff([r["behavior_logprobs"] for r in rows], transformers_logprobs(chat_model, rows)) <= 0.02
-
-
+def test_vllm_samples_the_recorded_policy_of_a_real_shaped_model(real_shaped_dataset, real_shaped_model):
+    """vLLM on a model whose generation_config.json sets Qwen2.5-instruct's sampling (and min-p, penalties, ...):
+    the stored log-probs are the model's own at the recorded temperature, the manifest records what was asked and
+    neutral values for the rest; prompts in the model's chat template, responses ending at its end of turn."""
+    rows = check_real_shaped(real_shaped_dataset, real_shaped_model)
+    assert read_manifest(real_shaped_dataset)["template"] == "chat"
+    assert rows[0]["prompt"].startswith("<|im_start|>user\nEmma has 21 cards.")
+    assert rows[0]["prompt"].endswith("<|im_end|>\n<|im_start|>assistant\n")
 
 
 HOSTILE = ["so \\boxed{9^{9^{9^{9^{9^{9}}}}}}",  # a tower: the LaTeX parser would evaluate it for seconds
@@ -298,3 +278,41 @@ def test_two_prompts_with_one_question_draw_different_samples(tmp_path, tiny_mod
         responses.append([r["response_token_ids"] for r in rows])
     first, second = responses[0][:2], responses[0][2:]
     assert first != second and responses[0] == responses[1]
+
+
+def test_the_hf_engine_samples_the_recorded_policy_of_a_real_shaped_model(tmp_path, real_shaped_model):
+    """transformers fills what a request leaves unset from the model's generation_config.json: on a model that sets
+    Qwen2.5-instruct's sampling there (and min-p, penalties, no-repeat n-grams, bad words), the hf engine samples
+    with what the command asked and neutral values for the rest, and the manifest records that set."""
+    from offline_rl.cli import COMMANDS
+
+    COMMANDS["collect"][1]()(["--out", str(tmp_path / "data"), "--backend", "hf", "--model", str(real_shaped_model),
+                              *REAL_SHAPED_ARGS])  # bin/collect's main, in this process
+    check_real_shaped(tmp_path / "data", real_shaped_model)
+
+
+def test_every_engine_declares_the_contract_itself_and_records_what_it_applies():
+    """Each entry of ENGINES declares every member of the contract in its own class (nothing inherited: no engine is
+    exact by default), reports the parameters it samples with in the one form of the manifest, and is a choice of
+    --backend. (vLLM's record, read back from its SamplingParams: the vLLM collections' manifests.)"""
+    from dataclasses import asdict, fields
+
+    from rollout.engines import ENGINES, EngineFlags
+    from rollout.runtime import UsageError
+    from rollout.sampling import Engine, SamplingConfig
+
+    members = [name for name in vars(Engine) if not name.startswith("_")] + list(Engine.__annotations__)
+    assert {"logprobs_mode", "applied", "serves_own_model", "can_sleep", "generate", "sleep"} <= set(members)
+    for name, engine in ENGINES.items():
+        assert [m for m in members if m not in vars(engine)] == [], name
+    assert next(f for f in fields(EngineFlags) if f.name == "backend").metadata["choices"] == list(ENGINES)
+    assert ENGINES["vllm"].logprobs_mode(None) == ENGINES["hf"].logprobs_mode(None) == "processed_logprobs"
+    assert ENGINES["openai"].logprobs_mode(None) is None and ENGINES["openai"].logprobs_mode(
+        EngineFlags(backend="openai", server_logprobs_mode="raw_logprobs")) == "raw_logprobs"
+    asked = SamplingConfig(n=3, temperature=0.7, top_p=0.9, top_k=20, min_p=0.05, repetition_penalty=1.05,
+                           max_tokens=7, stop=["x"])
+    assert ENGINES["hf"].applied(asked) == ENGINES["openai"].applied(asked) == asdict(asked)
+    penalised = SamplingConfig(presence_penalty=0.5, frequency_penalty=0.25)
+    assert ENGINES["openai"].applied(penalised) == asdict(penalised)
+    with pytest.raises(UsageError, match="no presence or frequency penalty"):
+        ENGINES["hf"].applied(penalised)  # transformers has none: refused, not ignored

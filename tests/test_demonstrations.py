@@ -283,3 +283,30 @@ def test_a_finished_import_is_replaced_only_by_the_same_run_or_with_force(tmp_pa
     assert read_manifest(out)["counts"]["responses"] == 2
     assert run_alone("import", [*args, "--prompts", "3", "--force"], capfd)[0] == 0
     assert read_manifest(out)["counts"]["responses"] == 3
+
+
+def test_chat_template_demonstrations_end_in_the_token_closing_a_turn_and_the_loss_covers_it(tmp_path,
+                                                                                            real_shaped_model):
+    """A model whose chat template closes a turn with <|im_end|>, not its EOS (<|endoftext|>): a demonstration in
+    that template ends in <|im_end|>, as a sampled response stops at it, and the loss covers that token; in a plain
+    template, in EOS."""
+    from transformers import AutoTokenizer
+
+    from offline_rl.views import collate, view_examples
+    from rollout.dataset import load_offline_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(real_shaped_model)
+    end, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id
+    assert end != eos
+    for template, last in (("chat", end), ("world", eos)):
+        out = tmp_path / template
+        demonstrations.main(["--source", "world:train", "--prompts", "3", "--template", template, "--out", str(out)],
+                            context=CommandContext(world=world.load_split, default_model=str(real_shaped_model)))
+        examples = view_examples(load_offline_dataset(str(out)), "accepted")
+        assert len(examples) == 3 and all(e.response_token_ids[-1] == last for e in examples)
+        assert all(last not in e.response_token_ids[:-1] for e in examples)
+        batch = collate(examples, pad_token_id=eos)
+        for b, e in enumerate(examples):  # the last target the loss sees is the closing token
+            covered = batch["targets"][b][batch["response_mask"][b].bool()].tolist()
+            assert covered == e.response_token_ids and covered[-1] == last
+    assert "<|im_start|>assistant\n" in load_offline_dataset(str(tmp_path / "chat"))[0]["prompt"]

