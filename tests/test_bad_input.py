@@ -515,6 +515,7 @@ CASES = [
     ("compare", [*COMPARE, "--sweep", "lr=1e-4,1e-4"], "names the value 0.0001 twice"),
     ("compare", [*COMPARE, "--sweep", "lr=1e-4,,2e-4"], "an empty value"),
     ("compare", [*COMPARE, "--sweep", "lr=1e-4,2e-4,"], "an empty value"),
+    ("compare", [*SWEPT, "--lr", "3e-4"], "--lr is swept by --sweep lr=1e-4,2e-4"),
     ("compare", [*SWEPT, "--select-on", "nope"], "--select-on nope: unknown benchmark"),
     ("compare", [*SWEPT, "--select-on", ""], "--select-on is empty"),
     ("compare", [*SWEPT, "--select-on", "valid,test-ood"], "names several splits"),

@@ -30,6 +30,7 @@ from offline_rl.commands import run_function
 from offline_rl.evaluate import EvalConfig
 from offline_rl.experiments.plan import COMMON, DATASET_MODEL, SET_BY_STAGES, CompareConfig, Stage, plan
 from offline_rl.experiments.report import rereport, write_report
+from offline_rl.experiments.sweep import parse_sweep
 from offline_rl.experiments.validate import check_comparison
 from rollout.dataset import read_manifest, write_json
 from rollout.engines import LiveEngine
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None, *, context: CommandContext | None = None
     ignored = sorted(given & set(SET_BY_STAGES))  # they would be ignored
     if ignored:
         raise UsageError(f"--{ignored[0]} is set by bin/compare itself for each evaluation{SET_BY_STAGES[ignored[0]]}")
+    swept = parse_sweep(cfg.sweep)
+    if swept is not None and swept[0] in given:  # the sweep's values would replace it for every run
+        flag = "--" + swept[0].replace("_", "-")
+        raise UsageError(f"{flag} is swept by --sweep {cfg.sweep}: drop {flag} (or the sweep)")
     return run_compare(cfg, context=context)
 
 
