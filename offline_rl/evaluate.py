@@ -40,23 +40,36 @@ SHARED_BENCHMARKS = {"gsm8k": "gsm8k_test", "math500": "math500_test", "minerva"
 
 @dataclass
 class EvalConfig(SamplingFlags, EngineFlags):
-    model: str = field(default=None, metadata={"help": "checkpoint directory or hub name (default: the embedded base model)"})
-    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={"help": "comma-separated (default: every world test split): world splits, gsm8k/math500/minerva/olympiad/aime24/amc23 (with --benchmark-dir), JSONL/Parquet files or hub names"})
-    benchmark_dir: str = field(default=None, metadata={"help": "folder holding the short-named benchmarks' files (e.g. ../shared/data/benchmarks)"})
-    hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk benchmark", "advanced": True})
-    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for world splits, else qwen-boxed, the Qwen2.5-Math harness prompt)"})
+    model: str = field(default=None, metadata={
+        "help": "checkpoint directory or hub name (default: the embedded base model)"})
+    benchmarks: str = field(default=",".join(world.TEST_SPLITS), metadata={
+        "help": "comma-separated (default: every world test split): world splits, "
+                "gsm8k/math500/minerva/olympiad/aime24/amc23 (with --benchmark-dir), JSONL/Parquet files or hub names"})
+    benchmark_dir: str = field(default=None, metadata={
+        "help": "folder holding the short-named benchmarks' files (e.g. ../shared/data/benchmarks)"})
+    hub_split: str = field(default="test", metadata={
+        "help": "split of a hub or save_to_disk benchmark", "advanced": True})
+    template: str = field(default=None, metadata={
+        "help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for world "
+                "splits, else qwen-boxed, the Qwen2.5-Math harness prompt)"})
     k: int = field(default=4, metadata={"help": "samples per problem", "min": 1})
-    problems: int = field(default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "min": 1})
+    problems: int = field(default=None, metadata={
+        "help": "evaluate only the first N problems of each benchmark", "min": 1})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    out: str = field(default=None, metadata={"help": "directory for results.json and generations.parquet (default: print only)"})
-    name: str = field(default=None, metadata={"help": "label of this model in tables (default: the model path's last part)"})
+    out: str = field(default=None, metadata={
+        "help": "directory for results.json and generations.parquet (default: print only)"})
+    name: str = field(default=None, metadata={
+        "help": "label of this model in tables (default: the model path's last part)"})
     force: bool = field(default=False, metadata={"help": "write into an --out that bin/eval did not make, or replace "
                                                  "another model's or setting's finished evaluation"})
     heldout_text: str = field(default=None, metadata={
         "help": "also measure the model's mean NLL per token on held-out text (what it forgot): world:pretrain (text "
                 "of the kind the embedded base model was trained on), a .jsonl file with a text field or a text file "
                 "of blank-line-separated documents; none: not measured"})
-    extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
+    extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={
+        "help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the "
+                "last number), math-verify (its own extraction over the whole response)",
+        "choices": list(rewards.EXTRACTIONS)})
 
 
 # ---------------------------------------------------------------- metrics
@@ -99,7 +112,8 @@ def _answer_key(pred: str) -> str:
 
 def wrong_answer_pairs(preds: list[str], correct: list[float]) -> list[tuple[str, str]]:
     """The pairs of distinct wrong answers of one problem whose equivalence maj@k needs (earlier first)."""
-    keys = list(dict.fromkeys(_answer_key(p) for p, ok in zip(preds, correct, strict=True) if not ok and _answer_key(p)))
+    keys = list(dict.fromkeys(_answer_key(p) for p, ok in zip(preds, correct, strict=True)
+                              if not ok and _answer_key(p)))
     return [(keys[i], keys[j]) for i in range(len(keys)) for j in range(i + 1, len(keys))]
 
 
@@ -151,7 +165,8 @@ def benchmark_metrics(correct: list[list[float]], preds: list[list[str]], length
     for j in pass_ks(k):
         metrics[f"pass@{j}"] = sum(pass_at_k(len(c), int(sum(c)), j) for c in correct) / max(1, len(correct))
     equal = equal_wrong_answers(preds, correct)
-    metrics[f"maj@{k}"] = sum(majority_correct(p, c, equal) for p, c in zip(preds, correct, strict=True)) / max(1, len(correct))
+    metrics[f"maj@{k}"] = (sum(majority_correct(p, c, equal) for p, c in zip(preds, correct, strict=True))
+                           / max(1, len(correct)))
     metrics["mean_response_tokens"] = sum(map(sum, lengths)) / n_samples
     metrics["truncation_rate"] = sum(map(sum, truncated)) / n_samples
     return metrics
@@ -167,7 +182,8 @@ class Benchmark:
 
 
 def known_benchmarks() -> str:
-    return f"{', '.join(world.SPLITS)}, {', '.join(SHARED_BENCHMARKS)}, a JSONL/JSON/Parquet/CSV file, or a hub dataset name"
+    return (f"{', '.join(world.SPLITS)}, {', '.join(SHARED_BENCHMARKS)}, a JSONL/JSON/Parquet/CSV file, or a hub "
+            "dataset name")
 
 
 def shared_file(name: str, benchmark_dir: str | None) -> Path:
@@ -221,7 +237,8 @@ def run_eval(cfg: EvalConfig, *, context: CommandContext | None = None) -> dict:
     model = resolve_model(cfg.model or context.default_model)
     tokenizer = load_tokenizer(model)
     try:
-        templates = {b.name: Template(cfg.template or default_template(b.kind, tokenizer), tokenizer) for b in benchmarks}
+        templates = {b.name: Template(cfg.template or default_template(b.kind, tokenizer), tokenizer)
+                     for b in benchmarks}
     except (TemplateError, TextError) as e:
         raise UsageError(str(e)) from None
     engine = context.engine
@@ -358,9 +375,9 @@ def benchmark_results(bench: Benchmark, prompts: list[str], outputs: list[list],
         lengths.append([len(s.token_ids) for s in samples])
         truncated.append([s.finish_reason == "length" for s in samples])
         for j, (s, (pred, reward)) in enumerate(zip(samples, verdicts, strict=True)):
-            generations.append({"benchmark": bench.name, "prompt_id": record["prompt_id"], "question": record["question"],
-                                "gold": record["gold"], "prompt": prompt, "sample_idx": j, "response": s.text,
-                                "pred": pred, "reward": reward,
+            generations.append({"benchmark": bench.name, "prompt_id": record["prompt_id"],
+                                "question": record["question"], "gold": record["gold"], "prompt": prompt,
+                                "sample_idx": j, "response": s.text, "pred": pred, "reward": reward,
                                 "response_tokens": len(s.token_ids), "finish_reason": s.finish_reason})
     metrics = benchmark_metrics(correct, preds, lengths, truncated, cfg.k)
     # what a comparison's paired intervals resample: each problem's correct samples, and which problems these were
@@ -397,7 +414,8 @@ def avg_table(results_by_model: dict[str, dict], benchmarks: list[str], k: int) 
     lines = [f"{f'avg@{k} (%)':<{width}}  " + "  ".join(f"{n:>6}" for n in names)]
     for model, res in results_by_model.items():
         cells = [f"{100 * res['benchmarks'][b][f'avg@{k}']:.1f}" for b in benchmarks]
-        lines.append(f"{model:<{width}}  " + "  ".join(f"{c:>{max(6, len(n))}}" for c, n in zip(cells, names, strict=True)))
+        lines.append(f"{model:<{width}}  "
+                     + "  ".join(f"{c:>{max(6, len(n))}}" for c, n in zip(cells, names, strict=True)))
     return "\n".join(lines)
 
 

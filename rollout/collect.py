@@ -36,26 +36,50 @@ from rollout.templates import TEMPLATES, Template, TemplateError, default_templa
 
 @dataclass
 class CollectConfig(SamplingFlags, EngineFlags):
-    out: str = field(default=None, metadata={"help": "output directory of the offline dataset (required); an existing one is resumed"})
-    model: str = field(default=None, metadata={"help": "checkpoint directory or hub name (default: the embedded base model)"})
-    source: str = field(default="world:train", metadata={"help": "world:SPLIT, a JSONL/JSON/Parquet/CSV file, a save_to_disk directory, or a hub dataset name"})
-    format: str = field(default="auto", metadata={"help": "field layout: auto, plain, gsm8k, math500, math, minerva, olympiad, aime24, amc23"})
-    question_field: str = field(default=None, metadata={"help": "field holding the question (overrides the format)", "advanced": True})
-    answer_field: str = field(default=None, metadata={"help": "field holding the gold answer (overrides the format)", "advanced": True})
-    hub_split: str = field(default="test", metadata={"help": "split of a hub or save_to_disk dataset", "advanced": True})
-    strict: bool = field(default=False, metadata={"help": "reject a source with rows lacking a gold answer instead of skipping them", "advanced": True})
-    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the world, else qwen-boxed, the Qwen2.5-Math harness prompt)"})
+    out: str = field(default=None, metadata={
+        "help": "output directory of the offline dataset (required); an existing one is resumed"})
+    model: str = field(default=None, metadata={
+        "help": "checkpoint directory or hub name (default: the embedded base model)"})
+    source: str = field(default="world:train", metadata={
+        "help": "world:SPLIT, a JSONL/JSON/Parquet/CSV file, a save_to_disk directory, or a hub dataset name"})
+    format: str = field(default="auto", metadata={
+        "help": "field layout: auto, plain, gsm8k, math500, math, minerva, olympiad, aime24, amc23"})
+    question_field: str = field(default=None, metadata={
+        "help": "field holding the question (overrides the format)", "advanced": True})
+    answer_field: str = field(default=None, metadata={
+        "help": "field holding the gold answer (overrides the format)", "advanced": True})
+    hub_split: str = field(default="test", metadata={
+        "help": "split of a hub or save_to_disk dataset", "advanced": True})
+    strict: bool = field(default=False, metadata={
+        "help": "reject a source with rows lacking a gold answer instead of skipping them", "advanced": True})
+    template: str = field(default=None, metadata={
+        "help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the "
+                "world, else qwen-boxed, the Qwen2.5-Math harness prompt)"})
     n: int = field(default=4, metadata={"help": "responses sampled per prompt", "min": 1})
     skip: int = field(default=0, metadata={"help": "skip the first N prompts", "min": 0, "advanced": True})
     prompts: int = field(default=None, metadata={"help": "then use at most N prompts", "min": 1})
-    shard: str = field(default="0/1", metadata={"help": "I/N: take every N-th prompt starting at I (for several processes or machines)", "advanced": True})
+    shard: str = field(default="0/1", metadata={
+        "help": "I/N: take every N-th prompt starting at I (for several processes or machines)", "advanced": True})
     seed: int = field(default=0, metadata={"help": "run seed; each prompt's seed derives from it and the prompt id"})
-    data_parallel_size: int = field(default=1, metadata={"help": "data parallelism: this many engines, each on its own GPUs and --shard (OUT/dp-I), merged into --out; processes on this machine, or Ray tasks with --ray-address", "min": 1, "advanced": True})
-    ray_address: str = field(default=None, metadata={"help": "run the --data-parallel-size engines as Ray tasks: local (a cluster of this machine, stopped at the end), auto (the running cluster), or HOST:PORT; OUT must be storage every node shares (pip install 'offline-rl[ray]')", "advanced": True})
-    shard_size: int = field(default=256, metadata={"help": "prompts per parquet shard (the unit of resumption)", "min": 1, "advanced": True})
-    force: bool = field(default=False, metadata={"help": "append to an output directory made with different parameters, or write into one bin/collect did not make"})
-    extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={"help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the last number), math-verify (its own extraction over the whole response)", "choices": list(rewards.EXTRACTIONS)})
-    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one response may take to score before its worker is killed and it scores 0 (counted)", "above": 0, "advanced": True})
+    data_parallel_size: int = field(default=1, metadata={
+        "help": "data parallelism: this many engines, each on its own GPUs and --shard (OUT/dp-I), merged into --out; "
+                "processes on this machine, or Ray tasks with --ray-address", "min": 1, "advanced": True})
+    ray_address: str = field(default=None, metadata={
+        "help": "run the --data-parallel-size engines as Ray tasks: local (a cluster of this machine, stopped at the "
+                "end), auto (the running cluster), or HOST:PORT; OUT must be storage every node shares (pip install "
+                "'offline-rl[ray]')", "advanced": True})
+    shard_size: int = field(default=256, metadata={
+        "help": "prompts per parquet shard (the unit of resumption)", "min": 1, "advanced": True})
+    force: bool = field(default=False, metadata={
+        "help": "append to an output directory made with different parameters, or write into one bin/collect did "
+                "not make"})
+    extraction: str = field(default=rewards.DEFAULT_EXTRACTION, metadata={
+        "help": "answer extraction: boxed (last box, else 'the answer is'), qwen (the Qwen2.5-Math harness: then the "
+                "last number), math-verify (its own extraction over the whole response)",
+        "choices": list(rewards.EXTRACTIONS)})
+    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={
+        "help": "seconds one response may take to score before its worker is killed and it scores 0 (counted)",
+        "above": 0, "advanced": True})
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -214,7 +238,8 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
         "scoring_deadline_seconds": cfg.scoring_deadline, "extraction": cfg.extraction,
         "logprobs_mode": cfg.logprobs_mode(), **({"endpoint": cfg.endpoint} if kind.serves_own_model else {}),
     })  # the first write: from here on every crash point is resumable
-    save_config(cfg, out / ("collect_config.json" if not done_ids else f"collect_config.resume-{int(time.time())}.json"))
+    save_config(cfg, out / ("collect_config.json" if not done_ids
+                            else f"collect_config.resume-{int(time.time())}.json"))
     pause_point("collect:started")
     engine = engine or start_engine(cfg, model)
     # each prompt rendered and tokenised once: (record, prompt text, prompt token ids)
@@ -230,7 +255,8 @@ def collect(cfg: CollectConfig, model: str, template: Template, records: list[di
     bar = tqdm(total=len(records) - too_long, initial=len(records) - too_long - len(todo), desc="collect",
                unit="prompt")
     for begin in range(0, len(todo), cfg.shard_size):
-        chunk, prompts, prompt_ids = (list(column) for column in zip(*todo[begin : begin + cfg.shard_size], strict=True))
+        chunk, prompts, prompt_ids = (list(column)
+                                      for column in zip(*todo[begin : begin + cfg.shard_size], strict=True))
         # one scoring path: the worker pool with its hard per-item deadline, as in eval and rescore; each prompt's
         # samples are scored as they finish, while the rest of the shard samples
         scorer = rewards.StreamScorer(deadline=cfg.scoring_deadline, extraction=cfg.extraction)
@@ -284,6 +310,8 @@ def format_summary(manifest: dict, out: Path) -> str:
     return (f"collected {counts['responses']} responses to {counts['prompts']} prompts -> {out}\n"
             f"  pass rate {s['pass_rate']:.3f} ({counts['accepted']} accepted)\n"
             f"  correct per prompt  {histogram}\n"
-            f"  mean response length {s['mean_response_tokens']:.1f} tokens, truncated {100 * s['truncation_rate']:.1f} %\n"
-            f"  scoring time-outs {counts.get('scoring_timeouts', 0)} (scored 0 after {manifest.get('scoring_deadline_seconds', '?')} s)"
+            f"  mean response length {s['mean_response_tokens']:.1f} tokens, "
+            f"truncated {100 * s['truncation_rate']:.1f} %\n"
+            f"  scoring time-outs {counts.get('scoring_timeouts', 0)} "
+            f"(scored 0 after {manifest.get('scoring_deadline_seconds', '?')} s)"
             f"; prompts longer than the model's context, skipped: {manifest.get('prompts_too_long', 0)}")

@@ -50,20 +50,35 @@ from rollout.templates import TEMPLATES, Template, TemplateError
 
 @dataclass
 class ImportConfig:
-    source: str = field(default=None, metadata={"help": "world:SPLIT, a JSONL/JSON/Parquet/CSV file, a save_to_disk directory, or a hub dataset name (required)"})
+    source: str = field(default=None, metadata={
+        "help": "world:SPLIT, a JSONL/JSON/Parquet/CSV file, a save_to_disk directory, or a hub dataset "
+                "name (required)"})
     out: str = field(default=None, metadata={"help": "output directory of the offline dataset (required)"})
-    model: str = field(default=None, metadata={"help": "model whose tokenizer and context length are used (default: the embedded base model)"})
-    format: str = field(default="auto", metadata={"help": "field layout: auto, numina, math, metamath, gsm8k, openr1, messages, plain"})
-    question_field: str = field(default=None, metadata={"help": "plain: the field holding the question", "advanced": True})
-    solution_field: str = field(default=None, metadata={"help": "plain: the field holding the worked solution", "advanced": True})
-    answer_field: str = field(default=None, metadata={"help": "plain: the field holding the gold answer (optional)", "advanced": True})
-    hub_split: str = field(default="train", metadata={"help": "split of a hub or save_to_disk dataset", "advanced": True})
-    template: str = field(default=None, metadata={"help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the world, else qwen-boxed)"})
-    prompts: int = field(default=None, metadata={"help": "import at most N rows (each a prompt and its solution)", "min": 1})
-    max_model_len: int = field(default=None, metadata={"help": "longest prompt + solution in tokens (default: the model's context)", "min": 1, "advanced": True})
+    model: str = field(default=None, metadata={
+        "help": "model whose tokenizer and context length are used (default: the embedded base model)"})
+    format: str = field(default="auto", metadata={
+        "help": "field layout: auto, numina, math, metamath, gsm8k, openr1, messages, plain"})
+    question_field: str = field(default=None, metadata={
+        "help": "plain: the field holding the question", "advanced": True})
+    solution_field: str = field(default=None, metadata={
+        "help": "plain: the field holding the worked solution", "advanced": True})
+    answer_field: str = field(default=None, metadata={
+        "help": "plain: the field holding the gold answer (optional)", "advanced": True})
+    hub_split: str = field(default="train", metadata={
+        "help": "split of a hub or save_to_disk dataset", "advanced": True})
+    template: str = field(default=None, metadata={
+        "help": f"prompt template: {', '.join(TEMPLATES)}, or a file holding {{question}} (default: world for the "
+                "world, else qwen-boxed)"})
+    prompts: int = field(default=None, metadata={
+        "help": "import at most N rows (each a prompt and its solution)", "min": 1})
+    max_model_len: int = field(default=None, metadata={
+        "help": "longest prompt + solution in tokens (default: the model's context)", "min": 1, "advanced": True})
     shard_size: int = field(default=10000, metadata={"help": "rows per parquet shard", "min": 1, "advanced": True})
-    extraction: str = field(default="qwen", metadata={"help": "how the solution's final answer is read: boxed, qwen (box, 'the answer is', else the last number: reads GSM8K's '#### N'), math-verify", "choices": list(rewards.EXTRACTIONS)})
-    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={"help": "seconds one solution may take to score", "above": 0, "advanced": True})
+    extraction: str = field(default="qwen", metadata={
+        "help": "how the solution's final answer is read: boxed, qwen (box, 'the answer is', else the last number: "
+                "reads GSM8K's '#### N'), math-verify", "choices": list(rewards.EXTRACTIONS)})
+    scoring_deadline: float = field(default=rewards.DEFAULT_DEADLINE_SECONDS, metadata={
+        "help": "seconds one solution may take to score", "above": 0, "advanced": True})
     prompts_of: str = field(default=None, metadata={
         "help": "import only the rows whose prompt id this offline dataset holds (the world's reference solutions "
                 "of a collection's prompts: --source world:train --prompts-of runs/data)", "advanced": True})
@@ -128,7 +143,8 @@ def iter_rows(spec: str, hub_split: str) -> tuple[Iterator[dict], int | None]:
     if path.is_file():
         readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".parquet": _parquet_rows, ".csv": _csv_rows}
         if path.suffix not in readers:
-            raise SourceError(f"unsupported demonstration file type {path.suffix!r}; use .jsonl, .json, .parquet or .csv")
+            raise SourceError(f"unsupported demonstration file type {path.suffix!r}; use .jsonl, .json, .parquet "
+                              "or .csv")
         return readers[path.suffix](path)
     import datasets
 
@@ -388,7 +404,8 @@ def open_source(cfg: ImportConfig, world) -> tuple[Iterator[dict], int | None, s
             world(split)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        return _world_rows(split, world), None, "openr1", Layout("problem", "solution", "answer"), {"kind": "world", "split": split}
+        return (_world_rows(split, world), None, "openr1", Layout("problem", "solution", "answer"),
+                {"kind": "world", "split": split})
     try:
         rows, total = iter_rows(cfg.source, cfg.hub_split)
     except SourceError as e:

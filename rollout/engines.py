@@ -357,7 +357,9 @@ class SamplingFlags:
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold", "above": 0, "max": 1})
     max_tokens: int = field(default=160, metadata={"help": "most tokens per response", "min": 1})
-    stop: str = field(default=None, metadata={"help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, <|endoftext|>, chat at the token closing a turn)", "advanced": True})
+    stop: str = field(default=None, metadata={
+        "help": "comma-separated stop strings (default: the template's; qwen-boxed stops at </s>, <|im_end|>, "
+                "<|endoftext|>, chat at the token closing a turn)", "advanced": True})
 
     def sampling(self, n: int, template_stop: list[str] | None = None) -> SamplingConfig:
         """The request of these flags for ``n`` samples per prompt (stop: ``--stop``, else the template's); every
@@ -372,17 +374,28 @@ class EngineFlags:
     """The engine's own settings, shared as flags by every command that samples (collect, eval, iterate, compare)."""
 
     backend: str = field(default="vllm", metadata={"help": "engine (openai: vllm serve)", "choices": list(ENGINES)})
-    endpoint: str = field(default=None, metadata={"help": "--backend openai: the server's URL, e.g. http://host:8000 (one vllm serve, or many behind one address)", "advanced": True})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "--backend openai: the environment variable holding the server's API key (if it wants one)", "advanced": True})
-    concurrency: int = field(default=64, metadata={"help": "--backend openai: requests in flight at once", "min": 1, "advanced": True})
-    server_logprobs_mode: str = field(default=None, metadata={"help": "--backend openai: the --logprobs-mode the server runs with, recorded in the dataset (ratio learners need processed_logprobs, or raw_logprobs at temperature 1; undeclared: refused by them)", "choices": ["processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits"], "advanced": True})
+    endpoint: str = field(default=None, metadata={
+        "help": "--backend openai: the server's URL, e.g. http://host:8000 (one vllm serve, or many behind one "
+                "address)", "advanced": True})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "--backend openai: the environment variable holding the server's API key (if it wants one)",
+        "advanced": True})
+    concurrency: int = field(default=64, metadata={
+        "help": "--backend openai: requests in flight at once", "min": 1, "advanced": True})
+    server_logprobs_mode: str = field(default=None, metadata={
+        "help": "--backend openai: the --logprobs-mode the server runs with, recorded in the dataset (ratio learners "
+                "need processed_logprobs, or raw_logprobs at temperature 1; undeclared: refused by them)",
+        "choices": ["processed_logprobs", "raw_logprobs", "processed_logits", "raw_logits"], "advanced": True})
     dtype: str = field(default="float32", metadata={"help": "model dtype in the engine", "advanced": True,
                                                     "choices": ["float32", "bfloat16", "float16", "auto"]})
-    max_model_len: int = field(default=None, metadata={"help": "vLLM max_model_len (default: the model's)", "min": 1, "advanced": True})
-    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (GPUs per model)", "min": 1, "advanced": True})
+    max_model_len: int = field(default=None, metadata={
+        "help": "vLLM max_model_len (default: the model's)", "min": 1, "advanced": True})
+    tensor_parallel_size: int = field(default=1, metadata={
+        "help": "vLLM tensor parallelism (GPUs per model)", "min": 1, "advanced": True})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory (GPU only)",
                                                                  "above": 0, "max": 1, "advanced": True})
-    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV-cache size in GiB on CPU", "above": 0, "advanced": True})
+    kv_cache_gib: float = field(default=1.0, metadata={
+        "help": "KV-cache size in GiB on CPU", "above": 0, "advanced": True})
 
     def engine(self, model: str, seed: int) -> Engine:
         return ENGINES[self.backend].from_flags(self, model, seed)
