@@ -11,6 +11,7 @@ reports, for the responses of one view of a dataset (default: ``accepted``, what
 - the weight DFT gives the EOS token that ends each finished response.
 
 Writes ``OUT/inspect.json`` and ``OUT/inspect.png`` (the histograms); a progress bar over the batches.
+:func:`score_logprobs` reads data under a model the same way for ``bin/rescore --logprobs-model``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from offline_rl import views
-from offline_rl.projection import LogitHead, _unwrap, logit_transform
+from offline_rl.policies import frozen_model
+from offline_rl.projection import LogitHead, _unwrap, logit_transform, token_logprobs
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import Finished, hold_directory
 from rollout.models import load_tokenizer, resolve_model
@@ -221,3 +223,24 @@ def reading(share: float) -> str:
         verdict = (f"fewer than on {measured}); the most confident gave DFT its largest lead over SFT "
                    f"(+{leads[-1]:.1f} points; one synthetic world)")
     return f"reading: {100 * share:.1f} % of tokens under p = {LOW}, {verdict}"
+
+
+def score_logprobs(model_path: str, prompts: list[list[int]], responses: list[list[int]], batch_size: int = 8,
+                   chunk_size: int = 256) -> list[list[float]]:
+    """Each response's token log-probs under the model at ``model_path`` at temperature 1, in float32, as the trainer
+    projects them (its chunked float32 projection, the model's logit scaling applied): what ``bin/rescore
+    --logprobs-model`` stores for demonstrations, so that a ratio learner starting from that model reads a ratio of
+    1 at its first step."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = frozen_model(model_path, device)
+    tokenizer = load_tokenizer(model_path)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scored: list[list[float]] = []
+    with torch.no_grad():
+        for begin in range(0, len(prompts), batch_size):
+            examples = [views.Example("", p, r) for p, r in zip(prompts[begin : begin + batch_size],
+                                                                responses[begin : begin + batch_size], strict=True)]
+            batch = {k: v.to(device) for k, v in views.collate(examples, pad).items()}
+            logprobs = token_logprobs(model, batch, chunk_size, float32=True)  # [b, T]
+            scored += [logprobs[i][batch["response_mask"][i].bool()].tolist() for i in range(len(examples))]
+    return scored

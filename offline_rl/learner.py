@@ -6,8 +6,9 @@ written back by the learner, nothing added to the batch.
 
 A loss is ``loss(policy, batch, cfg) -> (loss_sum, metrics)``:
 
-- ``policy`` (:class:`Policy`) holds the policy's quantities the record's ``inputs`` asked for, by name, and
-  nothing else (an input not asked for is ``None``); ``batch`` holds the data only, as the view's collate made it;
+- ``policy`` (:class:`Policy`) holds the policy's quantities the record asked for (its ``inputs``, and those its
+  settings add: :meth:`Learner.asks`), by name, and nothing else (an input not asked for is ``None``); ``batch``
+  holds the data only, as the view's collate made it;
 - ``loss_sum`` is a sum over the learner's units, never a mean: the loop divides it once per optimizer step by
   the step's count of the record's ``normaliser`` (:func:`units`), across micro-batches and ranks;
 - ``metrics`` are sums too (``_sum``, divided the same way) or maxima (``_max``).
@@ -23,13 +24,20 @@ import torch
 
 from offline_rl.views import Example, collate
 
-# What a loss may ask the loop for, each [B, T] over the response positions (0 elsewhere), all in float32.
+# What a loss may ask the loop for, each [B, T] over the response positions (0 elsewhere), all in float32, but step.
 INPUTS = {
     "logprobs": "log pi_theta(y_t) at temperature 1 (always given)",
     "tempered_logprobs": "log pi_theta(y_t) at the behaviour's sampling temperature, projected in float32: what a "
                          "ratio to the stored behaviour log-probs divides (the same tensor as logprobs at T = 1)",
     "base_kl": "KL(pi_base || pi_theta) over the vocabulary at each response position, pi_base the run's initial "
                "model, frozen",
+    "snapshot_logprobs": "log pi_old(y_t) at temperature 1, detached: the policy as it was at its last snapshot, "
+                         "taken every snapshot_every(cfg) steps from the run's first (psft's proximal policy)",
+    "sampler_logprobs": "log pi_sampler(y_t) at the behaviour's temperature, projected in float32, detached: the "
+                        "model that sampled the data as the trainer computes it, frozen (the mismatch correction)",
+    "topk_entropy": "the entropy of pi_theta's next-token distribution renormalised over its topk(cfg) likeliest "
+                    "tokens, detached, computed chunk by chunk (eaft)",
+    "step": "the optimizer step, an int counted from the first run's start (--init-from counts on): scheduled weights",
 }
 
 # What a learner's loss sum is averaged over; each counted in a micro-batch by the loop.
@@ -37,6 +45,8 @@ NORMALISERS = {
     "token": "the step's response tokens",
     "response": "the step's responses (each response's tokens averaged first by the loss)",
     "pair": "the step's preference pairs (rows laid out as views.PairRows)",
+    "source-token": "the step's sampled response tokens and its expert ones apart (batch['expert'] marks the "
+                    "expert rows): a loss sum per source, [2], each divided by its own count (chord's two means)",
 }
 
 
@@ -49,6 +59,10 @@ class Policy:
     logprobs: torch.Tensor  # [B, T]
     tempered_logprobs: torch.Tensor | None = None  # [B, T]
     base_kl: torch.Tensor | None = None  # [B, T]
+    snapshot_logprobs: torch.Tensor | None = None  # [B, T]
+    sampler_logprobs: torch.Tensor | None = None  # [B, T]
+    topk_entropy: torch.Tensor | None = None  # [B, T]
+    step: int | None = None
 
 
 def keep_view(examples: list[Example], cfg, context) -> list[Example]:
@@ -60,6 +74,10 @@ def per_token(cfg) -> str:
     return "token"
 
 
+def nothing_more(cfg) -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class Learner:
     name: str
@@ -69,7 +87,11 @@ class Learner:
     examples: Callable = keep_view  # (view's examples, cfg, ViewContext) -> what it trains on
     normaliser: Callable[[Any], str] = per_token  # cfg -> what the loss sum is averaged over: a key of NORMALISERS
     inputs: tuple[str, ...] = ("logprobs",)  # what the loss reads of the policy: keys of INPUTS
+    more_inputs: Callable[[Any], tuple[str, ...]] = nothing_more  # cfg -> the inputs its settings add
+    snapshot_every: Callable[[Any], int] | None = None  # cfg -> steps between snapshots (snapshot_logprobs)
+    topk: Callable[[Any], int] | None = None  # cfg -> k of topk_entropy
     token_grad: Callable | None = None  # cfg -> (log p -> d loss / d log p) or None: per-token losses, fused projection
+    check: Callable[[Any], None] | None = None  # cfg -> None, or one line (UsageError) before any work: its own inputs
     collate: Callable = collate  # (examples, pad id) -> tensors
     float32_projection: bool = False  # its log-probs in float32 even under bf16 autocast (ratios, references)
     lr_scale: float = 1.0  # its recipe's rate against the others' in a comparison (bin/compare), 1: the same
@@ -81,6 +103,14 @@ class Learner:
                              f"{', '.join(INPUTS)}")
         if self.behavior_ratio and self.base_kl:  # one projection gives the tempered policy or the KL, not both
             raise ValueError(f"learner {self.name}: tempered_logprobs and base_kl cannot be asked for together")
+        if ("snapshot_logprobs" in self.inputs) != (self.snapshot_every is not None) or \
+                ("topk_entropy" in self.inputs) != (self.topk is not None):
+            raise ValueError(f"learner {self.name}: snapshot_logprobs needs snapshot_every, topk_entropy needs topk")
+
+    def asks(self, cfg) -> tuple[str, ...]:
+        """Every input the loss reads with settings ``cfg``: its own, and those its settings add (the sampling
+        model's log-probs of a ratio learner whose mismatch correction is on)."""
+        return self.inputs + tuple(name for name in self.more_inputs(cfg) if name not in self.inputs)
 
     @property
     def behavior_ratio(self) -> bool:
@@ -103,4 +133,7 @@ def units(batch: dict[str, torch.Tensor], normaliser: str) -> torch.Tensor:
         return (mask.sum(-1) > 0).sum()
     if normaliser == "pair":
         return batch["pairs"]
+    if normaliser == "source-token":
+        expert = batch["expert"].unsqueeze(-1)  # [B, 1]: 1 on expert rows
+        return torch.stack([(mask * (1 - expert)).sum(), (mask * expert).sum()])  # [2]: sampled, expert
     raise ValueError(f"unknown normaliser {normaliser!r}; known: {', '.join(NORMALISERS)}")

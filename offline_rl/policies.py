@@ -5,8 +5,12 @@
   ``log softmax(logits / T)`` of its initial model equals the stored log-probs. :func:`ratio_temperature` decides
   that T from every dataset's manifest (the sampling model, the sampling settings, how the log-probs were
   computed, merged inputs), or refuses with one line naming why not. Train, iterate, compare and DPO's reference
-  all ask it, through :func:`check_learner` or directly.
-- **Frozen reference models** (DPO's reference pass, ASFT's anchor): loaded by :func:`frozen_model` only.
+  all ask it, through :func:`check_learner` or directly. Demonstrations have no behaviour policy, unless a model
+  scored them (``bin/rescore --logprobs-model M`` stores M's log-probs at temperature 1 and records it in the
+  manifest, ``scored_logprobs``; ``offline_rl.inspection.score_logprobs``): then M is their behaviour policy, at
+  T = 1.
+- **Frozen reference models** (DPO's reference pass, ASFT's anchor, the sampling model a ratio learner's mismatch
+  correction recomputes: :func:`sampling_model`): loaded by :func:`frozen_model` only.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ def check_learner(learner, manifests: dict[str, dict], dataset, model_path: str,
 
 
 def require_samples(learner: str, manifests: dict[str, dict]) -> None:
-    """Demonstrations were sampled by no policy: nothing to divide by."""
+    """Demonstrations were sampled by no policy: nothing to divide by, unless a model scored them."""
     for path, manifest in manifests.items():
-        if manifest.get("kind") == "demonstrations":
+        if manifest.get("kind") == "demonstrations" and not manifest.get("scored_logprobs"):
             raise UsageError(f"{learner} needs the sampling policy's log-probs, and {path} holds demonstrations, "
-                             "which have none; train sft, dft, rft or prob on them, or give sampled data")
+                             "which have none; train sft, dft, rft or prob on them, give sampled data, or store a "
+                             "model's log-probs for them first (bin/rescore --logprobs-model)")
 
 
 def require_behavior_logprobs(dataset, learner: str) -> None:
@@ -76,6 +81,13 @@ def ratio_temperature(manifests: dict[str, dict], model_path: str, learner: str,
 
     temperatures = set()
     for path, manifest in manifests.items():
+        scored = manifest.get("scored_logprobs")
+        if manifest.get("kind") == "demonstrations" and isinstance(scored, dict):  # a model's log-probs at T = 1
+            if not approximate and not same_model(scored.get("model"), model_path):
+                raise UsageError(f"{learner}: {path} holds the log-probs of {scored.get('model')}, not of the initial "
+                                 f"model {model_path}; --approximate-ratios to run anyway")
+            temperatures.add(float(scored.get("temperature", 1.0)))
+            continue
         sampling = manifest.get("sampling")
         if not isinstance(sampling, dict) or not isinstance(sampling.get("temperature"), int | float):
             raise UsageError(f"{learner}: {path} does not record the temperature it was sampled at; "
@@ -113,6 +125,19 @@ def _settings(parameters: dict) -> str:
     """``{"top_p": 0.9, "repetition_penalty": 1.05}`` as ``top-p 0.9, repetition penalty 1.05``."""
     names = {"top_p": "top-p", "top_k": "top-k", "min_p": "min-p"}
     return ", ".join(f"{names.get(name, name.replace('_', ' '))} {value}" for name, value in parameters.items())
+
+
+def sampling_model(manifests: dict[str, dict], learner: str) -> str:
+    """The one model whose log-probs every dataset stores (the sampling model, or the model that scored
+    demonstrations), resolved: what a mismatch correction recomputes; one line if the datasets name several, or
+    it is not at hand."""
+    from rollout.models import resolve_model
+
+    named = {(m.get("scored_logprobs") or {}).get("model") or m.get("model") for m in manifests.values()}
+    if len(named) != 1 or None in named:
+        raise UsageError(f"{learner} --mismatch-correction recomputes the model that sampled the data, and the "
+                         f"datasets name {', '.join(sorted(map(str, named)))}: train on one model's samples")
+    return resolve_model(named.pop())
 
 
 def frozen_model(model_path: str, device) -> torch.nn.Module:

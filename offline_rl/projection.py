@@ -69,6 +69,36 @@ def token_logprobs_at(model, batch: dict[str, torch.Tensor], chunk_size: int = 0
     return logprobs
 
 
+def token_logprobs_and_entropy(model, batch: dict[str, torch.Tensor], chunk_size: int, topk: int, float32: bool = False,
+                               packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi(target_t | prefix) [B, T] and, detached, the entropy of pi's next-token distribution renormalised over
+    its ``topk`` likeliest tokens [B, T], at every response position (0 elsewhere), in float32: chunks of
+    ``chunk_size`` response tokens projected under activation checkpointing (0: all at once), so no [B, T, V]
+    logits are held whole. ``packing``: the model runs on packed rows."""
+    hidden = response_hidden(model, batch, packing)  # [N, H]
+    where = batch["response_mask"].bool()  # [B, T]
+    targets = batch["targets"][where]  # [N]
+    head = LogitHead(_unwrap(model).get_output_embeddings(), *logit_transform(model))
+    step = chunk_size if chunk_size > 0 else max(1, hidden.shape[0])
+    pieces = [torch.utils.checkpoint.checkpoint(_chunk_entropy, head, hidden[i : i + step], targets[i : i + step], topk,
+                                                float32, use_reentrant=False)
+              for i in range(0, hidden.shape[0], step)]
+    both = torch.zeros((2, *where.shape), dtype=torch.float32, device=hidden.device)  # [2, B, T]
+    if pieces:
+        both[:, where] = torch.cat(pieces, dim=1)
+    return both[0], both[1]
+
+
+def _chunk_entropy(head, hidden, targets, topk: int, float32: bool) -> torch.Tensor:
+    """[2, n]: the targets' log-probs, and the entropy of the top-``topk`` renormalised distribution (detached)."""
+    logits = head(hidden, float32)  # [n, V]
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # [n]
+    with torch.no_grad():
+        top = logits.topk(min(topk, logits.shape[-1]), dim=-1).values.log_softmax(-1)  # [n, k]
+        entropy = -(top.exp() * top).sum(-1)  # [n]
+    return torch.stack([logprobs, entropy])
+
+
 def token_logprobs_and_kl(model, reference, batch: dict[str, torch.Tensor], chunk_size: int = 0,
                           packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(target_t | prefix) [B, T] and KL(pi_ref(. | prefix) || pi(. | prefix)) over the whole vocabulary [B, T]

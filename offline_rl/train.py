@@ -15,6 +15,7 @@ import random
 import shutil
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
@@ -27,8 +28,14 @@ from offline_rl.experiments.plots import draw_heldout
 from offline_rl.heldout import encode, load_heldout, measure
 from offline_rl.learner import Learner, Policy, units
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
-from offline_rl.policies import check_learner, frozen_model
-from offline_rl.projection import fused_token_logprobs, logit_transform, token_logprobs_and_kl, token_logprobs_at
+from offline_rl.policies import check_learner, frozen_model, sampling_model
+from offline_rl.projection import (
+    fused_token_logprobs,
+    logit_transform,
+    token_logprobs_and_entropy,
+    token_logprobs_and_kl,
+    token_logprobs_at,
+)
 from offline_rl.views import Pair, ViewContext, check_view
 from rollout.dataset import complete_manifests, load_offline_dataset, write_json
 from rollout.files import Finished, atomic_write, hold_directory, is_disk_full
@@ -161,6 +168,8 @@ class TrainState:
     reference: Any = None  # the frozen initial model, for learners anchored to it (asft)
     packing: packing.Layout | None = None  # --packing: how the model's packed rows are laid out; None: padded
     heldout: list | None = None  # --heldout-every's examples of --heldout-text
+    sampler: Any = None  # the frozen model that sampled the data, for a ratio learner's mismatch correction
+    snapshots: deque = field(default_factory=deque)  # psft: the snapshot's log-probs of the steps ahead, per step
     start: float = 0.0
     tokens_seen: int = 0
 
@@ -212,6 +221,8 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         raise UsageError("--data and --out are required")
     learner = LEARNERS[cfg.learner]
     learner_cfg = learner_cfg or learner.config()
+    if learner.check is not None:  # the learner's own inputs (chord's expert dataset), before anything is loaded
+        learner.check(learner_cfg)
     manifests = complete_manifests(cfg.data)
     dataset = load_offline_dataset(cfg.data)
     model_path = resolve_model(cfg.model or next(iter(manifests.values()))["model"])
@@ -224,6 +235,8 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     ratio_temperature = check_learner(learner, manifests, dataset, model_path, cfg.approximate_ratios)
     base_model = anchor(cfg, learner, model_path)
     heldout = load_heldout(cfg.heldout_text) if cfg.heldout_every else None  # one line if it is not text
+    # the mismatch correction recomputes the model that sampled the data (one line if there is not one such model)
+    sampler_path = sampling_model(manifests, learner.name) if "sampler_logprobs" in learner.asks(learner_cfg) else None
     examples, dropped = learner_examples(cfg, learner, learner_cfg, dataset, manifests, model_path, tokenizer,
                                          accelerator)
     cfg, offset, init_from = resolve(cfg, len(examples), accelerator.num_processes, model_path)
@@ -251,9 +264,11 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
               + (f"; packed rows, {packed.name} attention" if packed else ""), file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
     reference = frozen_model(base_model, accelerator.device) if base_model else None
-    if packed and reference is not None and packing.layout(reference, accelerator.autocast()).name != packed.name:
-        raise UsageError(f"--packing: the base model {base_model} keeps packed sequences apart otherwise than the "
-                         "policy (another attention implementation); train without --packing")
+    sampler = frozen_model(sampler_path, accelerator.device) if sampler_path else None
+    for frozen, name in ((reference, f"the base model {base_model}"), (sampler, f"the sampling model {sampler_path}")):
+        if packed and frozen is not None and packing.layout(frozen, accelerator.autocast()).name != packed.name:
+            raise UsageError(f"--packing: {name} keeps packed sequences apart otherwise than the policy (another "
+                             "attention implementation); train without --packing")
     per_process = cfg.micro_batch_size * accelerator.num_processes
     if heldout is not None:
         context = getattr(accelerator.unwrap_model(model).config, "max_position_embeddings", None)
@@ -264,7 +279,8 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         first_step=first_step, accumulation=cfg.batch_size // per_process, projection=projection,
         temperatures=(1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature),
         ratio_temperature=ratio_temperature, dropped_truncated=dropped, metrics_file=metrics_file, tracked=tracked,
-        sharded=fsdp is not None, reference=reference, packing=packed, heldout=heldout)
+        sharded=fsdp is not None, reference=reference, packing=packed, heldout=heldout, sampler=sampler,
+        snapshots=load_snapshots(resume_from, accelerator))
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -472,8 +488,16 @@ def loop(state: TrainState) -> None:
                         state.accumulation)
     for _ in range(state.first_step - state.offset):  # the data position: the order is a pure function of the seed
         next(data)
+    ahead: deque = deque()  # steps drawn early: the ones a snapshot was taken for
     for step in bar:
-        micro = micro_batches(state, next(data), pad)
+        micro = micro_batches(state, ahead.popleft() if ahead else next(data), pad)
+        snapshots = None
+        if learner.snapshot_every is not None:  # psft: the policy's log-probs of this step and the K - 1 next
+            if not state.snapshots:
+                ahead.extend(next(data) for _ in range(min(learner.snapshot_every(state.learner_cfg),
+                                                           state.last_step - step) - 1))
+                take_snapshot(state, [micro, *(micro_batches(state, drawn, pad) for drawn in ahead)])
+            snapshots = state.snapshots.popleft()
         step_units = count_units(learner, state.learner_cfg, [batch for batch, _ in micro], accelerator)
         totals: dict[str, float] = {}
         for i, (batch, packed) in enumerate(micro):
@@ -481,8 +505,11 @@ def loop(state: TrainState) -> None:
             packed = packed.to(accelerator.device) if packed is not None else None
             sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                loss_sum, metrics = backward(state, batch, step_units, packed)
-            for k, v in {"loss_sum": loss_sum.detach(), **metrics}.items():
+                loss_sum, metrics = backward(state, batch, step_units, packed, step,
+                                             snapshots[i] if snapshots else None)
+            # the loss as this micro-batch's share of the step's mean (summed over ranks in the record)
+            share = token_mean(loss_sum.detach(), step_units, 1)
+            for k, v in {"loss": share, **metrics}.items():
                 totals[k] = (max(totals.get(k, -math.inf), float(v)) if k.endswith("_max")
                              else totals.get(k, 0.0) + float(v))
         grad_norm = (sharding.clip_grad_norm(model, cfg.max_grad_norm) if state.sharded
@@ -510,7 +537,8 @@ def loop(state: TrainState) -> None:
         state.optimizer.zero_grad(set_to_none=True)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             save_checkpoint(accelerator, Path(cfg.out) / "checkpoints", step + 1, state.identity,
-                            (model, state.optimizer) if state.sharded else None)
+                            (model, state.optimizer) if state.sharded else None,
+                            state.snapshots if learner.snapshot_every is not None else None)
         pause_point(f"train:step-{step + 1}")
 
 
@@ -554,6 +582,23 @@ def micro_batches(state: TrainState, drawn: list[list[int]], pad: int) -> list[t
     return [(batch, packing.pack(batch, state.packing) if state.packing else None) for batch in batches]
 
 
+@torch.no_grad()
+def take_snapshot(state: TrainState, steps: list[list[tuple[dict, packing.Packing | None]]]) -> None:
+    """psft's proximal policy: the policy's log-probs (as its training forward computes them) of every micro-batch
+    of the steps ahead, taken now, before any of them updates it (PSFT's verl recipe: old log-probs of a batch,
+    then its mini-batch updates)."""
+    device, chunk = state.accelerator.device, state.cfg.logit_chunk_size
+    for micro in steps:
+        taken = []
+        for batch, packed in micro:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            packed = packed.to(device) if packed is not None else None
+            with state.accelerator.autocast():
+                taken.append(token_logprobs_at(state.model, batch, chunk, (1.0,), state.learner.float32_projection,
+                                               packed)[0])
+        state.snapshots.append(taken)
+
+
 def count_units(learner: Learner, learner_cfg, micro: list[dict[str, torch.Tensor]], accelerator) -> torch.Tensor:
     """What the step's loss sum is divided by: the learner's normaliser counted over the step's micro-batches and
     every rank."""
@@ -563,7 +608,7 @@ def count_units(learner: Learner, learner_cfg, micro: list[dict[str, torch.Tenso
 
 
 def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torch.Tensor,
-             packed: packing.Packing | None = None):
+             packed: packing.Packing | None = None, step: int = 0, snapshot: torch.Tensor | None = None):
     """One micro-batch's loss sum and metrics, its gradient accumulated as its share of the step's mean; ``packed``:
     the model runs on the batch's packed rows, the loss on the batch as collated."""
     cfg, accelerator, learner = state.cfg, state.accelerator, state.learner
@@ -572,37 +617,58 @@ def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torc
         loss_sum, metrics = learner.loss(Policy(logprobs[0]), batch, state.learner_cfg)
         accelerator.backward(token_mean(surrogate, step_units, accelerator.num_processes))
         return loss_sum, metrics
-    loss_sum, metrics = learner.loss(policy_inputs(state, batch, packed), batch, state.learner_cfg)
+    loss_sum, metrics = learner.loss(policy_inputs(state, batch, packed, step, snapshot), batch, state.learner_cfg)
     accelerator.backward(token_mean(loss_sum, step_units, accelerator.num_processes))
     return loss_sum, metrics
 
 
-def policy_inputs(state: TrainState, batch: dict[str, torch.Tensor], packed: packing.Packing | None = None) -> Policy:
+def policy_inputs(state: TrainState, batch: dict[str, torch.Tensor], packed: packing.Packing | None = None,
+                  step: int = 0, snapshot: torch.Tensor | None = None) -> Policy:
     """What the learner's record asks of the policy for this micro-batch, by name, through the chunked projection:
-    the log-probs at temperature 1, at the behaviour's temperature, or with the initial model's KL; each [B, T] as
-    the batch was collated, whether the model ran on ``packed`` rows or not."""
+    the log-probs at temperature 1, at the behaviour's temperature, with the initial model's KL or the top-k
+    entropy; the sampling model's log-probs (frozen beside the policy), psft's snapshot (taken by the loop), the
+    step; each [B, T] as the batch was collated, whether the model ran on ``packed`` rows or not."""
     chunk, learner = state.cfg.logit_chunk_size, state.learner
+    asks = learner.asks(state.learner_cfg)
+    given = {"step": step if "step" in asks else None, "snapshot_logprobs": snapshot}
+    if "sampler_logprobs" in asks:  # the mismatch correction: the sampling model as the trainer computes it
+        with torch.no_grad():
+            given["sampler_logprobs"] = token_logprobs_at(state.sampler, batch, chunk, state.temperatures[-1:],
+                                                          True, packed)[0]
     if learner.base_kl:  # anchored to the initial model: its KL over the vocabulary at every token
         logprobs, base_kl = token_logprobs_and_kl(state.model, state.reference, batch, chunk, packed)
-        return Policy(logprobs, base_kl=base_kl)
+        return Policy(logprobs, base_kl=base_kl, **given)
+    if "topk_entropy" in asks:  # eaft: the entropy of the top-k distribution, computed in the same chunks
+        logprobs, entropy = token_logprobs_and_entropy(state.model, batch, chunk, learner.topk(state.learner_cfg),
+                                                       learner.float32_projection, packed)
+        return Policy(logprobs, topk_entropy=entropy, **given)
     logprobs = token_logprobs_at(state.model, batch, chunk, state.temperatures, learner.float32_projection,
                                  packed)  # [K, B, T]
     if learner.behavior_ratio:  # the behaviour's temperature last: the same tensor as logprobs[0] at T = 1
-        return Policy(logprobs[0], tempered_logprobs=logprobs[-1])
-    return Policy(logprobs[0])
+        return Policy(logprobs[0], tempered_logprobs=logprobs[-1], **given)
+    return Policy(logprobs[0], **given)
 
 
 def step_record(state: TrainState, step: int, totals: dict[str, float], step_units, grad_norm) -> dict:
     """The step's log record: metric sums over every rank and micro-batch divided by the step's count (the same
     numbers whatever the number of processes or accumulation steps), ``_max`` metrics the largest anywhere."""
     accelerator = state.accelerator
-    state.tokens_seen += int(step_units)
+    counts = step_units.reshape(-1).float()  # [1], or [2]: the sampled and the expert tokens ("source-token")
+    state.tokens_seen += int(counts.sum())
     record = {"step": step + 1, "lr": state.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-              "tokens": int(step_units), "tokens_per_s": state.tokens_seen / (time.time() - state.start)}
+              "tokens": int(counts.sum()), "tokens_per_s": state.tokens_seen / (time.time() - state.start)}
+    if len(counts) == 2:  # per source: expert_* metrics per expert token, the others per sampled token
+        record["expert_tokens"] = int(counts[1])
+
+    def count(name: str) -> float:
+        return float(counts[1] if name.startswith("expert_") else counts[0]) if len(counts) == 2 else float(counts[0])
+
     names = sorted(k for k in totals if not k.endswith("_max"))
     summed = accelerator.reduce(torch.tensor([totals[k] for k in names], device=accelerator.device), "sum")
-    record.update({k.removesuffix("_sum"): float(v) / max(1.0, float(step_units))
+    record.update({k.removesuffix("_sum"): float(v) if k == "loss" else float(v) / max(1.0, count(k))
                    for k, v in zip(names, summed, strict=True)})
+    if "mismatch_ratio_sq" in record:  # the ratios' effective sample size as importance weights: mean^2 / mean square
+        record["mismatch_ess"] = record["mismatch_ratio"] ** 2 / max(record.pop("mismatch_ratio_sq"), 1e-30)
     maxima = sorted(k for k in totals if k.endswith("_max"))
     if maxima:
         gathered = accelerator.gather(torch.tensor([totals[k] for k in maxima], device=accelerator.device))
@@ -652,9 +718,10 @@ def token_mean(loss_sum: torch.Tensor, step_tokens: torch.Tensor, num_processes:
     """The per-token mean over a whole optimizer step, as this micro-batch's share.
 
     ``step_tokens`` counts the step's tokens over all micro-batches and ranks; DDP
-    averages gradients over ranks, so each rank's share is scaled back up by their number.
+    averages gradients over ranks, so each rank's share is scaled back up by their number. A learner whose units come
+    in parts (``source-token``: [2]) gives a loss sum per part, each divided by its own count.
     """
-    return loss_sum * num_processes / step_tokens.clamp(min=1)
+    return (loss_sum * num_processes / step_tokens.clamp(min=1)).sum()
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -663,10 +730,11 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.removeprefix("step-")), default=None)
 
 
-def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict, sharded=None) -> None:
+def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict, sharded=None, snapshots=None) -> None:
     """Model, optimizer, scheduler and RNG states, and the settings that made them (``run.json``),
     written aside and renamed into place, so a failed save never replaces or corrupts the last good checkpoint.
-    ``sharded``: an FSDP2 run's (model, optimizer), saved by every rank as DCP shards beside accelerate's files."""
+    ``sharded``: an FSDP2 run's (model, optimizer), saved by every rank as DCP shards beside accelerate's files;
+    ``snapshots``: psft's snapshot log-probs of the steps ahead, saved by every rank (a resume reads them back)."""
     final, partial = checkpoints / f"step-{step}", checkpoints / f".step-{step}.partial"
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
@@ -674,6 +742,9 @@ def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict, s
     accelerator.save_state(str(partial))
     if sharded is not None:
         sharding.save(*sharded, partial)
+    if snapshots is not None:
+        torch.save([[t.cpu() for t in micro] for micro in snapshots],
+                   partial / f"snapshots-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(partial / "run.json", identity)
@@ -830,6 +901,15 @@ def fused_projection(learner: Learner, learner_cfg, cfg: TrainConfig, ratio_temp
     if rule is None or cfg.logit_chunk_size <= 0 or ratio_temperature not in (None, 1.0):
         return None
     return rule
+
+
+def load_snapshots(checkpoint: Path | None, accelerator) -> deque:
+    """psft's snapshot log-probs of the steps after a resumed checkpoint, as its run computed them (none: the loop
+    takes a new snapshot at the next step)."""
+    saved = checkpoint / f"snapshots-{accelerator.process_index}.pt" if checkpoint is not None else None
+    if saved is None or not saved.is_file():
+        return deque()
+    return deque([[t.to(accelerator.device) for t in micro] for micro in torch.load(saved)])
 
 
 def load_checkpoint(accelerator, model, optimizer, checkpoint: Path) -> None:

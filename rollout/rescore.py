@@ -7,6 +7,11 @@ Arrow arrays. The switch is all-or-nothing under a kill at any instant:
 3. only then are the old shards deleted.
 A reader that reads the manifest sees the old dataset or the new one, never a mix. A rescore
 killed before step 2 leaves unlisted new shards behind, which the next rescore deletes.
+
+``--logprobs-model M`` also stores M's log-probs of every response token, at temperature 1, in the
+``behavior_logprobs`` column of a demonstrations dataset (which has none), and records M in the manifest
+(``scored_logprobs``): M is then their behaviour policy, which ratio learners (pear, ...) divide by. The scoring
+function is given by the caller (``offline_rl.policies.score_logprobs``: rollout imports no training code).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,10 +83,16 @@ def _remove_unlisted(data_dir: Path, manifest: dict) -> None:
 
 
 def _rescore_table(table: pa.Table, workers: int | None, deadline: float,
-                   fallbacks: tuple[str, ...], extraction: str | None = None) -> tuple[pa.Table, dict, list[tuple]]:
+                   fallbacks: tuple[str, ...], extraction: str | None = None,
+                   scorer: Callable | None = None) -> tuple[pa.Table, dict, list[tuple]]:
     for column in ("response", "gold", "pred", "reward"):
         if column not in table.column_names:
             raise DatasetError(f"shard has no {column!r} column")
+    if scorer is not None:  # the scoring model's log-probs of each response, as a sampler's would be stored
+        logprobs = scorer(table.column("prompt_token_ids").to_pylist(), table.column("response_token_ids").to_pylist())
+        at = table.column_names.index("behavior_logprobs")
+        table = table.set_column(at, table.schema.field("behavior_logprobs"),
+                                 pa.array(logprobs, type=table.schema.field("behavior_logprobs").type))
     responses = table.column("response").to_pylist()
     golds = table.column("gold").to_pylist()
     result = score_batch_detailed(responses, golds, workers=workers, deadline=deadline, fallbacks=fallbacks,
@@ -116,9 +128,12 @@ def recorded_extraction(manifest: dict) -> tuple[str | None, tuple[str, ...]]:
 
 
 def rescore(dataset: str | Path, workers: int | None = None, deadline: float = DEFAULT_DEADLINE_SECONDS,
-            fallbacks: tuple[str, ...] | None = None, extraction: str | None = None) -> dict:
+            fallbacks: tuple[str, ...] | None = None, extraction: str | None = None, scorer: Callable | None = None,
+            scored_by: dict | None = None) -> dict:
     """Recompute ``pred`` and ``reward`` of every row of ``dataset`` with the extraction it was scored with (or the
-    one given); returns the summary written to the manifest. Every count the manifest keeps follows."""
+    one given); returns the summary written to the manifest. Every count the manifest keeps follows. ``scorer``
+    (prompt token ids, response token ids -> log-probs) fills ``behavior_logprobs``, and ``scored_by`` (the model,
+    the temperature) is recorded as the manifest's ``scored_logprobs``."""
     start = time.time()
     dataset = Path(dataset)
     manifest = read_dataset_manifest(dataset)
@@ -140,7 +155,7 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
             table = pq.read_table(data_dir / name)
         except (OSError, pa.ArrowException) as e:
             raise DatasetError(f"{data_dir / name}: unreadable shard ({e})") from None
-        table, stats, rows = _rescore_table(table, workers, deadline, fallbacks, extraction)
+        table, stats, rows = _rescore_table(table, workers, deadline, fallbacks, extraction, scorer)
         per_row += rows  # (prompt_id, gold, reward): what the manifest's counts are recounted from
         for key, value in stats.items():
             totals[key] = totals.get(key, 0) + value
@@ -173,6 +188,8 @@ def rescore(dataset: str | Path, workers: int | None = None, deadline: float = D
     manifest["extraction"] = summary["extraction"]
     manifest["pass_rate"] = summary["pass_rate_after"]
     recount(manifest, per_row)
+    if scored_by is not None:
+        manifest["scored_logprobs"] = summary["scored_logprobs"] = scored_by
     manifest["rescores"] = [*manifest.get("rescores", []), summary]
     atomic_write(dataset / "manifest.json", lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
     write_dataset_card(dataset)  # the card follows the manifest: new shards, verifier and pass rate
@@ -198,6 +215,9 @@ class RescoreConfig:
     deadline: float = field(default=DEFAULT_DEADLINE_SECONDS, metadata={
         "help": "wall-clock seconds per response before its worker is killed and it scores 0",
         "above": 0, "advanced": True})
+    logprobs_model: str = field(default=None, metadata={
+        "help": "also store this model's log-probs of every response token (temperature 1) in a demonstrations "
+                "dataset, recorded in its manifest: its behaviour policy for ratio learners (pear, ...)"})
 
 
 def main(argv: list[str] | None = None, *, context: CommandContext | None = None) -> dict:
@@ -205,18 +225,47 @@ def main(argv: list[str] | None = None, *, context: CommandContext | None = None
 
 
 def run_rescore(cfg: RescoreConfig, *, context: CommandContext | None = None) -> dict:
-    """``offline-rl rescore``: new pred and reward for every row of ``cfg.data``, with the current verifier (it needs
-    nothing of the ``context``)."""
+    """``offline-rl rescore``: new pred and reward for every row of ``cfg.data``, with the current verifier; with
+    ``--logprobs-model``, the context's ``score_logprobs(model, prompt ids, response ids)`` (the training code's
+    projection) fills the behaviour log-probs."""
     if cfg.data is None:
         raise DatasetError("--data is required")
     fallbacks = None if cfg.fallbacks is None else tuple(f for f in cfg.fallbacks.split(",") if f)
     unknown = [f for f in fallbacks or () if f not in FALLBACKS]
     if unknown:
         raise DatasetError(f"--fallbacks: unknown {unknown[0]!r}; known: {', '.join(FALLBACKS)}")
+    scorer, scored_by = None, None
+    if cfg.logprobs_model is not None:
+        if context is None or context.score_logprobs is None:
+            raise DatasetError("--logprobs-model needs the trainer's projection: run rescore through offline-rl")
+        model = scoring_model(Path(cfg.data), cfg.logprobs_model)
+        scorer = lambda prompts, responses: context.score_logprobs(model, prompts, responses)  # noqa: E731
+        scored_by = {"model": model, "temperature": 1.0, "dtype": "float32"}
     summary = rescore(cfg.data, workers=cfg.workers, deadline=cfg.deadline, fallbacks=fallbacks,
-                      extraction=cfg.extraction)
+                      extraction=cfg.extraction, scorer=scorer, scored_by=scored_by)
     print(format_rescore(summary, cfg.data))
     return summary
+
+
+def scoring_model(dataset: Path, model: str) -> str:
+    """The model ``--logprobs-model`` names, resolved, once the dataset is known to hold demonstrations tokenized as
+    that model tokenizes (one line otherwise): sampled rows keep the log-probs of the policy that drew them."""
+    from rollout.models import load_tokenizer, resolve_model
+
+    manifest = read_dataset_manifest(dataset)
+    if manifest.get("kind") != "demonstrations":
+        raise DatasetError(f"--logprobs-model: {dataset} holds samples, whose behaviour log-probs are those of the "
+                           "policy that drew them; only demonstrations (bin/import) are scored by a model")
+    model = resolve_model(model)
+    tokens = load_tokenizer(model).get_vocab()
+    try:
+        theirs = load_tokenizer(resolve_model(str(manifest.get("model")))).get_vocab()
+    except Exception:  # the model that tokenized them is not at hand: nothing to compare with
+        theirs = None
+    if theirs is not None and theirs != tokens:
+        raise DatasetError(f"--logprobs-model {model} tokenizes otherwise than {manifest.get('model')}, which "
+                           f"tokenized {dataset}: its log-probs would be of other tokens")
+    return model
 
 
 def format_rescore(summary: dict, dataset: str) -> str:
@@ -229,7 +278,9 @@ def format_rescore(summary: dict, dataset: str) -> str:
             f"{summary['wall_seconds']:.1f} s\n"
             f"  pass rate {100 * summary['pass_rate_before']:.1f} % -> {100 * summary['pass_rate_after']:.1f} %; "
             f"{summary['changed_rewards']} rewards changed ({summary['changed_rows']} rows with a new pred or reward)"
-            + (f"; {timed_out} timed out after {summary['deadline_seconds']:g} s (scored 0)" if timed_out else ""))
+            + (f"; {timed_out} timed out after {summary['deadline_seconds']:g} s (scored 0)" if timed_out else "")
+            + (f"\n  behaviour log-probs of {summary['scored_logprobs']['model']} at temperature 1 stored"
+               if summary.get("scored_logprobs") else ""))
 
 
 def recount(manifest: dict, per_row: list[tuple]) -> None:

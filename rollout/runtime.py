@@ -54,6 +54,9 @@ class CommandContext:
     engine: typing.Any = None  # an engine already holding the model's weights (collect, eval), used and left open
     live: typing.Any = None  # a LiveEngine that takes each checkpoint in place (iterate's rounds), left open
     given: frozenset[str] = frozenset()  # the settings the command line or a runs file gave (not defaults)
+    # the training code's scorer of responses under a model, (model, prompt ids, response ids) -> log-probs at T = 1:
+    # rescore --logprobs-model (rollout imports no training code)
+    score_logprobs: Callable | None = None
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -194,15 +194,17 @@ def fsdp_runs(vllm_dataset, tmp_path_factory):
     return root, launched.stderr
 
 
-def learner_loss(learner, logprobs, batch, cfg=None, tempered_logprobs=None, base_kl=None):
+def learner_loss(learner, logprobs, batch, cfg=None, tempered_logprobs=None, base_kl=None, **inputs):
     """``learner``'s loss as the training loop calls it: a :class:`~offline_rl.learner.Policy` holding only the
-    inputs its record asks for (the tempered log-probs are ``logprobs`` themselves unless given: temperature 1),
+    inputs its record asks for with ``cfg`` (the tempered log-probs are ``logprobs`` themselves unless given:
+    temperature 1; the others as given in ``inputs``: snapshot_logprobs, sampler_logprobs, topk_entropy, step),
     and the count its normaliser divides by. Returns (loss_sum, count, metrics)."""
     from offline_rl.learner import Policy, units
 
     learner = getattr(learner, "LEARNER", learner)  # a learner's module or its record
     cfg = cfg if cfg is not None else learner.config()
-    given = {"tempered_logprobs": logprobs if tempered_logprobs is None else tempered_logprobs, "base_kl": base_kl}
-    policy = Policy(logprobs, **{k: v for k, v in given.items() if k in learner.inputs})
+    given = {"tempered_logprobs": logprobs if tempered_logprobs is None else tempered_logprobs, "base_kl": base_kl,
+             **inputs}
+    policy = Policy(logprobs, **{k: v for k, v in given.items() if k in learner.asks(cfg)})
     loss_sum, metrics = learner.loss(policy, batch, cfg)
     return loss_sum, units(batch, learner.normaliser(cfg)), metrics

@@ -186,6 +186,34 @@ def test_sft_and_dft_train_on_demonstrations_and_on_both_kinds_mixed(tmp_path, w
         train.main(["--learner", "adft", "--data", mixed, "--out", str(tmp_path / "adft")])
 
 
+def test_a_model_scores_demonstrations_and_pear_divides_by_it(tmp_path, world_demonstrations, tiny_model_dir, capsys):
+    """bin/rescore --logprobs-model stores the model's log-probs of every demonstration token and records it; pear
+    (a ratio learner) then trains on them, its ratio exactly 1 at the first step (the same model, float32)."""
+    import shutil
+
+    from offline_rl import cli, train
+    from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
+    from offline_rl.learners import pear
+
+    data = tmp_path / "demos"
+    shutil.copytree(world_demonstrations, data)
+    cli.COMMANDS["rescore"][1]()(["--data", str(data), "--logprobs-model", str(tiny_model_dir)])
+    assert "behaviour log-probs of" in capsys.readouterr().out
+    manifest = read_manifest(data)
+    assert manifest["scored_logprobs"] == {"model": str(tiny_model_dir), "temperature": 1.0, "dtype": "float32"}
+    rows = datasets.load_dataset("parquet", data_files=[str(f) for f in shard_files(data)], split="train").to_list()
+    assert all(len(r["behavior_logprobs"]) == len(r["response_token_ids"]) for r in rows)
+    assert all(lp <= 0 for r in rows for lp in r["behavior_logprobs"])
+    train.main(["--learner", "pear", "--data", str(data), "--out", str(tmp_path / "pear"), "--steps", "1",
+                "--batch-size", "8", "--log-every", "1"])
+    first = json.loads((tmp_path / "pear" / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(first["mismatch_kl_k1"]) < 1e-5 and first["mismatch_ratio_max"] < 1 + 1e-5 and first["weight"] > 0.99
+    assert pear.LEARNER.behavior_ratio  # the exactness checks apply: a policy other than the scoring model is refused
+    with pytest.raises(UsageError, match="holds the log-probs of"):
+        train.main(["--learner", "pear", "--data", str(data), "--out", str(tmp_path / "other"),
+                    "--model", str(DEFAULT_BASE_MODEL)])
+
+
 def test_views_select_rows_by_reward_and_group(tmp_path):
     from offline_rl.views import view_examples
     from rollout.dataset import DatasetWriter, load_offline_dataset

@@ -1,10 +1,12 @@
 """Every learner moves what it exists to move, after a few steps on a tiny model; a flipped sign fails here.
 
-- sft, rft, dft (every weighting), prob, iwsft, adft lower the NLL of the responses they train on;
+- sft, rft, dft (every weighting), prob, iwsft, adft, psft, eaft, pear lower the NLL of the responses they train on;
 - nft raises accepted responses over rejected ones (through the implicit negative policy);
 - dpo raises the chosen-minus-rejected margin of log-ratios to the reference (0 at the start);
-- ppo and grpo raise the log-prob of positive-advantage responses relative to negative-advantage ones.
-Each learner runs its own ``loss`` (and ``collate``) in a plain Adam loop, as the training loop would.
+- ppo and grpo raise the log-prob of positive-advantage responses relative to negative-advantage ones;
+- chord does that and lowers the NLL of its expert rows.
+Each learner runs its own ``loss`` (and ``collate``) in a plain Adam loop, as the training loop would (psft's
+snapshot taken every ``snapshot_every`` steps, eaft's top-k entropy from the same chunked projection).
 """
 
 import copy
@@ -14,8 +16,8 @@ import pytest
 import torch
 
 from offline_rl.embedded import world
-from offline_rl.learners import LEARNERS, dpo
-from offline_rl.projection import token_logprobs
+from offline_rl.learners import LEARNERS, chord, dpo
+from offline_rl.projection import token_logprobs, token_logprobs_and_entropy
 from offline_rl.views import Example, collate, group_accuracies, group_advantages
 from tests.conftest import learner_loss
 
@@ -59,11 +61,20 @@ def _train(model, learner, items, pad, cfg=None):
     cfg = cfg or learner.config()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     collate_items = learner.collate
-    for _ in range(STEPS):
+    asks, inputs = learner.asks(cfg), {}
+    for step in range(STEPS):
         batch = collate_items(items, pad)
-        logprobs = token_logprobs(model, batch, chunk_size=8)
-        loss_sum, count, _ = learner_loss(learner, logprobs, batch, cfg)
-        (loss_sum / count).backward()
+        if "snapshot_logprobs" in asks and step % learner.snapshot_every(cfg) == 0:
+            with torch.no_grad():
+                inputs["snapshot_logprobs"] = token_logprobs(model, batch, chunk_size=8)
+        if "step" in asks:
+            inputs["step"] = step
+        if "topk_entropy" in asks:
+            logprobs, inputs["topk_entropy"] = token_logprobs_and_entropy(model, batch, 8, learner.topk(cfg))
+        else:
+            logprobs = token_logprobs(model, batch, chunk_size=8)
+        loss_sum, count, _ = learner_loss(learner, logprobs, batch, cfg, **inputs)
+        (loss_sum / count).sum().backward()
         optimizer.step()
         optimizer.zero_grad()
     return model
@@ -71,7 +82,8 @@ def _train(model, learner, items, pad, cfg=None):
 
 @pytest.mark.parametrize("name, settings", [
     ("sft", {}), ("rft", {}), ("dft", {}), ("dft", {"weighting": "geometric"}),
-    ("dft", {"weighting": "sequence", "min_weight": 0.1}), ("prob", {"alpha": 1.0}), ("iwsft", {}), ("adft", {})])
+    ("dft", {"weighting": "sequence", "min_weight": 0.1}), ("prob", {"alpha": 1.0}), ("iwsft", {}), ("adft", {}),
+    ("psft", {"snapshot_every": 3}), ("eaft", {}), ("pear", {})])
 def test_likelihood_learners_lower_the_nll_of_their_targets(tiny_model, pairs, name, settings):
     model, tokenizer = tiny_model
     targets = [right for right, _ in pairs]
@@ -122,3 +134,23 @@ def test_ppo_and_grpo_raise_positive_advantage_responses_over_negative_ones(tiny
         return (_sequence_logprobs(m, positive, pad) - _sequence_logprobs(m, negative, pad)).mean().item()
 
     assert gap(_train(model, LEARNERS[name], items, pad)) > gap(model) + 0.5
+
+
+def test_chord_raises_positive_advantage_responses_and_imitates_its_experts(tiny_model, pairs):
+    """Its two parts each move what they exist to move: mixed (mu = 0.5), GRPO's part the positive-advantage
+    responses over the negative ones; alone (mu = 1), the phi-weighted SFT the expert rows' likelihood (the tiny
+    model finds them near-impossible, p(1 - p) ~ p: a small gradient, which Adam's normalisation still follows)."""
+    model, tokenizer = tiny_model
+    pad = tokenizer.eos_token_id
+    samples = group_advantages([e for pair in pairs for e in pair], scale_by_std=True)
+    positive, negative = [e for e in samples if e.advantage > 0], [e for e in samples if e.advantage < 0]
+    experts = [chord.ExpertExample(p.id, *_encode(tokenizer, p, p.solution)) for p in world.load_split("train")[4:8]]
+
+    def gap(m) -> float:
+        return (_sequence_logprobs(m, positive, pad) - _sequence_logprobs(m, negative, pad)).mean().item()
+
+    mixed = _train(model, chord.LEARNER, samples + experts, pad, chord.Config(mu_peak=0.5, mu_valley=0.5))
+    assert gap(mixed) > gap(model) + 0.5
+    imitating = _train(model, chord.LEARNER, samples + experts, pad, chord.Config(mu_peak=1.0, mu_valley=1.0))
+    nll = [-_sequence_logprobs(m, experts, pad).sum().item() for m in (model, imitating)]
+    assert nll[1] < nll[0] - 1.0, nll

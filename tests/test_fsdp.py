@@ -21,10 +21,13 @@ from tests.conftest import ROOT, run_bin
 from tests.test_ddp import free_port
 
 CONFIG = ROOT / "configs" / "accelerate" / "fsdp-cpu.yaml"
-# every learner, dft with each weighting, dpo with its reference pass from the model, asft with its frozen base
+# every learner, dft with each weighting, dpo with its reference pass from the model, asft with its frozen base, psft
+# with a snapshot taken at steps 1 and 3, chord with the dataset's own accepted rows as its expert data (its units in
+# two parts)
 LEARNERS = {"sft": [], "rft": [], "dft": ["--save-every", "2"], "dft-sequence": ["--weighting", "sequence"],
             "dft-geometric": ["--weighting", "geometric"], "prob": [], "dpo": [], "ppo": [], "iwsft": [],
-            "adft": [], "asft": [], "grpo": [], "nft": []}
+            "adft": [], "asft": [], "grpo": [], "nft": [], "psft": ["--snapshot-every", "2"], "eaft": [], "pear": [],
+            "chord": ["--expert-data", "{data}"]}
 # runs with packed rows, each compared with the other side's padded run: the sharded side packs a per-pair, a
 # per-response and a base-anchored learner, and sft in micro-batches of at most 250 packed tokens (as many on each
 # rank); the one process packs dft's per-response weighting and nft
@@ -42,8 +45,9 @@ def runs(data: Path, out: Path, packed: dict[str, list[str]] | None = None) -> d
     """Every learner's bin/train arguments, with ``packed``'s flags added to the runs it names."""
     common = ["--data", str(data), "--steps", "3", "--batch-size", "8", "--lr", "1e-3", "--log-every", "1",
               "--seed", "0", "--report-to", "none"]
-    argvs = {name: ["--learner", name.split("-")[0], *extra, *(packed or {}).get(name, []), *common, "--out",
-                    str(out / name)] for name, extra in LEARNERS.items()}
+    argvs = {name: ["--learner", name.split("-")[0], *[a.replace("{data}", str(data)) for a in extra],
+                    *(packed or {}).get(name, []), *common, "--out", str(out / name)]
+             for name, extra in LEARNERS.items()}
     # one more step from dft's sharded (or single-process) checkpoint of step 2
     argvs["continued"] = ["--learner", "dft", *common[:2], "--steps", "1", "--batch-size", "8", "--lr", "1e-3",
                           "--log-every", "1", "--report-to", "none", "--out", str(out / "continued"),

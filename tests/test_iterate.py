@@ -214,3 +214,28 @@ def test_asft_is_anchored_to_the_runs_initial_model_in_every_round(tmp_path):
         assert json.loads((train / "train_config.json").read_text())["base_model"] == initial
         firsts[k] = json.loads((train / "metrics.jsonl").read_text().splitlines()[0])["kl"]
     assert firsts[1] == pytest.approx(0.0, abs=1e-6) and firsts[2] > 1e-5, firsts
+
+
+def test_chord_rounds_mix_in_their_expert_rows_and_count_their_tokens_apart(tmp_path, capsys):
+    """CHORD in bin/iterate (one round of 4 groups of 4): the round's GRPO samples with expert rows mixed in (a fifth
+    of its examples), mu as set, the expert tokens counted apart from the sampled ones in its steps, its round and
+    the summary."""
+    from offline_rl.embedded import context
+    from offline_rl.experiments import iterate
+    from rollout import demonstrations
+
+    experts = tmp_path / "experts"
+    demonstrations.main(["--source", "world:train", "--out", str(experts), "--prompts", "12"], context=context())
+    out = tmp_path / "chord"
+    summary = iterate.main(["--learner", "chord", "--expert-data", str(experts), "--mu-peak", "0.5", "--mu-valley",
+                            "0.5", "--rounds", "1", "--steps", "1", "--prompts-per-round", "4", "--n", "4",
+                            "--round-batches", "--lr", "1e-3", "--backend", "hf", "--out", str(out)])
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    trained = [r for r in rounds if "skipped" not in r]
+    assert trained and all(r["expert_tokens"] > 0 for r in trained)
+    assert summary["expert_tokens"] == sum(r["expert_tokens"] for r in rounds) > 0
+    assert f"and {summary['expert_tokens']} expert tokens trained on" in capsys.readouterr().out
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(s["mu_max"] == 0.5 and s["expert_tokens"] > 0 and "expert_nll" in s and "mismatch_kl_k1" in s
+               for s in steps)
+    assert all(s["tokens"] > s["expert_tokens"] for s in steps)  # the sampled tokens besides

@@ -10,15 +10,22 @@ import torch
 
 from offline_rl.learner import Policy, per_token
 from offline_rl.learners import LEARNERS
+from offline_rl.learners.chord import ExpertExample
 from offline_rl.train import count_units
 from offline_rl.views import Example, Pair, group_accuracies, group_advantages
 from tests.conftest import learner_loss
 
 # What each learner's paper averages its loss over; a learner whose record says otherwise fails here.
 PAPER_NORMALISER = {"sft": "token", "rft": "token", "dft": "token", "prob": "token", "iwsft": "token",
-                    "adft": "token", "asft": "token", "ppo": "token", "nft": "token", "dpo": "pair"}
+                    "adft": "token", "asft": "token", "ppo": "token", "nft": "token", "dpo": "pair", "psft": "token",
+                    "eaft": "token", "pear": "token", "chord": "source-token"}
 SETTINGS = [(name, {}) for name in PAPER_NORMALISER] + [("grpo", {"aggregation": "sequence"}),
                                                          ("grpo", {"aggregation": "token"})]
+# with the mismatch correction on, a ratio learner reads the sampling model's log-probs too
+SETTINGS += [("ppo", {"mismatch_correction": "token-tis"}),
+             ("grpo", {"mismatch_correction": "sequence-mis", "aggregation": "sequence"}),
+             ("nft", {"mismatch_correction": "token-mis"}), ("iwsft", {"mismatch_correction": "sequence-tis"}),
+             ("pear", {"level": "block", "block_size": 2}), ("pear", {"level": "sequence"})]
 EXPECTED = {("grpo", "sequence"): "response", ("grpo", "token"): "token"}
 
 ROWS = [  # two prompts, a right and a wrong response each, of unequal lengths: 3 + 2 + 4 + 1 = 10 tokens
@@ -35,15 +42,23 @@ def _items(learner):
     if learner.name == "dpo":
         pairs = [Pair(ROWS[0], ROWS[1]), Pair(ROWS[2], ROWS[3])]
         return pairs, {"token": 10, "response": 4, "pair": 2}
+    if learner.name == "chord":  # two expert rows of 2 and 3 tokens beside the 10 sampled ones
+        experts = [ExpertExample("x", [1], [3, 4]), ExpertExample("y", [1, 2], [5, 6, 7])]
+        items = group_advantages(group_accuracies(ROWS), True)
+        return [items[0], experts[0], *items[1:3], experts[1], items[3]], {"source-token": [10, 5]}
     return group_advantages(group_accuracies(ROWS), True), {"token": 10, "response": 4, "pair": None}
 
 
 def _inputs(batch, seed=0):
-    """Made-up policy log-probs on the response positions, [B, T], and a base-model KL."""
+    """Made-up policy log-probs on the response positions, [B, T], and every other input a loss may ask for."""
     mask = batch["response_mask"]
     generator = torch.Generator().manual_seed(seed)
     logprobs = (-torch.rand(mask.shape, generator=generator) * 2 * mask).requires_grad_(True)
-    return logprobs, torch.rand(mask.shape, generator=generator) * mask
+    others = {"base_kl": torch.rand(mask.shape, generator=generator) * mask, "step": 3,
+              "snapshot_logprobs": -torch.rand(mask.shape, generator=generator) * 2 * mask,
+              "sampler_logprobs": -torch.rand(mask.shape, generator=generator) * 2 * mask,
+              "topk_entropy": torch.rand(mask.shape, generator=generator) * 3 * mask}
+    return logprobs, others
 
 
 @pytest.mark.parametrize("name, settings", SETTINGS)
@@ -54,7 +69,8 @@ def test_the_step_divides_by_the_declared_normaliser(name, settings):
     expected = EXPECTED.get((name, settings.get("aggregation")), PAPER_NORMALISER.get(name))
     assert learner.normaliser(cfg) == expected
     halves = [learner.collate(items[: len(items) // 2], 0), learner.collate(items[len(items) // 2 :], 0)]
-    assert float(count_units(learner, cfg, halves, ONE_PROCESS)) == by_hand[expected]
+    counted = count_units(learner, cfg, halves, ONE_PROCESS)
+    assert (counted.tolist() if counted.dim() else float(counted)) == by_hand[expected]  # source-token: [2]
     if expected != "token":  # a record that declared the default instead is caught by the count
         tokens = count_units(replace(learner, normaliser=per_token), cfg, halves, ONE_PROCESS)
         assert float(tokens) != by_hand[expected]
@@ -65,14 +81,24 @@ def test_a_loss_reads_only_the_inputs_its_record_asks_for(name, settings):
     learner = LEARNERS[name]
     cfg = learner.config(**settings)
     batch = learner.collate(_items(learner)[0], 0)
-    logprobs, base_kl = _inputs(batch)
-    loss_sum, _, metrics = learner_loss(learner, logprobs, batch, cfg, base_kl=base_kl)
-    assert torch.isfinite(loss_sum) and all(torch.isfinite(torch.as_tensor(v)) for v in metrics.values())
-    for asked in set(learner.inputs) - {"logprobs"}:  # without an input it asked for, the loss cannot run
-        given = {"tempered_logprobs": logprobs, "base_kl": base_kl}
+    logprobs, others = _inputs(batch)
+    loss_sum, _, metrics = learner_loss(learner, logprobs, batch, cfg, **others)
+    assert torch.isfinite(loss_sum).all() and all(torch.isfinite(torch.as_tensor(v)) for v in metrics.values())
+    asks = learner.asks(cfg)
+    for asked in set(asks) - {"logprobs"}:  # without an input it asked for, the loss cannot run
+        given = {"tempered_logprobs": logprobs, **others}
         with pytest.raises(TypeError):
-            learner.loss(Policy(logprobs, **{k: v for k, v in given.items() if k in learner.inputs and k != asked}),
-                         batch, cfg)
+            learner.loss(Policy(logprobs, **{k: v for k, v in given.items() if k in asks and k != asked}), batch, cfg)
+
+
+@pytest.mark.parametrize("name", [name for name, learner in LEARNERS.items() if learner.behavior_ratio])
+def test_every_ratio_learner_logs_the_training_inference_mismatch(name):
+    learner = LEARNERS[name]
+    batch = learner.collate(_items(learner)[0], 0)
+    logprobs, others = _inputs(batch)
+    _, _, metrics = learner_loss(learner, logprobs, batch, learner.config(), **others)
+    assert {"mismatch_ratio_sum", "mismatch_ratio_sq_sum", "mismatch_ratio_max", "mismatch_above_sum",
+            "mismatch_below_sum", "mismatch_kl_k1_sum", "mismatch_kl_k3_sum"} <= set(metrics)
 
 
 RULES = [("sft", {}), ("rft", {}), ("dft", {}), ("dft", {"min_weight": 0.3}), ("prob", {"alpha": 1.0}),
@@ -92,7 +118,7 @@ def test_the_per_token_gradient_rule_is_autograd_of_the_learners_own_loss(name, 
     cfg = learner.config(**settings)
     batch = learner.collate(_items(learner)[0], 0)
     mask = batch["response_mask"]
-    logprobs, _ = _inputs(batch, seed=1)
+    logprobs, others = _inputs(batch, seed=1)
     loss_sum, _, _ = learner_loss(learner, logprobs, batch, cfg)
     loss_sum.backward()
     rule = learner.token_grad(cfg)(logprobs.detach()) * mask  # [B, T]: d loss / d log p_t, 0 off the response

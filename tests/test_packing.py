@@ -3,7 +3,9 @@ layouts, through the loop's own micro-batches and backward; the layouts by hand;
 kept apart is refused in one line. (End to end: packed runs in tests/test_fsdp.py and tests/test_ddp.py equal
 the unpacked one-process runs.)"""
 
+import contextlib
 import copy
+from collections import deque
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -12,6 +14,7 @@ import torch
 
 from offline_rl import packing, train
 from offline_rl.learners import LEARNERS
+from offline_rl.learners.chord import ExpertExample
 from offline_rl.views import Example, Pair, collate, group_accuracies, group_advantages
 from rollout.runtime import UsageError
 from tests.test_learner_record import SETTINGS
@@ -36,6 +39,9 @@ class OneProcess:
     def backward(self, loss):
         loss.backward()
 
+    def autocast(self):
+        return contextlib.nullcontext()
+
     def reduce(self, tensor, reduction):
         return tensor
 
@@ -47,12 +53,17 @@ def _items(learner):
         pairs = [Pair(replace(p.chosen, reference_logprob=-3.0), replace(p.rejected, reference_logprob=-2.0))
                  for p in pairs]
         return pairs, [[0, 1], [2, 3]], {"token": 34, "response": 8, "pair": 4}
-    return group_advantages(group_accuracies(ROWS), True), [[0, 1, 2], [3, 4, 5]], {"token": 27, "response": 6}
+    items = group_advantages(group_accuracies(ROWS), True)
+    if learner.name == "chord":  # two expert rows of 3 and 5 tokens among the samples
+        experts = [ExpertExample("x", [1], [3, 4, 5]), ExpertExample("y", [1, 2], [6, 7, 8, 9, 3])]
+        return [*items, *experts], [[0, 1, 6, 2], [3, 4, 7, 5]], {"source-token": [27, 8]}
+    return items, [[0, 1, 2], [3, 4, 5]], {"token": 27, "response": 6}
 
 
 def _step(model, reference, learner, cfg, layout):
     """One step of the loop's own micro-batches and backward, packed as ``layout`` says (None: padded): its units,
-    loss and the gradient of every parameter."""
+    loss and the gradient of every parameter (psft's snapshot taken by the loop's own function, a ratio learner's
+    mismatch correction reading the reference as its sampling model)."""
     items, drawn, _ = _items(learner)
     model = copy.deepcopy(model)
     temperature = 0.7 if learner.behavior_ratio else None
@@ -60,11 +71,16 @@ def _step(model, reference, learner, cfg, layout):
     state = SimpleNamespace(cfg=run, learner=learner, learner_cfg=cfg, accelerator=OneProcess(), model=model,
                             examples=items, projection=train.fused_projection(learner, cfg, run, temperature),
                             temperatures=(1.0, temperature) if temperature else (1.0,), reference=reference,
-                            packing=layout)
+                            packing=layout, sampler=reference, snapshots=deque())
     micro = train.micro_batches(state, drawn, pad=0)
+    snapshots = [None] * len(micro)
+    if learner.snapshot_every is not None:
+        train.take_snapshot(state, [micro])
+        snapshots = state.snapshots.popleft()
     units = train.count_units(learner, cfg, [batch for batch, _ in micro], state.accelerator)
-    loss = sum(train.backward(state, batch, units, packed)[0].detach() for batch, packed in micro) / units
-    return float(units), float(loss), {name: p.grad for name, p in model.named_parameters()}
+    loss = sum(train.token_mean(train.backward(state, batch, units, packed, 3, snapshot)[0].detach(), units, 1)
+               for (batch, packed), snapshot in zip(micro, snapshots, strict=True))
+    return units.tolist(), float(loss), {name: p.grad for name, p in model.named_parameters()}
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,66 @@ def test_ppo_trains_with_its_own_flags_and_logs_ratio_statistics(tmp_path, tiny_
     assert {"ratio", "clip_fraction", "nll"} <= set(metrics[-1])
 
 
+def test_the_mismatch_is_logged_and_corrected_through_the_loop(tmp_path, tiny_model_dir, tiny_model):
+    """make_rows' stored log-probs are made up: a known mismatch with the model named as their sampler. At the first
+    step (the policy is that model) metrics.jsonl's k1 is their mean gap to the model's own log-probs, and the
+    correction (the model recomputed, frozen, beside the policy) masks the tokens whose ratio leaves [1/2, 2]."""
+    from offline_rl.projection import token_logprobs
+    from tests.conftest import make_rows
+
+    rows = make_rows(n_prompts=4, n=2)
+    writer = DatasetWriter(tmp_path / "data", {"model": str(tiny_model_dir), "source": {"kind": "test"},
+                                               "sampling": {"temperature": 1.0, "top_p": 1.0}})
+    writer.write_shard(rows)
+    writer.finish()
+    train_main(["--learner", "ppo", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--steps", "1",
+                "--batch-size", "8", "--log-every", "1", "--mismatch-correction", "token-mis"])
+    record = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    model, tokenizer = tiny_model
+    with torch.no_grad():
+        batch = views.collate([Example(r["prompt_id"], r["prompt_token_ids"], r["response_token_ids"],
+                                       r["behavior_logprobs"]) for r in rows], tokenizer.eos_token_id)
+        sampler = token_logprobs(model, batch, float32=True)  # the model's own log-probs of the stored tokens
+    mask, behavior = batch["response_mask"], batch["behavior_logprobs"]
+    assert record["mismatch_kl_k1"] == pytest.approx(float(((behavior - sampler) * mask).sum() / mask.sum()), rel=1e-4)
+    rho = (sampler - behavior).exp()
+    masked = (((rho > 2) | (rho < 0.5)).float() * mask).sum() / mask.sum()
+    assert 0 < record["correction_clipped"] == pytest.approx(float(masked))
+    assert record["ratio"] == pytest.approx(1.0, abs=1e-5)  # the ratio divides by the recomputed model: 1 at first
+    assert 0 < record["mismatch_ess"] <= 1 and {"mismatch_above", "mismatch_below", "mismatch_kl_k3"} <= set(record)
+
+
+def test_psft_resumes_exactly_from_a_checkpoint_inside_a_snapshots_window(tmp_path, tiny_model_dir, tiny_model):
+    """psft's snapshot of steps 1-3 is taken at step 1; a run resumed from its step-2 checkpoint reads it back from the
+    checkpoint and ends bitwise as the uninterrupted run; without it, it would take a new one at step 3."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    _, tokenizer = tiny_model
+    world_dataset(tmp_path / "data", tokenizer)
+    args = ["--learner", "psft", "--data", str(tmp_path / "data"), "--model", str(tiny_model_dir), "--steps", "4",
+            "--batch-size", "4", "--lr", "3e-3", "--snapshot-every", "3", "--save-every", "2", "--log-every", "1"]
+    train_main([*args, "--out", str(tmp_path / "whole")])
+    whole = load_file(tmp_path / "whole" / "model.safetensors")
+
+    def resumed(name: str, keep_snapshot: bool) -> bool:
+        out = tmp_path / name  # as if killed after the step-2 checkpoint
+        shutil.copytree(tmp_path / "whole", out)
+        shutil.rmtree(out / "checkpoints" / "step-4")
+        for path in out.iterdir():
+            if path.is_file() and path.name not in ("train_config.json", "learner_config.json", "metrics.jsonl"):
+                path.unlink()
+        if not keep_snapshot:
+            (out / "checkpoints" / "step-2" / "snapshots-0.pt").unlink()
+        train_main([*args, "--out", str(out), "--resume"])
+        other = load_file(out / "model.safetensors")
+        return all(torch.equal(whole[k], other[k]) for k in whole)
+
+    assert resumed("resumed", keep_snapshot=True)
+    assert not resumed("new-snapshot", keep_snapshot=False)
+
+
 def test_dpo_trains_with_either_reference(tmp_path, tiny_model_dir):
     from tests.conftest import make_rows
 

@@ -132,6 +132,8 @@ def run_iterate(cfg: IterateConfig, learner_cfg=None, *, context: CommandContext
         raise UsageError(f"--steps {cfg.steps} do not split evenly into {cfg.rounds} rounds")
     cfg.collect.require_own_engine("iterate")
     learner_cfg = learner_cfg or learner.config()
+    if learner.check is not None:  # the learner's own inputs (chord's expert dataset), before round 1
+        learner.check(learner_cfg)
     report_targets(cfg.train.report_to)
     model = resolve_model(cfg.collect.model or context.default_model)
     rounds = Rounds(cfg, learner_cfg, model, Path(cfg.out), prompt_windows(cfg, context.world), context)
@@ -379,6 +381,7 @@ class Rounds:
             "skipped_rounds": [r["round"] for r in records if "skipped" in r],
             "final_model": str(final), "responses": sum(r["responses"] for r in records),
             "sampled_tokens": sum(r["sampled_tokens"] for r in records),
+            "expert_tokens": sum(r.get("expert_tokens", 0) for r in records),  # chord's, trained on: not sampled
             "collect_seconds": round(sum(r["collect_seconds"] or 0 for r in records), 2),
             "train_seconds": round(sum(r["train_seconds"] for r in records), 2),
             "eval_seconds": round(sum(r.get("eval_seconds") or 0 for r in records), 2),
@@ -387,8 +390,9 @@ class Rounds:
             **engine_times(records, cfg.restart_engine), "wall_seconds_this_run": round(seconds, 2),
         }
         write_json(out / "iterate_summary.json", summary)  # last: its presence marks a finished run
+        expert = f" and {summary['expert_tokens']} expert tokens trained on" if summary["expert_tokens"] else ""
         print(f"{cfg.rounds} rounds of {cfg.train.learner}: {summary['responses']} responses sampled "
-              f"({summary['sampled_tokens']} tokens), {summary['steps']} steps; "
+              f"({summary['sampled_tokens']} tokens){expert}, {summary['steps']} steps; "
               f"collect {summary['collect_seconds']:.0f} s, "
               f"train {summary['train_seconds']:.0f} s; {engine_line(summary)} -> {out}")
         return summary
@@ -429,5 +433,6 @@ def round_record(data: Path, trained: Path | None) -> dict:
         "sampled_tokens": round(manifest["summary"]["mean_response_tokens"] * manifest["counts"]["responses"]),
         "pass_rate": manifest["summary"]["pass_rate"], "collect_seconds": manifest.get("wall_seconds"),
         "train_seconds": summary["seconds"], "examples": summary["examples"],
+        "expert_tokens": sum(step.get("expert_tokens", 0) for step in steps),  # chord: the expert rows' tokens
         "first_step": summary["first_step"], "last_step": summary["last_step"], "steps": steps,
     }

@@ -113,7 +113,9 @@ def budget_table(out: Path, models: list[str], seeds: list[int], manifest: dict,
                 continue
             mean = {key: statistics.fmean(d[key] for d in done)
                     for key in ("responses", "sampled_tokens", "collect_seconds", "train_seconds")}
-            lines.append(f"| {model} | {rounds[model]} rounds of its own samples | {mean['responses']:.0f} | "
+            expert = statistics.fmean(d.get("expert_tokens", 0) for d in done)  # chord's, apart from the sampled
+            what = f"{rounds[model]} rounds of its own samples" + (f" and {expert:.0f} expert tokens" if expert else "")
+            lines.append(f"| {model} | {what} | {mean['responses']:.0f} | "
                          f"{mean['sampled_tokens']:.0f} | {mean['collect_seconds']:.0f} | "
                          f"{mean['train_seconds']:.0f} |")
             continue

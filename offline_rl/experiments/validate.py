@@ -118,10 +118,12 @@ def check_run(cfg: CompareConfig, run: Run, out: Path, data: Path, demonstration
     Returns the manifests of that data (planned ones for what compare collects or imports itself)."""
     where = f"--runs {cfg.runs}: run {run.name!r}" if cfg.runs else f"--learners {run.name!r}"
     learner = LEARNERS[run.learner]
-    (train, _), _ = parse_mapping((TrainConfig, learner.config), {k: v for k, v in run.flags if k != "lr_scale"},
-                                  where)
+    (train, learner_cfg), _ = parse_mapping((TrainConfig, learner.config),
+                                            {k: v for k, v in run.flags if k != "lr_scale"}, where)
     try:
         check_bounds(replace(train, lr=run.lr(cfg.lr)))  # a recipe's or lr_scale's rate too
+        if learner.check is not None:  # the learner's own inputs (chord's expert dataset)
+            learner.check(learner_cfg)
         batch = run.batch(cfg.batch_size)
         if batch != "round":  # a round's batch is its examples / its steps: whole micro-batches by construction
             micro_batch(batch, train.micro_batch_size, 1)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from offline_rl.learner import Learner, Policy
+from offline_rl.learners import mismatch
 from offline_rl.learners.terms import dft_sum, likelihood_metrics
 
 
@@ -44,7 +45,8 @@ def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     dft = dft_sum(policy.logprobs, mask)
     kl = anchor_kl(policy.tempered_logprobs, behavior, mask)  # [B, T] summed, at the behaviour's temperature
     metrics = {**likelihood_metrics(policy.logprobs, mask), "kl_sum": kl.detach(),
-               "abs_log_ratio_sum": ((policy.tempered_logprobs.detach() - behavior).abs() * mask).sum()}
+               "abs_log_ratio_sum": ((policy.tempered_logprobs.detach() - behavior).abs() * mask).sum(),
+               **mismatch.diagnostics(policy.tempered_logprobs, batch)}
     return dft + cfg.anchor_coef * kl, metrics
 
 

@@ -23,7 +23,8 @@ and, as the official code does by default:
 Simplification: the official loss sums tokens and divides by a constant (1000); here, as for every learner,
 the step's token mean (a per-step scale, not a change of direction). pi is read at the behaviour's temperature,
 projected in float32 (``policy.tempered_logprobs``), so it needs samples of the initial model with their
-log-probs, checked on every manifest.
+log-probs, checked on every manifest; the training-inference mismatch is measured and corrected as for ``ppo``
+(with the correction, R_t divides by the trainer's recomputed sampling model and each token is weighted).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from offline_rl.learner import Learner, Policy
+from offline_rl.learners import mismatch
 from offline_rl.views import Example
 
 ACCURACY_BOUNDS = (0.02, 0.98)  # r^: the official clip of each prompt's share of right samples
@@ -40,7 +42,7 @@ MAX_LOG_RATIO = 10.0  # R_t = exp(min(log R_t, 10)), as the official code clamps
 
 
 @dataclass
-class NFTConfig:
+class NFTConfig(mismatch.MismatchCorrection):
     negative_clamp: float = field(default=1.0, metadata={
         "help": "nft: floor of the rejected samples' implicit-negative ratio, clamped straight-through (value floored, "
                 "gradient kept; the published recipe's 1.0)", "above": 0, "max": 1})
@@ -65,18 +67,20 @@ def straight_through_min(x: torch.Tensor, floor: float) -> torch.Tensor:
 def loss(policy: Policy, batch: dict[str, torch.Tensor], cfg: Config):
     mask = batch["response_mask"]  # [B, T]
     tempered = policy.tempered_logprobs  # [B, T], at the behaviour's temperature: carries the gradient
-    log_ratio = ((tempered - batch["behavior_logprobs"]) * mask).clamp(max=MAX_LOG_RATIO)  # [B, T]
+    log_ratio = ((tempered - mismatch.proximal(policy, batch, cfg)) * mask).clamp(max=MAX_LOG_RATIO)  # [B, T]
     accepted = (batch["rewards"] == 1.0).float().unsqueeze(-1)  # [B, 1]
     r = batch["group_accuracy"].clamp(*ACCURACY_BOUNDS).unsqueeze(-1)  # [B, 1]
     negative = (1 - r * log_ratio.exp()) / (1 - r)  # [B, T]; 1 at R = 1
     token_loss = accepted * -log_ratio + (1 - accepted) * -torch.log(straight_through_min(negative, cfg.negative_clamp))
     if cfg.prompt_weight == "1-r":
         token_loss = token_loss * (1 - r)
+    weight, corrected = mismatch.weights(policy, batch, cfg)  # [B, T]: 1 on the response without the correction
     with torch.no_grad():
         metrics = {"nll_sum": -(policy.logprobs.detach() * mask).sum(), "accepted_sum": (accepted * mask).sum(),
-                   "clamped_sum": ((1 - accepted) * (negative < cfg.negative_clamp).float() * mask).sum()}
-    return (token_loss * mask).sum(), metrics
+                   "clamped_sum": ((1 - accepted) * (negative < cfg.negative_clamp).float() * mask).sum(), **corrected,
+                   **mismatch.diagnostics(tempered, batch, threshold=cfg.mismatch_threshold)}
+    return (token_loss * weight).sum(), metrics
 
 
 LEARNER = Learner("nft", NFTConfig, views=("groups",), loss=loss, examples=examples,
-                  inputs=("logprobs", "tempered_logprobs"), float32_projection=True)
+                  inputs=("logprobs", "tempered_logprobs"), more_inputs=mismatch.inputs, float32_projection=True)
