@@ -126,11 +126,11 @@ class TrainConfig:
                 "view's (whose statistics count them either way)", "advanced": True})
     report_to: str = field(default="tensorboard", metadata={
         "help": "where metrics go besides metrics.jsonl, through accelerate's trackers: comma-separated tensorboard, "
-                "wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')"})
+                "wandb, trackio, or none (wandb, trackio: pip install 'offline-rl[track]')", "advanced": True})
     heldout_every: int = field(default=0, metadata={
         "help": "every N steps (and at the first), log the policy's mean NLL per token on --heldout-text and its mean "
                 "entropy there (heldout_nll, heldout_entropy: metrics.jsonl, the trackers, OUT/heldout.png); 0: never",
-        "min": 0})
+        "min": 0, "advanced": True})
     heldout_text: str = field(default="world:pretrain", metadata={
         "help": "held-out text of --heldout-every: world:pretrain (text of the kind the embedded base model was "
                 "trained on), a .jsonl file with a text field, or a text file of blank-line-separated documents",

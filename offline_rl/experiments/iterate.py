@@ -98,7 +98,7 @@ SET_BY_ROUNDS = {"data": "; --sample-like DATASET samples as a dataset was", "pr
                  "schedule_steps": "", "resume": "", "shard": "", "data_parallel_size": "", "ray_address": "",
                  "name": ""}
 # bin/iterate --help: these of its stages' flags too (the rest: --help-all)
-COMMON = ("model", "source", "n", "seed", "temperature", "max_tokens", "backend", "learner", "batch_size", "lr",
+COMMON = ("model", "n", "seed", "temperature", "max_tokens", "backend", "learner", "batch_size", "lr",
           "benchmarks", "k")
 # bin/train's settings recorded in iterate_config.json (the rest of bin/train's and the learner's: iterate_train_config)
 TRAIN_RECORDED = ("learner", "batch_size", "lr", "warmup_ratio", "restart_schedule", "seed", "report_to")

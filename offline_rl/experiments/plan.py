@@ -61,7 +61,7 @@ class CompareConfig:
         "help": "demonstrations for --demonstration-learners: world (the world's reference solutions of --data's "
                 "prompts, when they come from the world), a bin/import dataset directory, or none", "advanced": True})
     demonstration_learners: str = field(default="sft", metadata={
-        "help": "comma-separated run names trained on the demonstrations instead of --data"})
+        "help": "comma-separated run names trained on the demonstrations instead of --data", "advanced": True})
     seeds: str = field(default="0,1,2", metadata={"help": "comma-separated seeds (training and evaluation sampling)"})
     steps: int = field(default=150, metadata={"help": "optimizer steps per learner (the shared budget)", "min": 1})
     batch_size: int = field(default=32, metadata={"help": "sequences (DPO: pairs) per optimizer step", "min": 1})
@@ -78,7 +78,7 @@ class CompareConfig:
         "advanced": True})
     reference: str = field(default=None, metadata={
         "help": "the run every other is compared with, in differences with paired 95-percent intervals (default: sft "
-                "where there is one, else the base model)"})
+                "where there is one, else the base model)", "advanced": True})
     heldout_every: int = field(default=0, metadata={
         "help": "every training logs the held-out NLL and its policy's entropy there every N steps (bin/train "
                 "--heldout-every; 0: never)", "min": 0, "advanced": True})
@@ -87,7 +87,7 @@ class CompareConfig:
                 "many rounds of GRPO from its final weights (bin/iterate --learner grpo --sample-like DATA: the "
                 "dataset's prompts shared over the rounds, the same seeds, groups of --after-rl-n, each round's "
                 "samples once in its steps, --steps in all, at --after-rl-lr), reported as NAME+rl beside NAME; "
-                "0: none", "min": 0})
+                "0: none", "min": 0, "advanced": True})
     after_rl_lr: float = field(default=None, metadata={
         "help": f"the after-RL stage's peak rate (default: {AFTER_RL_LR:g}, GRPO's rate chosen on valid in "
                 "results/embedded-sweep)", "above": 0, "max": 1, "advanced": True})
@@ -96,7 +96,7 @@ class CompareConfig:
         "min": 2, "advanced": True})
     report_only: bool = field(default=False, metadata={
         "help": "only write the differences, forgetting and entropy of OUT's report again from its evaluations (a "
-                "comparison kept without its runs); --reference may change"})
+                "comparison kept without its runs); --reference may change", "advanced": True})
     force: bool = field(default=False, metadata={
         "help": "reuse an OUT made with different settings, or one bin/compare did not make"})
     # every evaluation's settings (its model, name, seed and output are each stage's; --backend: the collection's too)
