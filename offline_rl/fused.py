@@ -30,7 +30,8 @@ class _FusedWeightedLogprobs(torch.autograd.Function):
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             w_compute = weight.to(compute)
             grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)  # [N, H]
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # [V, H]
+            grad_weight = torch.zeros(weight.shape if ctx.needs_input_grad[1] else (0,), dtype=torch.float32,
+                                      device=weight.device)  # [V, H]
             logprobs = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)  # [N]
             surrogate = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for begin in range(0, hidden.shape[0], chunk):
@@ -45,7 +46,8 @@ class _FusedWeightedLogprobs(torch.autograd.Function):
                 g.scatter_add_(-1, y, w.unsqueeze(-1))
                 g = g.to(compute)
                 grad_hidden[begin : begin + chunk] = (g @ w_compute).float()
-                grad_weight.addmm_(g.T.float(), h.float())  # .float() of float32 is the tensor itself
+                if ctx.needs_input_grad[1]:  # a frozen head (LoRA) needs no [V, H] gradient
+                    grad_weight.addmm_(g.T.float(), h.float())  # .float() of float32 is the tensor itself
                 logprobs[begin : begin + chunk] = lp
                 surrogate += (w * lp).sum()
                 del logits, g
@@ -58,8 +60,8 @@ class _FusedWeightedLogprobs(torch.autograd.Function):
     def backward(ctx, grad_surrogate, _grad_logprobs):
         grad_hidden, grad_weight = ctx.saved_tensors
         hidden_dtype, weight_dtype = ctx.dtypes
-        return (grad_hidden.mul_(grad_surrogate).to(hidden_dtype), grad_weight.mul_(grad_surrogate).to(weight_dtype),
-                None, None, None)
+        grad_weight = grad_weight.mul_(grad_surrogate).to(weight_dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden.mul_(grad_surrogate).to(hidden_dtype), grad_weight, None, None, None
 
 
 def fused_weighted_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,

@@ -10,11 +10,14 @@
   manifest, ``scored_logprobs``; ``offline_rl.inspection.score_logprobs``): then M is their behaviour policy, at
   T = 1.
 - **Frozen reference models** (DPO's reference pass, ASFT's anchor, the sampling model a ratio learner's mismatch
-  correction recomputes: :func:`sampling_model`): loaded by :func:`frozen_model` only.
+  correction recomputes: :func:`sampling_model`): the training model itself where it is that model (before its first
+  step: :func:`initial_model`; under LoRA, with its adapter off, at any step: ``offline_rl.lora``), else loaded by
+  :func:`frozen_model` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -149,3 +152,33 @@ def frozen_model(model_path: str, device) -> torch.nn.Module:
     model.requires_grad_(False)
     model.config.use_cache = False
     return model
+
+
+@contextlib.contextmanager
+def loaded_frozen(model_path: str, device):
+    """:func:`frozen_model` for one pass, freed after it."""
+    model = frozen_model(model_path, device)
+    try:
+        yield model
+    finally:
+        del model
+
+
+@contextlib.contextmanager
+def initial_model(model):
+    """The training model, before its first step, as the frozen initial model for a pass outside training (DPO's
+    reference): eval mode, no gradient; a LoRA model with its adapter off (which it is at every step). No second
+    copy in memory."""
+    from offline_rl import lora
+
+    if lora.is_adapted(model):
+        with lora.frozen(model) as frozen:
+            yield frozen
+        return
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(training)

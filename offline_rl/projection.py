@@ -103,11 +103,12 @@ def token_logprobs_and_kl(model, reference, batch: dict[str, torch.Tensor], chun
                           packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log pi(target_t | prefix) [B, T] and KL(pi_ref(. | prefix) || pi(. | prefix)) over the whole vocabulary [B, T]
     at every response position (0 elsewhere), both in float32. ``reference`` is a frozen model run alongside
-    (no gradient); chunks of ``chunk_size`` response tokens are projected under activation checkpointing, so no
-    [B, T, V] logits of either model are held whole (0: all at once). ``packing``: both run on packed rows."""
-    hidden = response_hidden(model, batch, packing)  # [N, H]
-    with torch.no_grad():
+    (no gradient; a LoRA policy with its adapter off, ``lora.AdapterOff``); chunks of ``chunk_size`` response tokens
+    are projected under activation checkpointing, so no [B, T, V] logits of either model are held whole (0: all at
+    once). ``packing``: both run on packed rows."""
+    with torch.no_grad():  # first: a LoRA policy's reference is itself with the adapter off, kept off its backward
         ref_hidden = response_hidden(reference, batch, packing)  # [N, H]
+    hidden = response_hidden(model, batch, packing)  # [N, H]
     where = batch["response_mask"].bool()  # [B, T]
     targets = batch["targets"][where]  # [N]
     head = LogitHead(_unwrap(model).get_output_embeddings(), *logit_transform(model))

@@ -23,12 +23,12 @@ from typing import IO, Any
 import torch
 from tqdm.auto import tqdm
 
-from offline_rl import packing, sharding, views
+from offline_rl import lora, packing, precision, sharding, views
 from offline_rl.experiments.plots import draw_heldout
 from offline_rl.heldout import encode, load_heldout, measure
 from offline_rl.learner import Learner, Policy, units
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
-from offline_rl.policies import check_learner, frozen_model, sampling_model
+from offline_rl.policies import check_learner, frozen_model, initial_model, sampling_model
 from offline_rl.projection import (
     fused_token_logprobs,
     logit_transform,
@@ -138,11 +138,31 @@ class TrainConfig:
     approximate_ratios: bool = field(default=False, metadata={
         "help": "let ratio learners (ppo, iwsft, adft, nft, grpo) divide by behaviour log-probs of a truncated (top-p) "
                 "distribution or another model", "advanced": True})
+    precision: str = field(default=None, metadata={
+        "help": "what forward and backward compute in: fp32, bf16 or fp16 (autocast; fp16 with loss scaling); weights "
+                "and optimizer state stay float32 (default: accelerate's mixed_precision, else bf16 on a GPU, fp32 on "
+                "CPU)", "choices": ["fp32", "bf16", "fp16"]})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each decoder layer's activations in backward instead of keeping them: far less memory, "
+                "about a third more compute, the same losses and gradients"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "train LoRA adapters of this rank on a frozen model (PEFT), merged into the saved model, the adapter "
+                "beside it in OUT/adapter; 0: every weight", "min": 0})
+    lora_alpha: float = field(default=None, metadata={
+        "help": "LoRA: the adapters' update is alpha / rank x B A (default: 2 x rank)", "above": 0, "advanced": True})
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "LoRA: dropout on the adapters' input", "min": 0, "max": 1, "advanced": True})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "LoRA: comma-separated names of the linear layers adapted (all-linear: every one but the output head, "
+                "i.e. the attention and MLP projections)", "advanced": True})
+    lora_train_embeddings: bool = field(default=False, metadata={
+        "help": "LoRA: also train the input embeddings and the output head in full (tied ones stay tied)",
+        "advanced": True})
 
 
 @dataclass(kw_only=True)
 class TrainState:
-    """What the loop works on, made once by :func:`setup` (by keyword: 21 fields); ``cfg`` has every derived setting
+    """What the loop works on, made once by :func:`setup` (by keyword: 23 fields); ``cfg`` has every derived setting
     resolved."""
 
     cfg: TrainConfig
@@ -170,8 +190,13 @@ class TrainState:
     heldout: list | None = None  # --heldout-every's examples of --heldout-text
     sampler: Any = None  # the frozen model that sampled the data, for a ratio learner's mismatch correction
     snapshots: deque = field(default_factory=deque)  # psft: the snapshot's log-probs of the steps ahead, per step
+    loss_scale: Any = None  # fp16's dynamic loss scale (precision.LossScale; scale 1 otherwise)
+    precision_gap: dict = field(default_factory=dict)  # the policy's log-prob gap to float32 at the start
     start: float = 0.0
     tokens_seen: int = 0
+
+    def autocast(self):
+        return precision.autocast(self.cfg.precision, self.accelerator.device)
 
     @property
     def last_step(self) -> int:
@@ -223,6 +248,9 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     learner_cfg = learner_cfg or learner.config()
     if learner.check is not None:  # the learner's own inputs (chord's expert dataset), before anything is loaded
         learner.check(learner_cfg)
+    lora.check_settings(cfg)
+    cfg = replace(cfg, precision=precision.resolve(cfg.precision, torch.cuda.is_available()),
+                  lora_alpha=(cfg.lora_alpha or 2.0 * cfg.lora_rank) if cfg.lora_rank else None)
     manifests = complete_manifests(cfg.data)
     dataset = load_offline_dataset(cfg.data)
     model_path = resolve_model(cfg.model or next(iter(manifests.values()))["model"])
@@ -231,14 +259,18 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     cfg = replace(cfg, view=cfg.view or learner.views[0])
     check_view(learner, cfg.view, manifests)  # one line naming what is missing, before any loading
     tokenizer = load_tokenizer(model_path)  # one line if the checkpoint's config or tokenizer is damaged
+    check_model_settings(cfg, model_path)  # LoRA's target modules, activation checkpointing: before any weight
+    adapter_continues(cfg, continued_from(cfg)[0], model_path)  # --init-from under LoRA: one line before any work
     # a ratio learner reads the policy at the behaviour's temperature: exact, or refused
     ratio_temperature = check_learner(learner, manifests, dataset, model_path, cfg.approximate_ratios)
     base_model = anchor(cfg, learner, model_path)
     heldout = load_heldout(cfg.heldout_text) if cfg.heldout_every else None  # one line if it is not text
     # the mismatch correction recomputes the model that sampled the data (one line if there is not one such model)
     sampler_path = sampling_model(manifests, learner.name) if "sampler_logprobs" in learner.asks(learner_cfg) else None
+    # the model first: before its first step it is the initial model a reference pass (DPO's) scores with
+    model, gap = load_model(cfg, model_path, accelerator.device, probe_batch(cfg, dataset, tokenizer))
     examples, dropped = learner_examples(cfg, learner, learner_cfg, dataset, manifests, model_path, tokenizer,
-                                         accelerator)
+                                         accelerator, model)
     cfg, offset, init_from = resolve(cfg, len(examples), accelerator.num_processes, model_path)
     out = Path(cfg.out)
     if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused, another run's model too
@@ -248,14 +280,18 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     if fsdp is not None:
         identity["fsdp"] = 2  # a sharded checkpoint resumes only under FSDP2 (any number of processes)
     resume_from = checkpoint_to_resume(cfg, identity)
-    model, optimizer, scheduler = build_model(cfg, model_path, accelerator, fsdp)
-    first_step = restore(cfg, accelerator, model, scheduler, optimizer, resume_from, init_from, offset)
+    model, optimizer, scheduler = build_model(cfg, model, accelerator, fsdp)
+    loss_scale = precision.LossScale(cfg.precision == "fp16")
+    if loss_scale.enabled:
+        accelerator.register_for_checkpointing(loss_scale)
+    first_step = restore(cfg, accelerator, model, scheduler, optimizer, resume_from, init_from, offset, model_path)
     projection = fused_projection(learner, learner_cfg, cfg, ratio_temperature)
     if (getattr(accelerator.unwrap_model(model).get_output_embeddings(), "bias", None) is not None
             or logit_transform(model) != (1.0, None)):
         projection = None  # the fused projection has no bias term, no logit scaling and no soft-capping
     # how the model keeps packed sequences apart, found by running it (every rank: FSDP2's forward is collective)
-    packed = packing.layout(accelerator.unwrap_model(model), accelerator.autocast()) if cfg.packing else None
+    autocast = precision.autocast(cfg.precision, accelerator.device)
+    packed = packing.layout(accelerator.unwrap_model(model), autocast) if cfg.packing else None
     if accelerator.is_main_process:
         layout = f"FSDP2 over {accelerator.num_processes} processes" if fsdp else \
             f"{accelerator.num_processes} process{'es' * (accelerator.num_processes > 1)}"
@@ -263,10 +299,10 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
               f"{cfg.logit_chunk_size or 'all'} response tokens; {layout}"
               + (f"; packed rows, {packed.name} attention" if packed else ""), file=sys.stderr)
     metrics_file = start_files(cfg, learner_cfg, accelerator, resume_from, first_step, board, tracked)
-    reference = frozen_model(base_model, accelerator.device) if base_model else None
-    sampler = frozen_model(sampler_path, accelerator.device) if sampler_path else None
+    reference = frozen_model_of(cfg, base_model, model_path, model, accelerator.device)
+    sampler = frozen_model_of(cfg, sampler_path, model_path, model, accelerator.device)
     for frozen, name in ((reference, f"the base model {base_model}"), (sampler, f"the sampling model {sampler_path}")):
-        if packed and frozen is not None and packing.layout(frozen, accelerator.autocast()).name != packed.name:
+        if packed and isinstance(frozen, torch.nn.Module) and packing.layout(frozen, autocast).name != packed.name:
             raise UsageError(f"--packing: {name} keeps packed sequences apart otherwise than the policy (another "
                              "attention implementation); train without --packing")
     per_process = cfg.micro_batch_size * accelerator.num_processes
@@ -280,11 +316,11 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         temperatures=(1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature),
         ratio_temperature=ratio_temperature, dropped_truncated=dropped, metrics_file=metrics_file, tracked=tracked,
         sharded=fsdp is not None, reference=reference, packing=packed, heldout=heldout, sampler=sampler,
-        snapshots=load_snapshots(resume_from, accelerator))
+        snapshots=load_snapshots(resume_from, accelerator), loss_scale=loss_scale, precision_gap=gap)
 
 
 def make_accelerator(cfg: TrainConfig):
-    """accelerate's Accelerator (bf16 on a GPU) with the trackers ``--report-to`` names; the TensorBoard one,
+    """accelerate's Accelerator with the trackers ``--report-to`` names; the TensorBoard one,
     whether any is on, and the FSDP2 sharding ``accelerate launch`` asked for (None: none, or one process)."""
     from accelerate import Accelerator
     from accelerate.tracking import TensorBoardTracker
@@ -298,8 +334,9 @@ def make_accelerator(cfg: TrainConfig):
     if fsdp is not None:
         sharding.load_whole_on_every_rank()
     with sharding.accelerate_unsharded() if fsdp else contextlib.nullcontext():  # we shard, not accelerate
-        accelerator = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu else "no",
-                                  log_with=log_with or None, project_dir=cfg.out)
+        # no mixed precision of accelerate's: the loop autocasts and scales itself (precision.py), on every device
+        accelerator = Accelerator(cpu=not on_gpu, mixed_precision="no", log_with=log_with or None,
+                                  project_dir=cfg.out)
     if fsdp is not None and accelerator.num_processes == 1:
         print("FSDP on one process: nothing to shard, training unsharded", file=sys.stderr)
         fsdp = None
@@ -316,13 +353,23 @@ def anchor(cfg: TrainConfig, learner: Learner, model_path: str) -> str | None:
     return resolve_model(cfg.base_model) if cfg.base_model else model_path
 
 
+def frozen_model_of(cfg: TrainConfig, path: str | None, model_path: str, model, device):
+    """A frozen model the loop runs beside the policy (ASFT's base, the sampling model of a mismatch correction; None
+    without one): under LoRA, where it is this run's initial model, the training model with its adapter off (no
+    second copy); else loaded."""
+    if path and lora.used(cfg) and Path(path).resolve() == Path(model_path).resolve():
+        return lora.AdapterOff(model)
+    return frozen_model(path, device) if path else None
+
+
 def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, manifests: dict, model_path: str,
-                     tokenizer, accelerator) -> tuple[list, int]:
+                     tokenizer, accelerator, model=None) -> tuple[list, int]:
     """The learner's examples of its view of the data (one line if there are none), and the truncated responses
-    the view left out."""
+    the view left out. ``model``: the training model before its first step, which a reference pass scores with."""
     rows, dropped = views.build(cfg.view, dataset, cfg.include_truncated)
     context = ViewContext(tokenizer, manifests, model_path, cfg.include_truncated, accelerator, cfg.logit_chunk_size,
-                          cfg.seed)
+                          cfg.seed, frozen=None if model is None else lambda: initial_model(model),
+                          autocast=lambda: precision.autocast(cfg.precision, accelerator.device))
     examples = learner.examples(rows, learner_cfg, context)
     if dropped and accelerator.is_main_process:
         print(f"left out {dropped} responses cut at the token limit (no EOS) from the loss; "
@@ -387,10 +434,36 @@ def checkpoint_to_resume(cfg: TrainConfig, identity: dict) -> Path | None:
     return resume_from
 
 
-def build_model(cfg: TrainConfig, model_path: str, accelerator, fsdp=None):
-    """The model in float32 (one line if its weights do not load), fused AdamW and the warm-up + cosine schedule;
-    under FSDP2 the model sharded (:mod:`offline_rl.sharding`) before the optimizer sees its parameters, and
-    neither prepared by accelerate (no DDP wrapper; the checkpoints save them as DCP shards)."""
+def check_model_settings(cfg: TrainConfig, model_path: str) -> None:
+    """One line, before any weight is read, for settings the model cannot take: LoRA target modules it does not
+    have, activation checkpointing it does not implement."""
+    if lora.used(cfg):
+        lora.check_model(cfg, model_path)
+    if cfg.gradient_checkpointing:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(model_path)
+        model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+        if model_class is not None and not getattr(model_class, "supports_gradient_checkpointing", False):
+            raise UsageError(f"--gradient-checkpointing: {model_class.__name__} does not implement activation "
+                             "checkpointing")
+
+
+def probe_batch(cfg: TrainConfig, dataset, tokenizer) -> dict[str, torch.Tensor] | None:
+    """The first 8 responses of the view, as one batch: where the precision's log-prob gap to float32 is measured
+    (None in float32)."""
+    if cfg.precision == "fp32":
+        return None
+    rows = views.build(cfg.view, dataset, cfg.include_truncated)[0][:8]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return views.collate(rows, pad) if rows else None
+
+
+def load_model(cfg: TrainConfig, model_path: str, device, probe=None):
+    """The model in float32 on ``device`` (one line if its weights do not load): under LoRA frozen with fresh adapters,
+    its frozen weights in the run's lower precision; activation checkpointing on if asked. Returns it and the
+    log-prob gap of the run's precision to float32 on ``probe`` ({} in float32; not measured for a LoRA run on an
+    accelerator, which never holds its frozen weights in float32 there)."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -401,39 +474,70 @@ def build_model(cfg: TrainConfig, model_path: str, accelerator, fsdp=None):
         raise UsageError(f"cannot load model {model_path}: "
                          f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     model.config.use_cache = False
+    if lora.used(cfg):
+        model = lora.attach(model, cfg)
+    low = precision.DTYPES[cfg.precision]
+
+    def lower():
+        if lora.used(cfg):  # the frozen weights in the lower precision; the trained ones stay float32
+            lora.hold_frozen_in(model, low)
+
+    measure = probe is not None and (device.type == "cpu" or not lora.used(cfg))
+    if not measure:
+        lower()  # before the move: never a float32 copy of the frozen weights on the device
+    model.to(device)
+    gap = {}
+    if measure:
+        gap = precision.logprob_gap(model, {k: v.to(device) for k, v in probe.items()}, cfg.precision,
+                                    cfg.logit_chunk_size, lower=lower)
+    if cfg.gradient_checkpointing:  # each decoder layer's activations recomputed in backward
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, gap
+
+
+def build_model(cfg: TrainConfig, model, accelerator, fsdp=None):
+    """Fused AdamW over the trained parameters (every one, or LoRA's) and the warm-up + cosine schedule; under FSDP2
+    the model sharded (:mod:`offline_rl.sharding`) before the optimizer sees its parameters, and neither prepared
+    by accelerate (no DDP wrapper; the checkpoints save them as DCP shards)."""
     if fsdp is not None:
         model = sharding.shard(model, fsdp, accelerator.device)
+    trained = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel over all parameters (measured 7.8x faster than the per-tensor loop at 0.5B on CPU)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
-                                  fused=True)
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95), fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule_steps, cfg.warmup_steps))
     if fsdp is None:
         model, optimizer = accelerator.prepare(model, optimizer)
+        if lora.used(cfg):  # checkpoints hold the adapters only: the frozen weights are --model's
+            lora.keep_trained_in_checkpoints(accelerator, model)
     # registered, not prepared: a prepared scheduler steps once per process, changing the schedule under DDP
     accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
 
 
 def restore(cfg: TrainConfig, accelerator, model, scheduler, optimizer, resume_from: Path | None,
-            init_from: Path | None, offset: int) -> int:
-    """Load a resumed checkpoint (model, optimizer, scheduler, RNG) or the one ``--init-from`` continues;
-    returns the step the loop starts from."""
+            init_from: Path | None, offset: int, model_path: str) -> int:
+    """Load a resumed checkpoint (model, optimizer, scheduler, RNG) or the one ``--init-from`` continues (under
+    LoRA: its schedule position only, :func:`adapter_continues`); returns the step the loop starts from."""
     if resume_from is not None:
         load_checkpoint(accelerator, model, optimizer, resume_from)
         return int(resume_from.name.removeprefix("step-"))
     if init_from is None:
         return offset
-    if sharding.checkpoint_is_sharded(init_from) and not sharding.is_sharded(model):
-        raise UsageError(f"--init-from {init_from} holds FSDP2 shards: continue it under FSDP2 "
-                         "(accelerate launch --config_file configs/accelerate/fsdp.yaml ...)")
-    if sharding.is_sharded(model) and not sharding.checkpoint_is_sharded(init_from):
-        raise UsageError(f"--init-from {init_from} was saved without FSDP: continue it without FSDP")
-    try:
-        load_checkpoint(accelerator, model, optimizer, init_from)
-    except Exception as e:  # another architecture, a damaged state: torch and accelerate raise many types
-        if is_disk_full(e):
-            raise
-        raise UsageError(f"--init-from {init_from}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+    if adapter_continues(cfg, init_from, model_path):
+        scheduler.last_epoch = offset  # a fresh adapter on the merged model, from the schedule's position
+    else:
+        if sharding.checkpoint_is_sharded(init_from) and not sharding.is_sharded(model):
+            raise UsageError(f"--init-from {init_from} holds FSDP2 shards: continue it under FSDP2 "
+                             "(accelerate launch --config_file configs/accelerate/fsdp.yaml ...)")
+        if sharding.is_sharded(model) and not sharding.checkpoint_is_sharded(init_from):
+            raise UsageError(f"--init-from {init_from} was saved without FSDP: continue it without FSDP")
+        try:
+            load_checkpoint(accelerator, model, optimizer, init_from)
+        except Exception as e:  # another architecture, a damaged state: torch and accelerate raise many types
+            if is_disk_full(e):
+                raise
+            raise UsageError(f"--init-from {init_from}: "
+                             f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     if cfg.restart_schedule:
         scheduler.last_epoch = 0
     # this run's rate and schedule position, whatever the earlier run's rate was
@@ -504,7 +608,7 @@ def loop(state: TrainState) -> None:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             packed = packed.to(accelerator.device) if packed is not None else None
             sync = accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
-            with sync, accelerator.autocast():
+            with sync, state.autocast():
                 loss_sum, metrics = backward(state, batch, step_units, packed, step,
                                              snapshots[i] if snapshots else None)
             # the loss as this micro-batch's share of the step's mean (summed over ranks in the record)
@@ -512,27 +616,37 @@ def loop(state: TrainState) -> None:
             for k, v in {"loss": share, **metrics}.items():
                 totals[k] = (max(totals.get(k, -math.inf), float(v)) if k.endswith("_max")
                              else totals.get(k, 0.0) + float(v))
+        state.loss_scale.unscale(model.parameters())
         grad_norm = (sharding.clip_grad_norm(model, cfg.max_grad_norm) if state.sharded
                      else accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        scale = state.loss_scale.scale
+        take_step = state.loss_scale.update(float(grad_norm))  # fp16: an overflow skips the step (all ranks alike)
         record = step_record(state, step, totals, step_units, grad_norm)
+        if state.loss_scale.enabled:
+            record.update(loss_scale=scale, skipped=int(not take_step))
+        if step == state.first_step:  # the precision's log-prob gap to float32, measured before the first step
+            record.update(state.precision_gap)
         bar.set_postfix(loss=f"{record['loss']:.4f}", nll=f"{record.get('nll', float('nan')):.3f}",
                         tok_s=f"{record['tokens_per_s']:.0f}")
         measured = cfg.heldout_every and (step - state.offset) % cfg.heldout_every == 0
         if measured:  # the weights this step's loss was computed with, as the loss: every process (collective)
             record.update(heldout_record(state))
         if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == state.last_step
-                                            or measured or not math.isfinite(record["loss"])):
+                                            or measured or not math.isfinite(record["loss"])
+                                            or (step == state.first_step and state.precision_gap)):
             state.metrics_file.write(json.dumps(record) + "\n")
             state.metrics_file.flush()
             if state.tracked:
                 accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step + 1)
-        if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
+        finite = math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
+        if not finite and (take_step or state.loss_scale.scale < 1.0):  # fp16 skips an overflow, unless it persists
             # checked before the update: no checkpoint ever holds weights a non-finite step produced
             last = latest_checkpoint(Path(cfg.out) / "checkpoints")
             what = (f"loss became {record['loss']}" if not math.isfinite(record["loss"])
                     else "gradient norm became non-finite")
             raise CommandFailed(f"{what} at step {step + 1}; stopped, last good checkpoint: {last or 'none'}")
-        state.optimizer.step()
+        if take_step:
+            state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
@@ -545,7 +659,8 @@ def loop(state: TrainState) -> None:
 def heldout_record(state: TrainState) -> dict:
     """The policy's mean NLL per token on the held-out text and its mean entropy there, now."""
     pad = state.tokenizer.pad_token_id if state.tokenizer.pad_token_id is not None else state.tokenizer.eos_token_id
-    measured = measure(state.model, state.heldout, pad, state.accelerator.device, state.cfg.logit_chunk_size or 256)
+    with state.autocast():  # as the loss is computed
+        measured = measure(state.model, state.heldout, pad, state.accelerator.device, state.cfg.logit_chunk_size or 256)
     return {"heldout_nll": measured["nll"], "heldout_entropy": measured["entropy"]}
 
 
@@ -593,7 +708,7 @@ def take_snapshot(state: TrainState, steps: list[list[tuple[dict, packing.Packin
         for batch, packed in micro:
             batch = {k: v.to(device) for k, v in batch.items()}
             packed = packed.to(device) if packed is not None else None
-            with state.accelerator.autocast():
+            with state.autocast():
                 taken.append(token_logprobs_at(state.model, batch, chunk, (1.0,), state.learner.float32_projection,
                                                packed)[0])
         state.snapshots.append(taken)
@@ -615,10 +730,11 @@ def backward(state: TrainState, batch: dict[str, torch.Tensor], step_units: torc
     if state.projection is not None:  # gradients made in forward; the loss's value from the detached log-probs
         logprobs, surrogate = fused_token_logprobs(state.model, batch, cfg.logit_chunk_size, state.projection, packed)
         loss_sum, metrics = learner.loss(Policy(logprobs[0]), batch, state.learner_cfg)
-        accelerator.backward(token_mean(surrogate, step_units, accelerator.num_processes))
+        accelerator.backward(token_mean(surrogate, step_units, accelerator.num_processes) * state.loss_scale.scale)
         return loss_sum, metrics
     loss_sum, metrics = learner.loss(policy_inputs(state, batch, packed, step, snapshot), batch, state.learner_cfg)
-    accelerator.backward(token_mean(loss_sum, step_units, accelerator.num_processes))
+    # fp16: scaled so that small gradients do not flush to zero (unscaled before clipping)
+    accelerator.backward(token_mean(loss_sum, step_units, accelerator.num_processes) * state.loss_scale.scale)
     return loss_sum, metrics
 
 
@@ -696,6 +812,9 @@ def finish(state: TrainState) -> dict:
     out = Path(cfg.out)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(state.model)
+        if lora.is_adapted(unwrapped):  # the adapter in OUT/adapter, the merged weights as the checkpoint
+            state_dict = lora.save(unwrapped, state_dict, out)
+            unwrapped = unwrapped.get_base_model()
         unwrapped.config.use_cache = True
         state.metrics_file.close()
         save_final(unwrapped, state.tokenizer, state_dict, out)
@@ -755,7 +874,8 @@ def save_checkpoint(accelerator, checkpoints: Path, step: int, identity: dict, s
 
 
 # settings a resumed run may change: they alter neither the updates nor their order
-RESUMABLE_CHANGES = ("resume", "force", "log_every", "save_every", "out", "report_to", "heldout_every", "heldout_text")
+RESUMABLE_CHANGES = ("resume", "force", "log_every", "save_every", "out", "report_to", "heldout_every", "heldout_text",
+                     "gradient_checkpointing")
 TRACKERS = ("tensorboard", "wandb", "trackio")
 
 
@@ -797,6 +917,11 @@ def run_identity(cfg: TrainConfig, learner_cfg, model_path: str, manifests: dict
     for setting in ("micro_batch_tokens", "packing"):
         if not identity[setting]:
             del identity[setting]  # off: as runs saved before the setting existed
+    if not cfg.lora_rank:  # no LoRA: as runs saved before the settings existed
+        for name in [k for k in identity if k.startswith("lora_")]:
+            del identity[name]
+    if cfg.precision == "fp32":
+        del identity["precision"]
     identity["model"] = str(Path(model_path).resolve()) if Path(model_path).exists() else model_path
     identity["data"] = [str(Path(p).resolve()) for p in manifests]
     identity["data_shards"] = [m.get("shards", []) for m in manifests.values()]
@@ -918,6 +1043,24 @@ def load_checkpoint(accelerator, model, optimizer, checkpoint: Path) -> None:
     accelerator.load_state(str(checkpoint))
     if sharding.is_sharded(model):
         sharding.load(model, optimizer, checkpoint)
+
+
+def adapter_continues(cfg: TrainConfig, init_from: Path | None, model_path: str) -> bool:
+    """Whether ``--init-from`` continues a LoRA run or continues under LoRA: then the adapter that run trained is
+    merged in the model it saved, which must be ``--model``, at the checkpoint's step, and this run puts a fresh
+    adapter on it, continuing the schedule (one line otherwise). A run without LoRA from one without: False."""
+    if init_from is None:
+        return False
+    saved = json.loads((init_from / "run.json").read_text())
+    if not (lora.used(cfg) or saved.get("lora_rank")):
+        return False
+    run = init_from.parent.parent
+    summary = run / "train_summary.json"
+    last = json.loads(summary.read_text()).get("last_step") if summary.is_file() else None
+    if Path(model_path).resolve() != run.resolve() or last != int(init_from.name.removeprefix("step-")):
+        raise UsageError(f"--init-from {init_from} under LoRA continues the schedule of a finished run on the model it "
+                         f"saved: give its last checkpoint and --model {run}")
+    return True
 
 
 def continued_from(cfg: TrainConfig) -> tuple[Path | None, int]:

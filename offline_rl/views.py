@@ -78,6 +78,8 @@ class ViewContext:
     accelerator: Any = None
     logit_chunk_size: int = 256
     seed: int = 0  # the run's seed: which pair --pairing one draws
+    frozen: Any = None  # () -> a context yielding the initial model to score with (None: loaded from model_path)
+    autocast: Any = None  # () -> the run's autocast context (None: the accelerator's)
 
 
 def check_view(learner, view: str, manifests: dict[str, dict]) -> None:
@@ -221,31 +223,31 @@ def make_pairs(examples: list[Example], pairing: str, seed: int = 0, include_tru
 def reference_from_model(pairs: list[Pair], context: ViewContext, batch_size: int = 8) -> list[Pair]:
     """Sequence log-probs of every response under the initial model, computed once before training:
     on the training device, each data-parallel rank a strided share (then summed over ranks), through
-    the chunked float32 projection, under the policy's autocast."""
+    the chunked float32 projection, under the policy's autocast. The model is the training model before its first
+    step (under LoRA: with its adapter off) when the context gives it, else loaded apart and freed."""
     import contextlib
 
-    from offline_rl.policies import frozen_model
+    from offline_rl.policies import loaded_frozen
 
     accelerator = context.accelerator
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     rank, ranks = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
-    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    autocast = context.autocast or (accelerator.autocast if accelerator is not None else contextlib.nullcontext)
     chunk = context.logit_chunk_size
     pad = (context.tokenizer.pad_token_id if context.tokenizer.pad_token_id is not None
            else context.tokenizer.eos_token_id)
-    model = frozen_model(context.model_path, device)
     flat = [e for p in pairs for e in (p.chosen, p.rejected)]
     mine = list(range(rank, len(flat), ranks))
     sums = torch.zeros(len(flat), device=device)  # [2P]
-    for begin in range(0, len(mine), batch_size):
-        index = mine[begin : begin + batch_size]
-        batch = {k: v.to(device) for k, v in collate([flat[i] for i in index], pad).items()}
-        with autocast():
-            logprobs = token_logprobs(model, batch, chunk, float32=True)  # [b, T]
-        sums[index] = (logprobs * batch["response_mask"]).sum(-1)
+    with (context.frozen or (lambda: loaded_frozen(context.model_path, device)))() as model:
+        for begin in range(0, len(mine), batch_size):
+            index = mine[begin : begin + batch_size]
+            batch = {k: v.to(device) for k, v in collate([flat[i] for i in index], pad).items()}
+            with autocast():
+                logprobs = token_logprobs(model, batch, chunk, float32=True)  # [b, T]
+            sums[index] = (logprobs * batch["response_mask"]).sum(-1)
     if ranks > 1:
         sums = accelerator.reduce(sums, reduction="sum")  # each response was scored by exactly one rank
-    del model
     values = sums.tolist()
     return [Pair(replace(p.chosen, reference_logprob=values[2 * i]),
                  replace(p.rejected, reference_logprob=values[2 * i + 1]))

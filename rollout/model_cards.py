@@ -56,6 +56,7 @@ def model_card(model: Path) -> str:
              f"`{config.get('view')}` view, batch {config.get('batch_size')} sequences per step, "
              f"peak lr {config.get('lr')}, seed {config.get('seed')}"
              + (f", continuing `{config['init_from']}`" if config.get("init_from") else "") + ".", "",
+             *_fit(config),
              "## Learner settings", "", "```json", json.dumps(learner, indent=2), "```", "",
              "## Training data", ""]
     for d in datasets:
@@ -76,6 +77,21 @@ def model_card(model: Path) -> str:
     lines += ["", "`train_config.json` repeats the run (`bin/train --config`); "
                   "`metrics.jsonl` holds every logged step.", ""]
     return "\n".join(lines)
+
+
+def _fit(config: dict) -> list[str]:
+    """The precision, LoRA and activation checkpointing a run trained with (nothing for runs that predate them)."""
+    if "precision" not in config:
+        return []
+    text = f"Precision {config['precision']} (float32 master weights and optimizer state)"
+    if config.get("lora_rank"):
+        text += (f"; LoRA rank {config['lora_rank']}, alpha {config.get('lora_alpha')} on "
+                 f"`{config.get('lora_target_modules')}`" + (" with the embeddings and head trained"
+                                                             if config.get("lora_train_embeddings") else "")
+                 + ": the adapter in `adapter/`, merged into these weights")
+    if config.get("gradient_checkpointing"):
+        text += "; activation checkpointing"
+    return [text + ".", ""]
 
 
 def write_model_card(model: str | Path) -> Path:
