@@ -57,7 +57,7 @@ def peft_config(cfg, model):
         names = {module: name for name, module in model.named_modules()}
         saved = [names[model.get_input_embeddings()].split(".")[-1],
                  names[model.get_output_embeddings()].split(".")[-1]]
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2.0 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, modules_to_save=saved, task_type="CAUSAL_LM",
                       ensure_weight_tying=bool(saved) and bool(getattr(model.config, "tie_word_embeddings", False)))
 
@@ -74,6 +74,11 @@ def check_model(cfg, model_path: str) -> None:
     linear = sorted({name.split(".")[-1] for name, module in model.named_modules()
                      if isinstance(module, torch.nn.Linear) and module is not head})
     where = f"--lora-target-modules {cfg.lora_target_modules}"
+    names = {name.split(".")[-1] for name, _ in model.named_modules()}
+    missing = [t for t in cfg.lora_target_modules.split(",") if t.strip() != ALL_LINEAR and t.strip() not in names]
+    if missing:  # PEFT adapts what matches and ignores the rest: each name must be there
+        raise UsageError(f"{where}: {Path(model_path).name} has no such module {missing[0].strip()!r}; its linear "
+                         f"layers: {', '.join(linear) or 'none'}")
     try:
         adapted = get_peft_model(model, peft_config(cfg, model))
     except (ValueError, KeyError) as e:

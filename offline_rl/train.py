@@ -434,6 +434,14 @@ def checkpoint_to_resume(cfg: TrainConfig, identity: dict) -> Path | None:
     return resume_from
 
 
+def check_fit(cfg: TrainConfig, model_path: str) -> None:
+    """What a command that trains later (bin/iterate) checks before any stage: LoRA's settings, the precision against
+    accelerate's, and what the model can take (one line each)."""
+    lora.check_settings(cfg)
+    precision.resolve(cfg.precision, torch.cuda.is_available())
+    check_model_settings(cfg, model_path)
+
+
 def check_model_settings(cfg: TrainConfig, model_path: str) -> None:
     """One line, before any weight is read, for settings the model cannot take: LoRA target modules it does not
     have, activation checkpointing it does not implement."""

@@ -299,6 +299,14 @@ CASES = [
     ("rescore", ["--data", "{ws}/ds", "--logprobs-model", "{ws}/model"], "holds samples"),
     ("rescore", ["--data", "{ws}/demos", "--logprobs-model", "{ws}/broken-model"], "cannot load model"),
     ("train", [*TRAIN, "--learner", "dpo", "--pairing", "best"], "invalid choice: 'best'"),
+    # LoRA, precision: before any weight is read
+    ("train", [*TRAIN, "--lora-rank", "4", "--lora-target-modules", "q_proj,c_attn"], "has no such module"),
+    ("train", [*TRAIN, "--lora-rank", "4", "--lora-target-modules", "embed_tokens"], "embed_tokens is not a linear"),
+    ("train", [*TRAIN, "--lora-dropout", "0.1"], "--lora-dropout sets a LoRA adapter: give --lora-rank too"),
+    ("train", [*TRAIN, "--lora-rank", "4", "--init-from", "{ws}/run/checkpoints/step-1"],
+     "under LoRA continues the schedule of a finished run"),
+    ("train", [*TRAIN, "--precision", "fp8"], "invalid choice: 'fp8'"),
+    ("iterate", [*ITERATE, "--lora-rank", "4", "--lora-target-modules", "c_attn"], "has no such module"),
     # ratio learners: exact or refused, on every dataset of --data
     ("train", ["--learner", "ppo", "--data", "{ws}/no-logprobs", "--out", "{ws}/new"], "needs the sampling policy's log-probs"),
     ("train", ["--learner", "ppo", "--data", "{ws}/ds-topp", "--out", "{ws}/new"], "top-p 0.9"),
@@ -631,6 +639,15 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(ws, server, capfd, mon
     assert snapshot(ws) == before
     if command in ("compare", "iterate") or "--ray-address" in args:  # refused before any stage, engine, cluster
         assert time.time() - start < 5 and "engine" not in stderr.lower()
+
+
+@pytest.mark.parametrize("command, args", [("train", TRAIN), ("iterate", ITERATE)])
+def test_a_precision_contradicting_accelerates_is_one_line(ws, capfd, monkeypatch, command, args):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as accelerate launch exports its config's
+    before = snapshot(ws)
+    code, stderr = run_command(command, [a.format(ws=ws) for a in args] + ["--precision", "fp16"], capfd)
+    assert_one_line(code, stderr, "--precision fp16 contradicts accelerate's mixed_precision bf16")
+    assert snapshot(ws) == before
 
 
 def test_the_table_covers_every_writer_and_the_listed_classes():

@@ -75,3 +75,47 @@ def test_training_through_the_fused_projection_equals_the_one_shot_projection(le
     assert max(diffs.values()) < 1e-4 and sorted(diffs.values())[len(diffs) // 2] < 1e-6, diffs
     assert train.fused_projection(LEARNER_MODULES[learner], LEARNER_MODULES[learner].config(), train.TrainConfig(),
                                   None) is not None
+
+
+@pytest.mark.parametrize("adapted", [False, True])
+def test_activation_checkpointing_gives_the_same_losses_and_gradients_on_both_projections(tiny_model, adapted):
+    """--gradient-checkpointing recomputes each decoder layer in backward: the same loss and gradients, to float
+    rounding, through the checkpointed chunks and the fused projection, full or LoRA (whose frozen head the fused
+    projection leaves without a gradient)."""
+    import copy
+
+    from offline_rl import lora
+    from offline_rl.learners import dft
+    from offline_rl.projection import fused_token_logprobs, token_logprobs
+    from offline_rl.train import TrainConfig
+    from offline_rl.views import collate
+    from tests.test_lora import _examples
+
+    model, tokenizer = tiny_model
+    model = lora.attach(copy.deepcopy(model), TrainConfig(lora_rank=4, lora_alpha=8.0)) if adapted \
+        else copy.deepcopy(model)
+    model.config.use_cache = False
+    model.train()
+    batch = collate(_examples(tokenizer), 0)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    rule = dft.LEARNER.token_grad(dft.LEARNER.config())
+
+    def loss_and_grads(path: str):
+        if path == "fused":
+            logprobs, loss = fused_token_logprobs(model, batch, 7, rule)
+        else:
+            logprobs = token_logprobs(model, batch, 7)
+            loss = -(logprobs.detach().exp() * logprobs * batch["response_mask"]).sum()  # DFT's sum
+        return loss.detach(), torch.autograd.grad(loss, trained, allow_unused=True)
+
+    for path in ("chunked", "fused"):
+        model.gradient_checkpointing_disable()
+        plain = loss_and_grads(path)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        recomputed = loss_and_grads(path)
+        assert torch.allclose(plain[0], recomputed[0], rtol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(plain[1], recomputed[1], strict=True))
+        if path == "chunked":
+            chunked = plain
+    assert torch.allclose(chunked[0], plain[0], rtol=1e-5)  # and the two projections agree with each other
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(chunked[1], plain[1], strict=True))

@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 from offline_rl import embedded, evaluate, views
 from offline_rl.evaluate import EvalConfig
 from offline_rl.learners import LEARNER_CONFIGS, LEARNERS
-from offline_rl.train import TrainConfig, latest_checkpoint, learner_config, micro_batch, report_targets, run_train
+from offline_rl.train import (
+    TrainConfig,
+    check_fit,
+    latest_checkpoint,
+    learner_config,
+    micro_batch,
+    report_targets,
+    run_train,
+)
 from rollout.collect import CollectConfig, run_collect
 from rollout.dataset import is_complete, read_manifest, write_json
 from rollout.engines import LiveEngine, prompt_seed
@@ -144,6 +152,7 @@ def run_iterate(cfg: IterateConfig, learner_cfg=None, *, context: CommandContext
                          "needs two or more samples per prompt; no round would train")
     if not cfg.round_batches:  # a round's own batch (--round-batches) is whole micro-batches by construction
         micro_batch(cfg.train.batch_size, cfg.train.micro_batch_size, 1)
+    check_fit(cfg.train, model)  # LoRA, precision, activation checkpointing: refused now, not in round 1's training
     for name in cfg.evaluation.benchmarks.split(",") if cfg.eval_every else []:  # bad ones fail now, not in round 5
         if name.strip():
             evaluate.load_benchmark(name.strip(), cfg.evaluation)
