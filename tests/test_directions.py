@@ -6,7 +6,8 @@
 - ppo and grpo raise the log-prob of positive-advantage responses relative to negative-advantage ones;
 - chord does that and lowers the NLL of its expert rows.
 Each learner runs its own ``loss`` (and ``collate``) in a plain Adam loop, as the training loop would (psft's
-snapshot taken every ``snapshot_every`` steps, eaft's top-k entropy from the same chunked projection).
+snapshot taken every ``snapshot_every`` steps, eaft's top-k entropy from the same chunked projection);
+one learner of each family again with LoRA adapters on the frozen model (--lora-rank).
 """
 
 import copy
@@ -56,10 +57,16 @@ def _sequence_logprobs(model, examples, pad) -> torch.Tensor:
         return (token_logprobs(model, batch) * batch["response_mask"]).sum(-1)  # [B]
 
 
-def _train(model, learner, items, pad, cfg=None):
+def _train(model, learner, items, pad, cfg=None, adapted=False):
+    """``learner``'s steps on a copy of ``model`` (``adapted``: LoRA adapters of rank 8 on it, the model frozen)."""
     model = copy.deepcopy(model)
+    if adapted:
+        from offline_rl import lora
+        from offline_rl.train import TrainConfig
+
+        model = lora.attach(model, TrainConfig(lora_rank=8, lora_alpha=16.0))
     cfg = cfg or learner.config()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LR)
     collate_items = learner.collate
     asks, inputs = learner.asks(cfg), {}
     for step in range(STEPS):
@@ -154,3 +161,37 @@ def test_chord_raises_positive_advantage_responses_and_imitates_its_experts(tiny
     imitating = _train(model, chord.LEARNER, samples + experts, pad, chord.Config(mu_peak=1.0, mu_valley=1.0))
     nll = [-_sequence_logprobs(m, experts, pad).sum().item() for m in (model, imitating)]
     assert nll[1] < nll[0] - 1.0, nll
+
+
+@pytest.mark.parametrize("name", ["dft", "nft", "dpo", "grpo"])
+def test_each_family_moves_its_target_under_lora(tiny_model, pairs, name):
+    """One learner per family trained through LoRA adapters only: the same direction as in full."""
+    model, tokenizer = tiny_model
+    pad = tokenizer.eos_token_id
+    if name == "dft":
+        targets = [right for right, _ in pairs]
+        before = -_sequence_logprobs(model, targets, pad).sum()
+        assert -_sequence_logprobs(_train(model, LEARNERS["dft"], targets, pad, adapted=True), targets, pad).sum() \
+            < before - 1.0
+        return
+    if name == "dpo":
+        chosen, rejected = [w for w, _ in pairs], [lose for _, lose in pairs]
+        reference_chosen, reference_rejected = _sequence_logprobs(model, chosen, pad), _sequence_logprobs(model, rejected, pad)
+        items = [dpo.Pair(replace(w, reference_logprob=float(rw)), replace(lose, reference_logprob=float(rl)))
+                 for w, lose, rw, rl in zip(chosen, rejected, reference_chosen, reference_rejected, strict=True)]
+        trained = _train(model, dpo.LEARNER, items, pad, adapted=True)
+        margin = ((_sequence_logprobs(trained, chosen, pad) - reference_chosen)
+                  - (_sequence_logprobs(trained, rejected, pad) - reference_rejected))  # [P]
+        assert margin.mean() > 0.5, margin
+        return
+    if name == "nft":
+        items = group_accuracies([e for pair in pairs for e in pair])
+        up, down = [e for e in items if e.reward == 1.0], [e for e in items if e.reward != 1.0]
+    else:
+        items = group_advantages([e for pair in pairs for e in pair], scale_by_std=True)
+        up, down = [e for e in items if e.advantage > 0], [e for e in items if e.advantage < 0]
+
+    def gap(m) -> float:
+        return (_sequence_logprobs(m, up, pad) - _sequence_logprobs(m, down, pad)).mean().item()
+
+    assert gap(_train(model, LEARNERS[name], items, pad, adapted=True)) > gap(model) + 0.5
