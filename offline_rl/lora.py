@@ -120,9 +120,8 @@ def is_adapted(model) -> bool:
 
 
 def trainable_names(model) -> set[str]:
-    """The names of the trained parameters in ``model``'s state dict (tied ones under each of their names)."""
-    trained = {id(p) for p in model.parameters() if p.requires_grad}
-    return {name for name, tensor in model.state_dict(keep_vars=True).items() if id(tensor) in trained}
+    """The names of the trained parameters in ``model``'s state dict (a tied pair under its first name only)."""
+    return {name for name, param in model.named_parameters() if param.requires_grad}
 
 
 def keep_trained_in_checkpoints(accelerator, model) -> None:

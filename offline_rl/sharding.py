@@ -148,16 +148,18 @@ def load(model, optimizer, directory: Path) -> None:
     options = _trained_only(model)
     model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
+    dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))  # every key asked for, or an error
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=options)
 
 
 def _trained_only(model):
-    """A LoRA model's checkpoints hold its trained parameters only (the frozen ones are --model's)."""
+    """A LoRA model's checkpoints hold its trained parameters only (the frozen ones are --model's): saved and loaded
+    without the frozen ones, which loading then does not ask for."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=any(not p.requires_grad for p in model.parameters()))
+    frozen = any(not p.requires_grad for p in model.parameters())
+    return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen)
 
 
 def checkpoint_is_sharded(directory: Path) -> bool:

@@ -1,5 +1,6 @@
 """FSDP2 on 2 CPU processes (gloo) through ``accelerate launch --config_file configs/accelerate/fsdp-cpu.yaml``:
-every learner's 3 steps equal one process's at the same global batch (losses, final weights); a killed sharded
+every learner's 3 steps equal one process's at the same global batch (losses, final weights), LoRA's and activation
+checkpointing's too (LoRA's adapters as well); a killed sharded
 run resumes to the uninterrupted one's weights; ``--init-from`` continues a sharded checkpoint. (vLLM loads the
 gathered checkpoint: tests/test_pipeline.py. The runs: the ``fsdp_runs`` fixture in conftest.py.)"""
 
@@ -23,11 +24,14 @@ from tests.test_ddp import free_port
 CONFIG = ROOT / "configs" / "accelerate" / "fsdp-cpu.yaml"
 # every learner, dft with each weighting, dpo with its reference pass from the model, asft with its frozen base, psft
 # with a snapshot taken at steps 1 and 3, chord with the dataset's own accepted rows as its expert data (its units in
-# two parts)
+# two parts); LoRA (dft's adapters with trained embeddings, asft's anchor the model with its adapter off) and activation
+# checkpointing (prob, and dft under LoRA, through the fused projection)
 LEARNERS = {"sft": [], "rft": [], "dft": ["--save-every", "2"], "dft-sequence": ["--weighting", "sequence"],
-            "dft-geometric": ["--weighting", "geometric"], "prob": [], "dpo": [], "ppo": [], "iwsft": [],
-            "adft": [], "asft": [], "grpo": [], "nft": [], "psft": ["--snapshot-every", "2"], "eaft": [], "pear": [],
-            "chord": ["--expert-data", "{data}"]}
+            "dft-geometric": ["--weighting", "geometric"], "prob": ["--gradient-checkpointing"], "dpo": [], "ppo": [],
+            "iwsft": [], "adft": [], "asft": [], "grpo": [], "nft": [], "psft": ["--snapshot-every", "2"], "eaft": [],
+            "pear": [], "chord": ["--expert-data", "{data}"],
+            "dft-lora": ["--lora-rank", "4", "--lora-train-embeddings", "--gradient-checkpointing"],
+            "asft-lora": ["--lora-rank", "4"]}
 # runs with packed rows, each compared with the other side's padded run: the sharded side packs a per-pair, a
 # per-response and a base-anchored learner, and sft in micro-batches of at most 250 packed tokens (as many on each
 # rank); the one process packs dft's per-response weighting and nft
@@ -59,8 +63,8 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_weights(a: Path, b: Path, atol: float = 1e-4) -> None:
-    one, two = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+def assert_same_weights(a: Path, b: Path, name: str = "model", atol: float = 1e-4) -> None:
+    one, two = load_file(a / f"{name}.safetensors"), load_file(b / f"{name}.safetensors")
     assert sorted(one) == sorted(two)
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
     assert worst <= atol, f"{a.name}: weights differ by {worst}"
@@ -79,6 +83,8 @@ def test_every_learner_under_fsdp2_equals_one_process(fsdp_runs):
             assert one["tokens"] == two["tokens"], name  # the same global batch
             assert two["loss"] == pytest.approx(one["loss"], rel=1e-4, abs=1e-7), (name, one["step"])
         assert_same_weights(root / "single" / name, root / "fsdp" / name)
+        if name.endswith("-lora"):
+            assert_same_weights(root / "single" / name / "adapter", root / "fsdp" / name / "adapter", "adapter_model")
     assert (root / "fsdp" / "dft" / "checkpoints" / "step-2" / "sharded" / ".metadata").is_file()  # DCP shards
     assert records(root / "fsdp" / "continued")[0]["step"] == 3  # counted on from the sharded checkpoint
 
