@@ -22,6 +22,14 @@ RSS of that process (CPU; both import the same modules first) or torch.cuda.max_
     .venv/bin/python bench/train.py --sides ours+packing,ours,trl+padding-free,trl   # each against the last
     .venv/bin/python bench/train.py --sides ours:none,ours:tensorboard     # what a tracker costs our loop
     .venv/bin/python bench/train.py --sides ours@1024,ours --steps 100 --batch-size 16   # --micro-batch-tokens 1024
+    .venv/bin/python bench/train.py --shape qwen0.5b --steps 6 --warmup 2 --batch-size 4 --repeats 1 --fit
+
+Our sides take fit settings after a slash, joined by +: ``ours/lora`` (--lora-rank 16 on every linear layer),
+``ours/gc`` (--gradient-checkpointing), ``ours/bf16``, ``ours/fp16``, ``ours/fp32`` (--precision), e.g.
+``--sides ours+packing/lora+gc,ours+packing``. ``--fit`` then runs the first of our sides again with LoRA and with
+activation checkpointing and prints each one's peak memory and step time against it, and checks the same loss at
+step 1 (LoRA starts as the model itself, B = 0; checkpointing recomputes the same activations); any two of our
+sides are checked for the same first loss too (2e-2 relative where one lowers the precision, 1e-4 otherwise).
 """
 
 import argparse
@@ -111,9 +119,22 @@ class StepClock:
         self.times.append(time.perf_counter())
 
 
+FIT = {"lora": {"lora_rank": 16}, "gc": {"gradient_checkpointing": True}, "fp32": {"precision": "fp32"},
+       "bf16": {"precision": "bf16"}, "fp16": {"precision": "fp16"}}  # ours.../NAME+NAME: TrainConfig settings
+
+
 def side_settings(side: str) -> dict | None:
-    """What a --sides entry runs: ours[+packing][@MICRO_BATCH_TOKENS][:TRACKERS] or trl[+padding-free]; None if it
-    is neither."""
+    """What a --sides entry runs: ours[+packing][@MICRO_BATCH_TOKENS][:TRACKERS][/FIT+FIT] or trl[+padding-free];
+    None if it is neither."""
+    side, _, fit = side.partition("/")
+    names = [n for n in fit.split("+") if n]
+    if any(n not in FIT for n in names) or (names and not side.startswith("ours")):
+        return None
+    settings = ours_or_trl(side)
+    return settings if settings is None else {**settings, **{k: v for n in names for k, v in FIT[n].items()}}
+
+
+def ours_or_trl(side: str) -> dict | None:
     name, _, trackers = side.partition(":")
     name, _, tokens = name.partition("@")
     base, _, option = name.partition("+")
@@ -130,7 +151,7 @@ def run_ours(work: Path, model_path: str, args, settings: dict) -> list[float]:
 
     cfg = TrainConfig(learner="dft", data=str(work / "data"), out=str(work / "ours"), steps=args.steps,
                       model=model_path, batch_size=args.batch_size, lr=args.lr, logit_chunk_size=args.logit_chunk_size,
-                      seed=0, force=True, **settings)
+                      seed=0, force=True, log_every=1, **settings)
     clock = StepClock()
     run_train(cfg)
     # run_train() logs its own per-step token counts: they must be the plan's
@@ -200,9 +221,12 @@ def run_one(side: str, work: Path, model_path: str, args) -> dict:
     seconds = times[-1] - times[args.warmup - 1]
     peak = (torch.cuda.max_memory_allocated() / 2**20 if on_gpu
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    first_loss = None
+    if side.startswith("ours"):  # step 1's loss: the same-loss check between our sides
+        first_loss = json.loads((work / "ours" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     return {"side": side, "device": "cuda" if on_gpu else "cpu", "tokens_per_s": timed / seconds, "seconds": seconds,
             "step_ms": 1000 * seconds / (args.steps - args.warmup), "peak_mib": peak,
-            "peak_above_imports_mib": None if on_gpu else peak - base_rss / 1024}
+            "peak_above_imports_mib": None if on_gpu else peak - base_rss / 1024, "first_loss": first_loss}
 
 
 def main():
@@ -223,11 +247,15 @@ def main():
     parser.add_argument("--sides", default="ours+packing,trl+padding-free",
                         help="what runs, each compared to the last: ours[+packing][@MICRO_BATCH_TOKENS][:TRACKERS] "
                         "(our loop with --packing, --micro-batch-tokens, --report-to TRACKERS; plain ours logs to "
-                        "tensorboard, the default) or trl[+padding-free]")
+                        "tensorboard, the default) or trl[+padding-free]; ours.../FIT+FIT adds lora, gc, bf16, fp16 "
+                        "or fp32")
+    parser.add_argument("--fit", action="store_true", help="then the first of our sides with LoRA and with activation "
+                        "checkpointing: peak memory, step time and the same loss at step 1 against it")
     args = parser.parse_args()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if len(sides) < 2 or any(side_settings(s) is None for s in sides):
-        parser.error("--sides: two or more of ours[+packing][@MICRO_BATCH_TOKENS][:TRACKERS], trl[+padding-free]")
+        parser.error("--sides: two or more of ours[+packing][@MICRO_BATCH_TOKENS][:TRACKERS][/FIT], "
+                     "trl[+padding-free]")
     if not 1 <= args.warmup < args.steps:
         parser.error("need 1 <= --warmup < --steps")
     if args.problems < args.batch_size:
@@ -252,8 +280,10 @@ def main():
               f"({sum(padded) / len(padded):.0f} padded); "
               f"load average {load:.1f} on {os.cpu_count()} cores", flush=True)
         results: dict[str, dict] = {}
+        first_ours = next((s for s in sides if s.startswith("ours")), "ours")
+        fit = [f"{first_ours}{'+' if '/' in first_ours else '/'}{name}" for name in ("lora", "gc")] if args.fit else []
         for repeat in range(args.repeats):
-            for side in sides:  # alternated, so load from other processes hits both sides alike
+            for side in sides + fit * (repeat == 0):  # alternated, so load from other processes hits both sides alike
                 command = [sys.executable, __file__, "--one", side, "--work", str(work), "--model", model_path,
                            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size",
                            str(args.batch_size), "--lr", str(args.lr), "--logit-chunk-size", str(args.logit_chunk_size)]
@@ -274,6 +304,34 @@ def main():
               f"ratio {ours['tokens_per_s'] / last['tokens_per_s']:.2f}x | "
               f"peak memory {a} {ours['peak_mib']:,.0f} MiB  "
               f"{b} {last['peak_mib']:,.0f} MiB  ratio {ours['peak_mib'] / last['peak_mib']:.2f}x")
+        if ours["first_loss"] is not None and last["first_loss"] is not None:
+            same_loss(ours, last)
+    for side in fit:
+        fit_line(results[first_ours], results[side])
+        same_loss(results[first_ours], results[side])
+
+
+def memory(r: dict) -> float:
+    """A side's peak memory: CUDA's peak allocation, or the peak RSS above the imports every side shares."""
+    return r["peak_mib"] if r["device"] == "cuda" else r["peak_above_imports_mib"]
+
+
+def fit_line(plain: dict, fitted: dict) -> None:
+    print(f"{fitted['side']} against {plain['side']}: peak memory {memory(fitted):,.0f} vs {memory(plain):,.0f} MiB "
+          f"({memory(fitted) / memory(plain):.2f}x), {fitted['step_ms']:,.0f} vs {plain['step_ms']:,.0f} ms/step "
+          f"({fitted['step_ms'] / plain['step_ms']:.2f}x)", flush=True)
+
+
+def same_loss(one: dict, two: dict) -> None:
+    """Step 1's losses of two of our sides: equal to float rounding (2e-2 relative where either lowers the precision
+    or runs on a GPU, bf16 by default; 1e-4 otherwise), or the benchmark fails."""
+    lowered = any(p in r["side"] for r in (one, two) for p in ("bf16", "fp16")) or one["device"] == "cuda"
+    tolerance = 2e-2 if lowered else 1e-4
+    gap = abs(one["first_loss"] - two["first_loss"]) / max(abs(one["first_loss"]), 1e-12)
+    print(f"same loss at step 1, {one['side']} vs {two['side']}: {one['first_loss']:.6g} vs {two['first_loss']:.6g} "
+          f"(relative {gap:.1e}, tolerance {tolerance:g})", flush=True)
+    if gap > tolerance:
+        sys.exit(f"{two['side']}'s first loss differs from {one['side']}'s by {gap:.1e} (more than {tolerance:g})")
 
 
 if __name__ == "__main__":
