@@ -64,6 +64,33 @@ for learner in sys.argv[2:]:
     peak = json.loads(summary.read_text()).get("peak_gpu_memory_gib") if summary.exists() else None
     print(f"peak-memory-{learner}: {peak} GiB per process" if peak is not None else f"peak-memory-{learner}: none")
 PEAK
+# fitting Qwen2.5-Math-1.5B's shape (random weights, made here): LoRA, activation checkpointing, fp16 and bf16, each
+# with its peak memory and tokens/s against our plain step and the same loss at step 1 (bench/train.py fails otherwise)
+FIT="--shape qwen1.5b --steps 6 --warmup 2 --batch-size 8 --repeats 1 --problems 256"
+check fit-1.5b "$PY" bench/train.py $FIT --sides ours,ours/fp32 --fit  # ours: bf16 on a GPU; --fit: ours/lora, ours/gc
+check fit-1.5b-fp16 "$PY" bench/train.py $FIT --sides ours/fp16,ours/fp32
+check fit-1.5b-lora-checkpointing "$PY" bench/train.py $FIT --sides ours+packing/lora+gc,ours/lora+gc,ours/lora
+# the same under FSDP2 on every GPU, from a saved 1.5B-shaped model and its world data: LoRA with checkpointing in
+# bf16, full weights with checkpointing, and fp16 (accelerate's --mixed_precision, which bin/train follows)
+check model-1.5b "$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, 'bench'); from train import prepare; \
+prepare(Path(sys.argv[1]), 'qwen1.5b', None, 512)" "$OUT/qwen1.5b"
+FSDP_1_5B="--data $OUT/qwen1.5b/data --model $OUT/qwen1.5b/model --steps 5 --batch-size $((8 * NGPU)) --report-to none --force"
+check fsdp2-bf16-dft-lora-1.5b "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+  --num_processes "$NGPU" bin/train --learner dft $FSDP_1_5B --lora-rank 16 --gradient-checkpointing \
+  --out "$OUT/fsdp-dft-lora-1.5b"
+check fsdp2-bf16-dft-checkpointing-1.5b "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+  --num_processes "$NGPU" bin/train --learner dft $FSDP_1_5B --gradient-checkpointing --out "$OUT/fsdp-dft-gc-1.5b"
+check fsdp2-fp16-dft-lora-1.5b "$PY" -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml \
+  --mixed_precision fp16 --num_processes "$NGPU" bin/train --learner dft $FSDP_1_5B --lora-rank 16 \
+  --gradient-checkpointing --out "$OUT/fsdp-dft-lora-fp16-1.5b"
+[ $DRY = 1 ] || "$PY" - "$OUT" dft-lora-1.5b dft-gc-1.5b dft-lora-fp16-1.5b <<'PEAK'
+import json, sys
+from pathlib import Path
+for run in sys.argv[2:]:
+    summary = Path(sys.argv[1]) / f"fsdp-{run}" / "train_summary.json"
+    found = json.loads(summary.read_text()) if summary.exists() else {}
+    print(f"peak-memory-{run}: {found.get('peak_gpu_memory_gib')} GiB per process, {found.get('tokens_per_s')} tokens/s")
+PEAK
 # the fused projection at the Qwen2.5-1.5B shape (vocabulary 151,936, hidden 1,536), bf16, against the reference
 check fused-1.5b "$PY" bench/dft_loss.py --tokens 4096 --vocab 151936 --hidden 1536 --dtype bfloat16
 # training speed and memory at the 0.5B shape against TRL

@@ -134,6 +134,8 @@ def test_the_gpu_check_dry_run_lists_every_check_and_its_commands_parse(tmp_path
     learners = ("sft", "rft", "dft", "prob", "dpo", "ppo", "iwsft", "adft", "asft", "nft", "grpo")
     assert {f"fsdp2-bf16-{name}" for name in learners} | {"fused-1.5b", "bench-train-0.5b", "rounds-sleep"} <= set(lines)
     assert {f"fsdp2-bf16-packing-{name}" for name in ("dft", "grpo", "dpo")} | {"bench-train-packing-1.5b"} <= set(lines)
+    assert {"fit-1.5b", "fit-1.5b-fp16", "fit-1.5b-lora-checkpointing", "fsdp2-bf16-dft-lora-1.5b",
+            "fsdp2-bf16-dft-checkpointing-1.5b", "fsdp2-fp16-dft-lora-1.5b"} <= set(lines)
     assert not (tmp_path / "check").exists()  # a dry run writes nothing
     parsers = {"import": ImportConfig, "collect": CollectConfig, "eval": EvalConfig,
                "train": (TrainConfig, *LEARNER_CONFIGS), "iterate": (IterateConfig, *LEARNER_CONFIGS)}
@@ -146,7 +148,7 @@ def test_the_gpu_check_dry_run_lists_every_check_and_its_commands_parse(tmp_path
         if at is not None:
             parse_config(parsers[words[at].removeprefix("bin/")], words[at + 1:], "check", "")
             parsed += 1
-    assert parsed >= 13
+    assert parsed >= 16
 
 
 def test_a_successful_command_names_its_saved_config_and_prints_no_repr(tmp_path, capsys):
