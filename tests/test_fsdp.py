@@ -33,9 +33,10 @@ LEARNERS = {"sft": [], "rft": [], "dft": ["--save-every", "2"], "dft-sequence": 
             "dft-lora": ["--lora-rank", "4", "--lora-train-embeddings", "--gradient-checkpointing"],
             "asft-lora": ["--lora-rank", "4"]}
 # runs with packed rows, each compared with the other side's padded run: the sharded side packs a per-pair, a
-# per-response and a base-anchored learner, and sft in micro-batches of at most 250 packed tokens (as many on each
-# rank); the one process packs dft's per-response weighting and nft
-PACKED = {"fsdp": {"dpo": ["--packing"], "grpo": ["--packing"], "asft": ["--packing"],
+# per-response and a base-anchored learner (in full, and under LoRA: its anchor the model with the adapter off), and
+# sft in micro-batches of at most 250 packed tokens (as many on each rank); the one process packs dft's per-response
+# weighting and nft
+PACKED = {"fsdp": {"dpo": ["--packing"], "grpo": ["--packing"], "asft": ["--packing"], "asft-lora": ["--packing"],
                    "sft": ["--packing", "--micro-batch-tokens", "250"]},
           "single": {"dft-sequence": ["--packing"], "nft": ["--packing"]}}
 

@@ -95,14 +95,27 @@ def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_ro
     assert again.returncode == 0 and torch.equal(weights(out)["model.norm.weight"], theirs["model.norm.weight"])
 
 
-def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
+def test_online_grpo_under_lora_is_on_policy_at_the_first_step_of_every_round(tmp_path):
     """GRPO's recipe (--round-batches): a round's 2 steps go once through all the samples of its 5 groups of 4 that
-    it trains on (groups whose rewards are all equal carry no advantage and are left out)."""
+    it trains on (groups whose rewards are all equal carry no advantage and are left out). Under LoRA (--lora-rank
+    like any bin/train flag): each round trains a fresh adapter on the policy the last round merged, so round 2's
+    samples, drawn from round 1's merged checkpoint, are on-policy at its first step only if the merge is exact;
+    --eval-every evaluates the merged model."""
     out = tmp_path / "grpo"
     # the transformers engine (its sampled log-probs are exact too): no vLLM start-up in this test
     result = run_bin("iterate", "--learner", "grpo", "--rounds", "2", "--steps", "4", "--prompts-per-round",
-                     "5", "--n", "4", "--round-batches", "--lr", "1e-3", "--backend", "hf", "--out", str(out))
+                     "5", "--n", "4", "--round-batches", "--lr", "1e-3", "--lora-rank", "8", "--eval-every", "2",
+                     "--benchmarks", "test-id", "--problems", "2", "--k", "1", "--backend", "hf", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
+    first, second = out / "round-1" / "train", out / "round-2" / "train"
+    config = json.loads((second / "train_config.json").read_text())
+    assert (config["lora_rank"], config["model"]) == (8, str(first))
+    assert config["init_from"] == str(first / "checkpoints" / "step-2")  # the schedule goes on (lr checked below)
+    assert read_manifest(out / "round-2" / "data")["model"] == str(first)  # sampled by round 1's merged model
+    adapter = json.loads((second / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(first)  # round 2's adapter sits on round 1's merged weights
+    assert json.loads((out / "round-2" / "round.json").read_text())["eval_avg"] is not None  # the merged model
+    assert all(torch.equal(a, weights(second)[k]) for k, a in weights(out).items())
     for k in (1, 2):
         trained = json.loads((out / f"round-{k}" / "train" / "train_config.json").read_text())
         record = json.loads((out / f"round-{k}" / "round.json").read_text())
@@ -116,6 +129,8 @@ def test_online_grpo_is_on_policy_at_the_first_step_of_every_round(tmp_path):
         assert s["abs_log_ratio_max"] < 1e-4 and abs(s["ratio"] - 1) < 1e-4, s
     # after one update the same samples are off-policy: the check above can fail
     assert all(s["abs_log_ratio_max"] > 1e-3 for s in seconds), seconds
+    schedule = lr_lambda(4, 1)  # one schedule over both rounds
+    assert all(math.isclose(s["lr"], 1e-3 * schedule(s["step"] - 1), rel_tol=1e-6) for s in steps)
 
 
 def test_like_samples_as_the_dataset_did_and_shares_its_prompts_over_the_rounds(vllm_dataset, tmp_path):
