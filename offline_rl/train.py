@@ -267,10 +267,16 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     heldout = load_heldout(cfg.heldout_text) if cfg.heldout_every else None  # one line if it is not text
     # the mismatch correction recomputes the model that sampled the data (one line if there is not one such model)
     sampler_path = sampling_model(manifests, learner.name) if "sampler_logprobs" in learner.asks(learner_cfg) else None
-    # the model first: before its first step it is the initial model a reference pass (DPO's) scores with
-    model, gap = load_model(cfg, model_path, accelerator.device, probe_batch(cfg, dataset, tokenizer))
+    loaded: dict = {}
+
+    def load_once():  # by a reference pass (DPO's: before its first step it is the initial model), or after the checks
+        if not loaded:
+            loaded["model"], loaded["gap"] = load_model(cfg, model_path, accelerator.device,
+                                                        probe_batch(cfg, dataset, tokenizer))
+        return loaded["model"]
+
     examples, dropped = learner_examples(cfg, learner, learner_cfg, dataset, manifests, model_path, tokenizer,
-                                         accelerator, model)
+                                         accelerator, load_once)
     cfg, offset, init_from = resolve(cfg, len(examples), accelerator.num_processes, model_path)
     out = Path(cfg.out)
     if accelerator.is_main_process:  # one writer: a second bin/train into OUT is refused, another run's model too
@@ -280,7 +286,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
     if fsdp is not None:
         identity["fsdp"] = 2  # a sharded checkpoint resumes only under FSDP2 (any number of processes)
     resume_from = checkpoint_to_resume(cfg, identity)
-    model, optimizer, scheduler = build_model(cfg, model, accelerator, fsdp)
+    model, optimizer, scheduler = build_model(cfg, load_once(), accelerator, fsdp)
     loss_scale = precision.LossScale(cfg.precision == "fp16")
     if loss_scale.enabled:
         accelerator.register_for_checkpointing(loss_scale)
@@ -316,7 +322,7 @@ def setup(cfg: TrainConfig, learner_cfg=None) -> TrainState:
         temperatures=(1.0,) if ratio_temperature in (None, 1.0) else (1.0, ratio_temperature),
         ratio_temperature=ratio_temperature, dropped_truncated=dropped, metrics_file=metrics_file, tracked=tracked,
         sharded=fsdp is not None, reference=reference, packing=packed, heldout=heldout, sampler=sampler,
-        snapshots=load_snapshots(resume_from, accelerator), loss_scale=loss_scale, precision_gap=gap)
+        snapshots=load_snapshots(resume_from, accelerator), loss_scale=loss_scale, precision_gap=loaded["gap"])
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -365,10 +371,11 @@ def frozen_model_of(cfg: TrainConfig, path: str | None, model_path: str, model, 
 def learner_examples(cfg: TrainConfig, learner: Learner, learner_cfg, dataset, manifests: dict, model_path: str,
                      tokenizer, accelerator, model=None) -> tuple[list, int]:
     """The learner's examples of its view of the data (one line if there are none), and the truncated responses
-    the view left out. ``model``: the training model before its first step, which a reference pass scores with."""
+    the view left out. ``model``: () -> the training model before its first step, which a reference pass scores
+    with (None: one loaded apart)."""
     rows, dropped = views.build(cfg.view, dataset, cfg.include_truncated)
     context = ViewContext(tokenizer, manifests, model_path, cfg.include_truncated, accelerator, cfg.logit_chunk_size,
-                          cfg.seed, frozen=None if model is None else lambda: initial_model(model),
+                          cfg.seed, frozen=None if model is None else lambda: initial_model(model()),
                           autocast=lambda: precision.autocast(cfg.precision, accelerator.device))
     examples = learner.examples(rows, learner_cfg, context)
     if dropped and accelerator.is_main_process:
