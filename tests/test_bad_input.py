@@ -172,6 +172,7 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     (ws / "runs-unknown-flag.yaml").write_text("- {name: dft, learner: dft, flags: {max_steps: 9}}\n")
     (ws / "runs-nan.yaml").write_text("- {name: dft, learner: dft, flags: {lr: .nan}}\n")
     (ws / "runs-view.yaml").write_text("- {name: dft, learner: dft, flags: {view: pairs}}\n")
+    (ws / "runs-lora.yaml").write_text("- {name: dft, learner: dft, flags: {lora_rank: 4, lora_target_modules: c_attn}}\n")
     (ws / "runs-twice.yaml").write_text("- {name: a, learner: dft}\n- {name: a, learner: sft}\n")
     (ws / "runs-rounds.yaml").write_text("- {name: x, learner: rft, rounds: 7}\n")
     (ws / "runs-scale.yaml").write_text("- {name: x, learner: rft, flags: {lr_scale: -1}}\n")
@@ -544,6 +545,7 @@ CASES = [
     ("compare", [*COMPARE, "--data", "{ws}/demos", "--learners", "dpo"], "no preference pairs"),
     ("compare", [*COMPARE, "--data", "{ws}/ds-topp", "--learners", "ppo"], "top-p 0.9"),
     ("compare", [*COMPARE, "--runs", "{ws}/runs-view.yaml"], "dft trains on the accepted or all view"),
+    ("compare", [*COMPARE, "--runs", "{ws}/runs-lora.yaml"], "run 'dft': --lora-target-modules c_attn"),
     ("compare", [*COMPARE, "--runs", "{ws}/runs-micro.yaml"], "32 is not a multiple of --micro-batch-size 3"),
     ("compare", [*COMPARE, "--runs", "{ws}/runs-sweep-micro.yaml", "--batch-size", "8"], "'sweep@micro_batch_size=5'"),
     ("compare", [*COMPARE, "--learners", "rft", "--sweep", "micro_batch_size=3,4"], "multiple of --micro-batch-size 3"),

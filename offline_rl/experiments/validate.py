@@ -24,7 +24,7 @@ from offline_rl.experiments.sweep import SELECT_ON
 from offline_rl.heldout import check_heldout
 from offline_rl.learners import LEARNERS
 from offline_rl.policies import ratio_temperature
-from offline_rl.train import TrainConfig, micro_batch, report_targets
+from offline_rl.train import TrainConfig, check_fit, micro_batch, report_targets
 from offline_rl.views import check_view
 from rollout.dataset import complete_manifests, is_complete, read_manifest
 from rollout.models import resolve_model
@@ -127,6 +127,8 @@ def check_run(cfg: CompareConfig, run: Run, out: Path, data: Path, demonstration
         batch = run.batch(cfg.batch_size)
         if batch != "round":  # a round's batch is its examples / its steps: whole micro-batches by construction
             micro_batch(batch, train.micro_batch_size, 1)
+        model = cfg.model or (read_manifest(data)["model"] if cfg.data else str(DEFAULT_BASE_MODEL))
+        check_fit(train, model)  # LoRA's targets, the precision, activation checkpointing
         if run.rounds is not None:  # it samples its own data, round by round, from the dataset's prompts
             check_view(learner, train.view or learner.views[0], {})
             return manifests_of(data, cfg, out, data)
@@ -134,7 +136,6 @@ def check_run(cfg: CompareConfig, run: Run, out: Path, data: Path, demonstration
         manifests = manifests_of(path, cfg, out, data)
         check_view(learner, train.view or learner.views[0], manifests)
         if learner.behavior_ratio and all("planned" not in m for m in manifests.values()):
-            model = cfg.model or (read_manifest(data)["model"] if cfg.data else str(DEFAULT_BASE_MODEL))
             ratio_temperature(manifests, model, run.learner, train.approximate_ratios)
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
