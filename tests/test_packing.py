@@ -15,6 +15,7 @@ import torch
 from offline_rl import packing, train
 from offline_rl.learners import LEARNERS
 from offline_rl.learners.chord import ExpertExample
+from offline_rl.precision import LossScale
 from offline_rl.views import Example, Pair, collate, group_accuracies, group_advantages
 from rollout.runtime import UsageError
 from tests.test_learner_record import SETTINGS
@@ -71,7 +72,8 @@ def _step(model, reference, learner, cfg, layout):
     state = SimpleNamespace(cfg=run, learner=learner, learner_cfg=cfg, accelerator=OneProcess(), model=model,
                             examples=items, projection=train.fused_projection(learner, cfg, run, temperature),
                             temperatures=(1.0, temperature) if temperature else (1.0,), reference=reference,
-                            packing=layout, sampler=reference, snapshots=deque())
+                            packing=layout, sampler=reference, snapshots=deque(), loss_scale=LossScale(enabled=False),
+                            autocast=contextlib.nullcontext)
     micro = train.micro_batches(state, drawn, pad=0)
     snapshots = [None] * len(micro)
     if learner.snapshot_every is not None:
