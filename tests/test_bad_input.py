@@ -172,7 +172,8 @@ def ws(tmp_path_factory, tiny_model_dir) -> Path:
     (ws / "runs-unknown-flag.yaml").write_text("- {name: dft, learner: dft, flags: {max_steps: 9}}\n")
     (ws / "runs-nan.yaml").write_text("- {name: dft, learner: dft, flags: {lr: .nan}}\n")
     (ws / "runs-view.yaml").write_text("- {name: dft, learner: dft, flags: {view: pairs}}\n")
-    (ws / "runs-lora.yaml").write_text("- {name: dft, learner: dft, flags: {lora_rank: 4, lora_target_modules: c_attn}}\n")
+    (ws / "runs-lora.yaml").write_text("- {name: dft, learner: dft, flags: {lora_rank: 4, "
+                                       "lora_target_modules: c_attn}}\n")
     (ws / "runs-twice.yaml").write_text("- {name: a, learner: dft}\n- {name: a, learner: sft}\n")
     (ws / "runs-rounds.yaml").write_text("- {name: x, learner: rft, rounds: 7}\n")
     (ws / "runs-scale.yaml").write_text("- {name: x, learner: rft, flags: {lr_scale: -1}}\n")

@@ -176,7 +176,8 @@ def test_each_family_moves_its_target_under_lora(tiny_model, pairs, name):
         return
     if name == "dpo":
         chosen, rejected = [w for w, _ in pairs], [lose for _, lose in pairs]
-        reference_chosen, reference_rejected = _sequence_logprobs(model, chosen, pad), _sequence_logprobs(model, rejected, pad)
+        reference_chosen = _sequence_logprobs(model, chosen, pad)
+        reference_rejected = _sequence_logprobs(model, rejected, pad)
         items = [dpo.Pair(replace(w, reference_logprob=float(rw)), replace(lose, reference_logprob=float(rl)))
                  for w, lose, rw, rl in zip(chosen, rejected, reference_chosen, reference_rejected, strict=True)]
         trained = _train(model, dpo.LEARNER, items, pad, adapted=True)
