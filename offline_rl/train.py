@@ -141,13 +141,13 @@ class TrainConfig:
     precision: str = field(default=None, metadata={
         "help": "what forward and backward compute in: fp32, bf16 or fp16 (autocast; fp16 with loss scaling); weights "
                 "and optimizer state stay float32 (default: accelerate's mixed_precision, else bf16 on a GPU, fp32 on "
-                "CPU)", "choices": ["fp32", "bf16", "fp16"]})
+                "CPU)", "choices": ["fp32", "bf16", "fp16"], "advanced": True})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute each decoder layer's activations in backward instead of keeping them: far less memory, "
-                "about a third more compute, the same losses and gradients"})
+                "about a third more compute, the same losses and gradients", "advanced": True})
     lora_rank: int = field(default=0, metadata={
-        "help": "train LoRA adapters of this rank on a frozen model (PEFT), merged into the saved model, the adapter "
-                "beside it in OUT/adapter; 0: every weight", "min": 0})
+        "help": "train LoRA adapters of this rank (PEFT) on the frozen model, saved merged; 0: every weight",
+        "min": 0})
     lora_alpha: float = field(default=None, metadata={
         "help": "LoRA: the adapters' update is alpha / rank x B A (default: 2 x rank)", "above": 0, "advanced": True})
     lora_dropout: float = field(default=0.0, metadata={
