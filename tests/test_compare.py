@@ -297,6 +297,33 @@ def test_each_stage_logs_a_command_line_that_parses_back_to_its_configs(tmp_path
     assert (evaluation.k, evaluation.temperature, evaluation.backend) == (2, 0.7, "hf")  # the comparison's flags
 
 
+
+def test_an_evaluation_saved_with_other_settings_is_not_finished(tmp_path):
+    """--force with a new --k (or any evaluation setting) evaluates again instead of reporting the old k's results;
+    a saved evaluation without a setting newer than it counts that setting at its default."""
+    from rollout.runtime import parse_config, save_config
+
+    def stages(*flags):
+        cfg = parse_config(CompareConfig, ["--out", str(tmp_path), "--backend", "hf", "--seeds", "0", *flags],
+                           "compare", "")
+        return [s for s in plan(cfg, tmp_path, tmp_path / "data", [Run("sft", "sft")], [0], None)
+                if s.command == "eval"]
+
+    base = stages("--k", "2")[0]
+    base.done.parent.mkdir(parents=True)
+    save_config(base.configs[0], base.done.parent / "eval_config.json")
+    base.done.write_text("{}")
+    assert base.finished() and stages("--k", "2", "--force")[0].finished()
+    base = stages("--k", "2", "--force")[0]
+    assert not stages("--k", "4", "--force")[0].finished()
+    assert stages("--k", "4", "--force")[0].configs[0].force  # it may replace the old k's evaluation
+    saved = json.loads((base.done.parent / "eval_config.json").read_text())
+    planned, default = base.configs[0], type(base.configs[0])()
+    for name, finished in (("max_model_len", True), ("heldout_text", False)):  # at its default; not (world:pretrain)
+        assert (getattr(planned, name) == getattr(default, name)) == finished
+        (base.done.parent / "eval_config.json").write_text(json.dumps({k: v for k, v in saved.items() if k != name}))
+        assert base.finished() == finished, name
+
 class FakeEngine:
     """Records what the live engine asks of it; ``device``: False (CPU), "close" (an accelerator engine that cannot
     sleep) or "sleep" (one with vLLM's sleep mode)."""

@@ -15,8 +15,9 @@ all of its samples (GRPO's recipe).
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from offline_rl.embedded.base_model import DEFAULT_BASE_MODEL
@@ -149,7 +150,21 @@ class Stage:
         other stages when their mark exists."""
         if self.done.name == "manifest.json":
             return is_complete(self.done.parent)
+        if self.command == "eval" and self.configs[0].force and self.done.exists():  # --force: other settings, again
+            return _same_evaluation(self.done.parent, self.configs[0])
         return self.done.exists()
+
+
+def _same_evaluation(where: Path, planned: EvalConfig) -> bool:
+    """Whether the evaluation saved in ``where`` has ``planned``'s settings (but its model, label and output)."""
+    volatile = ("out", "force", "name", "model")
+    try:
+        saved = json.loads((where / "eval_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = json.loads(json.dumps({k: v for k, v in asdict(planned).items() if k not in volatile}, default=str))
+    default = json.loads(json.dumps(asdict(EvalConfig()), default=str))  # a setting newer than the saved file's
+    return all(saved.get(k, default.get(k)) == v for k, v in wanted.items())
 
 
 def parse_runs(cfg: CompareConfig) -> list[Run]:
@@ -335,7 +350,7 @@ def _after_rl(cfg: CompareConfig, out: Path, data: Path, name: str, seed: int) -
 
 def _evaluation(cfg: CompareConfig, out: Path, name: str, model: str, seed: int) -> Stage:
     where = out / "evals" / f"{name}-s{seed}"
-    evaluation = replace(cfg.evaluation, model=model, name=name, seed=seed, out=str(where), force=False)
+    evaluation = replace(cfg.evaluation, model=model, name=name, seed=seed, out=str(where), force=cfg.force)
     return Stage(f"eval {name} s{seed}", "eval", (evaluation,), where / "results.json", samples=model,
                  needs=f"train {name} s{seed}" if name != "base" else None)
 
