@@ -113,6 +113,18 @@ def test_the_accuracy_plot_shows_gains_with_their_paired_intervals(tmp_path):
         assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_each_model_after_rl_is_drawn_in_its_learners_color_and_every_learner_in_its_own():
+    from offline_rl.experiments.plots import _color
+
+    learners = [f"l{i}" for i in range(14)]
+    models = ["base", *learners, *(f"{m}+rl" for m in ["base", *learners])]
+    same_as = {f"{m}+rl": m for m in ["base", *learners]}
+    assert [_color(f"{m}+rl", models, same_as) for m in learners] == [_color(m, models, same_as) for m in learners]
+    assert len({str(_color(m, models, same_as)) for m in learners}) == 14  # tab20 beyond 9 learners, not a repeat
+    assert _color("base+rl", models, same_as) == _color("base", models) == "0.6"
+    assert _color("l3", models) != _color("l3+rl", models)  # without same_as, NAME+rl is a model of its own
+
+
 def test_runs_file_recipes_and_overrides(tmp_path):
     from rollout.runtime import UsageError
 

@@ -10,12 +10,20 @@ from pathlib import Path
 from rollout.dataset import atomic_write_bytes
 
 
-def _color(model: str, models: list[str]) -> str:
-    """The base model gray; each learner its own color of the tab10 cycle minus its gray."""
+def _color(model: str, models: list[str], same_as: dict[str, str] | None = None) -> str:
+    """The base model gray; each learner its own color: the tab10 cycle minus its gray up to 9 learners, tab20 minus
+    its grays beyond. ``same_as``: a model drawn in another's color (NAME+rl in NAME's)."""
+    same_as = same_as or {}
+    model = same_as.get(model, model)
     if model == "base":
         return "0.6"
-    palette = [f"C{i}" for i in range(10) if i != 7]
-    return palette[[m for m in models if m != "base"].index(model) % len(palette)]
+    learners = [m for m in dict.fromkeys(same_as.get(m, m) for m in models) if m != "base"]
+    if len(learners) <= 9:
+        return [f"C{i}" for i in range(10) if i != 7][learners.index(model) % 9]
+    import matplotlib
+
+    palette = [matplotlib.colormaps["tab20"](i) for i in range(20) if i not in (14, 15)]
+    return palette[learners.index(model) % len(palette)]
 
 
 def save_figure(fig, path: Path) -> None:
@@ -30,11 +38,12 @@ def save_figure(fig, path: Path) -> None:
 
 
 def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], metric: str, path: Path,
-                  gains: dict | None = None) -> None:
+                  gains: dict | None = None, same_as: dict[str, str] | None = None) -> None:
     """One panel per benchmark. Top: bars of mean accuracy with std error bars, each seed a dot. Bottom (with a
     base model): each learner's gain over the base with its paired 95 % interval (``gains``: (model, benchmark) ->
     :class:`~offline_rl.experiments.intervals.Difference`; without, the gray band is two of the base's seed stds
-    either way), so that transfer along an out-of-distribution split shows at a glance."""
+    either way), so that transfer along an out-of-distribution split shows at a glance. ``same_as``: models drawn in
+    another's color (NAME+rl in NAME's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +59,7 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
         means = {m: statistics.fmean(v) for m, v in values.items()}
         stds = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in values.items()}
         ax.bar(range(len(present)), [means[m] for m in present], yerr=[stds[m] for m in present], capsize=3,
-               color=[_color(m, models) for m in present])
+               color=[_color(m, models, same_as) for m in present])
         for i, m in enumerate(present):
             ax.plot([i] * len(values[m]), values[m], "k.", markersize=3)
         ax.set_xticks(range(len(present)), present, rotation=45, ha="right")
@@ -69,7 +78,8 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
             else:
                 ax.axhspan(-2 * stds["base"], 2 * stds["base"], color="0.85")
                 heights, errors = [means[m] - means["base"] for m in learners], [stds[m] for m in learners]
-            ax.bar(range(len(learners)), heights, yerr=errors, capsize=3, color=[_color(m, models) for m in learners])
+            ax.bar(range(len(learners)), heights, yerr=errors, capsize=3,
+                   color=[_color(m, models, same_as) for m in learners])
         ax.axhline(0, color="0.4", linewidth=0.8)
         ax.set_xticks(range(len(learners)), learners, rotation=45, ha="right")
         ax.set_ylabel("gain over base (points, 95 % interval)" if column == 0 else "")
@@ -78,15 +88,19 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
     save_figure(fig, path)
 
 
-def plot_forgetting(out: Path, runs: dict[str, str], seeds: list[int], benchmark: str, metric: str, path: Path) -> None:
+def plot_forgetting(out: Path, runs: dict[str, str], seeds: list[int], benchmark: str, metric: str, path: Path,
+                    after: dict[str, str] | None = None) -> None:
     """Two panels, one point per model (mean over seeds, each seed a small dot): its held-out NLL and its samples'
     entropy (x) against its ``metric`` on ``benchmark`` (y); the base's as dashed lines. A learner right of the base's
-    line forgot; one left of it on entropy narrowed its policy."""
+    line forgot; one left of it on entropy narrowed its policy. ``after``: a model judged again after RL -> the model
+    it started from, drawn as a triangle in that model's color with an arrow from it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
+    after = after or {}
     points: dict[str, list[dict]] = {}
     for name, run in runs.items():
         for seed in seeds:
@@ -97,22 +111,34 @@ def plot_forgetting(out: Path, runs: dict[str, str], seeds: list[int], benchmark
                 points.setdefault(name, []).append({"nll": (res.get("heldout") or {}).get("nll"),
                                                     "entropy": measured.get("entropy"),
                                                     "y": 100 * measured.get(metric, 0)})
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, key, label in ((axes[0], "nll", "held-out NLL (nats/token)"), (axes[1], "entropy", "entropy (nats/token)")):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, label in ((axes[0], "nll", "held-out NLL (nats/token)"),
+                           (axes[1], "entropy", f"entropy of its {benchmark} samples (nats/token)")):
+        means = {}
         for name, found in points.items():
             found = [p for p in found if p[key] is not None]
             if not found:
                 continue
             x, y = [p[key] for p in found], [p["y"] for p in found]
-            color = _color(name, list(runs))
+            color = _color(name, list(runs), after)
             ax.plot(x, y, ".", color=color, markersize=3)
-            ax.plot(statistics.fmean(x), statistics.fmean(y), "o", color=color, label=name)
+            means[name] = (statistics.fmean(x), statistics.fmean(y))
+            ax.plot(*means[name], "^" if name in after else "o", color=color,
+                    label=None if name in after else name)
             if name == "base":
-                ax.axvline(statistics.fmean(x), color="0.6", linestyle="--", linewidth=0.8)
+                ax.axvline(means[name][0], color="0.6", linestyle="--", linewidth=0.8)
+        for name, start in after.items():
+            if name in means and start in means:
+                ax.annotate("", xy=means[name], xytext=means[start],
+                            arrowprops={"arrowstyle": "->", "color": _color(start, list(runs), after), "alpha": 0.6})
         ax.set_xlabel(label)
         ax.set_ylabel(f"{benchmark} {metric} (%)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    handles, labels = axes[0].get_legend_handles_labels()
+    if after:
+        handles += [Line2D([], [], marker=marker, color="0.3", linestyle="") for marker in "o^"]
+        labels += ["before RL", "after the same RL (arrow)"]
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), ncols=1 + len(labels) // 22)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -208,7 +208,8 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
     if plot_heldout(out, trained_names, seeds, out / "plots" / "heldout.png"):
         lines += ["![held-out NLL and entropy over training](plots/heldout.png)", ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
-    plot_accuracy(rows, models, benchmarks, f"avg@{k}", out / "plots" / "accuracy.png", gains)
+    plot_accuracy(rows, models, benchmarks, f"avg@{k}", out / "plots" / "accuracy.png", gains,
+                  {m: m.removesuffix(AFTER_RL) for m in models if m.endswith(AFTER_RL)})
     plot_training(out, trained_names, seeds, out / "plots" / "training.png")
     return {"table": table, "rows": rows}
 
@@ -299,7 +300,8 @@ def honest_sections(out: Path, runs: dict[str, str], seeds: list[int], benchmark
     forgetting = forgetting_table(out, runs, seeds, benchmarks, k)
     if forgetting:
         lines += forgetting + ["![forgetting and entropy against accuracy](plots/forgetting.png)", ""]
-        plot_forgetting(out, runs, seeds, benchmarks[0], f"avg@{k}", out / "plots" / "forgetting.png")
+        plot_forgetting(out, runs, seeds, benchmarks[0], f"avg@{k}", out / "plots" / "forgetting.png",
+                        {f"{n}{AFTER_RL}": n for n in runs if f"{n}{AFTER_RL}" in runs})
     return lines, gains
 
 
