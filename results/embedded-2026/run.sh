@@ -5,11 +5,9 @@
 #                                PART=2 results/embedded-2026/run.sh (one part; each needs the ones before it)
 # Each part is the same bin/compare with one more seed (seeds 0; 0,1; 0,1,2): a rerun skips every finished stage,
 # so part K adds seed K-1's trainings, evaluations and RL stages, and writes the report over the seeds so far.
-# Expected on an idle 2-core machine (from the wall times of results/embedded-sweep, embedded-continuum): ~46 min
-# per part (11 trainings of ~50 s with their held-out curves, 12 GRPO stages of ~115 s, 24 evaluations of ~35 s
-# on six splits with the held-out NLL; part 1 also collects and imports, ~3 min): ~2 h 20 min in all; with psft,
-# eaft and pear (runs.yaml) ~58 min per part. The variables below shrink it for a smoke test only (RUNS: another runs file,
-# HELDOUT_TEXT: a small text file for the forgetting panel), e.g.
+# Measured on an idle 2-core machine (README.md there): 56, 51 and 67 minutes for parts 1, 2 and 3.
+# The variables below shrink it for a smoke test only (RUNS: another runs file, HELDOUT_TEXT: a small text file for
+# the forgetting panel), e.g.
 #   OUT=/tmp/smoke RUNS=/tmp/two-runs.yaml PROMPTS=16 STEPS=2 BATCH=2 AFTER_RL=2 HELDOUT_EVERY=1 PROBLEMS=2 K=2 \
 #       MAX_TOKENS=48 BENCHMARKS=test-id HELDOUT_TEXT=/tmp/heldout.txt results/embedded-2026/run.sh
 set -e
