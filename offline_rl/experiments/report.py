@@ -145,7 +145,7 @@ def stage_times_table(out: Path) -> str:
     kinds: dict[str, list[dict]] = {}
     for record in last.values():
         kinds.setdefault(record["command"], []).append(record)
-    lines = ["| stage | runs | total (min) | mean (s) | of which engine start or weight load (s) |",
+    lines = ["| stage | runs | total (min) | mean (s) | engine start or weight load, in all (s) |",
              "|---|---:|---:|---:|---:|"]
     for kind, records in kinds.items():
         seconds = sum(r["seconds"] for r in records)
