@@ -17,7 +17,7 @@ ARGS = ["--learners", "dft", "--seeds", "0,1", "--benchmarks", "test-id,test-nam
 
 
 @pytest.mark.slow
-def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(tmp_path, vllm_dataset):
+def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(tmp_path, vllm_dataset, capfd):
     import pyarrow.parquet as pq
 
     out = tmp_path / "cmp"
@@ -84,10 +84,15 @@ def test_compare_one_learner_two_seeds_writes_report_csv_and_plots_and_resumes(t
 
     # resumable: a second run finds everything done and starts nothing
     before = {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("results.json")}
-    again = run_bin("compare", "--data", str(vllm_dataset), "--out", str(out), *ARGS, "--heldout-text", str(heldout))
-    assert again.returncode == 0, again.stderr[-2000:]
+    from tests.test_bad_input import run_alone  # in this process: what is finished starts no engine
+
+    ran = (out / "stages.jsonl").read_text()
+    code, err = run_alone("compare", ["--data", str(vllm_dataset), "--out", str(out), *ARGS, "--heldout-text",
+                                      str(heldout)], capfd)
+    assert code == 0, err[-2000:]
     assert {p: p.stat().st_mtime_ns for p in (out / "evals").rglob("results.json")} == before
-    assert not any("train " in line and " s" in line for line in again.stderr.splitlines() if line.endswith(" s"))
+    assert (out / "stages.jsonl").read_text() == ran  # no stage ran again
+    assert (out / "report.md").read_text() == report  # the same report, written again
 
 
 

@@ -64,7 +64,7 @@ def test_round_two_samples_with_round_one_and_carries_the_optimizer_and_schedule
 
 
 @pytest.mark.slow
-def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_rounds, tmp_path):
+def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_rounds, tmp_path, capfd):
     whole = rft_rounds
     out = tmp_path / "killed"
     args = ["--learner", "rft", *ROUNDS, "--out", str(out)]
@@ -90,9 +90,17 @@ def test_killed_in_round_two_and_rerun_ends_equal_to_an_uninterrupted_run(rft_ro
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # bitwise
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
-    # a finished run, run again, does nothing more
-    again = run_bin("iterate", *args)
-    assert again.returncode == 0 and torch.equal(weights(out)["model.norm.weight"], theirs["model.norm.weight"])
+    # a finished run, run again (in this process: it starts no engine), does nothing more
+    from tests.test_bad_input import run_alone
+
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, err = run_alone("iterate", args, capfd)
+    assert code == 0, err[-2000:]
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {p.name for p in after if after[p] != before.get(p)} == {".offline-rl.lock", "iterate_summary.json"}
+    summaries = [json.loads(files[out / "iterate_summary.json"]) for files in (before, after)]
+    assert summaries[1]["wall_seconds_this_run"] == 0  # nothing trained or sampled; the rest of the summary kept
+    assert {**summaries[1], "wall_seconds_this_run": None} == {**summaries[0], "wall_seconds_this_run": None}
 
 
 def test_online_grpo_under_lora_is_on_policy_at_the_first_step_of_every_round(tmp_path):
