@@ -116,6 +116,13 @@ def test_the_accuracy_plot_shows_gains_with_their_paired_intervals(tmp_path):
     for path, given in ((tmp_path / "intervals.png", gains), (tmp_path / "band.png", None)):
         plot_accuracy(rows, ["base", "dft", "rft"], ["test-id", "test-items"], "avg@4", path, given)
         assert path.read_bytes()[:4] == b"\x89PNG"
+    # 30 models on 6 benchmarks: one benchmark per row, not 6 panels side by side 90 inches wide
+    many = [f"m{i}" for i in range(29)]
+    benches = [f"b{j}" for j in range(6)]
+    rows = [{"model": m, "seed": 0, "benchmark": b, "avg@4": 0.5} for m in ["base", *many] for b in benches]
+    plot_accuracy(rows, ["base", *many], benches, "avg@4", tmp_path / "many.png")
+    width, height = (int.from_bytes((tmp_path / "many.png").read_bytes()[at:at + 4], "big") for at in (16, 20))
+    assert width < 2200 < height
 
 
 def test_each_model_after_rl_is_drawn_in_its_learners_color_and_every_learner_in_its_own():

@@ -50,10 +50,17 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
     import matplotlib.pyplot as plt
 
     with_gain = "base" in models
-    fig, axes = plt.subplots(2 if with_gain else 1, max(1, len(benchmarks)), squeeze=False,
-                             figsize=(1.2 + 0.5 * len(models) * max(1, len(benchmarks)), 6.4 if with_gain else 3.6))
-    for column, bench in enumerate(benchmarks):
-        ax = axes[0][column]
+    per_bench = 2 if with_gain else 1  # rows of panels per benchmark: accuracy, then the gain
+    columns = max(1, min(len(benchmarks), 24 // max(1, len(models))))  # many models: fewer benchmarks side by side
+    groups = -(-max(1, len(benchmarks)) // columns)
+    fig, axes = plt.subplots(per_bench * groups, columns, squeeze=False,
+                             figsize=(1.2 + 0.5 * len(models) * columns, (6.4 if with_gain else 3.6) * groups))
+    for index in range(len(benchmarks), groups * columns):  # the last group's empty panels
+        for row in range(per_bench):
+            axes[per_bench * (groups - 1) + row][index % columns].axis("off")
+    for index, bench in enumerate(benchmarks):
+        row, column = per_bench * (index // columns), index % columns
+        ax = axes[row][column]
         present = [m for m in models if any(r["model"] == m and r["benchmark"] == bench for r in rows)]
         values = {m: [100 * r[metric] for r in rows if r["model"] == m and r["benchmark"] == bench] for m in present}
         means = {m: statistics.fmean(v) for m, v in values.items()}
@@ -68,7 +75,7 @@ def plot_accuracy(rows: list[dict], models: list[str], benchmarks: list[str], me
         ax.grid(axis="y", alpha=0.3)
         if not with_gain:
             continue
-        ax = axes[1][column]
+        ax = axes[row + 1][column]
         learners = [m for m in present if m != "base"]
         if "base" in means:
             found = [(gains or {}).get((m, bench)) for m in learners]
