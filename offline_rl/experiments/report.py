@@ -209,7 +209,7 @@ def write_report(out: Path, cfg: CompareConfig, runs: list[Run], seeds: list[int
         lines += ["![held-out NLL and entropy over training](plots/heldout.png)", ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
     plot_accuracy(rows, models, benchmarks, f"avg@{k}", out / "plots" / "accuracy.png", gains,
-                  {m: m.removesuffix(AFTER_RL) for m in models if m.endswith(AFTER_RL)})
+                  after_rl_of(models))
     plot_training(out, trained_names, seeds, out / "plots" / "training.png")
     return {"table": table, "rows": rows}
 
@@ -234,12 +234,17 @@ def after_rl_setting(cfg: CompareConfig) -> str:
             f"{cfg.after_rl_lr or AFTER_RL_LR:g}, groups of {cfg.after_rl_n or AFTER_RL_N}")
 
 
+def after_rl_of(names) -> dict[str, str]:
+    """Each model judged again after RL (NAME+rl) among ``names`` -> the model it started from (NAME)."""
+    return {f"{name}{AFTER_RL}": name for name in names if f"{name}{AFTER_RL}" in names}
+
+
 def after_rl_section(out: Path, runs: dict[str, str], seeds: list[int], benchmarks: list[str], k: int) -> list[str]:
     """Each model before and after the same RL on the first reported benchmark (test-id where reported): avg@k, the
     change with its paired interval, and the ranks, with Kendall's tau between the two orders (1: the ranking
     survives RL). ``runs``: name shown -> its evaluations' directory name. No lines without after-RL models."""
     metric, bench = f"avg@{k}", "test-id" if "test-id" in benchmarks else benchmarks[0]
-    pairs = [(name, f"{name}{AFTER_RL}") for name in runs if f"{name}{AFTER_RL}" in runs]
+    pairs = [(before, after) for after, before in after_rl_of(runs).items()]
     found = {name: intervals.evaluations(out, runs[name], seeds) for pair in pairs for name in pair}
     means = {name: statistics.fmean(e["rows"][bench][metric] for e in found[name].values()
                                     if metric in e["rows"].get(bench, {})) for name in found
@@ -293,15 +298,15 @@ def honest_sections(out: Path, runs: dict[str, str], seeds: list[int], benchmark
                   intervals.method_text(found) + ".", ""]
         for metric in metrics if against == reference else metrics[:1]:
             lines += [f"{metric}:", "", intervals.differences_table(found, shown, benchmarks, metric), ""]
-    for name in [n for n in runs if f"{n}{AFTER_RL}" in runs]:  # each model after RL against itself before
-        pair = {name: runs[name], f"{name}{AFTER_RL}": runs[f"{name}{AFTER_RL}"]}
+    for after, name in after_rl_of(runs).items():  # each model after RL against itself before
+        pair = {name: runs[name], after: runs[after]}
         csv_rows += intervals.difference_rows(intervals.differences(out, pair, seeds, benchmarks, metrics, name), name)
     atomic_write_bytes(out / "differences.csv", _csv_text(csv_rows, intervals.DIFFERENCE_COLUMNS).encode())
     forgetting = forgetting_table(out, runs, seeds, benchmarks, k)
     if forgetting:
         lines += forgetting + ["![forgetting and entropy against accuracy](plots/forgetting.png)", ""]
         plot_forgetting(out, runs, seeds, benchmarks[0], f"avg@{k}", out / "plots" / "forgetting.png",
-                        {f"{n}{AFTER_RL}": n for n in runs if f"{n}{AFTER_RL}" in runs})
+                        after_rl_of(runs))
     return lines, gains
 
 
